@@ -1,0 +1,50 @@
+"""Celery configuration both sides agree on, as plain data (no celery import here).
+
+The API only sends tasks by name (``send_task``) and the workers consume them;
+both build their Celery app from :func:`celery_config` so routing, serialisation
+and the broker's visibility timeout cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.keys import CAPTION_TASK, WEBHOOK_TASK, Keys
+from shared.settings import Settings
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """How long Redis waits before redelivering an unacknowledged task.
+
+    It must exceed the longest job (Celery docs, "Redis: visibility timeout"),
+    or a slow batch would be delivered twice while still running.
+    """
+    return max(3 * settings.job_time_limit_s, 300)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings (lowercase names) for the API's client and the workers."""
+    keys = Keys(settings.key_prefix)
+    return {
+        "broker_url": settings.redis_url,
+        # Job records live in our own store; Celery's result backend is not used.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # JSON only: never pickle what strangers' jobs put on the wire.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_routes": {
+            CAPTION_TASK: {"queue": keys.caption_queue()},
+            WEBHOOK_TASK: {"queue": keys.webhook_queue()},
+        },
+        "task_default_queue": keys.caption_queue(),
+        # Acknowledge after the work is done, and re-queue when the worker process
+        # dies mid-task, so an accepted job is never lost (at-least-once).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s(settings)},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }

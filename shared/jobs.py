@@ -1,0 +1,197 @@
+"""The job contract: states, legal transitions and the schemas on the wire and in Redis.
+
+``JobCreate`` is what a client sends, ``Job`` what Redis stores and ``JobPublic``
+what the API answers. Only :meth:`shared.store.JobStore.transition` writes ``status``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    #: Accepted and waiting in the queue.
+    QUEUED = "queued"
+    #: A worker has taken it (fetching, decoding or captioning).
+    RUNNING = "running"
+    #: Captioned; ``caption`` holds the result.
+    SUCCEEDED = "succeeded"
+    #: Ended with ``error`` set; the job will not run again.
+    FAILED = "failed"
+    #: Canceled by its owner; any result is discarded.
+    CANCELED = "canceled"
+    #: Its ``deadline_at`` passed before a worker started it.
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a job never leaves."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
+
+#: Every legal status change. ``running -> running`` is a redelivery after a worker
+#: died mid-job (acks_late); final states have no way out, so a late duplicate can
+#: never overwrite a finished result.
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
+}
+
+#: Events a webhook may subscribe to; final states are always delivered.
+WebhookEvent = Literal["running", "succeeded", "failed", "canceled", "expired"]
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The statuses from which ``target`` may be reached."""
+    return frozenset(src for src, targets in ALLOWED_TRANSITIONS.items() if target in targets)
+
+
+def new_job_id() -> str:
+    """A random, unguessable job id (128 bits, URL-safe)."""
+    return "job_" + secrets.token_urlsafe(16)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class JobErrorInfo(BaseModel):
+    """Why a job failed: a stable ``code`` and a human ``message``."""
+
+    code: str = Field(examples=["fetch_failed"])
+    message: str = Field(examples=["The image server answered 404"])
+    upstream_status: int | None = Field(None, description="HTTP status of the image server, for fetch_failed.")
+
+
+class JobTimings(BaseModel):
+    """Where a job's time went, in seconds."""
+
+    queue_wait_s: float | None = None
+    fetch_s: float | None = None
+    generate_s: float | None = None
+    batch_size: int | None = Field(None, description="Jobs captioned together in the same generate call.")
+    batch_id: str | None = None
+
+
+class WebhookState(BaseModel):
+    """Delivery record of a job's webhook."""
+
+    status: Literal["pending", "delivering", "retrying", "delivered", "failed", "gone"] = "pending"
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+
+
+class JobOptions(BaseModel):
+    """Generation options; jobs with equal options can share a batch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str | None = None
+    max_new_tokens: int = 30
+
+
+class Job(BaseModel):
+    """A job as stored in Redis (one hash, each field JSON-encoded)."""
+
+    id: str
+    owner: str = "anonymous"
+    status: JobStatus = JobStatus.QUEUED
+    source: Literal["url", "upload"] = "url"
+    image_url: str | None = None
+    prompt: str | None = None
+    max_new_tokens: int = 30
+    webhook_url: str | None = None
+    webhook_events: list[WebhookEvent] = Field(default_factory=list)
+    deadline_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utc_now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    caption: str | None = None
+    error: JobErrorInfo | None = None
+    model: str | None = None
+    attempts: int = 0
+    stage: str | None = Field(None, description="What the worker is doing now: fetching, decoding or captioning.")
+    timings: JobTimings = Field(default_factory=JobTimings)
+    webhook: WebhookState | None = None
+
+    @property
+    def options(self) -> JobOptions:
+        """The options that decide which batch this job may join."""
+        return JobOptions(prompt=self.prompt, max_new_tokens=self.max_new_tokens)
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs`` as JSON: an image URL or a base64 image, and options."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"image_url": "https://example.com/cat.jpg"},
+                {"image_url": "https://example.com/sign.png", "prompt": "what does the sign say?", "max_new_tokens": 20},
+                {"image_url": "https://example.com/cat.jpg", "webhook_url": "https://example.com/hooks/captions"},
+            ]
+        },
+    )
+
+    image_url: str | None = Field(None, max_length=2048, description="http(s) URL of the image; the worker fetches it.")
+    image_base64: str | None = Field(None, description="The image itself, base64-encoded, instead of image_url.")
+    prompt: str | None = Field(None, description="Text GIT continues; with a VQA checkpoint, a question about the image.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Longest caption, in tokens.")
+    webhook_url: str | None = Field(None, max_length=2048, description="URL that receives a signed POST when the job ends.")
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=list, description="Extra events to deliver besides the final one, e.g. ['running']."
+    )
+    deadline_s: float | None = Field(None, gt=0, le=86_400, description="Expire the job if no worker starts it within this many seconds.")
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it to its owner."""
+
+    id: str = Field(examples=["job_Vq3kZ0m1cS8m2b7rX4yN2A"])
+    url: str = Field(description="Where to poll this job.", examples=["/v1/jobs/job_Vq3kZ0m1cS8m2b7rX4yN2A"])
+    status: JobStatus
+    source: Literal["url", "upload"]
+    image_url: str | None
+    prompt: str | None
+    max_new_tokens: int
+    caption: str | None = Field(examples=["a large red circle on a white background"])
+    error: JobErrorInfo | None
+    model: str | None
+    stage: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    timings: JobTimings
+    webhook_url: str | None
+    webhook_events: list[WebhookEvent]
+    webhook: WebhookState | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        """The public view of a stored job (drops the owner)."""
+        data: dict[str, Any] = job.model_dump(exclude={"owner"})
+        return cls(url=f"/v1/jobs/{job.id}", **data)

@@ -1,0 +1,73 @@
+"""Every Redis key, channel, Celery queue and task name, in one place.
+
+Both processes build names only through :class:`Keys`, so a deployment's
+``key_prefix`` moves all of them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Celery queue the caption workers consume (KEDA scales the GPU workers on its length).
+CAPTION_QUEUE = "captions"
+#: Celery queue the light webhook worker consumes; it never loads the model.
+WEBHOOK_QUEUE = "webhooks"
+#: Celery task name of captioning one job (the worker may batch several).
+CAPTION_TASK = "captionizer.caption"
+#: Celery task name of delivering one webhook event.
+WEBHOOK_TASK = "captionizer.deliver_webhook"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names under one prefix."""
+
+    prefix: str = "captionizer"
+
+    def job(self, job_id: str) -> str:
+        """Hash holding one job record (fields JSON-encoded)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_events(self, job_id: str) -> str:
+        """Pub/sub channel announcing each status change of one job."""
+        return f"{self.prefix}:job-events:{job_id}"
+
+    def job_events_pattern(self) -> str:
+        """Pattern matching every job's events channel (one subscriber per API process)."""
+        return f"{self.prefix}:job-events:*"
+
+    def job_id_from_events_channel(self, channel: str) -> str:
+        """The job id an events channel belongs to."""
+        return channel.rsplit(":", 1)[-1]
+
+    def upload(self, job_id: str) -> str:
+        """Uploaded image bytes, kept until a worker has read them."""
+        return f"{self.prefix}:upload:{job_id}"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        """Maps an owner's Idempotency-Key to its job id and request fingerprint."""
+        return f"{self.prefix}:idem:{owner}:{key}"
+
+    def owner_jobs(self, owner: str) -> str:
+        """Sorted set of one owner's recent job ids (score: creation time)."""
+        return f"{self.prefix}:owner-jobs:{owner}"
+
+    def rate_limit(self, owner: str) -> str:
+        """Token bucket of one API key."""
+        return f"{self.prefix}:rate:{owner}"
+
+    def worker_heartbeat(self, worker_id: str) -> str:
+        """Expiring key a worker refreshes while its model is loaded."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def worker_heartbeat_pattern(self) -> str:
+        """Pattern matching every worker's heartbeat key."""
+        return f"{self.prefix}:worker:*"
+
+    def caption_queue(self) -> str:
+        """Name of the Celery caption queue (a Redis list of the same name)."""
+        return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"
+
+    def webhook_queue(self) -> str:
+        """Name of the Celery webhook queue."""
+        return WEBHOOK_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{WEBHOOK_QUEUE}"

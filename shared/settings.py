@@ -1,0 +1,183 @@
+"""The one settings object both processes read, from ``CAPTIONIZER_*`` variables.
+
+Build it in the entry points (``create_app(settings)``, ``make_celery(settings)``)
+and pass it in; library code never reads ``os.environ``. Every field has a
+default that works on a laptop and a description the README's table is made from.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where a blank ``model`` setting points: the small model shipped in the repo.
+EMBEDDED_MODEL = "embedded"
+
+_MIB = 1024 * 1024
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` from the environment as well as real lists."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration of the API and the workers (env prefix ``CAPTIONIZER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONIZER_", extra="ignore")
+
+    # --- Redis, queue and records -------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis DSN (redis:// or rediss:// for TLS) for the queue, job records and results.",
+    )
+    key_prefix: str = Field(
+        "captionizer", description="Prefix of every Redis key and queue name, so several deployments can share one Redis."
+    )
+    job_ttl_s: int = Field(86_400, ge=60, description="How long job records and results are kept after creation, in seconds.")
+    max_queue_depth: int = Field(
+        10_000, ge=1, description="Jobs waiting in the caption queue beyond which POST answers 503 with Retry-After."
+    )
+
+    # --- Model ------------------------------------------------------------------------
+    model: str = Field(
+        EMBEDDED_MODEL,
+        description="Model to load: 'embedded' (the small shipped model), a local checkpoint folder, or a Hugging Face id.",
+    )
+    model_allow_download: bool = Field(
+        False, description="Allow downloading `model` from the Hugging Face Hub when it is not a local folder."
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Device for the model: auto picks CUDA, then Apple MPS, then CPU."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="Model dtype: auto is float16 on CUDA and float32 elsewhere."
+    )
+    default_max_new_tokens: int = Field(30, ge=1, description="Caption length limit, in tokens, when a job names none.")
+    max_new_tokens_limit: int = Field(100, ge=1, description="Largest max_new_tokens a job may ask for.")
+    num_beams: int = Field(1, ge=1, le=8, description="Beam search width used for every caption (1 is greedy).")
+    max_prompt_chars: int = Field(500, ge=1, description="Longest text prompt a job may give, in characters.")
+
+    # --- Worker -----------------------------------------------------------------------
+    max_batch_size: int | None = Field(
+        None, ge=1, le=256, description="Most jobs captioned in one generate call; unset means 16 on GPU and 8 on CPU."
+    )
+    max_batch_wait_ms: int = Field(
+        20, ge=0, description="Longest time the oldest job in hand waits for a batch to fill, in milliseconds."
+    )
+    job_time_limit_s: int = Field(120, ge=1, description="Hard time limit of one batch of captions, in seconds.")
+    max_delivery_attempts: int = Field(
+        3, ge=1, description="Deliveries of a job whose worker died before it ends failed with worker_crashed."
+    )
+    worker_max_memory_mb: int = Field(
+        0, ge=0, description="Resident memory (MiB) past which a worker child is replaced after its task; 0 disables."
+    )
+    worker_heartbeat_s: int = Field(5, ge=1, description="How often a worker announces that its model is loaded, in seconds.")
+
+    # --- Image intake -----------------------------------------------------------------
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow image and webhook URLs that reach loopback, private or link-local addresses (local development only).",
+    )
+    allowed_ports: Annotated[list[int], NoDecode] = Field(
+        [80, 443], description="Ports image and webhook URLs may use (comma-separated)."
+    )
+    fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to connect to an image server, in seconds.")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="Total timeout to download one image, in seconds.")
+    max_redirects: int = Field(3, ge=0, description="Most redirects followed when fetching an image; each hop is checked again.")
+    max_image_bytes: int = Field(20 * _MIB, ge=1024, description="Largest image download, in bytes, enforced while streaming.")
+    max_upload_bytes: int = Field(10 * _MIB, ge=1024, description="Largest uploaded image (multipart or base64), in bytes.")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Largest image, in pixels, the decoder accepts (decompression-bomb guard)."
+    )
+    upload_ttl_s: int = Field(
+        3_600, ge=60, description="How long an uploaded image waits in Redis for a worker to read it, in seconds."
+    )
+
+    # --- Webhooks ---------------------------------------------------------------------
+    webhook_secrets: Annotated[list[str], NoDecode] = Field(
+        [], description="Standard Webhooks signing secrets (comma-separated whsec_ values); each signs every delivery."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt, in seconds.")
+    webhook_retry_delays_s: Annotated[list[float], NoDecode] = Field(
+        [5, 30, 120, 600, 1800, 3600, 7200, 14400],
+        description="Delays before each retry of a failed webhook delivery, in seconds (comma-separated); jitter is added.",
+    )
+
+    # --- API --------------------------------------------------------------------------
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        [], description="SHA-256 hex digests of the accepted API keys (comma-separated); keys themselves are never stored."
+    )
+    api_key_hashes_file: str | None = Field(
+        None, description="File with one API key hash per line (e.g. a mounted secret), added to api_key_hashes."
+    )
+    allow_anonymous: bool = Field(
+        False, description="Serve requests without an API key (local use only; `make run` turns it on)."
+    )
+    rate_limit_per_minute: int = Field(120, ge=0, description="Requests per minute each key may make; 0 disables limiting.")
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a key may make at once before the rate limit applies.")
+    max_request_bytes: int = Field(
+        15 * _MIB, ge=1024, description="Largest request body the API reads, in bytes (uploads included)."
+    )
+    max_wait_s: float = Field(60.0, ge=0, le=300, description="Longest long-poll a client may ask for with ?wait=, in seconds.")
+    caption_wait_s: float = Field(30.0, ge=0, description="How long GET /caption waits for its job before answering 504.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Origins allowed by CORS (comma-separated); empty means same origin only."
+    )
+    front_door_id: str | None = Field(
+        None, description="When set, requests must carry this X-Azure-FDID header (Azure Front Door's id) or get 403."
+    )
+    log_level: str = Field("INFO", description="Log level of every process (logs are JSON, one event per line).")
+
+    @field_validator("allowed_ports", "webhook_secrets", "webhook_retry_delays_s", "api_key_hashes", "cors_origins", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_dsn(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _whsec(cls, value: list[str]) -> list[str]:
+        for secret in value:
+            if not secret.startswith("whsec_"):
+                raise ValueError("every webhook secret must be a whsec_ value (Standard Webhooks)")
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _sha256_hex(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("api_key_hashes must be SHA-256 hex digests, never keys in plain text")
+        return [digest.lower() for digest in value]
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
+        if self.max_upload_bytes > self.max_request_bytes:
+            raise ValueError("max_upload_bytes must not exceed max_request_bytes")
+        return self
+
+    def batch_size_for(self, on_gpu: bool) -> int:
+        """The batch size to use: the setting, or 16 on GPU and 8 on CPU."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 16 if on_gpu else 8
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, built once (entry points and FastAPI dependency only)."""
+    return Settings()
