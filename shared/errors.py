@@ -4,14 +4,14 @@ The tree::
 
     CaptionizerError
     ├── InputError (4xx): the request or its image is unusable
-    │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, NotAnImage
+    │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage
     │   ├── FetchTimeout, FetchFailed, ImageTooLarge, ImageCorrupt, TooManyPixels
     ├── JobError (4xx): the job named cannot be served that way
     │   ├── JobNotFound, JobNotCancelable, IdempotencyConflict
-    ├── AuthError (401/429): who is asking, and how often
-    │   ├── Unauthorized, RateLimited
+    ├── AuthError (401/403/429): who is asking, from where, and how often
+    │   ├── Unauthorized, ForbiddenOrigin, RateLimited
     └── ServiceError (5xx): the service cannot serve now
-        ├── QueueUnavailable, QueueFull, ModelNotReady, WorkerCrashed, JobTimedOut, InternalError
+        ├── QueueUnavailable, QueueFull, ModelNotReady, WorkerCrashed, JobTimedOut, WaitTimedOut, InternalError
 
 Codes are part of the public API: never rename one. The API maps every
 CaptionizerError to an RFC 9457 problem response in one place
@@ -67,6 +67,22 @@ class UploadTooLarge(InputError):
     code = "upload_too_large"
     status = 413
     title = "Upload too large"
+
+
+class UnsupportedMediaType(InputError):
+    """The request body is neither JSON nor multipart form data."""
+
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class UploadExpired(InputError):
+    """The uploaded image expired from Redis before a worker read it (``upload_ttl_s``)."""
+
+    code = "upload_expired"
+    status = 410
+    title = "Upload expired"
 
 
 class NotAnImage(InputError):
@@ -165,6 +181,14 @@ class Unauthorized(AuthError):
     title = "Unauthorized"
 
 
+class ForbiddenOrigin(AuthError):
+    """The request did not come through the deployment's Azure Front Door (no matching X-Azure-FDID)."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
 class RateLimited(AuthError):
     """The key made too many requests; retry after ``retry_after_s``."""
 
@@ -219,6 +243,14 @@ class JobTimedOut(ServiceError):
     code = "job_timeout"
     status = 504
     title = "Job timed out"
+
+
+class WaitTimedOut(ServiceError):
+    """A blocking request (``GET /caption``) stopped waiting; the job goes on and can be polled."""
+
+    code = "wait_timeout"
+    status = 504
+    title = "Job still running"
 
 
 class InternalError(ServiceError):

@@ -84,17 +84,21 @@ class JobErrorInfo(BaseModel):
 class JobTimings(BaseModel):
     """Where a job's time went, in seconds."""
 
-    queue_wait_s: float | None = None
-    fetch_s: float | None = None
-    generate_s: float | None = None
+    queue_wait_s: float | None = Field(None, description="From creation until a worker started the job.")
+    fetch_s: float | None = Field(None, description="Downloading (or reading the upload) and decoding the image.")
+    batch_wait_s: float | None = Field(None, description="From the image being ready until its batch's generate began.")
+    generate_s: float | None = Field(None, description="The batch's generate call, shared by every job in it.")
+    total_s: float | None = Field(None, description="From creation until the job ended.")
     batch_size: int | None = Field(None, description="Jobs captioned together in the same generate call.")
     batch_id: str | None = None
 
 
 class WebhookState(BaseModel):
-    """Delivery record of a job's webhook."""
+    """Delivery record of a job's webhook: its latest event and that event's latest attempt."""
 
     status: Literal["pending", "delivering", "retrying", "delivered", "failed", "gone"] = "pending"
+    event: str | None = Field(None, description="Event type this record is about, e.g. job.succeeded.")
+    webhook_id: str | None = Field(None, description="The webhook-id header of that event, the same on every retry.")
     attempts: int = 0
     last_status_code: int | None = None
     last_error: str | None = None

@@ -40,6 +40,14 @@ class Keys:
         """The job id an events channel belongs to."""
         return channel.rsplit(":", 1)[-1]
 
+    def job_counts(self) -> str:
+        """Hash of job counts by status (``entered:<status>``, ``current:<status>``, ``redelivered``), for /metrics."""
+        return f"{self.prefix}:job-counts"
+
+    def webhook_outcomes(self) -> str:
+        """Hash counting webhook attempts by outcome (delivered, retrying, failed, gone), for /metrics."""
+        return f"{self.prefix}:webhook-outcomes"
+
     def upload(self, job_id: str) -> str:
         """Uploaded image bytes, kept until a worker has read them."""
         return f"{self.prefix}:upload:{job_id}"
@@ -63,6 +71,10 @@ class Keys:
     def worker_heartbeat_pattern(self) -> str:
         """Pattern matching every worker's heartbeat key."""
         return f"{self.prefix}:worker:*"
+
+    def webhook_schedule(self) -> str:
+        """Sorted set of webhook retries waiting for their time (score: due time, epoch seconds)."""
+        return f"{self.prefix}:webhook-schedule"
 
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""

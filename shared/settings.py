@@ -70,12 +70,23 @@ class Settings(BaseSettings):
     max_batch_wait_ms: int = Field(
         20, ge=0, description="Longest time the oldest job in hand waits for a batch to fill, in milliseconds."
     )
-    job_time_limit_s: int = Field(120, ge=1, description="Hard time limit of one batch of captions, in seconds.")
+    job_time_limit_s: int = Field(
+        120, ge=1, description="Time limit of one job (fetch, batch wait, generate) in seconds; then: job_timeout."
+    )
     max_delivery_attempts: int = Field(
         3, ge=1, description="Deliveries of a job whose worker died before it ends failed with worker_crashed."
     )
+    redelivery_timeout_s: int | None = Field(
+        None,
+        ge=1,
+        description="How long a caption task whose worker died unacknowledged waits in Redis before it is delivered "
+        "again, in seconds; unset means 3 x job_time_limit_s, at least 300. Must exceed job_time_limit_s.",
+    )
     worker_max_memory_mb: int = Field(
         0, ge=0, description="Resident memory (MiB) past which a worker child is replaced after its task; 0 disables."
+    )
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="Port of a caption worker's Prometheus /metrics endpoint; 0 disables it."
     )
     worker_heartbeat_s: int = Field(5, ge=1, description="How often a worker announces that its model is loaded, in seconds.")
 
@@ -132,6 +143,11 @@ class Settings(BaseSettings):
     front_door_id: str | None = Field(
         None, description="When set, requests must carry this X-Azure-FDID header (Azure Front Door's id) or get 403."
     )
+    ready_requires_worker: bool = Field(
+        True,
+        description="/readyz answers 503 until a caption worker has its model loaded; turn off where workers scale "
+        "to zero on queue length, or the API would never take the jobs that wake them.",
+    )
     log_level: str = Field("INFO", description="Log level of every process (logs are JSON, one event per line).")
 
     @field_validator("allowed_ports", "webhook_secrets", "webhook_retry_delays_s", "api_key_hashes", "cors_origins", mode="before")
@@ -168,6 +184,9 @@ class Settings(BaseSettings):
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         if self.max_upload_bytes > self.max_request_bytes:
             raise ValueError("max_upload_bytes must not exceed max_request_bytes")
+        if self.redelivery_timeout_s is not None and self.redelivery_timeout_s <= self.job_time_limit_s:
+            # A running job's message would be delivered a second time while it still runs.
+            raise ValueError("redelivery_timeout_s must exceed job_time_limit_s")
         return self
 
     def batch_size_for(self, on_gpu: bool) -> int:

@@ -25,14 +25,16 @@ from shared.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] job hash, KEYS[2] events channel.
+# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash.
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
+# The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
+# script, so the API's /metrics never sees a job counted in two states.
 _TRANSITION_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local current = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
-  local current = redis.call('HGET', KEYS[1], 'status')
   local allowed = false
   for s in string.gmatch(ARGV[1], '[^,]+') do
     if current == '"' .. s .. '"' then allowed = true break end
@@ -43,6 +45,14 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
   if ARGV[2] == '"running"' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+  if current == ARGV[2] then
+    redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
+  else
+    local to = string.sub(ARGV[2], 2, -2)
+    redis.call('HINCRBY', KEYS[3], 'entered:' .. to, 1)
+    redis.call('HINCRBY', KEYS[3], 'current:' .. to, 1)
+    if current then redis.call('HINCRBY', KEYS[3], 'current:' .. string.sub(current, 2, -2), -1) end
+  end
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
@@ -88,15 +98,41 @@ class JobStore:
         self.ttl_s = ttl_s
         self._transition = redis.register_script(_TRANSITION_LUA)
 
-    async def create(self, job: Job) -> None:
-        """Store a new job with its TTL."""
+    async def create(self, job: Job, *, upload: bytes | None = None, upload_ttl_s: int = 3_600) -> None:
+        """Store a new job with its TTL, and its uploaded image (if any) in the same transaction."""
         key = self.keys.job(job.id)
         fields = encode_fields(job.model_dump(mode="json"))
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
                 pipe.expire(key, self.ttl_s)
+                if upload is not None:
+                    pipe.set(self.keys.upload(job.id), upload, ex=upload_ttl_s)
+                pipe.hincrby(self.keys.job_counts(), f"entered:{job.status}", 1)
+                pipe.hincrby(self.keys.job_counts(), f"current:{job.status}", 1)
                 await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+
+    async def read_upload(self, job_id: str) -> bytes | None:
+        """The job's uploaded image bytes, or None when they expired or were already deleted."""
+        try:
+            data: bytes | None = await self.redis.get(self.keys.upload(job_id))
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+        return data
+
+    async def delete_upload(self, job_id: str) -> None:
+        """Drop the job's uploaded image once the job has ended (a redelivery must still find it before)."""
+        try:
+            await self.redis.delete(self.keys.upload(job_id))
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+
+    async def count_webhook_outcome(self, outcome: str) -> None:
+        """Count one webhook attempt by its outcome (``delivered``, ``retrying``...), for the API's /metrics."""
+        try:
+            await self.redis.hincrby(self.keys.webhook_outcomes(), outcome, 1)  # type: ignore[misc]
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
@@ -155,7 +191,8 @@ class JobStore:
         for name, value in encode_fields(fields).items():
             args += [name, value]
         try:
-            result = await self._transition(keys=[self.keys.job(job_id), self.keys.job_events(job_id)], args=args)
+            keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
+            result = await self._transition(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return bool(result)

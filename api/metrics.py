@@ -1,0 +1,160 @@
+"""The API's ``/metrics``: what Redis knows about the whole service, read at each scrape.
+
+Latency, queue-wait and batch-size histograms are observed where the work happens,
+in each caption worker, which serves them on ``worker_metrics_port`` (Prometheus sums
+them across workers). An API process sees none of that work, and several API replicas
+must not each count it, so this module exports only what Redis holds for everyone:
+jobs by status (kept by the store's transition script), queue depths, scheduled
+webhook retries, webhook outcomes and the ready workers' heartbeats. Read at scrape
+time, each replica reports the same numbers; aggregate with ``max``, not ``sum``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+
+from shared.jobs import FINAL_STATUSES, JobStatus
+from shared.keys import Keys
+from shared.store import REDIS_ERRORS
+
+#: Content type of the Prometheus text format that :func:`render_metrics` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Heartbeat keys read per SCAN step; a deployment has a handful of workers.
+_SCAN_COUNT = 100
+
+
+@dataclass
+class ServiceSnapshot:
+    """The numbers ``/metrics`` reports, as read from Redis."""
+
+    redis_up: bool = True
+    job_counts: dict[str, int] = field(default_factory=dict)
+    caption_queue_depth: int = 0
+    webhook_queue_depth: int = 0
+    webhook_retries_scheduled: int = 0
+    webhook_outcomes: dict[str, int] = field(default_factory=dict)
+    #: One entry per ready worker: its heartbeat (``worker_id``, ``model``, ``model_load_s``...).
+    workers: list[dict[str, object]] = field(default_factory=list)
+
+
+async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
+    """Read every number in two round trips; ``redis_up`` is False when Redis does not answer."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job_counts())
+            pipe.llen(keys.caption_queue())
+            pipe.llen(keys.webhook_queue())
+            pipe.zcard(keys.webhook_schedule())
+            pipe.hgetall(keys.webhook_outcomes())
+            counts, captions, webhooks, retries, outcomes = await pipe.execute()
+        workers = await read_heartbeats(redis, keys)
+    except REDIS_ERRORS:
+        return ServiceSnapshot(redis_up=False)
+    return ServiceSnapshot(
+        job_counts=_int_values(counts),
+        caption_queue_depth=int(captions),
+        webhook_queue_depth=int(webhooks),
+        webhook_retries_scheduled=int(retries),
+        webhook_outcomes=_int_values(outcomes),
+        workers=workers,
+    )
+
+
+async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, object]]:
+    """The heartbeats of the caption workers that have their model loaded (their keys expire when they die)."""
+    names = [name async for name in redis.scan_iter(match=keys.worker_heartbeat_pattern(), count=_SCAN_COUNT)]
+    if not names:
+        return []
+    values = await redis.mget(names)
+    return [json.loads(value) for value in values if value is not None]
+
+
+def render_metrics(snapshot: ServiceSnapshot) -> bytes:
+    """This process's own metrics (``process_*``, ``python_*``) followed by the service's, in the text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+class _SnapshotCollector(Collector):
+    """Turns one snapshot into metric families (made per scrape, never registered globally)."""
+
+    def __init__(self, snapshot: ServiceSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        yield _gauge("captionizer_redis_up", "1 when the API reached Redis for this scrape.", int(snap.redis_up))
+        if not snap.redis_up:
+            return
+        yield from _job_families(snap.job_counts)
+        queues = GaugeMetricFamily("captionizer_queue_depth", "Tasks waiting in a Celery queue.", labels=["queue"])
+        queues.add_metric(["captions"], snap.caption_queue_depth)
+        queues.add_metric(["webhooks"], snap.webhook_queue_depth)
+        yield queues
+        yield _gauge(
+            "captionizer_webhook_retries_scheduled",
+            "Webhook retries waiting for their time.",
+            snap.webhook_retries_scheduled,
+        )
+        outcomes = CounterMetricFamily(
+            "captionizer_webhook_attempts", "Webhook delivery attempts by outcome.", labels=["outcome"]
+        )
+        for outcome, count in sorted(snap.webhook_outcomes.items()):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        yield from _worker_families(snap.workers)
+
+
+def _job_families(counts: dict[str, int]) -> Iterable[Metric]:
+    active = GaugeMetricFamily("captionizer_jobs_active", "Jobs now queued or running.", labels=["status"])
+    entered = CounterMetricFamily("captionizer_jobs", "Jobs that reached each status.", labels=["status"])
+    for status in JobStatus:
+        if status not in FINAL_STATUSES:
+            # Final states only grow (records expire without telling anyone): the counter has them.
+            active.add_metric([str(status)], max(0, counts.get(f"current:{status}", 0)))
+        entered.add_metric([str(status)], counts.get(f"entered:{status}", 0))
+    yield active
+    yield entered
+    yield CounterMetricFamily(
+        "captionizer_job_redeliveries",
+        "Deliveries of a job that was already running (its worker died, or its task timed out in Redis).",
+        value=counts.get("redelivered", 0),
+    )
+
+
+def _worker_families(workers: list[dict[str, object]]) -> Iterable[Metric]:
+    yield _gauge(
+        "captionizer_workers_ready", "Caption workers with their model loaded (live heartbeats).", len(workers)
+    )
+    load = GaugeMetricFamily(
+        "captionizer_model_load_seconds", "How long each ready worker took to load its model.", labels=["model"]
+    )
+    slowest: dict[str, float] = {}
+    for worker in workers:
+        model, seconds = str(worker.get("model", "")), worker.get("model_load_s")
+        if isinstance(seconds, int | float):
+            # Per model, not per worker: worker ids are host names, not for the public API.
+            slowest[model] = max(slowest.get(model, 0.0), float(seconds))
+    for model, seconds in sorted(slowest.items()):
+        load.add_metric([model], seconds)
+    yield load
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _int_values(raw: dict[bytes | str, bytes | str]) -> dict[str, int]:
+    return {_text(name): int(value) for name, value in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,66 @@
+"""Probes and metrics: ``/healthz`` (the process answers), ``/readyz`` (jobs can be taken and run), ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from api.deps import AppSettings, CurrentCaller
+from api.metrics import CONTENT_TYPE, read_heartbeats, read_snapshot, render_metrics
+from api.problems import problem_responses
+from shared import errors
+from shared.errors import ModelNotReady, QueueUnavailable
+from shared.keys import Keys
+from shared.store import REDIS_ERRORS
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """Always ok while the process serves requests."""
+    return {"status": "ok"}
+
+
+class Readiness(BaseModel):
+    """What ``/readyz`` found: Redis answers and how many caption workers have their model loaded."""
+
+    status: Literal["ok"] = "ok"
+    workers: int = Field(description="Caption workers whose heartbeat says their model is loaded.")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    responses=problem_responses(errors.QueueUnavailable, errors.ModelNotReady),
+)
+async def readyz(request: Request, settings: AppSettings) -> Readiness:
+    """Ok once Redis answers and (unless ``ready_requires_worker`` is off) a caption worker is ready."""
+    redis = request.app.state.redis
+    try:
+        await redis.ping()
+        workers = await read_heartbeats(redis, Keys(settings.key_prefix))
+    except REDIS_ERRORS as exc:
+        raise QueueUnavailable("Redis does not answer") from exc
+    if not workers and settings.ready_requires_worker:
+        raise ModelNotReady("no caption worker has its model loaded yet")
+    return Readiness(workers=len(workers))
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "The Prometheus text format."}},
+)
+async def metrics(request: Request, caller: CurrentCaller, settings: AppSettings) -> PlainTextResponse:
+    """Jobs by status, queue depths, webhook outcomes and ready workers, read from Redis (see docs/reliability.md).
+
+    It takes an API key like any route (Prometheus sends it as a bearer token): the
+    numbers describe every tenant's traffic.
+    """
+    snapshot = await read_snapshot(request.app.state.redis, Keys(settings.key_prefix))
+    return PlainTextResponse(render_metrics(snapshot), media_type=CONTENT_TYPE)

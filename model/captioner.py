@@ -1,0 +1,227 @@
+"""The captioner: loads a GIT checkpoint once and captions batches of PIL images in one ``generate`` call."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor, PreTrainedModel
+
+from model.images import to_rgb
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the tiny checkpoint committed with the code (trained by ``python -m model.train``).
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
+#: The name users see for the embedded checkpoint.
+EMBEDDED_MODEL_NAME = "embedded"
+
+_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# "owner/name" or "name" as the Hub spells repository ids; anything else can only be a folder.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WARMUP_IMAGE_SIDE = 8
+
+
+class CaptionerError(Exception):
+    """Base class of the errors the model layer raises."""
+
+
+class ModelLoadError(CaptionerError):
+    """A checkpoint is missing, malformed, not a GIT model, or cannot be placed on the device."""
+
+
+class Captioner:
+    """A loaded GIT checkpoint with its processor; ``caption`` turns a batch of images into strings."""
+
+    def __init__(self, model: PreTrainedModel, processor: Any, *, name: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        #: Shown to users: "embedded", a Hub id, or a checkpoint folder's name.
+        self.name = name
+        self.device: torch.device = model.device
+        self.dtype: torch.dtype = model.dtype
+        self.load_time_s = 0.0
+        self.warmup_time_s = 0.0
+        # GIT starts generation from [CLS]; read once rather than per call.
+        self._bos_token_id = _bos_token_id(model, self.tokenizer)
+        self._prompt_cache: dict[str, tuple[list[int], str]] = {}
+
+    @classmethod
+    def load(
+        cls,
+        path_or_hub_id: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        allow_download: bool = False,
+        warmup: bool = True,
+    ) -> Captioner:
+        """Load a GIT checkpoint folder or Hub id (``None``: the embedded model) onto a device, ready to caption.
+
+        Args:
+            device: "auto" (CUDA, else Apple MPS, else CPU) or a torch device string such as "cuda:1".
+            dtype: "auto" (float16 on CUDA, float32 elsewhere), "float16", "bfloat16" or "float32".
+            allow_download: let a Hub id be fetched; otherwise only local files and the local cache are read.
+            warmup: run one tiny generation now, so the first real request does not pay for it.
+
+        Raises:
+            ModelLoadError: the checkpoint cannot be found or loaded.
+            ValueError: ``device`` or ``dtype`` is not understood.
+        """
+        source, name = _resolve_source(path_or_hub_id)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        started = time.perf_counter()
+        model, processor = _load_checkpoint(source, torch_device, torch_dtype, local_files_only=not allow_download)
+        captioner = cls(model, processor, name=name)
+        captioner.load_time_s = time.perf_counter() - started
+        if warmup:
+            captioner.warmup()
+        logger.info(
+            "loaded captioner %s on %s (%s) in %.2f s, warm-up %.2f s",
+            name, torch_device, torch_dtype, captioner.load_time_s, captioner.warmup_time_s,
+        )  # fmt: skip
+        return captioner
+
+    def warmup(self) -> float:
+        """Caption one tiny blank image, paying one-off costs (allocator, kernels) now; returns seconds taken."""
+        started = time.perf_counter()
+        self.caption([Image.new("RGB", (_WARMUP_IMAGE_SIDE, _WARMUP_IMAGE_SIDE))], max_new_tokens=1)
+        self.warmup_time_s = time.perf_counter() - started
+        return self.warmup_time_s
+
+    @torch.inference_mode()
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        min_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Caption every image in one batched ``generate`` call; returns one stripped string per image, in order.
+
+        With ``prompt``, GIT continues the text (how a VQA checkpoint answers a question), and the
+        prompt is removed from each answer.
+        """
+        _check_generation_args(max_new_tokens, num_beams, min_new_tokens)
+        if not images:
+            return []
+        prompt_ids, prompt_text = self._encode_prompt(prompt)
+        pixel_values = self.processor.image_processor(
+            images=[to_rgb(image) for image in images], return_tensors="pt"
+        ).pixel_values.to(self.device, self.dtype, non_blocking=True)
+        # The same prompt for the whole batch, so no row needs padding.
+        input_ids = torch.tensor([[self._bos_token_id, *prompt_ids]], device=self.device).expand(len(images), -1)
+        generated = self.model.generate(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+        )
+        texts = self.tokenizer.batch_decode(generated.cpu(), skip_special_tokens=True)
+        captions = [_strip_prompt(text, prompt_text) for text in texts]
+        # LitServe's guard: one output per input, or the caller would pair captions with the wrong jobs.
+        if len(captions) != len(images):
+            raise CaptionerError(f"generate returned {len(captions)} captions for {len(images)} images")
+        return captions
+
+    def _encode_prompt(self, prompt: str | None) -> tuple[list[int], str]:
+        """Token ids of ``prompt`` without [CLS]/[SEP] (as HF's GIT VQA example), and its decoded text."""
+        key = (prompt or "").strip()
+        if key not in self._prompt_cache:
+            ids: list[int] = self.tokenizer(key, add_special_tokens=False).input_ids if key else []
+            self._prompt_cache[key] = (ids, self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return self._prompt_cache[key]
+
+
+def resolve_device(device: str) -> torch.device:
+    """Pick the device for ``"auto"`` (CUDA, else Apple MPS, else CPU) or parse an explicit one."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}") from exc
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Pick the weights' dtype: for ``"auto"`` float16 on CUDA (half the memory, tensor cores), else float32."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _resolve_source(path_or_hub_id: str | Path | None) -> tuple[str, str]:
+    """Return what to pass to ``from_pretrained`` and the name users see."""
+    if path_or_hub_id is None:
+        return str(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_NAME
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return str(path), EMBEDDED_MODEL_NAME if path.resolve() == EMBEDDED_MODEL_DIR else path.resolve().name
+    if isinstance(path_or_hub_id, str) and _HUB_ID.match(path_or_hub_id) and not path.exists():
+        return path_or_hub_id, path_or_hub_id
+    raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder")
+
+
+def _load_checkpoint(
+    source: str, device: torch.device, dtype: torch.dtype, *, local_files_only: bool
+) -> tuple[PreTrainedModel, Any]:
+    try:
+        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_files_only, dtype=dtype)
+    # transformers signals a broken checkpoint with OSError, ValueError, KeyError, safetensors'
+    # SafetensorError or RuntimeError (shape mismatch) depending on which file is wrong; all mean the same here.
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
+    if model.config.model_type != "git":
+        raise ModelLoadError(f"{source!r} holds a {model.config.model_type!r} model, not a GIT captioner")
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(f"{source!r} has no tokenizer or image processor")
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:  # torch asserts when CUDA is absent from the build
+        raise ModelLoadError(f"cannot place model from {source!r} on {device}: {exc}") from exc
+    return model.eval(), processor
+
+
+def _bos_token_id(model: PreTrainedModel, tokenizer: Any) -> int:
+    """GIT's start token: the generation config's bos, else the tokenizer's [CLS], as microsoft/git-* use."""
+    token_id = model.generation_config.bos_token_id
+    if token_id is None:
+        token_id = tokenizer.cls_token_id
+    if not isinstance(token_id, int):
+        raise ModelLoadError("checkpoint declares no bos token and its tokenizer has no [CLS]")
+    return token_id
+
+
+def _strip_prompt(text: str, prompt_text: str) -> str:
+    text = text.strip()
+    if prompt_text and text.startswith(prompt_text):
+        return text[len(prompt_text) :].strip()
+    return text
+
+
+def _check_generation_args(max_new_tokens: int, num_beams: int, min_new_tokens: int | None) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+    if min_new_tokens is not None and not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be within 0..max_new_tokens, got {min_new_tokens}")

@@ -1,0 +1,152 @@
+"""The whole system on one machine: Redis (started when none answers), a caption worker, a webhook worker and the API.
+
+Each part is a :class:`~scripts.processes.ManagedProcess`; :meth:`LocalStack.start`
+waits for each to be ready (Redis answers PING, the worker's heartbeat appears once
+its model is loaded, the webhook worker says its retry mover started, the API's
+``/readyz`` answers 200) and stops everything it started if any part fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis import Redis
+
+from scripts.processes import ManagedProcess, free_port
+from shared.keys import Keys
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REDIS_INSTALL_HINT = (
+    "redis-server is not installed: `sudo apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`."
+)
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: What the webhook worker logs once it consumes its queue (``worker.webhook_schedule``).
+WEBHOOK_WORKER_READY = "webhook retry mover started"
+
+
+def redis_answers(url: str) -> bool:
+    """True when a Redis server at ``url`` answers PING within half a second."""
+    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+class LocalStack:
+    """Redis, a caption worker, a webhook worker and uvicorn, from this checkout's interpreter."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        api_port: int = 8000,
+        redis_url: str | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.log_dir = log_dir
+        self.api_port = api_port
+        self.access_log = access_log
+        self.redis_url = redis_url or f"redis://127.0.0.1:{free_port()}/0"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+        self.env["CAPTIONIZER_REDIS_URL"] = self.redis_url
+        self.keys = Keys(self.env.get("CAPTIONIZER_KEY_PREFIX", "captionizer"))
+        self.processes: list[ManagedProcess] = []
+        self.worker: ManagedProcess | None = None
+        self.webhook_worker: ManagedProcess | None = None
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the API."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self, timeout_s: float = 180.0) -> LocalStack:
+        """Start what is missing, in order, each ready before the next; stop all on failure."""
+        try:
+            self._start_redis_if_needed(timeout_s)
+            self.worker = self.start_worker(timeout_s)
+            self.webhook_worker = self.start_webhook_worker(timeout_s)
+            self._start_api(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this stack started, newest first."""
+        while self.processes:
+            self.processes.pop().stop()
+
+    def start_worker(self, timeout_s: float = 180.0, name: str = "worker") -> ManagedProcess:
+        """Start a caption worker and wait for its heartbeat (model loaded, warm)."""
+        # Captions only: deliveries run in their own worker, so a hanging receiver never holds a caption thread.
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.keys.caption_queue(),
+            "--loglevel", "INFO",
+            "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        worker = self._start(name, argv)
+        heartbeat = self.keys.worker_heartbeat(f"{socket.gethostname()}:{worker.pid}")
+        client = Redis.from_url(self.redis_url)
+        try:
+            worker.wait_until(lambda: bool(client.exists(heartbeat)), timeout_s=timeout_s, what="ready (model loaded)")
+        finally:
+            client.close()
+        return worker
+
+    def start_webhook_worker(self, timeout_s: float = 180.0, name: str = "webhooks") -> ManagedProcess:
+        """Start the webhook worker (no model) and wait until it moves scheduled retries."""
+        # Threads: deliveries wait on the network, and one process keeps the light worker light.
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.keys.webhook_queue(),
+            "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO",
+            "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        worker = self._start(name, argv)
+        # The mover starts on Celery's worker_ready, once the worker consumes its queue.
+        worker.wait_until(lambda: WEBHOOK_WORKER_READY in worker.log_tail(), timeout_s=timeout_s, what="ready")
+        return worker
+
+    def _start_redis_if_needed(self, timeout_s: float) -> None:
+        if redis_answers(self.redis_url):
+            return
+        parts = urlsplit(self.redis_url)
+        if parts.hostname not in _LOCAL_HOSTS:
+            raise RuntimeError(f"nothing answers at {self.redis_url}, and it is not on this machine")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(REDIS_INSTALL_HINT)
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(parts.port or 6379), "--save", "", "--appendonly", "no"]
+        redis = self._start("redis", argv)
+        redis.wait_until(lambda: redis_answers(self.redis_url), timeout_s=timeout_s, what="answering PING")
+
+    def _start_api(self, timeout_s: float) -> None:
+        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)]
+        if not self.access_log:
+            argv.append("--no-access-log")
+        api = self._start("api", argv)
+        api.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), timeout_s=timeout_s, what="ready (/readyz)")
+
+    def _start(self, name: str, argv: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, log_path=self.log_dir / f"{name}.log", env=self.env, cwd=REPO_ROOT)
+        self.processes.append(process.start())
+        return process

@@ -1,0 +1,106 @@
+"""Stand-ins for the model and the queue: deterministic, instant, and observable by tests.
+
+``FakeCaptioner`` names each image by its size (LitServe's ``lambda x: x**2`` idea),
+records every batch it was given, can hold a batch until a test releases it, and
+can be told to fail on chosen images. ``build_tiny_git`` saves a real, randomly
+initialised GIT checkpoint of a few hundred kilobytes, so worker subprocesses can
+load a model through the real loading path before the embedded one exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from shared.errors import QueueUnavailable
+
+#: The tokenizer, processor and config files of git-base-textcaps, beside the repository.
+GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"
+
+
+def fake_caption(image: Image.Image, prompt: str | None = None) -> str:
+    """The caption FakeCaptioner gives ``image``."""
+    text = f"an image of {image.width}x{image.height} pixels"
+    return f"{prompt} {text}" if prompt else text
+
+
+class FakeCaptioner:
+    """Captions by image size; ``batches`` lists the size of every batch it captioned."""
+
+    name = "fake"
+    device = "cpu"
+
+    def __init__(self, *, fail_on: Callable[[Image.Image], bool] | None = None, held: bool = False) -> None:
+        self.fail_on = fail_on
+        self.batches: list[int] = []
+        self.options: list[tuple[str | None, int]] = []
+        #: Cleared: every batch waits in ``caption`` until ``release()``.
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        if not held:
+            self.gate.set()
+
+    def release(self) -> None:
+        """Let held batches (and all later ones) run."""
+        self.gate.set()
+
+    def caption(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        min_new_tokens: int | None = None,
+    ) -> list[str]:
+        self.started.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never released the fake model")
+        self.batches.append(len(images))
+        self.options.append((prompt, max_new_tokens))
+        if self.fail_on is not None and any(self.fail_on(image) for image in images):
+            raise ValueError("the fake model refuses this image")
+        return [fake_caption(image, prompt) for image in images]
+
+
+class FakeQueue:
+    """Records the job ids the API queued; ``fail`` makes it behave like an unreachable broker."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.queued: list[str] = []
+        self.sent: list[tuple[str, list[Any], str]] = []
+
+    async def enqueue_caption(self, job_id: str) -> None:
+        if self.fail:
+            raise QueueUnavailable("the task queue (Redis) cannot be reached")
+        self.queued.append(job_id)
+
+    def send_task(self, name: str, *, args: list[Any], queue: str) -> object:
+        self.sent.append((name, args, queue))
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def build_tiny_git(folder: Path) -> Path:
+    """Save a randomly initialised GIT with git-base's tokenizer and processor, a few layers of width 32."""
+    import torch
+    from transformers import GitConfig, GitForCausalLM
+
+    torch.manual_seed(0)
+    config = GitConfig.from_pretrained(GIT_BASE_FILES)
+    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config.vision_config.update(vision)
+    folder.mkdir(parents=True, exist_ok=True)
+    GitForCausalLM(config).save_pretrained(folder)
+    for path in GIT_BASE_FILES.iterdir():
+        if path.name != "config.json":
+            shutil.copy(path, folder / path.name)
+    return folder

@@ -1,0 +1,136 @@
+"""docker-compose.yml, checked by the Docker Compose v2 binary and against the settings and queues."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from infra_toolbox import REPO_ROOT, SETTING_VARIABLES, InfraTools, run_tool
+
+from shared.keys import CAPTION_QUEUE, WEBHOOK_QUEUE, Keys
+from shared.settings import Settings
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+
+#: The secrets compose requires (${VAR:?...}), with values the settings accept.
+REQUIRED_SECRETS = {
+    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
+    "CAPTIONIZER_API_KEY_HASHES": hashlib.sha256(b"cap_test").hexdigest(),
+    "CAPTIONIZER_WEBHOOK_SECRETS": "whsec_" + base64.b64encode(bytes(32)).decode(),
+}
+
+#: Services built from this repository's Dockerfiles.
+OUR_SERVICES = ("api", "caption-worker", "caption-worker-gpu", "webhook-worker")
+
+
+def _compose(tools: InfraTools, *args: str, env: dict[str, str] | None = None) -> Any:
+    # --project-directory pins relative paths; no .env is read from a developer's checkout.
+    return run_tool(
+        [tools.compose, "--file", COMPOSE_FILE, "--project-directory", REPO_ROOT, "--env-file", "/dev/null", *args],
+        env=env if env is not None else REQUIRED_SECRETS,
+    )
+
+
+@pytest.fixture(scope="module")
+def services(infra_tools: InfraTools) -> dict[str, Any]:
+    """Every service, all profiles on, as compose resolves them (interpolated, anchors merged)."""
+    done = _compose(infra_tools, "--profile", "*", "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    resolved: dict[str, Any] = json.loads(done.stdout)["services"]
+    return resolved
+
+
+@pytest.mark.parametrize("profiles", [[], ["--profile", "gpu"], ["--profile", "monitoring"]])
+def test_compose_file_is_valid(infra_tools: InfraTools, profiles: list[str]) -> None:
+    done = _compose(infra_tools, *profiles, "config", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED_SECRETS))
+def test_a_missing_secret_stops_compose(infra_tools: InfraTools, missing: str) -> None:
+    env = {name: value for name, value in REQUIRED_SECRETS.items() if name != missing}
+    done = _compose(infra_tools, "config", "--quiet", env=env)
+    assert done.returncode != 0
+    assert missing in done.stderr
+
+
+def test_default_set_is_redis_api_cpu_worker_and_webhook_worker(services: dict[str, Any]) -> None:
+    default = {name for name, service in services.items() if not service.get("profiles")}
+    assert default == {"redis", "api", "caption-worker", "webhook-worker"}
+    assert services["caption-worker-gpu"]["profiles"] == ["gpu"]
+    assert services["flower"]["profiles"] == ["monitoring"]
+
+
+def test_every_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no healthcheck"
+
+
+def test_dependencies_wait_for_health(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert rule["condition"] == "service_healthy", f"{name} starts before {dependency} is healthy"
+    for name in OUR_SERVICES:
+        assert "redis" in services[name]["depends_on"], name
+
+
+def test_redis_keeps_every_job_on_disk(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
+    # Celery needs every key: an evicted queue entry is a lost job.
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(volume["target"] == "/data" and volume["type"] == "volume" for volume in redis["volumes"])
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu(services: dict[str, Any]) -> None:
+    worker = services["caption-worker-gpu"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
+    assert worker["build"]["args"]["TORCH_VARIANT"] == "cuda"
+    assert services["caption-worker"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+    assert "deploy" not in services["caption-worker"]
+
+
+@pytest.mark.parametrize(
+    ("service", "queue"),
+    [("caption-worker", CAPTION_QUEUE), ("caption-worker-gpu", CAPTION_QUEUE), ("webhook-worker", WEBHOOK_QUEUE)],
+)
+def test_workers_consume_the_queues_of_shared_keys(services: dict[str, Any], service: str, queue: str) -> None:
+    command = services[service]["command"]
+    assert command[:4] == ["celery", "-A", "worker", "worker"]
+    assert command[command.index("-Q") + 1] == queue
+    keys = Keys(_settings(services[service]["environment"]).key_prefix)
+    assert queue in {keys.caption_queue(), keys.webhook_queue()}
+    if queue == CAPTION_QUEUE:
+        # One process owns the model; it batches on its own.
+        assert command[command.index("--concurrency") + 1] == "1"
+
+
+def test_flower_listens_on_loopback_only(services: dict[str, Any]) -> None:
+    ports = services["flower"]["ports"]
+    assert ports and all(port["host_ip"] == "127.0.0.1" for port in ports)
+
+
+@pytest.mark.parametrize("service", OUR_SERVICES)
+def test_service_environment_names_real_settings_and_validates(services: dict[str, Any], service: str) -> None:
+    environment = services[service]["environment"]
+    unknown = sorted(name for name in environment if name.startswith("CAPTIONIZER_") and name not in SETTING_VARIABLES)
+    assert not unknown, f"{service} sets variables no setting reads: {unknown}"
+    settings = _settings(environment)
+    assert not settings.allow_anonymous, "images require API keys"
+    assert settings.redis_url.startswith("redis://") and "@redis:6379" in settings.redis_url
+
+
+def _settings(environment: dict[str, str | None]) -> Settings:
+    """Settings as the service's process would build them from its environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            if name.startswith("CAPTIONIZER_") and value is not None:
+                patch.setenv(name, value)
+        return Settings()

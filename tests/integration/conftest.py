@@ -1,0 +1,112 @@
+"""The real stack for integration tests, once per session: redis-server, a celery worker, uvicorn, an image server.
+
+The worker loads the embedded model when it has been trained (``model/embedded``),
+else a tiny random GIT saved for the session, so the pipeline is exercised either
+way; tests of real captions need the embedded one. Redis is cleared of job data
+between tests (not of Celery's queue bindings, which the worker made at start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis import Redis
+
+from model.captioner import EMBEDDED_MODEL_DIR
+from scripts.processes import free_port
+from scripts.stack import LocalStack
+from tests.integration.webhook_receiver import NEW_SECRET, OLD_SECRET, WebhookReceiver, running_receiver
+from tests.servers import HostileServer
+
+#: True once the embedded model is trained; only then are captions checked word by word.
+HAS_EMBEDDED_MODEL = (EMBEDDED_MODEL_DIR / "config.json").is_file()
+needs_embedded_model = pytest.mark.skipif(not HAS_EMBEDDED_MODEL, reason="model/embedded is not trained yet")
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[HostileServer]:
+    """Drawn shapes (``/image/shape.png`` is a red circle) and misbehaving routes, on a free port."""
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on loopback that verifies every delivery with the newer of the stack's secrets."""
+    with running_receiver(NEW_SECRET) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded model, or a tiny random GIT built for this session."""
+    if HAS_EMBEDDED_MODEL:
+        return "embedded"
+    from tests.fakes import build_tiny_git
+
+    return str(build_tiny_git(tmp_path_factory.mktemp("tiny-git")))
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    """Where the worker serves Prometheus metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    image_server: HostileServer,
+    webhook_receiver: WebhookReceiver,
+    model_path: str,
+    metrics_port: int,
+) -> Iterator[LocalStack]:
+    """Redis, a caption worker, a webhook worker and the API, started once; every process group is killed at the end."""
+    env = {
+        "CAPTIONIZER_MODEL": model_path,
+        "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
+        "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
+        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port},{webhook_receiver.port}",
+        # Both secrets sign (rotation); short retries so a retry arrives within a test.
+        "CAPTIONIZER_WEBHOOK_SECRETS": f"{OLD_SECRET},{NEW_SECRET}",
+        "CAPTIONIZER_WEBHOOK_RETRY_DELAYS_S": "1,2",
+        "CAPTIONIZER_WEBHOOK_TIMEOUT_S": "5",
+        "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
+        "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
+        # Long enough that a burst of jobs reliably shares a batch.
+        "CAPTIONIZER_MAX_BATCH_WAIT_MS": "100",
+        "CAPTIONIZER_CAPTION_WAIT_S": "60",
+    }
+    stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=free_port())
+    try:
+        stack.start(timeout_s=240)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def api(stack: LocalStack) -> Iterator[httpx.Client]:
+    """An HTTP client of the running API; job data is flushed from Redis after each test."""
+    with httpx.Client(base_url=stack.api_url, timeout=90) as client:
+        yield client
+    _flush_job_data(stack)
+
+
+def _flush_job_data(stack: LocalStack) -> None:
+    client = Redis.from_url(stack.redis_url)
+    try:
+        keep = stack.keys.worker_heartbeat_pattern().rstrip("*")
+        doomed = [key for key in client.scan_iter(match=f"{stack.keys.prefix}:*") if not key.decode().startswith(keep)]
+        if doomed:
+            client.delete(*doomed)
+    finally:
+        client.close()
+
+
+def log_of(stack: LocalStack, name: str) -> str:
+    """The output of one of the stack's processes (for assertion messages)."""
+    return Path(stack.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]

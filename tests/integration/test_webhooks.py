@@ -1,0 +1,321 @@
+"""Webhooks against a real receiver that verifies signatures with standardwebhooks: retries, 410, hangs.
+
+The first tests drive one attempt at a time through the real aiohttp session (with
+the intake's connect-time SSRF checks) and the stack's real Redis, with time
+injected, so the backoff schedule is asserted without sleeping. The last ones go
+through the whole stack: API, caption worker and webhook worker subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+from redis.asyncio import Redis
+
+from scripts.stack import LocalStack
+from shared.jobs import Job, JobStatus, WebhookState
+from shared.keys import WEBHOOK_TASK, Keys
+from shared.settings import Settings
+from shared.store import JobStore
+from shared.webhooks import WebhookDelivery, build_delivery
+from tests.integration.conftest import log_of
+from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
+from tests.servers import HostileServer
+from worker.intake import make_fetch_session
+from worker.webhook_schedule import RetrySchedule, move_due_retries
+from worker.webhooks import WebhookDeliverer
+
+DELAYS_S = [5.0, 30.0, 120.0, 600.0]
+T0 = 1_700_000_000.0
+#: Key prefix of the in-process tests, apart from the stack's own keys.
+RIG_PREFIX = "captionizer-webhook-rig"
+WAIT_S = 60
+
+
+@pytest.fixture
+def receiver(webhook_receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    webhook_receiver.reset()
+    yield webhook_receiver
+    webhook_receiver.release_hangs()
+
+
+# --- one attempt at a time, time injected ------------------------------------------------
+
+
+class Rig:
+    """A deliverer on real Redis and the real session factory, with an injected clock and seeded jitter."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.keys = Keys(settings.key_prefix)
+        self.store = JobStore(redis, self.keys, settings.job_ttl_s)
+        self.schedule = RetrySchedule(redis, self.keys)
+        self.now_s = T0
+        self.sent: list[dict[str, Any]] = []
+        self.deliverer = WebhookDeliverer(
+            settings, self.store, self.schedule, clock=lambda: self.now_s, rng=random.Random(5)
+        )
+
+    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+        assert (name, queue) == (WEBHOOK_TASK, self.keys.webhook_queue())
+        self.sent.append(args[0])
+
+    async def new_job(self, url: str) -> WebhookDelivery:
+        job = Job(id="job_rig", image_url="https://example.com/a.png", webhook_url=url)
+        job = job.model_copy(update={"status": JobStatus.SUCCEEDED, "caption": "a red circle"})
+        await self.store.create(job)
+        return build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC))
+
+    async def next_retry(self) -> WebhookDelivery:
+        """Move the clock to the scheduled retry and let the schedule queue it (not a moment earlier)."""
+        [(_, due_s)] = await self.schedule.due_times()
+        assert await move_due_retries(self.schedule, self.send_task, due_s - 0.5) == 0
+        self.now_s = due_s
+        assert await move_due_retries(self.schedule, self.send_task, self.now_s) == 1
+        return WebhookDelivery.model_validate(self.sent.pop())
+
+    async def record(self) -> WebhookState | None:
+        job = await self.store.get("job_rig")
+        assert job is not None
+        return job.webhook
+
+
+def run_with_rig(
+    stack: LocalStack, receiver: WebhookReceiver, scenario: Callable[[Rig], Awaitable[None]], **overrides: Any
+) -> None:
+    values: dict[str, Any] = {
+        "redis_url": stack.redis_url,
+        "key_prefix": RIG_PREFIX,
+        "allow_private_networks": True,
+        "allowed_ports": [receiver.port],
+        "webhook_secrets": [OLD_SECRET, NEW_SECRET],
+        "webhook_retry_delays_s": DELAYS_S,
+    }
+    settings = Settings(**(values | overrides))
+
+    async def main() -> None:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            await scenario(Rig(settings, redis))
+        finally:
+            doomed = [key async for key in redis.scan_iter(match=f"{RIG_PREFIX}:*")]
+            if doomed:
+                await redis.delete(*doomed)
+            await redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_delivery_verifies_with_the_receivers_secret(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    async def scenario(rig: Rig) -> None:
+        state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for()))
+        assert (state.status, state.attempts, state.last_status_code) == ("delivered", 1, 200)
+        assert await rig.record() == state
+        [request] = receiver.received
+        assert request.payload is not None, "the signature did not verify"
+        assert request.payload["type"] == "job.succeeded"
+        assert request.payload["data"]["id"] == "job_rig" and request.payload["data"]["caption"] == "a red circle"
+        assert request.headers["webhook-id"] == "msg_job_rig_succeeded"
+        # Signed with both secrets; the receiver knows only the newer one.
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+
+    run_with_rig(stack, receiver, scenario)
+
+
+def test_failing_receiver_gets_retries_on_schedule_with_one_id(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    async def scenario(rig: Rig) -> None:
+        delivery = await rig.new_job(receiver.url_for(500, 503, 429))
+        waits_s = []
+        for expected in (500, 503, 429):
+            state = await rig.deliverer.deliver(delivery)
+            assert (state.status, state.last_status_code) == ("retrying", expected)
+            assert state.last_error == f"HTTP {expected}" and await rig.record() == state
+            assert state.next_attempt_at is not None
+            waits_s.append(state.next_attempt_at.timestamp() - rig.now_s)
+            delivery = await rig.next_retry()
+        state = await rig.deliverer.deliver(delivery)
+        assert (state.status, state.attempts, state.last_status_code, state.last_error) == ("delivered", 4, 200, None)
+        for wait_s, base_s in zip(waits_s, DELAYS_S, strict=False):
+            assert 0.8 * base_s <= wait_s <= 1.2 * base_s
+        assert [r.answer for r in receiver.received] == ["500", "503", "429", "200"]
+        assert {r.headers["webhook-id"] for r in receiver.received} == {"msg_job_rig_succeeded"}
+        assert len({r.body for r in receiver.received}) == 1
+        assert all(r.payload is not None for r in receiver.received)
+
+    run_with_rig(stack, receiver, scenario)
+
+
+def test_receiver_that_keeps_failing_is_given_up(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    async def scenario(rig: Rig) -> None:
+        delivery = await rig.new_job(receiver.url_for(then=500))
+        for _ in DELAYS_S:
+            assert (await rig.deliverer.deliver(delivery)).status == "retrying"
+            delivery = await rig.next_retry()
+        state = await rig.deliverer.deliver(delivery)
+        assert (state.status, state.attempts, state.next_attempt_at) == ("failed", len(DELAYS_S) + 1, None)
+        assert await rig.record() == state
+        assert await rig.schedule.due_times() == []
+        assert len(receiver.received) == len(DELAYS_S) + 1
+
+    run_with_rig(stack, receiver, scenario)
+
+
+def test_gone_stops_retrying(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    async def scenario(rig: Rig) -> None:
+        state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for(410)))
+        assert (state.status, state.attempts, state.last_status_code) == ("gone", 1, 410)
+        assert await rig.schedule.due_times() == []
+        assert len(receiver.received) == 1
+
+    run_with_rig(stack, receiver, scenario)
+
+
+def test_receiver_hanging_past_the_timeout_is_retried(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    async def scenario(rig: Rig) -> None:
+        started_s = time.monotonic()
+        state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for(HANG)))
+        assert time.monotonic() - started_s < 5, "the attempt outlived its timeout"
+        assert (state.status, state.last_status_code, state.last_error) == ("retrying", None, "timed out after 0.5 s")
+        state = await rig.deliverer.deliver(await rig.next_retry())
+        assert (state.status, state.attempts) == ("delivered", 2)
+
+    run_with_rig(stack, receiver, scenario, webhook_timeout_s=0.5)
+
+
+class RebindingDns(AbstractResolver):
+    """Resolves every name to 127.0.0.1, like a name rebound to an internal address after submit."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": family, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_each_attempt_checks_where_the_name_resolves(
+    stack: LocalStack, receiver: WebhookReceiver, allow_private: bool
+) -> None:
+    url = f"http://hooks.example.com:{receiver.port}/hook"
+
+    async def scenario(rig: Rig) -> None:
+        rig.deliverer.open_session = lambda settings: make_fetch_session(settings, dns=RebindingDns())
+        state = await rig.deliverer.deliver(await rig.new_job(url))
+        if allow_private:  # the same lookup reaches the receiver when internal addresses are allowed
+            assert state.status == "delivered" and len(receiver.received) == 1
+        else:
+            assert state.status == "failed" and (state.last_error or "").startswith("url_not_allowed")
+            assert receiver.received == []
+
+    run_with_rig(stack, receiver, scenario, allow_private_networks=allow_private)
+
+
+def test_literal_internal_address_is_refused_at_delivery(stack: LocalStack, receiver: WebhookReceiver) -> None:
+    # Accepted while private networks were allowed; refused once they are not.
+    async def scenario(rig: Rig) -> None:
+        state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for()))
+        assert state.status == "failed" and (state.last_error or "").startswith("url_not_allowed")
+        assert receiver.received == []
+
+    run_with_rig(stack, receiver, scenario, allow_private_networks=False)
+
+
+# --- the whole stack ---------------------------------------------------------------------
+
+
+def submit(api: httpx.Client, **body: object) -> str:
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def wait_for_end(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S})
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    assert JobStatus(job["status"]).is_final, job
+    return job
+
+
+def wait_for_webhook(api: httpx.Client, job_id: str, statuses: set[str], deadline_s: float = 30) -> dict[str, Any]:
+    """Poll the job until its webhook record reaches one of ``statuses``."""
+    end = time.monotonic() + deadline_s
+    while True:
+        webhook = api.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        if webhook is not None and webhook["status"] in statuses:
+            return dict(webhook)
+        assert time.monotonic() < end, f"webhook record still {webhook}"
+        time.sleep(0.1)
+
+
+def test_a_finished_job_is_delivered_signed(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    job_id = submit(
+        api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for(), webhook_events=["running"]
+    )
+    job = wait_for_end(api, job_id)
+    assert job["status"] == "succeeded", log_of(stack, "worker")
+    record = wait_for_webhook(api, job_id, {"delivered"})
+    assert (record["event"], record["attempts"], record["last_status_code"]) == ("job.succeeded", 1, 200)
+    events = {r.payload["type"]: r.payload for r in receiver.for_job(job_id) if r.payload}
+    assert set(events) == {"job.running", "job.succeeded"}, log_of(stack, "webhooks")
+    assert events["job.succeeded"]["data"]["caption"] == job["caption"]
+    assert events["job.running"]["data"]["status"] == "running"
+
+
+def test_the_webhook_worker_retries_a_failing_receiver(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for(503))
+    wait_for_end(api, job_id)
+    # The retry is scheduled 1 s (±20%) out and moved onto the queue by the worker's retry mover.
+    record = wait_for_webhook(api, job_id, {"delivered", "failed"})
+    assert (record["status"], record["attempts"], record["last_status_code"]) == ("delivered", 2, 200), log_of(
+        stack, "webhooks"
+    )
+    requests = receiver.for_job(job_id)
+    assert [r.answer for r in requests] == ["503", "200"]
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert requests[1].at_s - requests[0].at_s >= 0.8
+
+
+def test_captions_keep_their_pace_while_a_receiver_hangs(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    image_url = image_server.url("/image/shape.png")
+
+    def caption_in_waves(waves: int = 3, jobs_per_wave: int = 8, **extra: object) -> tuple[float, list[str]]:
+        # Waves, each submitted when the last has ended: the deliveries the first waves leave
+        # hanging are in flight while the later waves are captioned.
+        started_s, ids = time.monotonic(), []
+        for _ in range(waves):
+            wave = [submit(api, image_url=image_url, **extra) for _ in range(jobs_per_wave)]
+            assert all(wait_for_end(api, job_id)["status"] == "succeeded" for job_id in wave)
+            ids += wave
+        return time.monotonic() - started_s, ids
+
+    baseline_s, _ = caption_in_waves()
+    hanging_s, ids = caption_in_waves(webhook_url=receiver.url_for(then=HANG), webhook_events=["running"])
+    # Had deliveries shared the caption threads, each later wave would wait out the 5 s attempt timeout.
+    assert hanging_s <= 2 * baseline_s + 3, f"{hanging_s:.1f} s with a hanging receiver vs {baseline_s:.1f} s"
+    # The receiver was holding deliveries of these jobs while they were captioned.
+    held = [r for job_id in ids for r in receiver.for_job(job_id)]
+    assert held and {r.answer for r in held} == {HANG}
+    receiver.wait_for(lambda: receiver.hanging > 0, deadline_s=10)
+    receiver.release_hangs()
+    # Drain: released deliveries end `gone` (or `failed` if their retries ran out first), so no held
+    # webhook thread outlives this test.
+    for job_id in ids:
+        wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90)

@@ -1,0 +1,116 @@
+"""Fixtures for the API unit tests: a redis-server for the rate limiter's Lua, and the job API over fakeredis."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis as FakeAsyncRedis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import api.app
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.store import JobStore
+from tests.fakes import FakeQueue
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s} s")
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A throwaway redis-server on a free port (no persistence), killed at the end of the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, deadline_s=10)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+# --- the job API over fakeredis (no broker, no worker) -------------------------------------
+
+
+@dataclass
+class ApiHarness:
+    """The app under test, its fake Redis server and the jobs it queued."""
+
+    app: FastAPI
+    settings: Settings
+    server: FakeServer
+    queue: FakeQueue
+
+    def redis(self) -> FakeAsyncRedis:
+        """Another client of the same fake Redis (for the current event loop)."""
+        return FakeAsyncRedis(server=self.server)
+
+    def store(self) -> JobStore:
+        """A job store on the same data, playing the worker's part."""
+        return JobStore(self.redis(), Keys(self.settings.key_prefix), self.settings.job_ttl_s)
+
+
+@pytest.fixture
+def api_settings() -> Settings:
+    """Anonymous access, no rate limit, small upload limits that tests can exceed cheaply."""
+    return Settings(
+        allow_anonymous=True,
+        rate_limit_per_minute=0,
+        key_prefix="captionizer-test",
+        max_upload_bytes=64 * 1024,
+        max_request_bytes=128 * 1024,
+        max_prompt_chars=50,
+        max_new_tokens_limit=40,
+        caption_wait_s=2,
+        max_wait_s=5,
+    )
+
+
+@pytest.fixture
+def api_harness(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> ApiHarness:
+    """``create_app(api_settings)`` with every Redis client on one fake server and a recording queue."""
+    server = FakeServer()
+    queue = FakeQueue()
+    redis_class = SimpleNamespace(from_url=lambda *args, **kwargs: FakeAsyncRedis(server=server))
+    monkeypatch.setattr(api.app, "Redis", redis_class)
+    monkeypatch.setattr(api.app, "TaskQueue", lambda settings: queue)
+    return ApiHarness(api.app.create_app(api_settings), api_settings, server, queue)
+
+
+@pytest.fixture
+def client(api_harness: ApiHarness) -> Iterator[TestClient]:
+    """A TestClient with the app's lifespan running (the job-events listener included)."""
+    with TestClient(api_harness.app) as test_client:
+        yield test_client

@@ -1,0 +1,31 @@
+"""Fixtures for the model layer's tests: the embedded captioner and the shared git-base-textcaps files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model import Captioner
+
+#: Configuration, tokenizer and processor files of microsoft/git-base-textcaps, without weights
+#: (../shared beside the repository root, on developer machines and in CI).
+SHARED_TEXTCAPS_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "git-base-textcaps"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too so these tests run under --strict-markers whatever the root config holds.
+    config.addinivalue_line("markers", "slow: takes more than about 10 s on two CPU cores")
+
+
+@pytest.fixture(scope="session")
+def embedded_captioner() -> Captioner:
+    """The committed tiny checkpoint, loaded once for the whole session (on CPU, for exact results)."""
+    return Captioner.load(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def textcaps_files() -> Path:
+    """The folder of git-base-textcaps' configuration files."""
+    assert (SHARED_TEXTCAPS_DIR / "config.json").is_file(), f"missing {SHARED_TEXTCAPS_DIR}; clone beside ../shared"
+    return SHARED_TEXTCAPS_DIR.resolve()

@@ -1,0 +1,96 @@
+"""The retry schedule: due retries reach the queue once, early ones wait, a lost claim comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import fakeredis.aioredis
+
+from shared.keys import WEBHOOK_TASK, Keys
+from shared.webhooks import WebhookDelivery
+from worker.webhook_schedule import RetrySchedule, move_due_retries
+
+T0 = 1_700_000_000.0
+
+
+class Sent:
+    """Records what ``send_task`` was asked to queue."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any], str]] = []
+
+    def __call__(self, name: str, *, args: list[Any], queue: str) -> None:
+        self.calls.append((name, args[0], queue))
+
+
+def delivery(job_id: str, attempt: int = 2) -> WebhookDelivery:
+    return WebhookDelivery(
+        webhook_id=f"msg_{job_id}_succeeded",
+        job_id=job_id,
+        url="https://x",
+        event="job.succeeded",
+        body="{}",
+        attempt=attempt,
+    )
+
+
+def make_schedule(lease_s: float = 60.0) -> RetrySchedule:
+    return RetrySchedule(fakeredis.aioredis.FakeRedis(), Keys("t"), lease_s=lease_s)
+
+
+def test_only_due_retries_are_queued_on_the_webhook_queue() -> None:
+    async def scenario() -> None:
+        schedule, sent = make_schedule(), Sent()
+        await schedule.add(delivery("a"), due_s=T0)
+        await schedule.add(delivery("b"), due_s=T0 + 30)
+        assert await move_due_retries(schedule, sent, T0) == 1
+        assert sent.calls == [(WEBHOOK_TASK, delivery("a").model_dump(mode="json"), "t-webhooks")]
+        assert [d.job_id for d, _ in await schedule.due_times()] == ["b"]
+
+    asyncio.run(scenario())
+
+
+def test_the_same_attempt_scheduled_twice_is_one_entry() -> None:
+    async def scenario() -> None:
+        schedule, sent = make_schedule(), Sent()
+        # A redelivered task (acks_late) schedules its retry again.
+        await schedule.add(delivery("a"), due_s=T0)
+        await schedule.add(delivery("a"), due_s=T0 + 1)
+        assert await move_due_retries(schedule, sent, T0 + 1) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_claimed_retry_goes_to_one_mover_only() -> None:
+    async def scenario() -> None:
+        schedule = make_schedule()
+        await schedule.add(delivery("a"), due_s=T0)
+        first, second = await asyncio.gather(schedule.claim_due(T0), schedule.claim_due(T0))
+        assert sorted([len(first), len(second)]) == [0, 1]
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_never_sent_comes_back_after_its_lease() -> None:
+    async def scenario() -> None:
+        schedule, sent = make_schedule(lease_s=60), Sent()
+        await schedule.add(delivery("a"), due_s=T0)
+        # A mover claims it, then dies before sending.
+        assert len(await schedule.claim_due(T0)) == 1
+        assert await move_due_retries(schedule, sent, T0 + 59) == 0
+        assert await move_due_retries(schedule, sent, T0 + 60) == 1
+        assert await schedule.due_times() == []
+
+    asyncio.run(scenario())
+
+
+def test_many_due_retries_are_all_moved() -> None:
+    async def scenario() -> None:
+        schedule, sent = make_schedule(), Sent()
+        for i in range(250):
+            await schedule.add(delivery(f"j{i}"), due_s=T0 - i)
+        assert await move_due_retries(schedule, sent, T0) == 250
+        assert len({call[1]["job_id"] for call in sent.calls}) == 250
+
+    asyncio.run(scenario())

@@ -1,0 +1,319 @@
+"""Webhook delivery: signatures, outcomes, the job's record and the backoff schedule (time injected)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import fakeredis.aioredis
+import pytest
+from celery.exceptions import Reject
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from shared.errors import QueueUnavailable, UrlNotAllowed
+from shared.jobs import Job, JobStatus, WebhookState
+from shared.keys import WEBHOOK_TASK, Keys
+from shared.settings import Settings
+from shared.store import JobStore
+from shared.webhooks import WebhookDelivery, build_delivery
+from worker import webhooks
+from worker.webhook_schedule import RetrySchedule, move_due_retries
+from worker.webhooks import AttemptResult, WebhookDeliverer, next_state, retry_delay_s, sign_headers
+
+SECRET_OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_NEW = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+DELAYS_S = [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0]
+T0 = 1_700_000_000.0
+
+Answer = int | BaseException
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test says so."""
+
+    def __init__(self, now_s: float = T0) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class FakeResponse:
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.ok = status < 400
+
+
+class FakeSession:
+    """Answers POSTs from a script: a status code, or an exception to raise."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = answers
+        self.requests: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> FakeSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @asynccontextmanager
+    async def post(self, url: str, **kwargs: Any) -> Any:
+        self.requests.append({"url": url, **kwargs})
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        yield FakeResponse(answer)
+
+
+@pytest.fixture
+def webhook_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"webhook_secrets": [SECRET_OLD, SECRET_NEW], "webhook_retry_delays_s": DELAYS_S})
+
+
+def make_job(**fields: Any) -> Job:
+    defaults: dict[str, Any] = {
+        "id": "job_hook",
+        "image_url": "https://example.com/a.png",
+        "webhook_url": "https://hooks.example.com/in",
+        "status": JobStatus.SUCCEEDED,
+        "caption": "a red circle",
+    }
+    return Job(**(defaults | fields))
+
+
+class Harness:
+    """A deliverer over fakeredis with a scripted receiver, an injected clock and seeded jitter."""
+
+    def __init__(self, settings: Settings, answers: list[Answer]) -> None:
+        self.redis = fakeredis.aioredis.FakeRedis()
+        self.keys = Keys(settings.key_prefix)
+        self.store = JobStore(self.redis, self.keys, ttl_s=86_400)
+        self.schedule = RetrySchedule(self.redis, self.keys)
+        self.session = FakeSession(answers)
+        self.clock = FakeClock()
+        self.sent: list[dict[str, Any]] = []
+        self.deliverer = WebhookDeliverer(
+            settings, self.store, self.schedule, lambda _s: self.session, self.clock, random.Random(7)
+        )
+
+    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+        assert name == WEBHOOK_TASK
+        self.sent.append(args[0])
+
+    async def webhook_record(self, job_id: str = "job_hook") -> WebhookState | None:
+        job = await self.store.get(job_id)
+        assert job is not None
+        return job.webhook
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_each_secret_signs_and_each_signature_verifies() -> None:
+    now = datetime.now(UTC)
+    headers = sign_headers([SECRET_OLD, SECRET_NEW], "msg_1", now, '{"a":1}')
+    assert headers["webhook-id"] == "msg_1"
+    assert headers["webhook-timestamp"] == str(int(now.timestamp()))
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET_OLD, SECRET_NEW):
+        assert Webhook(secret).verify('{"a":1}', headers) == {"a": 1}
+
+
+def test_signature_fails_for_another_secret_or_body() -> None:
+    headers = sign_headers([SECRET_OLD], "msg_1", datetime.now(UTC), '{"a":1}')
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET_NEW).verify('{"a":1}', headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET_OLD).verify('{"a":2}', headers)
+
+
+@pytest.mark.parametrize("attempt", range(1, len(DELAYS_S) + 1))
+def test_retry_delay_is_the_setting_with_bounded_jitter(attempt: int) -> None:
+    delay = retry_delay_s(attempt, DELAYS_S, random.Random(attempt))
+    assert delay is not None
+    assert 0.8 * DELAYS_S[attempt - 1] <= delay <= 1.2 * DELAYS_S[attempt - 1]
+
+
+def test_no_retry_after_the_last_delay() -> None:
+    assert retry_delay_s(len(DELAYS_S) + 1, DELAYS_S, random.Random(0)) is None
+
+
+@pytest.mark.parametrize(
+    ("result", "retry_in_s", "status"),
+    [
+        (AttemptResult(status_code=200), 5.0, "delivered"),
+        (AttemptResult(status_code=204), None, "delivered"),
+        (AttemptResult(status_code=410, error="HTTP 410"), 5.0, "gone"),
+        (AttemptResult(status_code=500, error="HTTP 500"), 5.0, "retrying"),
+        (AttemptResult(status_code=301, error="HTTP 301"), 5.0, "retrying"),
+        (AttemptResult(status_code=404, error="HTTP 404"), 5.0, "retrying"),
+        (AttemptResult(error="timed out after 10 s"), 5.0, "retrying"),
+        (AttemptResult(status_code=503, error="HTTP 503"), None, "failed"),
+        (AttemptResult(error="url_not_allowed: private", refused=True), 5.0, "failed"),
+    ],
+)
+def test_attempt_outcome_decides_the_record(result: AttemptResult, retry_in_s: float | None, status: str) -> None:
+    delivery = WebhookDelivery(webhook_id="msg_1", job_id="j", url="https://x", event="job.succeeded", body="{}")
+    state = next_state(delivery, result, retry_in_s, datetime.fromtimestamp(T0, UTC))
+    assert state.status == status
+    assert state.attempts == 1 and state.webhook_id == "msg_1"
+    assert (state.next_attempt_at is not None) == (status == "retrying")
+
+
+def test_delivered_attempt_is_signed_and_recorded(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        job = make_job()
+        await h.store.create(job)
+        delivery = build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC))
+        state = await h.deliverer.deliver(delivery)
+        assert state.status == "delivered"
+        assert await h.webhook_record() == state
+        assert state.delivered_at == datetime.fromtimestamp(T0, UTC)
+        [request] = h.session.requests
+        assert request["allow_redirects"] is False
+        assert request["timeout"].total == webhook_settings.webhook_timeout_s
+        payload = Webhook(SECRET_NEW).verify(request["data"].decode(), request["headers"])
+        assert payload["type"] == "job.succeeded" and payload["data"]["caption"] == "a red circle"
+        assert await h.schedule.due_times() == []
+
+    run(scenario)
+
+
+def test_failures_follow_the_backoff_schedule_then_give_up(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [500])
+        job = make_job()
+        await h.store.create(job)
+        delivery = build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC))
+        waits_s: list[float] = []
+        for attempt in range(1, len(DELAYS_S) + 2):
+            assert delivery.attempt == attempt
+            state = await h.deliverer.deliver(delivery)
+            assert state.attempts == attempt and state.last_status_code == 500 and state.last_error == "HTTP 500"
+            if state.status == "failed":
+                break
+            assert state.status == "retrying"
+            [(scheduled, due_s)] = await h.schedule.due_times()
+            assert state.next_attempt_at == datetime.fromtimestamp(due_s, UTC)
+            waits_s.append(due_s - h.clock.now_s)
+            # Not due a second early; due exactly on time.
+            assert await move_due_retries(h.schedule, h.send_task, due_s - 1) == 0
+            h.clock.now_s = due_s
+            assert await move_due_retries(h.schedule, h.send_task, h.clock.now_s) == 1
+            delivery = WebhookDelivery.model_validate(h.sent.pop())
+            assert delivery == scheduled
+        assert state.status == "failed" and state.attempts == len(DELAYS_S) + 1
+        assert await h.webhook_record() == state
+        assert await h.schedule.due_times() == []
+        for wait_s, base_s in zip(waits_s, DELAYS_S, strict=True):
+            assert 0.8 * base_s <= wait_s <= 1.2 * base_s
+        ids = {request["headers"]["webhook-id"] for request in h.session.requests}
+        assert ids == {"msg_job_hook_succeeded"} and len(h.session.requests) == len(DELAYS_S) + 1
+
+    run(scenario)
+
+
+def test_gone_stops_after_one_attempt(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [410])
+        job = make_job()
+        await h.store.create(job)
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state.status == "gone" and state.attempts == 1 and state.last_status_code == 410
+        assert await h.schedule.due_times() == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (TimeoutError(), "timed out after 10 s"),
+        (UrlNotAllowed("address 10.0.0.1 is private"), "url_not_allowed: address 10.0.0.1 is private"),
+    ],
+)
+def test_network_trouble_is_recorded(webhook_settings: Settings, answer: BaseException, error: str) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [answer])
+        job = make_job()
+        await h.store.create(job)
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state.last_error == error and state.last_status_code is None
+        # A timeout may pass; a refusal by the SSRF checks would only be refused again.
+        assert state.status == ("retrying" if isinstance(answer, TimeoutError) else "failed")
+
+    run(scenario)
+
+
+def test_url_refused_at_delivery_is_never_posted(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        job = make_job(webhook_url="file:///etc/passwd")
+        await h.store.create(job)
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state.status == "failed" and state.last_error is not None
+        assert state.last_error.startswith("url_not_allowed")
+        assert h.session.requests == []
+
+    run(scenario)
+
+
+def test_older_event_leaves_the_newer_events_record_alone(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [500])
+        job = make_job(webhook_events=["running"])
+        newer = WebhookState(status="delivered", event="job.succeeded", webhook_id="msg_job_hook_succeeded")
+        await h.store.create(job.model_copy(update={"webhook": newer}))
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.RUNNING, datetime.now(UTC)))
+        assert state.status == "retrying"
+        assert await h.webhook_record() == newer
+        assert len(await h.schedule.due_times()) == 1
+
+    run(scenario)
+
+
+def test_final_event_takes_the_record_from_a_running_delivery(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        job = make_job(webhook_events=["running"])
+        # The running event's delivery wrote last, after the final event was dispatched.
+        running = WebhookState(status="retrying", event="job.running", webhook_id="msg_job_hook_running", attempts=1)
+        await h.store.create(job.model_copy(update={"webhook": running}))
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert (state.status, state.event, state.attempts) == ("delivered", "job.succeeded", 1)
+        assert await h.webhook_record() == state
+
+    run(scenario)
+
+
+def test_expired_job_is_still_delivered(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        state = await h.deliverer.deliver(build_delivery(make_job(), JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state.status == "delivered" and len(h.session.requests) == 1
+        assert await h.store.get("job_hook") is None
+
+    run(scenario)
+
+
+def test_redis_trouble_puts_the_attempt_back_on_the_queue(
+    webhook_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class StoreDown:
+        async def deliver(self, delivery: WebhookDelivery) -> WebhookState:
+            raise QueueUnavailable("the job store (Redis) cannot be reached")
+
+    delivery = build_delivery(make_job(), JobStatus.SUCCEEDED, datetime.now(UTC))
+    with asyncio.Runner() as runner:
+        monkeypatch.setattr(webhooks, "_deliverer_for", lambda _settings: (runner, StoreDown()))
+        with pytest.raises(Reject) as rejected:
+            webhooks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
+    assert rejected.value.requeue is True

@@ -1,0 +1,307 @@
+"""Image intake for the worker: SSRF-safe, bounded downloads and robust, bounded decoding.
+
+Fetching: every hop's URL is checked by :func:`shared.urls.validate_url`, and the session made by
+:func:`make_fetch_session` checks every address a host name resolves to when it connects (OWASP SSRF
+Prevention Cheat Sheet), so DNS rebinding and redirects to internal hosts fail. Downloads are bounded
+in time and in bytes while streaming. Decoding: the pixel count is checked from the header before any
+pixel is decoded (decompression bombs), then the first frame is decoded, turned upright by its EXIF
+orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import logging
+import socket
+import struct
+import zlib
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import AddrInfoType
+from aiohttp.resolver import ThreadedResolver
+from PIL import Image, ImageOps
+from yarl import URL
+
+from model.images import to_rgb
+from shared.errors import (
+    FetchFailed,
+    FetchTimeout,
+    ImageCorrupt,
+    ImageTooLarge,
+    NotAnImage,
+    TooManyPixels,
+    UrlNotAllowed,
+)
+from shared.settings import Settings
+from shared.uploads import IMAGE_MEDIA_TYPES, SNIFF_BYTES, sniff_image_type
+from shared.urls import is_public_address, validate_url
+
+logger = logging.getLogger(__name__)
+
+#: Shortest side, in pixels, that decoding keeps: twice the 224 px the captioning model sees, so the
+#: model's own resize still has detail to average over.
+MIN_DECODE_SIDE_PX = 2 * 224
+
+#: Headers sent with every image request.
+REQUEST_HEADERS = {
+    "User-Agent": "Captionizer/0.1 (image captioning)",
+    "Accept": ", ".join(IMAGE_MEDIA_TYPES.values()),
+    # Images are compressed already; refusing content-coding also rules out gzip bombs (RFC 9110 §12.5.3).
+    "Accept-Encoding": "identity",
+}
+
+# RFC 9110 §15.4: the redirects that carry a Location to follow.
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CHUNK_BYTES = 64 * 1024
+_MAX_DETAIL_CHARS = 200
+# One hostile host may not take every pooled connection of a worker.
+_CONNECTIONS_PER_HOST = 8
+# What Pillow raises on truncated or malformed data, besides its own OSError subclasses.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+
+class GuardedResolver(AbstractResolver):
+    """A resolver that refuses a host when any address it resolves to is internal.
+
+    It wraps the real lookup (``dns``), so the connector dials only addresses that were checked:
+    a name that resolves to 127.0.0.1, or that rebinds to it after the API accepted it, fails here.
+    """
+
+    def __init__(self, dns: AbstractResolver, *, allow_private: bool) -> None:
+        self._dns = dns
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve ``host`` and return its addresses, or raise UrlNotAllowed if any is internal."""
+        results = await self._dns.resolve(host, port, family)
+        if not self._allow_private:
+            internal = [result["host"] for result in results if not is_public_address(result["host"])]
+            if internal:
+                # Refuse the whole name, not just the bad addresses: a public name has no internal ones.
+                logger.info("refused host %s resolving to internal addresses %s", host, internal)
+                raise UrlNotAllowed("the URL's host resolves to an internal address")
+        return results
+
+    async def close(self) -> None:
+        """Release the wrapped resolver."""
+        await self._dns.close()
+
+
+def make_guarded_connector(settings: Settings, *, dns: AbstractResolver | None = None) -> aiohttp.TCPConnector:
+    """A TCP connector that connects only to public addresses (unless ``allow_private_networks``).
+
+    Call it inside the running event loop. ``dns`` replaces the system lookup (tests only).
+    """
+    allow_private = settings.allow_private_networks
+    resolver = GuardedResolver(dns or ThreadedResolver(), allow_private=allow_private)
+    return aiohttp.TCPConnector(
+        resolver=resolver,
+        # aiohttp skips the resolver for literal IP hosts, so the socket factory checks those.
+        socket_factory=None if allow_private else _create_public_socket,
+        limit_per_host=_CONNECTIONS_PER_HOST,
+    )
+
+
+def make_fetch_session(settings: Settings, *, dns: AbstractResolver | None = None) -> aiohttp.ClientSession:
+    """The client session to fetch images with: one per worker process, shared by its jobs, closed at exit.
+
+    Call it inside the running event loop. Use it only through :func:`fetch_image_bytes`, which adds
+    the per-hop checks, redirects and size limit.
+    """
+    return aiohttp.ClientSession(
+        connector=make_guarded_connector(settings, dns=dns),
+        timeout=_client_timeout(settings),
+        headers=REQUEST_HEADERS,
+        # Proxies from the environment would dial the address for us, past every check (trust_env).
+        trust_env=False,
+        # Cookies set by one stranger's server must never reach the next job's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
+
+
+async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: Settings) -> bytes:
+    """Download the image at ``url`` (bounded, SSRF-checked) and return its bytes.
+
+    Raises:
+        UrlNotAllowed: a hop's URL, or an address its host resolves to, is not allowed.
+        FetchTimeout: the whole download, redirects included, took longer than ``fetch_timeout_s``.
+        FetchFailed: a network error, a non-2xx status (``upstream_status``) or too many redirects.
+        ImageTooLarge: the body is, or is declared, larger than ``max_image_bytes``.
+        NotAnImage: the body does not start like an image we accept.
+    """
+    try:
+        async with asyncio.timeout(settings.fetch_timeout_s):
+            return await _follow_redirects(session, url, settings)
+    except TimeoutError as exc:  # aiohttp's own timeouts subclass it too
+        raise FetchTimeout(f"the image server did not answer within {settings.fetch_timeout_s:g} s") from exc
+    except aiohttp.InvalidURL as exc:
+        raise UrlNotAllowed("the URL is malformed") from exc
+    except aiohttp.ClientError as exc:
+        # Bounded: a hostile server's bytes can end up in the text, and the text is stored on the job.
+        detail = (str(exc) or type(exc).__name__)[:_MAX_DETAIL_CHARS]
+        raise FetchFailed(f"the image could not be downloaded: {detail}") from exc
+
+
+async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: Settings) -> bytes:
+    """Fetch ``url``, following at most ``max_redirects`` redirects, each checked before it is followed."""
+    current, last_status = url, 0
+    for _ in range(settings.max_redirects + 1):
+        current = _checked_url(current, settings)
+        async with session.get(
+            current, allow_redirects=False, timeout=_client_timeout(settings), headers=REQUEST_HEADERS
+        ) as response:
+            location = _redirect_location(response)
+            if location is None:
+                return await _read_body(response, settings.max_image_bytes)
+            last_status = response.status
+        current = _resolve_location(current, location)
+    raise FetchFailed(f"more than {settings.max_redirects} redirects", upstream_status=last_status)
+
+
+def _resolve_location(base: str, location: str) -> str:
+    """The absolute URL a redirect points to; relative ones resolve against the hop (RFC 9110 §10.2.2)."""
+    try:
+        return urljoin(base, location)
+    except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
+        raise UrlNotAllowed("the redirect's Location is malformed") from exc
+
+
+def _checked_url(url: str, settings: Settings) -> str:
+    """Validate one hop's URL and make sure aiohttp will dial the very host that was validated."""
+    checked = validate_url(url, allow_private=settings.allow_private_networks, allowed_ports=settings.allowed_ports)
+    # Guard against parser differentials (OWASP): yarl, which aiohttp uses, must read the same host.
+    try:
+        ours, theirs = urlsplit(checked).hostname, URL(checked).host
+    except ValueError as exc:
+        raise UrlNotAllowed("the URL is malformed") from exc
+    if ours is None or theirs is None or _host_key(ours) != _host_key(theirs):
+        raise UrlNotAllowed("the URL's host is ambiguous")
+    return checked
+
+
+def _host_key(host: str) -> str:
+    """The host in one canonical text form, so ``::ffff:127.0.0.1`` and ``::ffff:7f00:1`` compare equal."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.rstrip(".").lower()
+
+
+def _redirect_location(response: aiohttp.ClientResponse) -> str | None:
+    """The Location to follow, None for a 2xx answer; any other status fails the fetch."""
+    if response.status in _REDIRECT_STATUSES:
+        location = response.headers.get("Location")
+        if not location:
+            raise FetchFailed("the image server redirected without a Location", upstream_status=response.status)
+        return location
+    if not 200 <= response.status < 300:
+        raise FetchFailed(f"the image server answered {response.status}", upstream_status=response.status)
+    return None
+
+
+async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """Read the body, refusing it as soon as it is declared or grows larger than ``max_bytes``."""
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        response.close()
+        raise ImageTooLarge(f"the image is declared as {declared} bytes; the limit is {max_bytes}")
+    body = bytearray()
+    sniffed = False
+    # Content-Length can lie, and chunked bodies have none: count what actually arrives.
+    async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+        body += chunk
+        if len(body) > max_bytes:
+            response.close()  # drop the connection: the rest of the body is never read
+            raise ImageTooLarge(f"the image is larger than {max_bytes} bytes")
+        if not sniffed and len(body) >= SNIFF_BYTES:
+            sniffed = True
+            _check_image_head(bytes(body[:SNIFF_BYTES]), response)
+    if not sniffed:
+        _check_image_head(bytes(body), response)
+    return bytes(body)
+
+
+def _check_image_head(head: bytes, response: aiohttp.ClientResponse) -> None:
+    """Refuse a body that does not start like an accepted image, without downloading the rest."""
+    if sniff_image_type(head) is None:
+        response.close()
+        media_type = response.headers.get("Content-Type", "no content type")
+        raise NotAnImage(f"the URL does not serve an image we accept (it sent {media_type})")
+
+
+def _client_timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=settings.fetch_timeout_s, sock_connect=settings.fetch_connect_timeout_s)
+
+
+def _create_public_socket(addr_info: AddrInfoType) -> socket.socket:
+    """Socket factory for the connector: refuse to create a socket towards an internal address."""
+    family, type_, proto, _, sockaddr = addr_info
+    if not is_public_address(str(sockaddr[0])):
+        raise UrlNotAllowed("the URL points to an internal address")
+    return socket.socket(family=family, type=type_, proto=proto)
+
+
+def decode_image(data: bytes, settings: Settings, *, min_side_px: int = MIN_DECODE_SIDE_PX) -> Image.Image:
+    """Decode image bytes into an upright 8-bit RGB PIL image, within the pixel limit.
+
+    Only the first frame of an animation is decoded. JPEGs are decoded at a reduced scale (draft
+    mode), and large images are reduced, but never so that the shorter side falls below ``min_side_px``.
+
+    Raises:
+        NotAnImage: the bytes are not an accepted image format (by magic bytes).
+        TooManyPixels: the header declares more than ``max_image_pixels`` pixels.
+        ImageCorrupt: the format is recognised but the data is truncated or malformed.
+    """
+    image_format = sniff_image_type(data)
+    if image_format is None:
+        raise NotAnImage("the data is not an image we accept (" + ", ".join(IMAGE_MEDIA_TYPES.values()) + ")")
+    image = _open_bounded(data, image_format, settings.max_image_pixels)
+    try:
+        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale; it keeps both sides >= the size asked for.
+        image.draft("RGB", (min_side_px, min_side_px))
+        image.load()  # Pillow opens an animation at its first frame; we never seek further
+        rgb = to_rgb(_upright(image))
+    except _DECODE_ERRORS as exc:
+        raise ImageCorrupt(f"the {image_format} data is truncated or corrupt") from exc
+    return _reduce(rgb, min_side_px)
+
+
+def _open_bounded(data: bytes, image_format: str, max_pixels: int) -> Image.Image:
+    """Open (read the header of) an image, refusing it when it has more than ``max_pixels`` pixels."""
+    # Pillow's own bomb guard runs inside Image.open, before we see the size: give it our ceiling so the
+    # two agree. It warns above the ceiling (an error under `-W error`) and raises above twice it.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"the image has more than {max_pixels} pixels") from exc
+    except _DECODE_ERRORS as exc:  # UnidentifiedImageError included: the magic matched, the rest did not
+        raise ImageCorrupt(f"the {image_format} header is corrupt") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if width == 0 or height == 0:
+        raise ImageCorrupt(f"the {image_format} header declares an empty image")
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (CIPA DC-008 tag 0x0112); a broken EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except _DECODE_ERRORS:
+        logger.debug("ignoring an unreadable EXIF orientation", exc_info=True)
+        return image
+
+
+def _reduce(image: Image.Image, min_side_px: int) -> Image.Image:
+    """Shrink by a whole factor while the shorter side stays >= ``min_side_px`` (box filter, cheap)."""
+    factor = min(image.size) // min_side_px
+    return image.reduce(factor) if factor >= 2 else image
