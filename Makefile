@@ -13,7 +13,7 @@ INFRA_STAMP := $(INFRA_VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-unit test-integration test-infra infra-venv check lint typecheck imports bench train clean-venv
+.PHONY: run test test-unit test-integration test-infra infra-venv check lint typecheck imports bench bench-e2e train clean-venv
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -65,6 +65,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py
+
+# The whole system (Redis, API, one worker) against the raw model; see bench/README.md.
+bench-e2e: $(STAMP)
+	$(PY) -m bench.e2e --model git-base --jobs 64 --clients 32 --probe-rate 4 --probe-s 5
 
 clean-venv:
 	rm -rf $(VENV) $(INFRA_VENV)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.auth import Caller, require_caller
+from api.auth import Caller, authenticate, require_caller
 from api.job_events import JobEvents
 from api.submission import JobSubmitter
 from shared.errors import JobNotFound
@@ -49,6 +49,8 @@ Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
 #: The authenticated, rate-limited caller; its ``owner`` scopes every job it sees.
 CurrentCaller = Annotated[Caller, Depends(require_caller)]
+#: A caller with a valid key but no rate limit: for /metrics, which a scraper polls on its own schedule.
+KeyHolder = Annotated[Caller, Depends(authenticate)]
 
 
 def check_visible(job: Job | None, job_id: str, owner: str) -> Job:

@@ -135,7 +135,7 @@ def _worker_families(workers: list[dict[str, object]]) -> Iterable[Metric]:
         "captionizer_workers_ready", "Caption workers with their model loaded (live heartbeats).", len(workers)
     )
     load = GaugeMetricFamily(
-        "captionizer_model_load_seconds", "How long each ready worker took to load its model.", labels=["model"]
+        "captionizer_model_load_seconds_max", "Slowest model load among the ready workers.", labels=["model"]
     )
     slowest: dict[str, float] = {}
     for worker in workers:

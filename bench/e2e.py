@@ -1,14 +1,21 @@
 """End-to-end throughput of the whole system against the raw model, measured in the same run on the same machine.
 
-``python -m bench.e2e --model git-base --jobs 64 --clients 32`` (or ``--model embedded --jobs 3000``) starts a
-real redis-server, the uvicorn API and one worker, serves drawn images from a local HTTP server, submits
-``--jobs`` jobs over HTTP from ``--clients`` concurrent clients as fast as the API takes them (the worker is
-saturated throughout), waits for every job to end, stops the stack, then times ``Captioner`` alone on the
-same images at the worker's batch size. It prints JSON.
+``python -m bench.e2e --model git-base --jobs 64 --clients 32 --probe-rate 4`` starts a real redis-server, the
+uvicorn API and one worker, and serves drawn images (640x480 PNGs by default) from a local HTTP server. It then:
 
-``git-base`` is git-base-textcaps' architecture (``GitConfig.from_pretrained('../shared/git-base-textcaps')``)
+1. submits ``--jobs`` jobs at once from ``--clients`` concurrent HTTP clients (submission throughput), which
+   saturates the worker;
+2. while the worker works through them, times ``--probe-rate`` POSTs per second for ``--probe-s`` seconds (POST
+   latency as users see it when the worker is saturated);
+3. long-polls every job to its end (end-to-end images/s, job latency, batch sizes, from the job records);
+
+and times ``Captioner`` alone on the same images at the worker's batch size, before and after the system runs,
+so load from elsewhere on the machine weighs on both. It prints JSON.
+
+``--model git-base`` is git-base-textcaps' architecture (``GitConfig.from_pretrained('../shared/git-base-textcaps')``)
 with random weights, saved to a temporary folder with that checkpoint's tokenizer and processor files. Its
 generation config has no end token, so every caption is exactly ``--max-new-tokens`` long, end to end and raw.
+``--model embedded`` (or a checkpoint folder) uses that model as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import random
 import shutil
 import statistics
@@ -36,21 +44,22 @@ from scripts.processes import free_port
 from scripts.stack import LocalStack
 
 GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"
-#: Photo-like input size, so decoding and the processor's resize cost what they cost in production.
-IMAGE_SIZE = (640, 480)
 DISTINCT_IMAGES = 16
 JOB_WAIT_S = 60
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["embedded", "git-base"], default="git-base")
-    parser.add_argument("--jobs", type=int, default=64, help="jobs submitted")
+    parser.add_argument("--model", default="git-base", help="embedded, git-base, or a checkpoint folder")
+    parser.add_argument("--jobs", type=int, default=64, help="jobs submitted at once (the saturating burst)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
+    parser.add_argument("--probe-rate", type=float, default=20, help="POSTs per second timed while the worker is busy")
+    parser.add_argument("--probe-s", type=float, default=5, help="seconds of timed POSTs")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens per caption (fixed for git-base)")
     parser.add_argument("--batch-size", type=int, default=8, help="the worker's max_batch_size")
     parser.add_argument("--batch-wait-ms", type=int, default=20, help="the worker's max_batch_wait_ms")
-    parser.add_argument("--raw-batches", type=int, default=0, help="batches timed for the raw model (0: as many as jobs)")
+    parser.add_argument("--raw-batches", type=int, default=0, help="raw batches timed (0: jobs / batch size)")
+    parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT of the drawn images")
     parser.add_argument("--keep-logs", action="store_true", help="print where the stack's logs are and keep them")
     return parser.parse_args(argv)
 
@@ -71,12 +80,13 @@ def build_git_base(folder: Path) -> Path:
     return folder
 
 
-def draw_images() -> list[bytes]:
-    """Distinct PNG drawings of captioned shapes."""
+def draw_images(size: str) -> list[bytes]:
+    """Distinct PNG drawings of captioned shapes, ``size`` being WIDTHxHEIGHT."""
+    width, height = (int(side) for side in size.lower().split("x"))
     rng = random.Random(0)
     encoded = []
     for _ in range(DISTINCT_IMAGES):
-        image, _caption = shapes.draw_sample(rng, image_size=IMAGE_SIZE)
+        image, _caption = shapes.draw_sample(rng, image_size=(width, height))
         out = io.BytesIO()
         image.save(out, "PNG")
         encoded.append(out.getvalue())
@@ -104,27 +114,48 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
-async def submit_all(http: aiohttp.ClientSession, api: str, urls: list[str], clients: int, tokens: int) -> dict[str, Any]:
-    """POST every job from ``clients`` concurrent clients; returns ids, latencies and the rate."""
-    pending = list(enumerate(urls))
-    ids: list[str] = [""] * len(urls)
-    latencies: list[float] = []
+async def submit(http: aiohttp.ClientSession, api: str, url: str, tokens: int) -> tuple[str, float]:
+    """POST one job; returns its id and the request's latency in seconds."""
+    started = time.perf_counter()
+    async with http.post(f"{api}/v1/jobs", json={"image_url": url, "max_new_tokens": tokens}) as response:
+        body = await response.json()
+    latency = time.perf_counter() - started
+    if response.status != 202:
+        raise RuntimeError(f"POST answered {response.status}: {body}")
+    return body["id"], latency
+
+
+async def submit_burst(
+    http: aiohttp.ClientSession, api: str, urls: list[str], clients: int, tokens: int
+) -> dict[str, Any]:
+    """POST every job as fast as ``clients`` concurrent clients can; returns the ids and the rate."""
+    pending = list(urls)
+    ids: list[str] = []
 
     async def client() -> None:
         while pending:
-            index, url = pending.pop()
-            started = time.perf_counter()
-            async with http.post(f"{api}/v1/jobs", json={"image_url": url, "max_new_tokens": tokens}) as response:
-                body = await response.json()
-            latencies.append(time.perf_counter() - started)
-            if response.status != 202:
-                raise RuntimeError(f"POST answered {response.status}: {body}")
-            ids[index] = body["id"]
+            job_id, _latency = await submit(http, api, pending.pop(), tokens)
+            ids.append(job_id)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    elapsed = time.perf_counter() - started
-    return {"ids": ids, "latencies": latencies, "jobs_per_s": len(urls) / elapsed}
+    return {"ids": ids, "jobs_per_s": len(urls) / (time.perf_counter() - started)}
+
+
+async def submit_paced(
+    http: aiohttp.ClientSession, api: str, urls: list[str], rate: float, tokens: int
+) -> dict[str, Any]:
+    """POST one job every ``1/rate`` seconds (open loop, as independent users would); returns ids and latencies."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def one(index: int, url: str) -> tuple[str, float]:
+        # Scheduled by the clock, not by the previous answer, so a slow answer cannot hide the next one's wait.
+        await asyncio.sleep(max(0.0, started + index / rate - loop.time()))
+        return await submit(http, api, url, tokens)
+
+    results = await asyncio.gather(*(one(i, url) for i, url in enumerate(urls)))
+    return {"ids": [job_id for job_id, _ in results], "latencies": [latency for _, latency in results]}
 
 
 async def wait_all(http: aiohttp.ClientSession, api: str, ids: list[str], clients: int) -> list[dict[str, Any]]:
@@ -147,57 +178,74 @@ async def wait_all(http: aiohttp.ClientSession, api: str, ids: list[str], client
 
 
 async def run_load(api: str, image_port: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Warm up, then submit and wait for ``args.jobs`` jobs; returns the measurements."""
+    """Warm up; then a saturating burst, timed POSTs while the worker works through it, and every job's end."""
     base = f"http://127.0.0.1:{image_port}/image"
     connector = aiohttp.TCPConnector(limit=2 * args.clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=JOB_WAIT_S + 30)) as http:
-        warm = await submit_all(http, api, [f"{base}/0.png"] * args.batch_size, args.batch_size, args.max_new_tokens)
+        tokens = args.max_new_tokens
+        warm = await submit_burst(http, api, [f"{base}/0.png"] * args.batch_size, args.batch_size, tokens)
         await wait_all(http, api, warm["ids"], args.batch_size)
         urls = [f"{base}/{i % DISTINCT_IMAGES}.png" for i in range(args.jobs)]
-        submitted = await submit_all(http, api, urls, args.clients, args.max_new_tokens)
-        jobs = await wait_all(http, api, submitted["ids"], args.clients)
-    return summarize(submitted, jobs, args)
+        burst = await submit_burst(http, api, urls, args.clients, tokens)
+        probe_urls = [f"{base}/{i % DISTINCT_IMAGES}.png" for i in range(round(args.probe_rate * args.probe_s))]
+        probes = await submit_paced(http, api, probe_urls, args.probe_rate, tokens)
+        jobs = await wait_all(http, api, burst["ids"] + probes["ids"], args.clients)
+    return summarize(burst, probes, jobs, args)
 
 
-def summarize(submitted: dict[str, Any], jobs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def summarize(
+    burst: dict[str, Any], probes: dict[str, Any], jobs: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
     """Throughput, latencies and batch sizes from the job records (server clocks)."""
     succeeded = [job for job in jobs if job["status"] == "succeeded"]
     created = [datetime.fromisoformat(job["created_at"]) for job in jobs]
     finished = [datetime.fromisoformat(job["finished_at"]) for job in jobs if job["finished_at"]]
     span_s = (max(finished) - min(created)).total_seconds()
     batches: dict[str, int] = {job["timings"]["batch_id"]: job["timings"]["batch_size"] for job in succeeded}
+    generate_s = {job["timings"]["batch_id"]: job["timings"]["generate_s"] for job in succeeded}
     latencies = [job["timings"]["total_s"] for job in succeeded]
-    post_ms = [1000 * seconds for seconds in submitted["latencies"]]
+    post_ms = [1000 * seconds for seconds in probes["latencies"]]
     return {
         "jobs": len(jobs),
         "succeeded": len(succeeded),
-        "submit_jobs_per_s": round(submitted["jobs_per_s"], 1),
-        "post_latency_ms": {"p50": round(percentile(post_ms, 0.5), 2), "p99": round(percentile(post_ms, 0.99), 2)},
+        "submit_jobs_per_s": round(burst["jobs_per_s"], 1),
+        "post_latency_ms": {
+            "p50": round(percentile(post_ms, 0.5), 2),
+            "p99": round(percentile(post_ms, 0.99), 2),
+            "probes": len(post_ms),
+            "probe_rate_per_s": args.probe_rate,
+        },
         "e2e_images_per_s": round(len(succeeded) / span_s, 3),
         "job_latency_s": {"p50": round(percentile(latencies, 0.5), 3), "p99": round(percentile(latencies, 0.99), 3)},
         "mean_batch_size": round(statistics.mean(batches.values()), 2),
         "batches": len(batches),
+        # Share of the run the model spent in generate: near 1, the model is the bottleneck, not the pipeline.
+        "generate_busy_fraction": round(sum(generate_s.values()) / span_s, 3),
         "max_batch_size": args.batch_size,
     }
 
 
 def measure_raw(model_path: str, images: list[bytes], args: argparse.Namespace, batches: int) -> dict[str, Any]:
-    """Images per second of ``Captioner`` alone, batched like the worker, on the same images (decoded once)."""
-    from PIL import Image
-
+    """Images per second of ``Captioner`` alone, batched like the worker, on the same images, decoded as it does."""
     from model.captioner import EMBEDDED_MODEL_DIR, Captioner
+    from shared.settings import Settings
+    from worker.intake import decode_image
 
     captioner = Captioner.load(EMBEDDED_MODEL_DIR if model_path == "embedded" else model_path)
-    decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
+    decoded = [decode_image(data, Settings()) for data in images]
     batch = [decoded[i % len(decoded)] for i in range(args.batch_size)]
     tokens = args.max_new_tokens
-    fixed = None if model_path == "embedded" else tokens
+    fixed = tokens if args.model == "git-base" else None
     captioner.caption(batch, max_new_tokens=tokens, min_new_tokens=fixed)  # warm at this batch size
     started = time.perf_counter()
     for _ in range(batches):
         captioner.caption(batch, max_new_tokens=tokens, min_new_tokens=fixed)
     elapsed = time.perf_counter() - started
-    return {"raw_images_per_s": round(batches * args.batch_size / elapsed, 3), "raw_batches": batches}
+    return {
+        "images_per_s": round(batches * args.batch_size / elapsed, 3),
+        "batches": batches,
+        "loadavg_1m": os.getloadavg()[0],
+    }
 
 
 def stack_env(model_path: str, image_port: int, args: argparse.Namespace) -> dict[str, str]:
@@ -219,7 +267,8 @@ def stack_env(model_path: str, image_port: int, args: argparse.Namespace) -> dic
 async def run_e2e(model_path: str, images: list[bytes], log_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     image_port = free_port()
     runner = await serve_images(images, image_port)
-    stack = LocalStack(log_dir, env=stack_env(model_path, image_port, args), api_port=free_port())
+    # No webhook worker: no job here has a webhook, and an idle process would still take a share of the CPU.
+    stack = LocalStack(log_dir, env=stack_env(model_path, image_port, args), api_port=free_port(), webhooks=False)
     try:
         await asyncio.to_thread(stack.start, 300)
         return await run_load(stack.api_url, image_port, args)
@@ -230,23 +279,31 @@ async def run_e2e(model_path: str, images: list[bytes], log_dir: Path, args: arg
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    images = draw_images()
+    images = draw_images(args.image_size)
+    raw_batches = args.raw_batches or max(2, args.jobs // args.batch_size // 2)
     with tempfile.TemporaryDirectory(prefix="captionizer-e2e-") as folder:
-        model_path = "embedded" if args.model == "embedded" else str(build_git_base(Path(folder) / "git-base"))
+        model_path = str(build_git_base(Path(folder) / "git-base")) if args.model == "git-base" else args.model
         log_dir = Path(tempfile.mkdtemp(prefix="captionizer-e2e-logs-"))
-        e2e = asyncio.run(run_e2e(model_path, images, log_dir, args))
-        raw_batches = args.raw_batches or max(3, args.jobs // args.batch_size)
-        raw = measure_raw(model_path, images, args, raw_batches)
+        # The raw model is timed before and after the system, so load from other work on the machine
+        # that changes during the run weighs on both sides alike.
+        before = measure_raw(model_path, images, args, raw_batches)
+        e2e = {**asyncio.run(run_e2e(model_path, images, log_dir, args)), "loadavg_1m": os.getloadavg()[0]}
+        after = measure_raw(model_path, images, args, raw_batches)
     if not args.keep_logs:
         shutil.rmtree(log_dir, ignore_errors=True)
+    raw_images_per_s = (before["images_per_s"] + after["images_per_s"]) / 2
     report = {
         "model": args.model,
         "max_new_tokens": args.max_new_tokens,
         "clients": args.clients,
+        "image_size": args.image_size,
         **e2e,
-        **raw,
-        "e2e_vs_raw": round(e2e["e2e_images_per_s"] / raw["raw_images_per_s"], 3),
+        "raw_images_per_s": round(raw_images_per_s, 3),
+        "raw_before": before,
+        "raw_after": after,
+        "e2e_vs_raw": round(e2e["e2e_images_per_s"] / raw_images_per_s, 3),
         "mean_batch_vs_max": round(e2e["mean_batch_size"] / args.batch_size, 3),
+        "cpu_count": os.cpu_count(),
         "logs": str(log_dir) if args.keep_logs else None,
     }
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

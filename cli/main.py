@@ -1,6 +1,6 @@
 """The ``captionizer`` command: argument parsing, the two subcommands, output and exit codes.
 
-Exit codes: 0 when everything succeeded, 1 when some image failed, 2 for usage errors.
+Exit codes: 0 when everything succeeded, 1 when some image failed, 2 for usage errors, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from cli.client import CaptionizerClient
 from cli.progress import ProgressBar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: 128 + SIGINT, as shells report a command stopped with Ctrl-C.
+EXIT_INTERRUPTED = 130
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 _MAX_LABEL_CHARS = 60
 
@@ -62,34 +64,18 @@ def run(
         return asyncio.run(command(client, args, streams))
     except KeyboardInterrupt:
         streams.err.write("\ninterrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The argument parser; defaults that come from the environment are read from ``environ``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--api",
-        default=environ.get("CAPTIONIZER_API_URL") or DEFAULT_API_URL,
-        metavar="URL",
-        help="the API's base URL (default: $CAPTIONIZER_API_URL or %(default)s)",
-    )
-    common.add_argument("--prompt", help="text the caption should continue, or a question for a VQA model")
-    common.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="longest caption, in tokens")
-    common.add_argument(
-        "--concurrency", type=_positive_int, default=8, metavar="N", help="jobs in flight at once (default: 8)"
-    )
-    common.add_argument(
-        "--timeout", type=float, default=300.0, metavar="S", help="seconds to wait for each job (default: 300)"
-    )
-    common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
     parser = argparse.ArgumentParser(
         prog="captionizer",
         description="Captions and alt text from the Captionizer API.",
         epilog="The API key, if the server needs one, is read from $CAPTIONIZER_API_KEY. "
         "Exit codes: 0 all succeeded, 1 some image failed, 2 usage error.",
     )
+    common = _common_options(environ)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     caption = commands.add_parser("caption", parents=[common], help="caption images: files, folders or URLs")
     caption.add_argument(
@@ -110,6 +96,27 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--keep-empty", action="store_true", help='leave alt="" (decorative images) alone; only fill missing alt'
     )
     return parser
+
+
+def _common_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Options both subcommands take: where the API is, generation options, concurrency and waiting."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--api",
+        default=environ.get("CAPTIONIZER_API_URL") or DEFAULT_API_URL,
+        metavar="URL",
+        help="the API's base URL (default: $CAPTIONIZER_API_URL or %(default)s)",
+    )
+    common.add_argument("--prompt", help="text the caption should continue, or a question for a VQA model")
+    common.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="longest caption, in tokens")
+    common.add_argument(
+        "--concurrency", type=_positive_int, default=8, metavar="N", help="jobs in flight at once (default: 8)"
+    )
+    common.add_argument(
+        "--timeout", type=float, default=300.0, metavar="S", help="seconds to wait for each job (default: 300)"
+    )
+    common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return common
 
 
 def _positive_int(text: str) -> int:

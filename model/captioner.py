@@ -119,7 +119,7 @@ class Captioner:
             images=[to_rgb(image) for image in images], return_tensors="pt"
         ).pixel_values.to(self.device, self.dtype, non_blocking=True)
         # The same prompt for the whole batch, so no row needs padding.
-        input_ids = torch.tensor([[self._bos_token_id, *prompt_ids]], device=self.device).expand(len(images), -1)
+        input_ids = torch.tensor([[self._bos_token_id, *prompt_ids]], device=self.device).repeat(len(images), 1)
         generated = self.model.generate(
             pixel_values=pixel_values,
             input_ids=input_ids,

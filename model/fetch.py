@@ -106,9 +106,18 @@ def _processor_problems(root: Path) -> list[str]:
         problems.append("no tokenizer (tokenizer.json or vocab.txt)")
     if not (root / "tokenizer_config.json").is_file():
         problems.append("tokenizer_config.json is missing")
-    if not (root / "preprocessor_config.json").is_file():
-        problems.append("preprocessor_config.json is missing")
+    if not (root / "preprocessor_config.json").is_file() and not _has_nested_image_processor(root):
+        problems.append("no image processor (preprocessor_config.json, or processor_config.json with one)")
     return problems
+
+
+def _has_nested_image_processor(root: Path) -> bool:
+    # transformers 5 saves a processor's image settings inside processor_config.json instead.
+    try:
+        config = json.loads((root / "processor_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("image_processor"), dict)
 
 
 def download_checkpoint(hub_id: str, folder: str | Path, *, revision: str | None = None) -> Path:

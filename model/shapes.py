@@ -24,13 +24,13 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black
 #: Shape names.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 #: Size names, with the shape's extent as a fraction of the image's shorter side.
-SIZES: dict[str, tuple[float, float]] = {"small": (0.24, 0.34), "large": (0.56, 0.76)}
+SIZES: dict[str, tuple[float, float]] = {"small": (0.3, 0.42), "large": (0.62, 0.85)}
 
 #: Default side of a drawn image, in pixels.
 DEFAULT_IMAGE_SIZE = 128
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
-_MAX_TILT_DEG = 15.0  # squares and triangles stay recognisable; 45° would make a square a diamond
+_MAX_TILT_DEG = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def draw_shape(
     """Draw one RGB image of ``shape`` at a random position, with small colour and tilt jitter.
 
     Args:
-        image_size: side of a square image, or ``(width, height)``; the shape is sized from the shorter side.
+        image_size: side of a square image, or ``(width, height)``; the shape is sized from the shorter
+            side and lies within the central square.
         rng: source of the position and jitter; ``None`` means ``random.Random(0)``, so the same call
             always draws the same image.
     """
@@ -83,9 +84,12 @@ def draw_shape(
         raise ValueError(f"image_size must be at least 8 pixels a side, got {image_size!r}")
     image = Image.new("RGB", (width, height), BACKGROUNDS[background])
     low, high = SIZES[size]
-    radius = rng.uniform(low, high) * min(width, height) / 2
-    # Keep the whole shape inside the image: a cut-off shape has no honest caption.
-    centre = (rng.uniform(radius, width - radius), rng.uniform(radius, height - radius))
+    side = min(width, height)
+    radius = rng.uniform(low, high) * side / 2
+    # The shape stays whole inside the central square, which is what a centre-cropping image
+    # processor (git-base's and the embedded model's) keeps of a non-square image.
+    left, top = (width - side) / 2, (height - side) / 2
+    centre = (left + rng.uniform(radius, side - radius), top + rng.uniform(radius, side - radius))
     fill = _jitter(COLOURS[colour], rng)
     draw = ImageDraw.Draw(image)
     if shape == "circle":

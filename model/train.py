@@ -39,8 +39,8 @@ TRAIN_SEED = 1234
 EVAL_SEED = 98765
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
-# Drawn sizes span small thumbnails to photos-ish and 2:1 aspect ratios, so the processor's
-# resize (which squashes to a square) is part of what the model learns.
+# Drawn sizes span thumbnails to photo-like sizes and 2:1 aspect ratios, so the model learns from
+# what the processor's resize and centre crop make of each.
 _MIN_DRAW_SIDE = 32
 _MAX_DRAW_SIDE = 320
 _MAX_ASPECT = 2.0
@@ -54,12 +54,11 @@ def build_tokenizer() -> BertTokenizer:
 
 
 def build_processor() -> GitProcessor:
-    """GIT's processor: CLIP normalisation, resizing (not cropping) any image to the model's square."""
-    # No centre crop: a shape near the edge of a wide image would be cut away.
+    """GIT's processor, as microsoft/git-base's: CLIP normalisation, shorter side resized, centre square cropped."""
     image_processor = CLIPImageProcessor(
-        size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},
+        size={"shortest_edge": MODEL_IMAGE_SIZE},
         crop_size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},
-        do_center_crop=False,
+        do_center_crop=True,
     )
     return GitProcessor(image_processor=image_processor, tokenizer=build_tokenizer())
 

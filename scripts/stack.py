@@ -62,8 +62,18 @@ class LocalStack:
         api_port: int = 8000,
         redis_url: str | None = None,
         access_log: bool = False,
+        webhooks: bool = True,
+        worker_app: str = "worker",
+        redis_persistence: bool = False,
+        api_graceful_shutdown_s: float | None = None,
     ) -> None:
         self.log_dir = log_dir
+        self.webhooks = webhooks
+        #: Celery app module of caption workers (crash tests pass one that can die on demand).
+        self.worker_app = worker_app
+        #: Append-only file synced every second, as docker-compose runs Redis (restart tests).
+        self.redis_persistence = redis_persistence
+        self.api_graceful_shutdown_s = api_graceful_shutdown_s
         self.api_port = api_port
         self.access_log = access_log
         self.redis_url = redis_url or f"redis://127.0.0.1:{free_port()}/0"
@@ -73,6 +83,8 @@ class LocalStack:
         self.processes: list[ManagedProcess] = []
         self.worker: ManagedProcess | None = None
         self.webhook_worker: ManagedProcess | None = None
+        self.redis: ManagedProcess | None = None
+        self.api: ManagedProcess | None = None
 
     @property
     def api_url(self) -> str:
@@ -84,8 +96,9 @@ class LocalStack:
         try:
             self._start_redis_if_needed(timeout_s)
             self.worker = self.start_worker(timeout_s)
-            self.webhook_worker = self.start_webhook_worker(timeout_s)
-            self._start_api(timeout_s)
+            if self.webhooks:
+                self.webhook_worker = self.start_webhook_worker(timeout_s)
+            self.api = self.start_api(timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -100,7 +113,7 @@ class LocalStack:
         """Start a caption worker and wait for its heartbeat (model loaded, warm)."""
         # Captions only: deliveries run in their own worker, so a hanging receiver never holds a caption thread.
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.keys.caption_queue(),
+            sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", self.keys.caption_queue(),
             "--loglevel", "INFO",
             "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
@@ -121,7 +134,8 @@ class LocalStack:
             "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO",
             "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        worker = self._start(name, argv)
+        # Readiness is read from its log, so its log level must let that line through.
+        worker = self._start(name, argv, env={"CAPTIONIZER_LOG_LEVEL": "INFO"})
         # The mover starts on Celery's worker_ready, once the worker consumes its queue.
         worker.wait_until(lambda: WEBHOOK_WORKER_READY in worker.log_tail(), timeout_s=timeout_s, what="ready")
         return worker
@@ -132,21 +146,51 @@ class LocalStack:
         parts = urlsplit(self.redis_url)
         if parts.hostname not in _LOCAL_HOSTS:
             raise RuntimeError(f"nothing answers at {self.redis_url}, and it is not on this machine")
+        self.start_redis(timeout_s)
+
+    def start_redis(self, timeout_s: float = 60.0) -> ManagedProcess:
+        """Start redis-server on this stack's port (again, after :meth:`stop_redis`) and wait for PING."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(REDIS_INSTALL_HINT)
-        argv = [binary, "--bind", "127.0.0.1", "--port", str(parts.port or 6379), "--save", "", "--appendonly", "no"]
+        port = str(urlsplit(self.redis_url).port or 6379)
+        argv = [binary, "--bind", "127.0.0.1", "--port", port, "--save", ""]
+        if self.redis_persistence:
+            data_dir = self.log_dir / "redis-data"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data_dir)]
+        else:
+            argv += ["--appendonly", "no"]
         redis = self._start("redis", argv)
+        # First in line, so stop() ends it last, after the processes that use it.
+        self.processes.remove(redis)
+        self.processes.insert(0, redis)
         redis.wait_until(lambda: redis_answers(self.redis_url), timeout_s=timeout_s, what="answering PING")
+        self.redis = redis
+        return redis
 
-    def _start_api(self, timeout_s: float) -> None:
+    def stop_redis(self) -> None:
+        """Stop the Redis this stack started, as ``docker stop`` does (SIGTERM, so the AOF is flushed)."""
+        if self.redis is None:
+            raise RuntimeError("this stack did not start Redis")
+        self.redis.stop()
+        self.processes.remove(self.redis)
+        self.redis = None
+
+    def start_api(self, timeout_s: float = 60.0) -> ManagedProcess:
+        """Start uvicorn and wait until ``/readyz`` answers 200."""
         argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)]
         if not self.access_log:
             argv.append("--no-access-log")
+        if self.api_graceful_shutdown_s is not None:
+            # uvicorn drains in-flight requests on SIGTERM, for at most this long.
+            argv += ["--timeout-graceful-shutdown", str(self.api_graceful_shutdown_s)]
         api = self._start("api", argv)
         api.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), timeout_s=timeout_s, what="ready (/readyz)")
+        return api
 
-    def _start(self, name: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(name, argv, log_path=self.log_dir / f"{name}.log", env=self.env, cwd=REPO_ROOT)
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> ManagedProcess:
+        full_env = {**self.env, **(env or {})}
+        process = ManagedProcess(name, argv, log_path=self.log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT)
         self.processes.append(process.start())
         return process

@@ -44,6 +44,14 @@ class Keys:
         """Hash of job counts by status (``entered:<status>``, ``current:<status>``, ``redelivered``), for /metrics."""
         return f"{self.prefix}:job-counts"
 
+    def queued_jobs(self) -> str:
+        """Sorted set of queued jobs (score: when queued, epoch seconds), for the orphan sweeper."""
+        return f"{self.prefix}:queued-jobs"
+
+    def orphan_sweep_lock(self) -> str:
+        """Lock held by the one caption worker sweeping for orphaned jobs this round."""
+        return f"{self.prefix}:orphan-sweep"
+
     def webhook_outcomes(self) -> str:
         """Hash counting webhook attempts by outcome (delivered, retrying, failed, gone), for /metrics."""
         return f"{self.prefix}:webhook-outcomes"

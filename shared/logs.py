@@ -13,7 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# uvicorn's "color_message" repeats the event with terminal colours.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,3 +52,12 @@ def configure_logging(process_name: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python warnings (e.g. Celery's SecurityWarning) become JSON lines too, not stderr text.
+    logging.captureWarnings(True)
+    # Servers configure their own loggers before our entry point runs (uvicorn's dictConfig
+    # gives "uvicorn" and "uvicorn.access" plain-text handlers that do not propagate): send
+    # those through the root's JSON handler too, so every line of the process is JSON.
+    for existing in list(logging.root.manager.loggerDict.values()):
+        if isinstance(existing, logging.Logger) and existing.handlers:
+            existing.handlers.clear()
+            existing.propagate = True

@@ -25,12 +25,13 @@ from shared.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash.
+# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set.
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
-# status JSON-encoded ("" = leave it), ARGV[3..] field/value pairs (JSON values).
+# status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
 # The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
-# script, so the API's /metrics never sees a job counted in two states.
+# script, so the API's /metrics never sees a job counted in two states; a job that leaves
+# `queued` leaves the set the orphan sweeper reads (worker.recovery).
 _TRANSITION_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -41,7 +42,7 @@ if ARGV[1] ~= '' then
   end
   if not allowed then return 0 end
 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2])
   if ARGV[2] == '"running"' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
@@ -53,6 +54,7 @@ if ARGV[2] ~= '' then
     redis.call('HINCRBY', KEYS[3], 'current:' .. to, 1)
     if current then redis.call('HINCRBY', KEYS[3], 'current:' .. string.sub(current, 2, -2), -1) end
   end
+  if ARGV[2] ~= '"queued"' then redis.call('ZREM', KEYS[4], ARGV[3]) end
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
@@ -110,6 +112,8 @@ class JobStore:
                     pipe.set(self.keys.upload(job.id), upload, ex=upload_ttl_s)
                 pipe.hincrby(self.keys.job_counts(), f"entered:{job.status}", 1)
                 pipe.hincrby(self.keys.job_counts(), f"current:{job.status}", 1)
+                if job.status is JobStatus.QUEUED:
+                    pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp()})
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
@@ -126,6 +130,24 @@ class JobStore:
         """Drop the job's uploaded image once the job has ended (a redelivery must still find it before)."""
         try:
             await self.redis.delete(self.keys.upload(job_id))
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+
+    async def queued_before(self, before_s: float, limit: int = 500) -> list[str]:
+        """Ids of jobs still queued that were queued (or queued again) before ``before_s`` (epoch s), oldest first."""
+        try:
+            ids = await self.redis.zrangebyscore(self.keys.queued_jobs(), "-inf", before_s, start=0, num=limit)
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+        return [_text(job_id) for job_id in ids]
+
+    async def mark_requeued(self, job_id: str, at_s: float) -> None:
+        """Note that ``job_id``'s task was queued again at ``at_s``; a job no longer queued is forgotten."""
+        try:
+            if await self.redis.exists(self.keys.job(job_id)):
+                await self.redis.zadd(self.keys.queued_jobs(), {job_id: at_s}, xx=True)
+            else:
+                await self.redis.zrem(self.keys.queued_jobs(), job_id)
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
@@ -187,12 +209,12 @@ class JobStore:
         return await self._run(job_id, statuses, "", fields)
 
     async def _run(self, job_id: str, statuses: str, new_status: str, fields: Mapping[str, Any]) -> bool:
-        args: list[str] = [statuses, new_status]
+        args: list[str] = [statuses, new_status, job_id]
         for name, value in encode_fields(fields).items():
             args += [name, value]
         try:
             keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
-            result = await self._transition(keys=keys, args=args)
+            result = await self._transition(keys=[*keys, self.keys.queued_jobs()], args=args)
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return bool(result)

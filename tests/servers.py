@@ -199,6 +199,12 @@ async def _image_named(name: str) -> web.StreamResponse:
     return web.Response(body=body, content_type=content_type)
 
 
+async def _delayed(request: web.Request) -> web.StreamResponse:
+    """``/delayed/S`` waits S seconds (at most 60), then serves the red circle: a slow job that succeeds."""
+    await asyncio.sleep(min(float(request.match_info["seconds"]), 60.0))
+    return await _image_named("shape.png")
+
+
 async def _loop(request: web.Request) -> web.StreamResponse:
     return web.Response(status=307, headers={"Location": "/loop"})
 
@@ -292,6 +298,7 @@ def make_app() -> web.Application:
         "/status/{code}": _status,
         "/redirect": _redirect,
         "/chain/{hops}": _chain,
+        "/delayed/{seconds}": _delayed,
         "/loop": _loop,
         "/no-location": _no_location,
         "/slow-headers": _slow_headers,

@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.celery_config import celery_config
 from shared.settings import Settings
+from worker.limits import apply_worker_limits
 from worker.tasks import register_caption_task
 from worker.webhook_schedule import install_retry_mover
 from worker.webhooks import register_webhook_task
@@ -18,6 +19,7 @@ def make_celery(settings: Settings) -> Celery:
     # Reserve no more messages than the pool has threads: in-flight jobs stay bounded at two
     # batches, and the rest stay in Redis for other workers (Celery "Prefetch limits").
     app.conf.worker_prefetch_multiplier = 1
+    apply_worker_limits(app, settings)
     register_caption_task(app, settings)
     register_webhook_task(app, settings)
     install_retry_mover(app, settings)

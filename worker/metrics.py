@@ -30,3 +30,4 @@ JOB_DURATION = Histogram(
 BATCH_GENERATE = Histogram("captionizer_batch_generate_seconds", "One batched generate call.", buckets=_SECONDS_BUCKETS)
 BATCH_SIZE = Histogram("captionizer_batch_size", "Images captioned per generate call.", buckets=_BATCH_BUCKETS)
 MODEL_LOADED = Gauge("captionizer_worker_model_loaded", "1 once the model is loaded and warmed up.")
+MODEL_LOAD_SECONDS = Gauge("captionizer_model_load_seconds", "How long this worker took to load and warm up its model.")

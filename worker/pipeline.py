@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from worker import metrics
 from worker.batching import Batcher, BatchResult
+from worker.recovery import DeliveryGate
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class JobRunner:
         decode: DecodeFn,
         model_name: str,
         on_event: EventFn,
+        gate: DeliveryGate | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -64,9 +66,21 @@ class JobRunner:
         self.decode = decode
         self.model_name = model_name
         self.on_event = on_event
+        self.gate = gate or DeliveryGate()
 
     async def run(self, job_id: str) -> JobStatus | None:
-        """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none."""
+        """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
+
+        Raises:
+            NotAdmittedError: a redelivered job found no moment alone in this worker in time.
+        """
+        seen = await self.store.get(job_id)
+        # Already running: its last worker died (maybe of it), so it runs alone (worker.recovery).
+        suspect = seen is not None and seen.status is JobStatus.RUNNING
+        async with self.gate.admit(suspect=suspect, timeout_s=self.settings.job_time_limit_s):
+            return await self._run_admitted(job_id)
+
+    async def _run_admitted(self, job_id: str) -> JobStatus | None:
         job = await self._start(job_id)
         if job is None or job.status is not JobStatus.RUNNING:
             return job.status if job is not None else None
@@ -98,6 +112,8 @@ class JobRunner:
             logger.info("job skipped", extra={"job_id": job_id, "reason": "started elsewhere or canceled"})
             return None
         running = job.model_copy(update={**fields, "status": JobStatus.RUNNING, "attempts": job.attempts + 1})
+        queue_wait_s = _seconds_between(job.created_at, now)
+        logger.info("job started", extra={"job_id": job_id, "attempts": running.attempts, "queue_wait_s": queue_wait_s})
         await self.on_event(running, JobStatus.RUNNING)
         return running
 

@@ -21,8 +21,9 @@ from typing import Any, Protocol, TypeVar
 from PIL import Image
 from redis.asyncio import Redis
 
+from shared.celery_config import visibility_timeout_s
 from shared.jobs import JobOptions, JobStatus, utc_now
-from shared.keys import Keys
+from shared.keys import CAPTION_TASK, Keys
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import SendTask
@@ -31,6 +32,7 @@ from worker.batching import Batcher, CaptionFn
 from worker.events import JobEventHook
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 from worker.pipeline import JobRunner
+from worker.recovery import OrphanSweeper
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +97,14 @@ class CaptionRuntime:
         self.keys = Keys(settings.key_prefix)
         self.batch_size = settings.batch_size_for(on_gpu=is_on_gpu(captioner))
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        #: Seconds the model took to load and warm up (reported in the heartbeat, for /metrics).
+        self.model_load_s: float | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
         self._session: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Open connections, start batching and the heartbeat (the model is already loaded)."""
@@ -116,7 +121,8 @@ class CaptionRuntime:
         if self._runner is None:
             raise RuntimeError("the caption runtime is not started")
         future = asyncio.run_coroutine_threadsafe(self._runner.run(job_id), self._loop)
-        return future.result(timeout=self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S)
+        # A delivery may wait its turn at the gate (worker.recovery) for up to one time limit, then run one.
+        return future.result(timeout=2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S)
 
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
@@ -154,11 +160,24 @@ class CaptionRuntime:
         )  # fmt: skip
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
+        self._sweeper = self._start_sweeper(store)
+
+    def _start_sweeper(self, store: JobStore) -> asyncio.Task[None]:
+        """Look for jobs whose task message was lost, every half redelivery timeout (worker.recovery)."""
+        quiet_s = visibility_timeout_s(self.settings)
+        sweeper = OrphanSweeper(store, queue_name=self.keys.caption_queue(), requeue=self._requeue, quiet_s=quiet_s)
+        lock = self.keys.orphan_sweep_lock()
+        return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
+
+    async def _requeue(self, job_id: str) -> None:
+        # Off the loop: Celery's publish blocks on the broker.
+        await asyncio.to_thread(self.send_task, CAPTION_TASK, args=[job_id], queue=self.keys.caption_queue())
 
     async def _close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for task in (self._heartbeat, self._sweeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._runner is None:
             return
         redis = self._runner.store.redis
@@ -177,6 +196,7 @@ class CaptionRuntime:
             "model": self.captioner.name,
             "device": str(self.captioner.device),
             "batch_size": self.batch_size,
+            "model_load_s": self.model_load_s,
             "at": utc_now().isoformat(),
         }
         ttl_s = 3 * self.settings.worker_heartbeat_s

@@ -9,6 +9,7 @@ in threads lets one batch gather and fetch while the previous one generates.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from prometheus_client import start_http_server
 from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import Settings
+from worker import metrics
+from worker.recovery import NotAdmittedError
 from worker.runtime import CaptionModel, CaptionRuntime, load_captioner
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,13 @@ class CaptionService:
         """Load the model and size the pool, before the worker consumes anything (Celery ``worker_init``)."""
         if Keys(self.settings.key_prefix).caption_queue() not in self.app.amqp.queues.consume_from:
             return  # e.g. the webhook worker: it must never load the model
-        runtime = CaptionRuntime(self.settings, self.app.send_task, self.load_model(self.settings))
+        began = time.perf_counter()
+        captioner = self.load_model(self.settings)
+        load_s = round(time.perf_counter() - began, 3)
+        metrics.MODEL_LOAD_SECONDS.set(load_s)
+        logger.info("model loaded", extra={"model": captioner.name, "duration_s": load_s})
+        runtime = CaptionRuntime(self.settings, self.app.send_task, captioner)
+        runtime.model_load_s = load_s
         if sender is not None:
             _use_thread_pool(sender, THREADS_PER_BATCH * runtime.batch_size)
         runtime.start()
@@ -66,6 +75,10 @@ class CaptionService:
         except QueueUnavailable as exc:
             # Redis went away mid-job: put the message back rather than ack a job never recorded.
             logger.error("job store unavailable; requeueing", extra={"job_id": job_id})
+            raise Reject(str(exc), requeue=True) from exc
+        except NotAdmittedError as exc:
+            # Redelivered jobs took this worker's turns for a whole time limit: let another worker try.
+            logger.warning("no turn to run the job; requeueing", extra={"job_id": job_id})
             raise Reject(str(exc), requeue=True) from exc
 
 

@@ -42,7 +42,7 @@ SessionFactory = Callable[[Settings], aiohttp.ClientSession]
 
 #: Sent with every delivery, so receivers can tell our requests apart in their logs.
 USER_AGENT = "Captionizer-Webhooks/0.1"
-# Bounded so a chatty receiver cannot bloat every job record that shows it.
+# Bounded: network errors can carry long messages, and the record is in every GET of the job.
 _MAX_ERROR_CHARS = 200
 # Each retry's delay is its configured value times a factor in this range, so
 # receivers that failed together are not retried in lockstep (AWS "Exponential

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AppSettings, CurrentCaller
+from api.deps import AppSettings, KeyHolder
 from api.metrics import CONTENT_TYPE, read_heartbeats, read_snapshot, render_metrics
 from api.problems import problem_responses
+from api.security import EDGE_ERRORS
 from shared import errors
 from shared.errors import ModelNotReady, QueueUnavailable
 from shared.keys import Keys
@@ -54,9 +55,12 @@ async def readyz(request: Request, settings: AppSettings) -> Readiness:
     "/metrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "The Prometheus text format."}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "The Prometheus text format."},
+        **problem_responses(errors.Unauthorized, *EDGE_ERRORS),
+    },
 )
-async def metrics(request: Request, caller: CurrentCaller, settings: AppSettings) -> PlainTextResponse:
+async def metrics(request: Request, caller: KeyHolder, settings: AppSettings) -> PlainTextResponse:
     """Jobs by status, queue depths, webhook outcomes and ready workers, read from Redis (see docs/reliability.md).
 
     It takes an API key like any route (Prometheus sends it as a bearer token): the

@@ -192,8 +192,11 @@ def _form_job_create(form: FormData) -> JobCreate:
         # webhook_events may repeat, or come as one comma-separated value.
         if name == "webhook_events":
             fields[name] = [item for value in values for item in str(value).split(",") if item]
+        elif len(values) > 1:
+            # OWASP HTTP Parameter Pollution: a repeated single-valued field is refused, not resolved.
+            raise InvalidRequest(f"{name} must be given once")
         else:
-            fields[name] = values[-1]
+            fields[name] = values[0]
     try:
         return JobCreate.model_validate(fields)
     except ValidationError as exc:

@@ -122,6 +122,12 @@ resource api 'Microsoft.App/containerApps@2025-01-01' = {
               name: 'CAPTIONIZER_FRONT_DOOR_ID'
               value: frontDoorId
             }
+            {
+              // Caption workers scale to zero on queue length: readiness must not wait for one,
+              // or no replica would take the job that wakes them (docs/reliability.md).
+              name: 'CAPTIONIZER_READY_REQUIRES_WORKER'
+              value: 'false'
+            }
           ]
           probes: [
             {

@@ -74,6 +74,18 @@ def test_image_the_server_cannot_fetch_shows_the_jobs_error(app_page: Page, imag
     save_screenshot(app_page, "error-fetch-failed")
 
 
+def test_running_job_can_be_canceled(app_page: Page, image_server: HostileServer) -> None:
+    submit_url(app_page, image_server.url("/slow-headers"))  # the worker waits on this fetch until its timeout
+
+    cancel = app_page.get_by_role("button", name="Cancel job")
+    expect(cancel).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    cancel.click()
+
+    expect(app_page.get_by_role("status").first).to_have_text("Canceled.")
+    expect(cancel).to_be_hidden()
+    expect(app_page.locator("#recent-list li").first).to_contain_text("canceled")
+
+
 def test_url_the_api_refuses_shows_the_problem_detail(app_page: Page) -> None:
     submit_url(app_page, "http://127.0.0.1:1/x.png")
 

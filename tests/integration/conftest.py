@@ -18,6 +18,7 @@ from redis import Redis
 from model.captioner import EMBEDDED_MODEL_DIR
 from scripts.processes import free_port
 from scripts.stack import LocalStack
+from tests.integration.chaos import Chaos
 from tests.integration.webhook_receiver import NEW_SECRET, OLD_SECRET, WebhookReceiver, running_receiver
 from tests.servers import HostileServer
 
@@ -94,6 +95,65 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.api_url, timeout=90) as client:
         yield client
     _flush_job_data(stack)
+
+
+#: The reliability stack's limits: short, so crashes are recovered within a test.
+RELIABILITY_TIME_LIMIT_S = 10
+RELIABILITY_REDELIVERY_S = 12
+RELIABILITY_MAX_ATTEMPTS = 3
+
+
+@pytest.fixture(scope="session")
+def reliability_stack(
+    tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer, model_path: str
+) -> Iterator[LocalStack]:
+    """A stack of its own for tests that kill and restart its parts (tests/integration/test_crash_recovery.py...).
+
+    Redis persists as docker-compose runs it (AOF, everysec); the caption worker is
+    ``tests.integration.crashing_worker`` (a poison prompt kills it); redelivery after a
+    worker death takes seconds, not minutes; uvicorn drains requests for up to 10 s.
+    """
+    env = {
+        "CAPTIONIZER_MODEL": model_path,
+        "CAPTIONIZER_KEY_PREFIX": "rel",
+        "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
+        "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
+        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port}",
+        "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
+        "CAPTIONIZER_WORKER_METRICS_PORT": "0",
+        "CAPTIONIZER_JOB_TIME_LIMIT_S": str(RELIABILITY_TIME_LIMIT_S),
+        "CAPTIONIZER_REDELIVERY_TIMEOUT_S": str(RELIABILITY_REDELIVERY_S),
+        "CAPTIONIZER_MAX_DELIVERY_ATTEMPTS": str(RELIABILITY_MAX_ATTEMPTS),
+        # A dead worker's heartbeat expires within 3 s, so /readyz follows it quickly.
+        "CAPTIONIZER_WORKER_HEARTBEAT_S": "1",
+    }
+    stack = LocalStack(
+        tmp_path_factory.mktemp("reliability-logs"),
+        env=env,
+        api_port=free_port(),
+        worker_app="tests.integration.crashing_worker",
+        webhooks=False,
+        redis_persistence=True,
+        api_graceful_shutdown_s=10,
+    )
+    try:
+        stack.start(timeout_s=240)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def chaos(reliability_stack: LocalStack) -> Iterator[Chaos]:
+    """The reliability stack, whole again and its job data flushed after each test."""
+    with httpx.Client(base_url=reliability_stack.api_url, timeout=60) as client:
+        handle = Chaos(reliability_stack, client)
+        try:
+            yield handle
+        finally:
+            handle.restore()
+            handle.close()
+            _flush_job_data(reliability_stack)
 
 
 def _flush_job_data(stack: LocalStack) -> None:

@@ -89,12 +89,14 @@ def api_url() -> Iterator[str]:
         "CAPTIONIZER_CAPTION_WAIT_S": "0",
         "CAPTIONIZER_MAX_WAIT_S": "0",
         "CAPTIONIZER_LOG_LEVEL": "WARNING",
+        # ...and /readyz answers 200 without one, so the fuzzer sees its success schema too.
+        "CAPTIONIZER_READY_REQUIRES_WORKER": "false",
     }
     uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
     with _process(redis_args) as redis_process, _process([*uvicorn, "--no-access-log"], env) as api_process:
         url = f"http://127.0.0.1:{api_port}"
         _wait_until(lambda: _is_listening(redis_port), "redis", 10, redis_process)
-        _wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, "uvicorn", 60, api_process)
+        _wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, "uvicorn", 60, api_process)
         yield url
 
 

@@ -8,6 +8,7 @@ non-UTF-8 bodies). The app runs against a real redis-server, with two keys.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -150,6 +151,7 @@ def _request_parts(abuse: Abuse, job_id: str) -> tuple[bytes, list[tuple[bytes, 
 
 _HUGE = b"x" * (MAX_REQUEST_BYTES + 1)
 _VALID = {"image_url": "https://example.com/cat.jpg"}
+_PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
 
 ABUSES: dict[str, Abuse] = {
     # --- who is asking ------------------------------------------------------------------
@@ -242,6 +244,16 @@ ABUSES: dict[str, Abuse] = {
         method="POST",
         headers=[(b"content-type", b"multipart/form-data; boundary=xx")],
         body=b'--xx\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhi\r\n--xx--\r\n',
+    ),
+    "multipart field given twice": Abuse(
+        "/v1/jobs",
+        422,
+        "invalid_request",
+        method="POST",
+        headers=[(b"content-type", b"multipart/form-data; boundary=xx")],
+        body=b'--xx\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na\r\n'
+        b'--xx\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nb\r\n'
+        b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + _PNG + b"\r\n--xx--\r\n",
     ),
     "multipart with a broken boundary": Abuse(
         "/v1/jobs",

@@ -254,7 +254,7 @@ def test_rate_limits_are_per_key(make_settings: SettingsFactory) -> None:
 def test_probes_docs_and_static_files_are_not_rate_limited(make_settings: SettingsFactory) -> None:
     # No caption worker runs in unit tests, so /readyz must not wait for one.
     settings = make_settings(rate_limit_per_minute=1, rate_limit_burst=1, ready_requires_worker=False)
-    paths = ["/healthz", "/readyz", "/openapi.json", "/docs", "/", "/static/app.js"] * 3
+    paths = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/", "/static/app.js"] * 3
     responses = send(settings, *[("GET", path, _auth()) for path in paths])
     assert all(r.status_code == 200 for r in responses), [(r.url.path, r.status_code) for r in responses]
 

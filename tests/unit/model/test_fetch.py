@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import fetch
+from model import EMBEDDED_MODEL_DIR, fetch
 from model.fetch import CheckpointLayoutError, check_checkpoint_folder
 
 
@@ -66,7 +66,7 @@ def test_sharded_checkpoint_passes_the_layout_check(checkpoint: Path) -> None:
     [
         ("config.json", "config.json is missing"),
         ("model.safetensors", "no model.safetensors"),
-        ("preprocessor_config.json", "preprocessor_config.json is missing"),
+        ("preprocessor_config.json", "no image processor"),
         ("tokenizer_config.json", "tokenizer_config.json is missing"),
     ],
 )
@@ -74,6 +74,12 @@ def test_missing_file_fails_the_layout_check(checkpoint: Path, remove: str, mess
     (checkpoint / remove).unlink()
     with pytest.raises(CheckpointLayoutError, match=message):
         check_checkpoint_folder(checkpoint)
+
+
+def test_checkpoint_saved_by_transformers_5_passes_the_layout_check(tmp_path: Path) -> None:
+    shutil.copytree(EMBEDDED_MODEL_DIR, tmp_path, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    assert not (tmp_path / "preprocessor_config.json").exists()
+    check_checkpoint_folder(tmp_path)
 
 
 def test_missing_tokenizer_fails_the_layout_check(checkpoint: Path) -> None:

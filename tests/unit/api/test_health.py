@@ -1,0 +1,121 @@
+"""/healthz, /readyz (Redis and a ready caption worker) and /metrics (what Redis knows, in Prometheus text)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import api.app
+from shared.jobs import JobStatus
+from shared.keys import Keys
+from shared.settings import Settings
+from tests.unit.api.conftest import ApiHarness
+
+
+def beat(api_harness: ApiHarness, worker_id: str = "host:1", model_load_s: float = 2.5) -> None:
+    info = {"worker_id": worker_id, "model": "embedded", "model_load_s": model_load_s}
+
+    async def write() -> None:
+        key = Keys(api_harness.settings.key_prefix).worker_heartbeat(worker_id)
+        await api_harness.redis().set(key, json.dumps(info), ex=15)
+
+    asyncio.run(write())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_healthz_answers_while_the_process_serves(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_waits_for_a_worker_with_its_model_loaded(client: TestClient, api_harness: ApiHarness) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["code"] == "model_not_ready"
+    beat(api_harness)
+    assert client.get("/readyz").json() == {"status": "ok", "workers": 1}
+
+
+def test_readyz_can_skip_the_worker_check_for_scale_to_zero(api_harness: ApiHarness) -> None:
+    settings = api_harness.settings.model_copy(update={"ready_requires_worker": False})
+    with TestClient(api.app.create_app(settings)) as client:
+        assert client.get("/readyz").json() == {"status": "ok", "workers": 0}
+
+
+def test_readyz_and_metrics_say_when_redis_is_away(api_settings: Settings) -> None:
+    settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(api.app.create_app(settings)) as client:
+        assert client.get("/readyz").json()["code"] == "queue_unavailable"
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert samples(metrics.text)[("captionizer_redis_up", ())] == 0
+
+
+def test_metrics_count_jobs_by_status_from_the_stores_transitions(client: TestClient, api_harness: ApiHarness) -> None:
+    ids = [client.post("/v1/jobs", json={"image_url": "https://example.com/a.png"}).json()["id"] for _ in range(3)]
+
+    async def work() -> None:
+        store = api_harness.store()
+        assert await store.transition(ids[0], JobStatus.RUNNING)
+        assert await store.transition(ids[0], JobStatus.RUNNING)  # a redelivery
+        assert await store.transition(ids[0], JobStatus.SUCCEEDED)
+        assert await store.transition(ids[1], JobStatus.RUNNING)
+
+    asyncio.run(work())
+    found = samples(client.get("/metrics").text)
+    assert found[("captionizer_jobs_active", (("status", "queued"),))] == 1
+    assert found[("captionizer_jobs_active", (("status", "running"),))] == 1
+    assert found[("captionizer_jobs_total", (("status", "queued"),))] == 3
+    assert found[("captionizer_jobs_total", (("status", "running"),))] == 2
+    assert found[("captionizer_jobs_total", (("status", "succeeded"),))] == 1
+    assert found[("captionizer_jobs_total", (("status", "expired"),))] == 0
+    assert found[("captionizer_job_redeliveries_total", ())] == 1
+
+
+def test_metrics_report_queues_webhooks_and_workers(client: TestClient, api_harness: ApiHarness) -> None:
+    keys = Keys(api_harness.settings.key_prefix)
+
+    async def seed() -> None:
+        redis = api_harness.redis()
+        await redis.rpush(keys.caption_queue(), "a", "b")
+        await redis.zadd(keys.webhook_schedule(), {"retry": 1.0})
+        await api_harness.store().count_webhook_outcome("delivered")
+        await api_harness.store().count_webhook_outcome("retrying")
+        await api_harness.store().count_webhook_outcome("delivered")
+
+    asyncio.run(seed())
+    beat(api_harness, "host:1", 2.5)
+    beat(api_harness, "host:2", 4.0)
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found = samples(response.text)
+    assert found[("captionizer_redis_up", ())] == 1
+    assert found[("captionizer_queue_depth", (("queue", "captions"),))] == 2
+    assert found[("captionizer_queue_depth", (("queue", "webhooks"),))] == 0
+    assert found[("captionizer_webhook_retries_scheduled", ())] == 1
+    assert found[("captionizer_webhook_attempts_total", (("outcome", "delivered"),))] == 2
+    assert found[("captionizer_webhook_attempts_total", (("outcome", "retrying"),))] == 1
+    assert found[("captionizer_workers_ready", ())] == 2
+    assert found[("captionizer_model_load_seconds_max", (("model", "embedded"),))] == 4.0
+    assert "host:1" not in response.text
+
+
+@pytest.fixture
+def keyed_settings(api_settings: Settings) -> Settings:
+    return api_settings.model_copy(update={"allow_anonymous": False, "api_key_hashes": ["0" * 64]})
+
+
+def test_metrics_take_an_api_key(keyed_settings: Settings, api_harness: ApiHarness) -> None:
+    with TestClient(api.app.create_app(keyed_settings)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/healthz").status_code == 200

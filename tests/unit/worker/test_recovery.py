@@ -1,0 +1,217 @@
+"""The delivery gate: ordinary jobs share the worker, a redelivered (suspect) job runs alone."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import fakeredis.aioredis
+import pytest
+from PIL import Image
+
+from shared.jobs import Job, JobStatus
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.store import JobStore
+from tests.fakes import FakeCaptioner
+from worker.batching import Batcher
+from worker.intake import decode_image
+from worker.pipeline import JobRunner
+from worker.recovery import KOMBU_UNACKED_KEY, DeliveryGate, NotAdmittedError, OrphanSweeper
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+async def hold(gate: DeliveryGate, suspect: bool, log: list[str], name: str, release: asyncio.Event) -> None:
+    async with gate.admit(suspect=suspect, timeout_s=5):
+        log.append(f"+{name}")
+        await release.wait()
+        log.append(f"-{name}")
+
+
+async def settle() -> None:
+    """Let every runnable task run until it blocks again."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+def test_ordinary_jobs_run_together() -> None:
+    async def scenario() -> None:
+        gate, log, release = DeliveryGate(), [], asyncio.Event()
+        tasks = [asyncio.create_task(hold(gate, False, log, name, release)) for name in "abc"]
+        await settle()
+        assert gate.running == 3 and sorted(log) == ["+a", "+b", "+c"]
+        release.set()
+        await asyncio.gather(*tasks)
+
+    run(scenario)
+
+
+def test_a_suspect_waits_for_the_running_jobs_and_holds_back_new_ones() -> None:
+    async def scenario() -> None:
+        gate, log = DeliveryGate(), []
+        first, suspect_done, late_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        ordinary = asyncio.create_task(hold(gate, False, log, "a", first))
+        await settle()
+        suspect = asyncio.create_task(hold(gate, True, log, "s", suspect_done))
+        await settle()
+        late = asyncio.create_task(hold(gate, False, log, "b", late_done))
+        await settle()
+        assert log == ["+a"]  # the suspect waits for a; b waits behind the suspect
+        first.set()
+        await until(lambda: "+s" in log)
+        await settle()
+        assert log == ["+a", "-a", "+s"] and gate.running == 1
+        suspect_done.set()
+        await until(lambda: "+b" in log)
+        assert log == ["+a", "-a", "+s", "-s", "+b"]
+        late_done.set()
+        await asyncio.gather(ordinary, suspect, late)
+
+    run(scenario)
+
+
+def test_suspects_run_one_at_a_time() -> None:
+    async def scenario() -> None:
+        gate, log, release = DeliveryGate(), [], asyncio.Event()
+        tasks = [asyncio.create_task(hold(gate, True, log, name, release)) for name in "st"]
+        await settle()
+        assert log == ["+s"]
+        release.set()
+        await asyncio.gather(*tasks)
+        assert log == ["+s", "-s", "+t", "-t"]
+
+    run(scenario)
+
+
+def test_a_suspect_that_waits_too_long_gives_up_and_lets_others_in() -> None:
+    async def scenario() -> None:
+        gate, log, release = DeliveryGate(), [], asyncio.Event()
+        busy = asyncio.create_task(hold(gate, False, log, "a", release))
+        await settle()
+        with pytest.raises(NotAdmittedError):
+            async with gate.admit(suspect=True, timeout_s=0.05):
+                pytest.fail("admitted while another job ran")
+        async with gate.admit(suspect=False, timeout_s=0.05):
+            assert gate.running == 2
+        release.set()
+        await busy
+        assert gate.running == 0
+
+    run(scenario)
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
+    model = FakeCaptioner(held=True)
+    settings = Settings(key_prefix="t", job_time_limit_s=10)
+
+    async def scenario() -> None:
+        store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=600)
+        batcher = Batcher(
+            lambda images, options: model.caption(images), max_batch_size=8, max_wait_s=0.01
+        )  # fmt: skip
+        batcher.start()
+
+        async def fetch(url: str) -> bytes:
+            return _png()
+
+        async def on_event(job: Job, status: JobStatus) -> None:
+            pass
+
+        runner = JobRunner(
+            settings, store, batcher, fetch=fetch, decode=lambda data: decode_image(data, settings),
+            model_name="fake", on_event=on_event,
+        )  # fmt: skip
+        for job_id in ("job_ordinary", "job_survivor"):
+            await store.create(Job(id=job_id, image_url="http://img.test/red.png"))
+        assert await store.transition("job_survivor", JobStatus.RUNNING)  # its worker died mid-job
+        try:
+            ordinary = asyncio.create_task(runner.run("job_ordinary"))
+            await asyncio.to_thread(model.started.wait, 5)
+            survivor = asyncio.create_task(runner.run("job_survivor"))
+            await asyncio.sleep(0.05)
+            assert (await store.get("job_survivor")).attempts == 1  # type: ignore[union-attr]
+            model.release()
+            assert await ordinary is JobStatus.SUCCEEDED
+            assert await survivor is JobStatus.SUCCEEDED
+            assert (await store.get("job_survivor")).attempts == 2  # type: ignore[union-attr]
+            assert model.batches == [1, 1]
+        finally:
+            await batcher.stop()
+
+    run(scenario)
+
+
+# --- the orphan sweeper ------------------------------------------------------------------
+
+
+def _message(job_id: str) -> bytes:
+    """A task message as kombu stores it (abridged): the job id in the headers, the body base64."""
+    headers = {"task": "captionizer.caption", "id": job_id, "argsrepr": f"['{job_id}']"}
+    return json.dumps({"body": "WyJqb2JfIl0=", "headers": headers}).encode()
+
+
+def sweep_with(held: dict[str, str], ages_s: dict[str, float], statuses: dict[str, JobStatus]) -> list[str]:
+    """Create jobs queued ``ages_s`` ago, put messages where ``held`` says (queue/unacked), sweep once."""
+    requeued: list[str] = []
+
+    async def scenario() -> None:
+        redis = fakeredis.aioredis.FakeRedis()
+        store = JobStore(redis, Keys("t"), ttl_s=600)
+        now = 1_000_000.0
+        for job_id, age_s in ages_s.items():
+            await store.create(Job(id=job_id, image_url="http://img.test/a.png", created_at=_at(now - age_s)))
+            if statuses.get(job_id, JobStatus.QUEUED) is not JobStatus.QUEUED:
+                assert await store.transition(job_id, statuses[job_id])
+        for job_id, where in held.items():
+            if where == "queue":
+                await redis.lpush("t-captions", _message(job_id))
+            else:
+                await redis.hset(KOMBU_UNACKED_KEY, f"tag-{job_id}", json.dumps([json.loads(_message(job_id)), "", ""]))
+
+        async def requeue(job_id: str) -> None:
+            requeued.append(job_id)
+
+        sweeper = OrphanSweeper(
+            store, queue_name="t-captions", requeue=requeue, quiet_s=60, recheck_s=0, clock=lambda: now
+        )
+        assert await sweeper.sweep() == requeued
+        # Queued again now: the next sweep leaves them alone for another quiet period.
+        assert await sweeper.sweep() == []
+
+    run(scenario)
+    return requeued
+
+
+def _at(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+JOB_IDS = [f"job_{letter * 22}" for letter in "abcdef"]
+
+
+def test_a_long_queued_job_with_no_message_anywhere_is_queued_again() -> None:
+    lost, waiting, held = JOB_IDS[:3]
+    assert sweep_with({waiting: "queue", held: "unacked"}, {lost: 120, waiting: 120, held: 120}, {}) == [lost]
+
+
+def test_recent_and_no_longer_queued_jobs_are_left_alone() -> None:
+    recent, started, done = JOB_IDS[3:6]
+    ages = {recent: 10, started: 120, done: 120}
+    assert sweep_with({}, ages, {started: JobStatus.RUNNING, done: JobStatus.CANCELED}) == []

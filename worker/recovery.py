@@ -1,0 +1,173 @@
+"""Recovery from dying workers: redelivered jobs run alone, and jobs whose task message was lost are queued again.
+
+Running alone: a caption worker keeps its model in one process and runs many jobs in
+it at once (the threads pool), so when a job kills the process (a native crash, the
+OOM killer), every job in it dies too, and all of them come back (``acks_late``) with
+``attempts`` counted up. A job found already ``running`` at pick-up is such a survivor,
+or the killer: it is admitted only when nothing else runs in this worker, and nothing
+else starts while it runs. The killer then dies alone on each attempt and reaches
+``max_delivery_attempts`` by itself; the others succeed on their next, solitary, delivery.
+
+Lost messages: kombu's Redis transport takes a message off the queue (BRPOP) before it
+records it as unacknowledged, so a worker killed in between, or an API killed between
+storing a job and queueing its task, leaves a job ``queued`` with no message anywhere.
+:class:`OrphanSweeper` finds such jobs (queued for a whole redelivery timeout, yet in
+neither the queue nor kombu's unacked hash) and queues their task again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from shared.errors import QueueUnavailable
+from shared.jobs import JobStatus
+from shared.store import REDIS_ERRORS, JobStore
+
+logger = logging.getLogger(__name__)
+
+#: The hash where kombu's Redis transport keeps the messages workers hold (its ``unacked_key`` option).
+KOMBU_UNACKED_KEY = "unacked"
+# Job ids appear in plain text in a message's headers (``id``, ``argsrepr``); base64 bodies
+# have no "_", so a match is always a real id.
+_JOB_ID = re.compile(rb"job_[A-Za-z0-9_-]{16,64}")
+
+#: Queues one job's caption task again.
+RequeueFn = Callable[[str], Awaitable[None]]
+
+
+class NotAdmittedError(Exception):
+    """A delivery waited too long for its turn at the gate; its task goes back to the queue."""
+
+
+class DeliveryGate:
+    """Lets ordinary jobs run together and suspect jobs one at a time, alone (a writer-preferring RW lock)."""
+
+    def __init__(self) -> None:
+        self._ordinary = 0
+        self._suspect_running = False
+        self._suspects_waiting = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def running(self) -> int:
+        """Jobs admitted and not yet done (ordinary plus suspect)."""
+        return self._ordinary + int(self._suspect_running)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, *, suspect: bool, timeout_s: float) -> AsyncIterator[None]:
+        """Hold the gate while the block runs: shared for ordinary jobs, exclusive for suspects.
+
+        Raises:
+            NotAdmittedError: the turn did not come within ``timeout_s``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await (self._enter_suspect(deadline) if suspect else self._enter_ordinary(deadline))
+        try:
+            yield
+        finally:
+            await self._leave(suspect)
+
+    async def _enter_ordinary(self, deadline: float) -> None:
+        async with self._changed:
+            # Waiting suspects go first, or a busy worker would never be empty for them.
+            while self._suspect_running or self._suspects_waiting:
+                await self._wait(deadline)
+            self._ordinary += 1
+
+    async def _enter_suspect(self, deadline: float) -> None:
+        async with self._changed:
+            self._suspects_waiting += 1
+            try:
+                while self._suspect_running or self._ordinary:
+                    await self._wait(deadline)
+            finally:
+                self._suspects_waiting -= 1
+                # A suspect that gave up may have been all that held ordinary jobs back.
+                self._changed.notify_all()
+            self._suspect_running = True
+
+    async def _wait(self, deadline: float) -> None:
+        """Wait for a change (the condition's lock held); the state is re-checked after, with no await between."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(self._changed.wait(), remaining)
+        except TimeoutError as exc:
+            raise NotAdmittedError("no turn at the delivery gate in time") from exc
+
+    async def _leave(self, suspect: bool) -> None:
+        async with self._changed:
+            if suspect:
+                self._suspect_running = False
+            else:
+                self._ordinary -= 1
+            self._changed.notify_all()
+
+
+class OrphanSweeper:
+    """Queues again the jobs whose task message was lost between Redis and a worker that died."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        queue_name: str,
+        requeue: RequeueFn,
+        quiet_s: float,
+        recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.redis: Redis = store.redis
+        self.queue_name = queue_name
+        self.requeue = requeue
+        self.quiet_s = quiet_s
+        self.recheck_s = recheck_s
+        self.clock = clock
+
+    async def sweep(self) -> list[str]:
+        """One round: queue again every job queued ``quiet_s`` ago whose message no longer exists; returns their ids."""
+        candidates = await self.store.queued_before(self.clock() - self.quiet_s)
+        if not candidates:
+            return []
+        missing = set(candidates) - await self._held_by_broker()
+        if missing:
+            # A message on its way from Redis to a live worker is recorded within moments: look again.
+            await asyncio.sleep(self.recheck_s)
+            missing -= await self._held_by_broker()
+        requeued = []
+        for job_id in (job_id for job_id in candidates if job_id in missing):
+            job = await self.store.get(job_id)
+            if job is not None and job.status is JobStatus.QUEUED:
+                await self.requeue(job_id)
+                logger.warning("orphaned job queued again", extra={"job_id": job_id})
+                requeued.append(job_id)
+            await self.store.mark_requeued(job_id, self.clock())
+        return requeued
+
+    async def sweep_forever(self, lock_key: str, interval_s: float) -> None:
+        """Sweep every ``interval_s``; of all the workers, only the one holding ``lock_key`` sweeps a round."""
+        while True:
+            # A timer, not a wait on state: orphans make no noise.
+            await asyncio.sleep(interval_s)
+            try:
+                if await self.redis.set(lock_key, "1", nx=True, ex=max(1, int(interval_s))):
+                    await self.sweep()
+            except (QueueUnavailable, *REDIS_ERRORS):
+                logger.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
+
+    async def _held_by_broker(self) -> set[str]:
+        """Ids of the jobs with a message in the queue or held (unacknowledged) by a worker, read atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.queue_name, 0, -1)
+            pipe.hvals(KOMBU_UNACKED_KEY)
+            waiting, held = await pipe.execute()
+        return {match.decode() for raw in [*waiting, *held] for match in _JOB_ID.findall(raw)}
