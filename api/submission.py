@@ -87,7 +87,12 @@ class JobSubmitter:
         raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
 
     def build_job(self, request: JobCreate, owner: str, *, has_file: bool) -> Job:
-        """The job record for ``request`` (``has_file``: a multipart file came with it), or InvalidRequest / UrlNotAllowed."""
+        """The job record for ``request`` (``has_file``: a multipart file came with it).
+
+        Raises:
+            InvalidRequest: no image or two, or options out of range.
+            UrlNotAllowed: the image or webhook URL fails ``shared.urls.validate_url``.
+        """
         sources = [request.image_url is not None, request.image_base64 is not None, has_file]
         if sum(sources) != 1:
             raise InvalidRequest("give exactly one image: image_url, image_base64 or a multipart file")

@@ -248,6 +248,12 @@ def measure_raw(model_path: str, images: list[bytes], args: argparse.Namespace, 
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux ``/proc/PID/stat``, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stack_env(model_path: str, image_port: int, args: argparse.Namespace) -> dict[str, str]:
     return {
         "CAPTIONIZER_MODEL": model_path,
@@ -271,7 +277,15 @@ async def run_e2e(model_path: str, images: list[bytes], log_dir: Path, args: arg
     stack = LocalStack(log_dir, env=stack_env(model_path, image_port, args), api_port=free_port(), webhooks=False)
     try:
         await asyncio.to_thread(stack.start, 300)
-        return await run_load(stack.api_url, image_port, args)
+        pids = {process.name: process.pid for process in stack.processes} | {"bench": os.getpid()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        wall_started = time.perf_counter()
+        result = await run_load(stack.api_url, image_port, args)
+        wall_s = time.perf_counter() - wall_started
+        cpu_s = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+        # Independent of other load on the machine: how much of this system's CPU went to the worker.
+        worker_share = cpu_s["worker"] / sum(cpu_s.values())
+        return {**result, "cpu_s": cpu_s, "wall_s": round(wall_s, 1), "worker_cpu_share": round(worker_share, 3)}
     finally:
         await asyncio.to_thread(stack.stop)
         await runner.cleanup()

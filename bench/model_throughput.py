@@ -9,6 +9,7 @@ Every caption is exactly ``--new-tokens`` long (min = max), so batch sizes do eq
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -60,9 +61,8 @@ def measure_batches(captioner: Captioner, batch_sizes: list[int], repeats: int, 
     baseline_images_per_s = None
     for batch_size in batch_sizes:
         images = _drawings(batch_size)
-        seconds = _median_seconds(
-            lambda: captioner.caption(images, max_new_tokens=new_tokens, min_new_tokens=new_tokens), repeats
-        )
+        run = functools.partial(captioner.caption, images, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        seconds = _median_seconds(run, repeats)
         images_per_s = batch_size / seconds
         baseline_images_per_s = baseline_images_per_s or images_per_s
         results[str(batch_size)] = {

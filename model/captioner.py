@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoProcessor, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM
 
 from model.images import to_rgb
 
@@ -39,7 +39,7 @@ class ModelLoadError(CaptionerError):
 class Captioner:
     """A loaded GIT checkpoint with its processor; ``caption`` turns a batch of images into strings."""
 
-    def __init__(self, model: PreTrainedModel, processor: Any, *, name: str) -> None:
+    def __init__(self, model: GitForCausalLM, processor: Any, *, name: str) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -129,6 +129,8 @@ class Captioner:
             num_beams=num_beams,
             do_sample=False,
         )
+        # Without return_dict_in_generate, generate returns the token ids tensor itself.
+        assert isinstance(generated, torch.Tensor)
         texts = self.tokenizer.batch_decode(generated.cpu(), skip_special_tokens=True)
         captions = [_strip_prompt(text, prompt_text) for text in texts]
         # LitServe's guard: one output per input, or the caller would pair captions with the wrong jobs.
@@ -182,26 +184,27 @@ def _resolve_source(path_or_hub_id: str | Path | None) -> tuple[str, str]:
 
 def _load_checkpoint(
     source: str, device: torch.device, dtype: torch.dtype, *, local_files_only: bool
-) -> tuple[PreTrainedModel, Any]:
+) -> tuple[GitForCausalLM, Any]:
     try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)
+        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)  # type: ignore[no-untyped-call]
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_files_only, dtype=dtype)
     # transformers signals a broken checkpoint with OSError, ValueError, KeyError, safetensors'
     # SafetensorError or RuntimeError (shape mismatch) depending on which file is wrong; all mean the same here.
     except Exception as exc:
         raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
-    if model.config.model_type != "git":
+    if not isinstance(model, GitForCausalLM):
         raise ModelLoadError(f"{source!r} holds a {model.config.model_type!r} model, not a GIT captioner")
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
         raise ModelLoadError(f"{source!r} has no tokenizer or image processor")
     try:
-        model = model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to() types its args oddly
     except (RuntimeError, AssertionError) as exc:  # torch asserts when CUDA is absent from the build
         raise ModelLoadError(f"cannot place model from {source!r} on {device}: {exc}") from exc
-    return model.eval(), processor
+    model.train(False)  # eval mode: no dropout
+    return model, processor
 
 
-def _bos_token_id(model: PreTrainedModel, tokenizer: Any) -> int:
+def _bos_token_id(model: GitForCausalLM, tokenizer: Any) -> int:
     """GIT's start token: the generation config's bos, else the tokenizer's [CLS], as microsoft/git-* use."""
     token_id = model.generation_config.bos_token_id
     if token_id is None:

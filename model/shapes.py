@@ -30,7 +30,6 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.3, 0.42), "large": (0.62, 0
 DEFAULT_IMAGE_SIZE = 128
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
-_MAX_TILT_DEG = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ def draw_shape(
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     rng: random.Random | None = None,
 ) -> Image.Image:
-    """Draw one RGB image of ``shape`` at a random position, with small colour and tilt jitter.
+    """Draw one RGB image of an upright ``shape`` at a random position and size, with a little colour jitter.
 
     Args:
         image_size: side of a square image, or ``(width, height)``; the shape is sized from the shorter
@@ -96,7 +95,7 @@ def draw_shape(
         cx, cy = centre
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
     else:
-        draw.polygon(_polygon(shape, centre, radius, rng.uniform(-_MAX_TILT_DEG, _MAX_TILT_DEG)), fill=fill)
+        draw.polygon(_polygon(shape, centre, radius), fill=fill)
     return image
 
 
@@ -119,19 +118,12 @@ def draw_sample(
     return image, spec.caption
 
 
-def _polygon(
-    shape: str, centre: tuple[float, float], radius: float, tilt_deg: float
-) -> list[tuple[float, float]]:
-    """Vertices of a square or an upward triangle inscribed in a circle of ``radius``, tilted."""
-    if shape == "square":
-        angles = [45.0, 135.0, 225.0, 315.0]
-    else:
-        angles = [-90.0, 30.0, 150.0]  # apex up, in image coordinates where y grows downwards
+def _polygon(shape: str, centre: tuple[float, float], radius: float) -> list[tuple[float, float]]:
+    """Vertices of an upright square or an apex-up triangle inscribed in a circle of ``radius``."""
+    # Angles in image coordinates, where y grows downwards: -90° is straight up.
+    angles = [45.0, 135.0, 225.0, 315.0] if shape == "square" else [-90.0, 30.0, 150.0]
     cx, cy = centre
-    return [
-        (cx + radius * math.cos(math.radians(a + tilt_deg)), cy + radius * math.sin(math.radians(a + tilt_deg)))
-        for a in angles
-    ]
+    return [(cx + radius * math.cos(math.radians(a)), cy + radius * math.sin(math.radians(a))) for a in angles]
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, int]:

@@ -229,7 +229,7 @@ resource captionWorker 'Microsoft.App/containerApps@2025-01-01' = {
         }
       ]
       // Celery's warm shutdown finishes the running batch (job_time_limit_s, 120 s) on SIGTERM.
-      terminationGracePeriodSeconds: 150
+      terminationGracePeriodSeconds: 300
       scale: {
         minReplicas: 0
         maxReplicas: captionWorkerMaxReplicas

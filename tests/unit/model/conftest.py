@@ -13,11 +13,6 @@ from model import Captioner
 SHARED_TEXTCAPS_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "git-base-textcaps"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Registered here too so these tests run under --strict-markers whatever the root config holds.
-    config.addinivalue_line("markers", "slow: takes more than about 10 s on two CPU cores")
-
-
 @pytest.fixture(scope="session")
 def embedded_captioner() -> Captioner:
     """The committed tiny checkpoint, loaded once for the whole session (on CPU, for exact results)."""

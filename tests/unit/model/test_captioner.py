@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, GitConfig, GitForCausalLM
 
-from model import EMBEDDED_MODEL_DIR, Captioner, ModelLoadError
-from model import shapes
+from model import EMBEDDED_MODEL_DIR, Captioner, ModelLoadError, shapes
 from model.captioner import resolve_device, resolve_dtype
 
 
