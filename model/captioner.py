@@ -51,7 +51,8 @@ class Captioner:
         self.warmup_time_s = 0.0
         # GIT starts generation from [CLS]; read once rather than per call.
         self._bos_token_id = _bos_token_id(model, self.tokenizer)
-        self._prompt_cache: dict[str, tuple[list[int], str]] = {}
+        # Text positions (prompt and caption, not image patches) beyond this have no position embedding.
+        self._max_text_tokens: int = model.config.max_position_embeddings
 
     @classmethod
     def load(
@@ -109,12 +110,17 @@ class Captioner:
         """Caption every image in one batched ``generate`` call; returns one stripped string per image, in order.
 
         With ``prompt``, GIT continues the text (how a VQA checkpoint answers a question), and the
-        prompt is removed from each answer.
+        prompt is removed from each answer. ``max_new_tokens`` is capped at what the checkpoint's
+        text positions leave after the prompt (the embedded model has 32).
+
+        Raises:
+            ValueError: a generation argument is out of range, or the prompt fills every text position.
         """
         _check_generation_args(max_new_tokens, num_beams, min_new_tokens)
         if not images:
             return []
         prompt_ids, prompt_text = self._encode_prompt(prompt)
+        max_new_tokens = self._cap_new_tokens(max_new_tokens, len(prompt_ids))
         pixel_values = self.processor.image_processor(
             images=[to_rgb(image) for image in images], return_tensors="pt"
         ).pixel_values.to(self.device, self.dtype, non_blocking=True)
@@ -125,7 +131,7 @@ class Captioner:
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
+            min_new_tokens=None if min_new_tokens is None else min(min_new_tokens, max_new_tokens),
             num_beams=num_beams,
             do_sample=False,
         )
@@ -138,13 +144,21 @@ class Captioner:
             raise CaptionerError(f"generate returned {len(captions)} captions for {len(images)} images")
         return captions
 
+    def _cap_new_tokens(self, max_new_tokens: int, prompt_tokens: int) -> int:
+        """``max_new_tokens``, lowered so [CLS], prompt and caption fit the checkpoint's text positions."""
+        max_prompt_tokens = self._max_text_tokens - 2  # [CLS] and at least one new token
+        if prompt_tokens > max_prompt_tokens:
+            raise ValueError(f"prompt is {prompt_tokens} tokens; this checkpoint takes at most {max_prompt_tokens}")
+        return min(max_new_tokens, self._max_text_tokens - 1 - prompt_tokens)
+
     def _encode_prompt(self, prompt: str | None) -> tuple[list[int], str]:
         """Token ids of ``prompt`` without [CLS]/[SEP] (as HF's GIT VQA example), and its decoded text."""
-        key = (prompt or "").strip()
-        if key not in self._prompt_cache:
-            ids: list[int] = self.tokenizer(key, add_special_tokens=False).input_ids if key else []
-            self._prompt_cache[key] = (ids, self.tokenizer.decode(ids, skip_special_tokens=True).strip())
-        return self._prompt_cache[key]
+        text = (prompt or "").strip()
+        if not text:
+            return [], ""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
+        # Decoded rather than the raw prompt: the tokenizer lower-cases and drops [UNK] on the way back.
+        return ids, self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def resolve_device(device: str) -> torch.device:

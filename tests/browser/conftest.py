@@ -17,10 +17,6 @@ from playwright.sync_api import Page
 from scripts.stack import LocalStack
 from tests.conftest import REPO_ROOT
 
-# Every fixture of the integration stack (redis-server, worker, uvicorn, image server), reused as it
-# is; a star import keeps up with the fixtures that ``stack`` comes to depend on.
-from tests.integration.conftest import *  # noqa: F403
-
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, sandbox off (CI runs as root in a container), and no background calls home.
 CHROMIUM_ARGS = [

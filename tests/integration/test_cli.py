@@ -19,7 +19,7 @@ import pytest
 
 from model.shapes import caption_for, draw_shape
 from scripts.stack import LocalStack
-from tests.integration.conftest import needs_embedded_model
+from tests.stack import needs_embedded_model
 from tests.servers import HostileServer
 
 #: The console script pip installed next to this interpreter (``[project.scripts]``).

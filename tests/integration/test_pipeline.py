@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from scripts.stack import LocalStack
-from tests.integration.conftest import log_of, needs_embedded_model
+from tests.stack import log_of, needs_embedded_model
 from tests.servers import HostileServer, hostile_images
 
 #: Long-poll used by the tests; well beyond a CPU batch, well within pytest's timeout.

@@ -11,7 +11,7 @@ import pytest
 
 from shared.jobs import JobStatus
 from tests.integration.chaos import Chaos, wait_until
-from tests.integration.conftest import RELIABILITY_TIME_LIMIT_S
+from tests.stack import RELIABILITY_TIME_LIMIT_S
 from tests.servers import HostileServer
 
 pytestmark = pytest.mark.slow

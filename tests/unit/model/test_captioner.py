@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,15 @@ def test_prompt_of_unknown_words_still_gives_one_caption_per_image(embedded_capt
     assert len(answers) == 3 and all(isinstance(answer, str) for answer in answers)
 
 
+def test_long_prompt_and_caption_are_capped_at_the_text_positions(embedded_captioner: Captioner) -> None:
+    images, _ = _drawings(2, seed=16)
+    prompt = " ".join(["a"] * 20)  # with 30 new tokens, past the embedded model's 32 text positions
+    answers = embedded_captioner.caption(images, prompt=prompt, max_new_tokens=30, min_new_tokens=30)
+    assert len(answers) == 2
+    with pytest.raises(ValueError, match="prompt is 40 tokens"):
+        embedded_captioner.caption(images, prompt=" ".join(["a"] * 40))
+
+
 @pytest.mark.parametrize("image_size", [(500, 300), (300, 500), (33, 33), (1024, 1024)])
 def test_images_of_any_size_are_captioned(embedded_captioner: Captioner, image_size: tuple[int, int]) -> None:
     image = shapes.draw_shape("triangle", "blue", "large", "black", image_size=image_size, rng=random.Random(4))
@@ -164,20 +174,22 @@ def test_bfloat16_on_cpu_still_captions() -> None:
     assert captioner.caption([shapes.draw_shape("circle", "red")]) == ["a large red circle on a white background"]
 
 
-@pytest.mark.slow
-def test_full_size_git_checkpoint_loads_and_captions(textcaps_files: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def full_size_checkpoint(textcaps_files: Path, tmp_path: Path) -> Iterator[Path]:
+    """git-base-textcaps' files beside random weights of its configuration (about 700 MB, removed afterwards)."""
     torch.manual_seed(0)
-    model = GitForCausalLM(GitConfig.from_pretrained(textcaps_files))
-    model.save_pretrained(tmp_path)
-    for name in (
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-    ):
-        shutil.copyfile(textcaps_files / name, tmp_path / name)
-    captioner = Captioner.load(tmp_path, device="cpu")
-    assert captioner.model.config.vision_config.image_size == 224
-    captions = captioner.caption([shapes.draw_shape("circle", "red", image_size=(500, 300))], max_new_tokens=3)
-    assert len(captions) == 1 and isinstance(captions[0], str)
+    GitForCausalLM(GitConfig.from_pretrained(textcaps_files)).save_pretrained(tmp_path)
+    for path in textcaps_files.iterdir():
+        if not (tmp_path / path.name).exists():
+            shutil.copyfile(path, tmp_path / path.name)
+    yield tmp_path
+    # pytest keeps the last three runs' tmp_path folders; do not leave 700 MB in each.
+    (tmp_path / "model.safetensors").unlink()
+
+
+def test_full_size_git_checkpoint_loads_and_captions(full_size_checkpoint: Path) -> None:
+    captioner = Captioner.load(full_size_checkpoint, device="cpu")
+    assert (captioner.name, captioner.model.config.vision_config.image_size) == (full_size_checkpoint.name, 224)
+    image = shapes.draw_shape("circle", "red", image_size=(500, 300))
+    captions = captioner.caption([image, image], max_new_tokens=3, min_new_tokens=3)
+    assert len(captions) == 2 and captions[0] == captions[1]

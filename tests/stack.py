@@ -1,9 +1,12 @@
-"""The real stack for integration tests, once per session: redis-server, a celery worker, uvicorn, an image server.
+"""The real stack, once per test session: redis-server, a celery worker, uvicorn, an image server.
 
 The worker loads the embedded model when it has been trained (``model/embedded``),
 else a tiny random GIT saved for the session, so the pipeline is exercised either
 way; tests of real captions need the embedded one. Redis is cleared of job data
 between tests (not of Celery's queue bindings, which the worker made at start).
+
+Loaded as a pytest plugin (``-p tests.stack`` in pyproject), so the integration and the
+browser tests share one stack per session instead of starting one each.
 """
 
 from __future__ import annotations
