@@ -4,6 +4,10 @@
 has ``GitConfig()``'s defaults (git-base: ViT-B/16 at 224 px, 6-layer decoder) with random weights, built in
 memory; the tokenizer and image processor are git-base-textcaps' from ../shared, so preprocessing is real.
 Every caption is exactly ``--new-tokens`` long (min = max), so batch sizes do equal work per image.
+
+The baseline is measured in the same run: batch size 1 with the model kept in memory, and the original
+blog's design, which loads the checkpoint from disk (``from_pretrained``) for every image. Repeats are
+interleaved (every configuration once per round), so a burst of other work on the machine hits them all alike.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import random
 import statistics
 import sys
@@ -29,25 +34,23 @@ from model.captioner import resolve_device, resolve_dtype
 SHARED_TEXTCAPS_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "git-base-textcaps"
 # Photo-like input size, so the processor's resize costs what it costs in production.
 _IMAGE_SIZE = (640, 480)
+_PER_REQUEST = "load_per_request"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="comma-separated batch sizes")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size (median reported)")
-    parser.add_argument("--load-repeats", type=int, default=3, help="images captioned with a load each")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--new-tokens", type=int, default=20, help="tokens generated per caption")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser.parse_args(argv)
 
 
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+def _seconds(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def _drawings(count: int) -> list[Image.Image]:
@@ -55,67 +58,87 @@ def _drawings(count: int) -> list[Image.Image]:
     return [shapes.draw_sample(rng, image_size=_IMAGE_SIZE)[0] for _ in range(count)]
 
 
-def measure_batches(captioner: Captioner, batch_sizes: list[int], repeats: int, new_tokens: int) -> dict[str, object]:
-    """Seconds per batch and images per second for each batch size, with batch size 1 as the baseline."""
-    results: dict[str, object] = {}
-    baseline_images_per_s = None
+def _build_captioner(device_name: str) -> Captioner:
+    torch.manual_seed(0)
+    device = resolve_device(device_name)
+    model = GitForCausalLM(GitConfig()).to(device, resolve_dtype("auto", device))  # type: ignore[arg-type]
+    processor = AutoProcessor.from_pretrained(SHARED_TEXTCAPS_DIR, local_files_only=True)  # type: ignore[no-untyped-call]
+    captioner = Captioner(model, processor, name="git-base (random weights)")
+    captioner.model.train(False)
+    captioner.warmup()
+    return captioner
+
+
+def _runs(
+    captioner: Captioner, folder: str, batch_sizes: list[int], new_tokens: int
+) -> dict[str, Callable[[], object]]:
+    """One callable per configuration: each batch size in memory, and load-then-caption per request."""
+    runs: dict[str, Callable[[], object]] = {}
     for batch_size in batch_sizes:
-        images = _drawings(batch_size)
-        run = functools.partial(captioner.caption, images, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-        seconds = _median_seconds(run, repeats)
-        images_per_s = batch_size / seconds
-        baseline_images_per_s = baseline_images_per_s or images_per_s
-        results[str(batch_size)] = {
-            "seconds_per_batch": round(seconds, 3),
-            "images_per_s": round(images_per_s, 3),
-            "speedup_vs_batch_1": round(images_per_s / baseline_images_per_s, 2),
+        runs[str(batch_size)] = functools.partial(
+            captioner.caption, _drawings(batch_size), max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )
+    image = _drawings(1)
+    dtype = str(captioner.dtype).removeprefix("torch.")
+
+    def load_and_caption() -> None:
+        fresh = Captioner.load(folder, device=str(captioner.device), dtype=dtype, warmup=False)
+        fresh.caption(image, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    runs[_PER_REQUEST] = load_and_caption
+    return runs
+
+
+def _summarise(timings: dict[str, list[float]], batch_sizes: list[int]) -> dict[str, object]:
+    def images_per_s(name: str, count: int) -> float:
+        return count / statistics.median(timings[name])
+
+    baseline = images_per_s(str(batch_sizes[0]), batch_sizes[0])
+    batches = {
+        str(size): {
+            "seconds_per_batch": round(statistics.median(timings[str(size)]), 3),
+            "images_per_s": round(images_per_s(str(size), size), 3),
+            "speedup_vs_batch_1": round(images_per_s(str(size), size) / baseline, 2),
+            "seconds_each_round": [round(seconds, 3) for seconds in timings[str(size)]],
         }
-    return results
-
-
-def measure_load_per_request(captioner: Captioner, repeats: int, new_tokens: int) -> dict[str, float]:
-    """Cost of one image when every request loads the checkpoint from disk first (the blog's design)."""
-    image = _drawings(1)[0]
-    with tempfile.TemporaryDirectory(prefix="captionizer-bench-") as folder:
-        captioner.model.save_pretrained(folder)
-        captioner.processor.save_pretrained(folder)
-
-        def load_and_caption() -> None:
-            dtype = str(captioner.dtype).removeprefix("torch.")
-            fresh = Captioner.load(folder, device=str(captioner.device), dtype=dtype, warmup=False)
-            fresh.caption([image], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-
-        load_and_caption()  # first load reads the files into the page cache; a busy server has them cached
-        seconds = _median_seconds(load_and_caption, repeats)
-    return {"seconds_per_image": round(seconds, 3), "images_per_s": round(1 / seconds, 3)}
+        for size in batch_sizes
+    }
+    per_request = {
+        "seconds_per_image": round(statistics.median(timings[_PER_REQUEST]), 3),
+        "images_per_s": round(images_per_s(_PER_REQUEST, 1), 3),
+        "ratio_vs_batch_1": round(images_per_s(_PER_REQUEST, 1) / baseline, 3),
+        "seconds_each_round": [round(seconds, 3) for seconds in timings[_PER_REQUEST]],
+    }
+    return {"batches": batches, _PER_REQUEST: per_request}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Build the model, measure, print JSON."""
+    """Build the model, measure every configuration in interleaved rounds, print JSON."""
     args = _parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     batch_sizes = sorted({int(size) for size in args.batch_sizes.split(",")})
-    torch.manual_seed(0)
-    model = GitForCausalLM(GitConfig())
-    processor = AutoProcessor.from_pretrained(SHARED_TEXTCAPS_DIR, local_files_only=True)
-    device = resolve_device(args.device)
-    model = model.to(device, resolve_dtype("auto", device)).eval()
-    captioner = Captioner(model, processor, name="git-base (random weights)")
-    captioner.warmup()
-    batches = measure_batches(captioner, batch_sizes, args.repeats, args.new_tokens)
-    per_request = measure_load_per_request(captioner, args.load_repeats, args.new_tokens)
-    baseline = batches[str(batch_sizes[0])]
-    assert isinstance(baseline, dict)
-    per_request["ratio_vs_smallest_batch"] = round(per_request["images_per_s"] / baseline["images_per_s"], 3)
+    captioner = _build_captioner(args.device)
+    load_average_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="captionizer-bench-") as folder:
+        captioner.model.save_pretrained(folder)
+        captioner.processor.save_pretrained(folder)
+        runs = _runs(captioner, folder, batch_sizes, args.new_tokens)
+        runs[_PER_REQUEST]()  # the first load reads the files into the page cache, as a busy server has them
+        timings: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                timings[name].append(_seconds(run))
     report = {
         "model": captioner.name,
-        "device": str(device),
+        "device": str(captioner.device),
         "dtype": str(captioner.dtype),
         "torch_threads": torch.get_num_threads(),
         "new_tokens": args.new_tokens,
         "image_size": list(_IMAGE_SIZE),
         "repeats": args.repeats,
-        "batches": batches,
-        "load_per_request": per_request,
+        **_summarise(timings, batch_sizes),
+        "load_average_start_end": [round(load_average_start[0], 2), round(os.getloadavg()[0], 2)],
     }
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0

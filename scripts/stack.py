@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REDIS_INSTALL_HINT = (
     "redis-server is not installed: `sudo apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`."
 )
+#: Scheduling niceness of the caption worker on a machine it shares with the API (nice(1)).
+WORKER_NICENESS = 10
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: What the webhook worker logs once it consumes its queue (``worker.webhook_schedule``).
 WEBHOOK_WORKER_READY = "webhook retry mover started"
@@ -112,7 +114,10 @@ class LocalStack:
     def start_worker(self, timeout_s: float = 180.0, name: str = "worker") -> ManagedProcess:
         """Start a caption worker and wait for its heartbeat (model loaded, warm)."""
         # Captions only: deliveries run in their own worker, so a hanging receiver never holds a caption thread.
+        # Niced: here the API shares the cores with the model, and its requests are short and waited on,
+        # while a batch only takes a little longer (`nice` execs, so the pid is the worker's).
         argv = [
+            "nice", "-n", str(WORKER_NICENESS),
             sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", self.keys.caption_queue(),
             "--loglevel", "INFO",
             "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",

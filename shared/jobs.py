@@ -42,12 +42,8 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 #: died mid-job (acks_late); final states have no way out, so a late duplicate can
 #: never overwrite a finished result.
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset(
-        {JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
-    ),
-    JobStatus.RUNNING: frozenset(
-        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
-    ),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}),
+    JobStatus.RUNNING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELED: frozenset(),
@@ -153,7 +149,11 @@ class JobCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {"image_url": "https://example.com/cat.jpg"},
-                {"image_url": "https://example.com/sign.png", "prompt": "what does the sign say?", "max_new_tokens": 20},
+                {
+                    "image_url": "https://example.com/sign.png",
+                    "prompt": "what does the sign say?",
+                    "max_new_tokens": 20,
+                },
                 {"image_url": "https://example.com/cat.jpg", "webhook_url": "https://example.com/hooks/captions"},
             ]
         },
@@ -161,13 +161,19 @@ class JobCreate(BaseModel):
 
     image_url: str | None = Field(None, max_length=2048, description="http(s) URL of the image; the worker fetches it.")
     image_base64: str | None = Field(None, description="The image itself, base64-encoded, instead of image_url.")
-    prompt: str | None = Field(None, description="Text GIT continues; with a VQA checkpoint, a question about the image.")
+    prompt: str | None = Field(
+        None, description="Text GIT continues; with a VQA checkpoint, a question about the image."
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="Longest caption, in tokens.")
-    webhook_url: str | None = Field(None, max_length=2048, description="URL that receives a signed POST when the job ends.")
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="URL that receives a signed POST when the job ends."
+    )
     webhook_events: list[WebhookEvent] = Field(
         default_factory=list, description="Extra events to deliver besides the final one, e.g. ['running']."
     )
-    deadline_s: float | None = Field(None, gt=0, le=86_400, description="Expire the job if no worker starts it within this many seconds.")
+    deadline_s: float | None = Field(
+        None, gt=0, le=86_400, description="Expire the job if no worker starts it within this many seconds."
+    )
 
 
 class JobPublic(BaseModel):

@@ -37,9 +37,12 @@ class Settings(BaseSettings):
         description="Redis DSN (redis:// or rediss:// for TLS) for the queue, job records and results.",
     )
     key_prefix: str = Field(
-        "captionizer", description="Prefix of every Redis key and queue name, so several deployments can share one Redis."
+        "captionizer",
+        description="Prefix of every Redis key and queue name, so several deployments can share one Redis.",
     )
-    job_ttl_s: int = Field(86_400, ge=60, description="How long job records and results are kept after creation, in seconds.")
+    job_ttl_s: int = Field(
+        86_400, ge=60, description="How long job records and results are kept after creation, in seconds."
+    )
     max_queue_depth: int = Field(
         10_000, ge=1, description="Jobs waiting in the caption queue beyond which POST answers 503 with Retry-After."
     )
@@ -88,7 +91,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         9100, ge=0, le=65535, description="Port of a caption worker's Prometheus /metrics endpoint; 0 disables it."
     )
-    worker_heartbeat_s: int = Field(5, ge=1, description="How often a worker announces that its model is loaded, in seconds.")
+    worker_heartbeat_s: int = Field(
+        5, ge=1, description="How often a worker announces that its model is loaded, in seconds."
+    )
 
     # --- Image intake -----------------------------------------------------------------
     allow_private_networks: bool = Field(
@@ -100,9 +105,15 @@ class Settings(BaseSettings):
     )
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to connect to an image server, in seconds.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total timeout to download one image, in seconds.")
-    max_redirects: int = Field(3, ge=0, description="Most redirects followed when fetching an image; each hop is checked again.")
-    max_image_bytes: int = Field(20 * _MIB, ge=1024, description="Largest image download, in bytes, enforced while streaming.")
-    max_upload_bytes: int = Field(10 * _MIB, ge=1024, description="Largest uploaded image (multipart or base64), in bytes.")
+    max_redirects: int = Field(
+        3, ge=0, description="Most redirects followed when fetching an image; each hop is checked again."
+    )
+    max_image_bytes: int = Field(
+        20 * _MIB, ge=1024, description="Largest image download, in bytes, enforced while streaming."
+    )
+    max_upload_bytes: int = Field(
+        10 * _MIB, ge=1024, description="Largest uploaded image (multipart or base64), in bytes."
+    )
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Largest image, in pixels, the decoder accepts (decompression-bomb guard)."
     )
@@ -122,7 +133,8 @@ class Settings(BaseSettings):
 
     # --- API --------------------------------------------------------------------------
     api_key_hashes: Annotated[list[str], NoDecode] = Field(
-        [], description="SHA-256 hex digests of the accepted API keys (comma-separated); keys themselves are never stored."
+        [],
+        description="SHA-256 hex digests of the accepted API keys (comma-separated); keys themselves are never stored.",
     )
     api_key_hashes_file: str | None = Field(
         None, description="File with one API key hash per line (e.g. a mounted secret), added to api_key_hashes."
@@ -130,13 +142,21 @@ class Settings(BaseSettings):
     allow_anonymous: bool = Field(
         False, description="Serve requests without an API key (local use only; `make run` turns it on)."
     )
-    rate_limit_per_minute: int = Field(120, ge=0, description="Requests per minute each key may make; 0 disables limiting.")
-    rate_limit_burst: int = Field(60, ge=1, description="Requests a key may make at once before the rate limit applies.")
+    rate_limit_per_minute: int = Field(
+        120, ge=0, description="Requests per minute each key may make; 0 disables limiting."
+    )
+    rate_limit_burst: int = Field(
+        60, ge=1, description="Requests a key may make at once before the rate limit applies."
+    )
     max_request_bytes: int = Field(
         15 * _MIB, ge=1024, description="Largest request body the API reads, in bytes (uploads included)."
     )
-    max_wait_s: float = Field(60.0, ge=0, le=300, description="Longest long-poll a client may ask for with ?wait=, in seconds.")
-    caption_wait_s: float = Field(30.0, ge=0, description="How long GET /caption waits for its job before answering 504.")
+    max_wait_s: float = Field(
+        60.0, ge=0, le=300, description="Longest long-poll a client may ask for with ?wait=, in seconds."
+    )
+    caption_wait_s: float = Field(
+        30.0, ge=0, description="How long GET /caption waits for its job before answering 504."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         [], description="Origins allowed by CORS (comma-separated); empty means same origin only."
     )
@@ -150,7 +170,9 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level of every process (logs are JSON, one event per line).")
 
-    @field_validator("allowed_ports", "webhook_secrets", "webhook_retry_delays_s", "api_key_hashes", "cors_origins", mode="before")
+    @field_validator(
+        "allowed_ports", "webhook_secrets", "webhook_retry_delays_s", "api_key_hashes", "cors_origins", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -106,7 +106,7 @@ class JobStore:
         fields = encode_fields(job.model_dump(mode="json"))
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
                 if upload is not None:
                     pipe.set(self.keys.upload(job.id), upload, ex=upload_ttl_s)

@@ -9,8 +9,8 @@ from playwright.sync_api import Page, Request, expect
 
 from model.shapes import caption_for, draw_shape
 from tests.browser.conftest import JOB_TIMEOUT_MS, save_screenshot
-from tests.stack import needs_embedded_model
 from tests.servers import HostileServer
+from tests.stack import needs_embedded_model
 
 
 def submit_url(page: Page, url: str) -> None:

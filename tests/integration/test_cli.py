@@ -19,8 +19,8 @@ import pytest
 
 from model.shapes import caption_for, draw_shape
 from scripts.stack import LocalStack
-from tests.stack import needs_embedded_model
 from tests.servers import HostileServer
+from tests.stack import needs_embedded_model
 
 #: The console script pip installed next to this interpreter (``[project.scripts]``).
 CLI = Path(sys.executable).with_name("captionizer")

@@ -8,9 +8,9 @@ import pytest
 
 from shared.jobs import JobStatus
 from tests.integration.chaos import Chaos, wait_until
-from tests.stack import RELIABILITY_MAX_ATTEMPTS
 from tests.integration.crashing_worker import POISON_PROMPT
 from tests.servers import HostileServer
+from tests.stack import RELIABILITY_MAX_ATTEMPTS
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from scripts.stack import LocalStack
-from tests.stack import log_of, needs_embedded_model
 from tests.servers import HostileServer, hostile_images
+from tests.stack import log_of, needs_embedded_model
 
 #: Long-poll used by the tests; well beyond a CPU batch, well within pytest's timeout.
 WAIT_S = 60

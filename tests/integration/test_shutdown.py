@@ -11,8 +11,8 @@ import pytest
 
 from shared.jobs import JobStatus
 from tests.integration.chaos import Chaos, wait_until
-from tests.stack import RELIABILITY_TIME_LIMIT_S
 from tests.servers import HostileServer
+from tests.stack import RELIABILITY_TIME_LIMIT_S
 
 pytestmark = pytest.mark.slow
 

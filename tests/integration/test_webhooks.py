@@ -27,9 +27,9 @@ from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import JobStore
 from shared.webhooks import WebhookDelivery, build_delivery
-from tests.stack import log_of
 from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
+from tests.stack import log_of
 from worker.intake import make_fetch_session
 from worker.webhook_schedule import RetrySchedule, move_due_retries
 from worker.webhooks import WebhookDeliverer
