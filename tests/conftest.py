@@ -19,9 +19,17 @@ _LAYER_MARKERS = ("unit", "integration", "browser", "infra")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        parts = Path(str(item.fspath)).relative_to(TESTS_DIR).parts
-        if parts and parts[0] in _LAYER_MARKERS:
-            item.add_marker(getattr(pytest.mark, parts[0]))
+        layer = _layer_of(item)
+        if layer:
+            item.add_marker(getattr(pytest.mark, layer))
+    # Browser tests run last, however paths are given: Playwright's sync API keeps an event
+    # loop running in the main thread until the session ends, breaking later asyncio.run().
+    items.sort(key=lambda item: _layer_of(item) == "browser")
+
+
+def _layer_of(item: pytest.Item) -> str | None:
+    parts = Path(str(item.fspath)).relative_to(TESTS_DIR).parts
+    return parts[0] if parts and parts[0] in _LAYER_MARKERS else None
 
 
 @pytest.fixture(autouse=True)
