@@ -16,8 +16,13 @@ from pathlib import Path
 from scripts.stack import LocalStack
 
 API_PORT = 8000
-# Local use only: no API keys, and images on this machine or LAN may be fetched.
-LOCAL_ENV = {"CAPTIONIZER_ALLOW_ANONYMOUS": "true", "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true"}
+# Local use only: no API keys, and images on this machine or LAN may be fetched, also from the
+# ports local development servers usually take (production allows 80 and 443 only).
+LOCAL_ENV = {
+    "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
+    "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
+    "CAPTIONIZER_ALLOWED_PORTS": "80,443,3000,5000,8000,8080,8888,9000",
+}
 
 
 def main() -> int:
@@ -27,7 +32,10 @@ def main() -> int:
     env = {**LOCAL_ENV, **{k: v for k, v in os.environ.items() if k.startswith("CAPTIONIZER_")}}
     stack = LocalStack(log_dir, env=env, api_port=API_PORT, redis_url=redis_url, access_log=True)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Ctrl-C and SIGTERM both stop the stack; SIGINT is set explicitly because a shell that starts
+    # `make run` in the background hands it down ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     print(f"Starting Captionizer (Redis at {redis_url}; logs in {log_dir}) ...", flush=True)
     try:
         stack.start()
