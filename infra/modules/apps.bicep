@@ -209,8 +209,6 @@ resource captionWorker 'Microsoft.App/containerApps@2025-01-01' = {
             'worker'
             '-Q'
             'captions'
-            '--concurrency'
-            '1'
             '--loglevel'
             'INFO'
           ]
@@ -300,6 +298,9 @@ resource webhookWorker 'Microsoft.App/containerApps@2025-01-01' = {
             'worker'
             '-Q'
             'webhooks'
+            // Deliveries wait on the network, not the CPU: threads, as `make run` and the tests run it.
+            '--pool'
+            'threads'
             '--concurrency'
             '4'
             '--loglevel'
