@@ -10,10 +10,14 @@ from dataclasses import dataclass
 
 #: Celery queue the caption workers consume (KEDA scales the GPU workers on its length).
 CAPTION_QUEUE = "captions"
+#: Celery queue of bulk work: chunks of a batch's items, consumed after the interactive caption queue.
+BULK_QUEUE = "captions-bulk"
 #: Celery queue the light webhook worker consumes; it never loads the model.
 WEBHOOK_QUEUE = "webhooks"
 #: Celery task name of captioning one job (the worker may batch several).
 CAPTION_TASK = "captionizer.caption"
+#: Celery task name of captioning one chunk of a batch: one message, a list of job ids, acknowledged late.
+CAPTION_CHUNK_TASK = "captionizer.caption_chunk"
 #: Celery task name of delivering one webhook event.
 WEBHOOK_TASK = "captionizer.deliver_webhook"
 
@@ -87,6 +91,10 @@ class Keys:
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""
         return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"
+
+    def bulk_queue(self) -> str:
+        """Name of the Celery queue of batch chunks (interactive jobs keep the caption queue)."""
+        return BULK_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{BULK_QUEUE}"
 
     def webhook_queue(self) -> str:
         """Name of the Celery webhook queue."""
