@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared.errors import QueueFull, QueueUnavailable
+from shared.errors import QueueFull
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
+from shared.store import map_redis_errors
 
 #: Retry-After of a queue_full answer: roughly how long a worker takes to drain a batch or two.
 QUEUE_FULL_RETRY_AFTER_S = 10
@@ -14,11 +14,9 @@ QUEUE_FULL_RETRY_AFTER_S = 10
 
 async def queue_depth(redis: Redis, keys: Keys) -> int:
     """Caption tasks waiting in Redis (not those a worker already holds)."""
-    try:
+    with map_redis_errors("the task queue (Redis)"):
         # Celery's Redis transport keeps a queue as a list of that name (default priority).
         depth: int = await redis.llen(keys.caption_queue())  # type: ignore[misc]
-    except REDIS_ERRORS as exc:
-        raise QueueUnavailable("the task queue (Redis) cannot be reached") from exc
     return depth
 
 

@@ -54,5 +54,5 @@ async def _queue_webhook(store: JobStore, send_task: SendTask, job: Job) -> None
     try:
         await dispatch_webhook(store, send_task, job, JobStatus.CANCELED)
     except Exception:
-        # Webhook failures never fail the job (STYLE §4): the cancel has happened either way.
+        # Webhook failures never fail the job (as in rq's webhook.py): the cancel has happened either way.
         logger.exception("queueing the webhook failed", extra={"job_id": job.id, "status": "canceled"})

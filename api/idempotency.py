@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from shared.errors import IdempotencyConflict, QueueUnavailable
 from shared.jobs import JobCreate
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
+from shared.store import REDIS_ERRORS, map_redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,10 @@ class IdempotencyKeys:
         value = json.dumps({"job_id": job_id, "fingerprint": fingerprint})
         # Twice at most: a claim that vanished between SET NX and GET was released by a failed request.
         for _ in range(2):
-            try:
+            with map_redis_errors():
                 if await self.redis.set(name, value, nx=True, ex=self.ttl_s):
                     return Claim(job_id, True, value)
                 existing = await self.redis.get(name)
-            except REDIS_ERRORS as exc:
-                raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
             if existing is not None:
                 return self._replay(existing, fingerprint)
         raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")

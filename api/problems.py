@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import CaptionizerError, InternalError, InvalidRequest, all_error_classes
+from shared.errors import CaptionizerError, InternalError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +75,6 @@ def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
     where = ".".join(str(part) for part in first["loc"] if part != "body")
     message = f"{where}: {first['msg']}" if where else str(first["msg"])
     return InvalidRequest(message, errors=details)
-
-
-def error_for_code(code: str, message: str, **extra: Any) -> CaptionizerError:
-    """Rebuild the error a job recorded (by its code), so the API can answer with its status."""
-    cls = _CLASSES_BY_CODE.get(code, InternalError)
-    return cls(message, **extra)
-
-
-def _leaf_classes_by_code() -> dict[str, type[CaptionizerError]]:
-    # all_error_classes() walks from the root, so later (deeper) classes win a shared code.
-    return {cls.code: cls for cls in all_error_classes()}
-
-
-_CLASSES_BY_CODE = _leaf_classes_by_code()
 
 
 async def _on_captionizer_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,13 +8,12 @@ from typing import Any
 import anyio.to_thread
 from celery import Celery
 from kombu.exceptions import KombuError
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from shared.celery_config import celery_config
 from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import Settings
-from shared.store import REDIS_ERRORS
+from shared.store import map_redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +44,10 @@ class TaskQueue:
     async def enqueue_caption(self, job_id: str) -> None:
         """Queue the caption task of ``job_id``, off the event loop (kombu's publish blocks)."""
         try:
-            await anyio.to_thread.run_sync(self._send_caption, job_id)
-        except (KombuOperationalError, KombuError, *REDIS_ERRORS) as exc:
+            with map_redis_errors("the task queue (Redis)"):
+                await anyio.to_thread.run_sync(self._send_caption, job_id)
+        except KombuError as exc:
+            # kombu wraps the broker's errors (a full Redis's OOM included) in its OperationalError.
             raise QueueUnavailable("the task queue (Redis) cannot be reached") from exc
 
     def _send_caption(self, job_id: str) -> None:

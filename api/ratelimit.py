@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis.asyncio import Redis
 
-from shared.errors import QueueUnavailable, RateLimited
+from shared.errors import RateLimited
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import REDIS_ERRORS
+from shared.store import map_redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +108,8 @@ class RateLimiter:
             QueueUnavailable: Redis cannot be reached (fail closed: no unmetered requests).
         """
         args = [repr(self.per_minute / 60_000), str(self.burst), "" if now_ms is None else str(now_ms)]
-        try:
+        with map_redis_errors("the rate limiter (Redis)"):
             allowed, wait_ms, remaining = await self._spend(keys=[self.keys.rate_limit(owner)], args=args)
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the rate limiter (Redis) cannot be reached") from exc
         return Decision(bool(allowed), int(wait_ms), int(remaining))
 
     async def check(self, owner: str) -> None:

@@ -1,18 +1,22 @@
 """Typed errors shared by the API and the workers, each with a stable code.
 
-The tree::
+The tree, one family per way a client handles the error::
 
     CaptionizerError
-    ├── InputError (4xx): the request or its image is unusable
-    │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage
-    │   ├── FetchTimeout, FetchFailed, ImageTooLarge, ImageCorrupt, TooManyPixels
-    ├── JobError (4xx): the job named cannot be served that way
-    │   ├── JobNotFound, JobNotCancelable, IdempotencyConflict
-    ├── AuthError (401/403/429): who is asking, from where, and how often
-    │   ├── Unauthorized, ForbiddenOrigin, RateLimited
-    └── ServiceError (5xx): the service cannot serve now
-        ├── QueueUnavailable, QueueFull, ModelNotReady, WorkerCrashed, JobTimedOut, WaitTimedOut, InternalError
+    ├── InputError (4xx): fix the request before sending it again
+    │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage,
+    │   ├── ImageTooLarge, ImageCorrupt, TooManyPixels, IdempotencyConflict (422), JobNotFound,
+    │   └── Unauthorized, ForbiddenOrigin, CrossSiteRequest
+    ├── FetchError (502/504): the image's own server failed; fix or retry that server
+    │   └── FetchFailed, FetchTimeout
+    ├── CapacityError (429/503/504): the same request may succeed later; wait ``Retry-After``
+    │   └── QueueUnavailable, QueueFull, OwnerQuotaExceeded, RateLimited, ModelNotReady, WaitTimedOut
+    ├── ConflictError (409): the job's current state forbids this; read the job again
+    │   └── JobNotCancelable, JobEnded
+    └── ServiceFault (500/504): our failure; it is logged under the job id
+        └── InternalError, WorkerCrashed, JobTimedOut
 
+Families have no code and are never raised; each code belongs to exactly one class.
 Codes are part of the public API: never rename one. The API maps every
 CaptionizerError to an RFC 9457 problem response in one place
 (``api/problems.py``); the worker records ``code`` and ``message`` on the job.
@@ -26,11 +30,13 @@ from typing import Any, ClassVar
 class CaptionizerError(Exception):
     """Base of every error Captionizer raises on purpose."""
 
-    code: ClassVar[str] = "internal_error"
-    status: ClassVar[int] = 500
-    title: ClassVar[str] = "Internal error"
+    code: ClassVar[str]
+    status: ClassVar[int]
+    title: ClassVar[str]
 
     def __init__(self, message: str | None = None, **extra: Any) -> None:
+        if not is_concrete(type(self)):
+            raise TypeError(f"{type(self).__name__} is a family of errors; raise one of its classes")
         self.message = message or self.title
         #: Extra members for the problem body (e.g. ``upstream_status``).
         self.extra = extra
@@ -38,11 +44,34 @@ class CaptionizerError(Exception):
 
 
 class InputError(CaptionizerError):
-    """The request, or the image it names, cannot be captioned."""
+    """The request, or the image it names, cannot be served as sent: the caller must change it."""
 
-    code = "invalid_input"
-    status = 400
-    title = "Invalid input"
+
+class FetchError(CaptionizerError):
+    """The image's server failed to deliver it (an upstream failure, not ours and not the request's)."""
+
+
+class CapacityError(CaptionizerError):
+    """The service cannot take this request now; the same request may succeed after ``retry_after_s``."""
+
+    #: Retry-After (seconds) when the raiser names none; None sends no Retry-After.
+    default_retry_after_s: ClassVar[int | None] = 5
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        if self.default_retry_after_s is not None:
+            extra.setdefault("retry_after_s", self.default_retry_after_s)
+        super().__init__(message, **extra)
+
+
+class ConflictError(CaptionizerError):
+    """The job's current state does not allow what was asked (409)."""
+
+
+class ServiceFault(CaptionizerError):
+    """Something failed on our side; the details are in the logs."""
+
+
+# --- client input (4xx) ---------------------------------------------------------------------
 
 
 class InvalidRequest(InputError):
@@ -93,22 +122,6 @@ class NotAnImage(InputError):
     title = "Not an image"
 
 
-class FetchTimeout(InputError):
-    """The image server did not answer in time."""
-
-    code = "fetch_timeout"
-    status = 504
-    title = "Image fetch timed out"
-
-
-class FetchFailed(InputError):
-    """The image could not be downloaded (network error or non-2xx status)."""
-
-    code = "fetch_failed"
-    status = 502
-    title = "Image fetch failed"
-
-
 class ImageTooLarge(InputError):
     """The image file is larger than the download limit."""
 
@@ -133,31 +146,7 @@ class TooManyPixels(InputError):
     title = "Too many pixels"
 
 
-class JobError(CaptionizerError):
-    """The job named cannot be served that way."""
-
-    code = "job_error"
-    status = 409
-    title = "Job error"
-
-
-class JobNotFound(JobError):
-    """No job with this id is visible to the caller."""
-
-    code = "job_not_found"
-    status = 404
-    title = "Job not found"
-
-
-class JobNotCancelable(JobError):
-    """The job has already finished, so it cannot be canceled."""
-
-    code = "job_not_cancelable"
-    status = 409
-    title = "Job not cancelable"
-
-
-class IdempotencyConflict(JobError):
+class IdempotencyConflict(InputError):
     """The Idempotency-Key was used before with a different request body."""
 
     code = "idempotency_conflict"
@@ -165,15 +154,15 @@ class IdempotencyConflict(JobError):
     title = "Idempotency key reused with a different request"
 
 
-class AuthError(CaptionizerError):
-    """The caller is not allowed to make this request now."""
+class JobNotFound(InputError):
+    """No job with this id is visible to the caller."""
 
-    code = "unauthorized"
-    status = 401
-    title = "Unauthorized"
+    code = "job_not_found"
+    status = 404
+    title = "Job not found"
 
 
-class Unauthorized(AuthError):
+class Unauthorized(InputError):
     """The API key is missing or not valid."""
 
     code = "unauthorized"
@@ -181,7 +170,7 @@ class Unauthorized(AuthError):
     title = "Unauthorized"
 
 
-class ForbiddenOrigin(AuthError):
+class ForbiddenOrigin(InputError):
     """The request did not come through the deployment's Azure Front Door (no matching X-Azure-FDID)."""
 
     code = "forbidden"
@@ -189,7 +178,64 @@ class ForbiddenOrigin(AuthError):
     title = "Forbidden"
 
 
-class RateLimited(AuthError):
+class CrossSiteRequest(InputError):
+    """A browser on another site sent this request to an API that serves callers without a key."""
+
+    code = "cross_site_request"
+    status = 403
+    title = "Cross-site request refused"
+
+
+# --- upstream fetch (502/504) ------------------------------------------------------------------
+
+
+class FetchFailed(FetchError):
+    """The image could not be downloaded (network error or non-2xx status)."""
+
+    code = "fetch_failed"
+    status = 502
+    title = "Image fetch failed"
+
+
+class FetchTimeout(FetchError):
+    """The image server did not answer in time."""
+
+    code = "fetch_timeout"
+    status = 504
+    title = "Image fetch timed out"
+
+
+# --- capacity (429/503/504): retry later ---------------------------------------------------
+
+
+class QueueUnavailable(CapacityError):
+    """Redis (the queue and job store) cannot be reached, or is out of memory."""
+
+    code = "queue_unavailable"
+    status = 503
+    title = "Queue unavailable"
+
+
+class QueueFull(CapacityError):
+    """The queue holds as many jobs as it may; retry later."""
+
+    code = "queue_full"
+    status = 503
+    title = "Queue full"
+    # Roughly how long a worker takes to drain a batch or two.
+    default_retry_after_s = 10
+
+
+class OwnerQuotaExceeded(CapacityError):
+    """This API key already holds its share of the queue or of pending upload bytes; others are still served."""
+
+    code = "owner_quota_exceeded"
+    status = 429
+    title = "Share of the queue used up"
+    default_retry_after_s = 10
+
+
+class RateLimited(CapacityError):
     """The key made too many requests; retry after ``retry_after_s``."""
 
     code = "rate_limited"
@@ -197,31 +243,7 @@ class RateLimited(AuthError):
     title = "Too many requests"
 
 
-class ServiceError(CaptionizerError):
-    """The service cannot serve the request right now."""
-
-    code = "service_unavailable"
-    status = 503
-    title = "Service unavailable"
-
-
-class QueueUnavailable(ServiceError):
-    """Redis (the queue and job store) cannot be reached."""
-
-    code = "queue_unavailable"
-    status = 503
-    title = "Queue unavailable"
-
-
-class QueueFull(ServiceError):
-    """The queue holds as many jobs as it may; retry later."""
-
-    code = "queue_full"
-    status = 503
-    title = "Queue full"
-
-
-class ModelNotReady(ServiceError):
+class ModelNotReady(CapacityError):
     """No worker has its model loaded yet."""
 
     code = "model_not_ready"
@@ -229,31 +251,39 @@ class ModelNotReady(ServiceError):
     title = "Model not ready"
 
 
-class WorkerCrashed(ServiceError):
-    """The job's worker process died too many times while processing it."""
-
-    code = "worker_crashed"
-    status = 500
-    title = "Worker crashed"
-
-
-class JobTimedOut(ServiceError):
-    """The job ran past its time limit."""
-
-    code = "job_timeout"
-    status = 504
-    title = "Job timed out"
-
-
-class WaitTimedOut(ServiceError):
+class WaitTimedOut(CapacityError):
     """A blocking request (``GET /caption``) stopped waiting; the job goes on and can be polled."""
 
     code = "wait_timeout"
     status = 504
     title = "Job still running"
+    # The answer carries job_url: poll that instead of sending the request again.
+    default_retry_after_s = None
 
 
-class InternalError(ServiceError):
+# --- conflict with the job's state (409) ---------------------------------------------------
+
+
+class JobNotCancelable(ConflictError):
+    """The job has already finished, so it cannot be canceled."""
+
+    code = "job_not_cancelable"
+    status = 409
+    title = "Job not cancelable"
+
+
+class JobEnded(ConflictError):
+    """The job ended without a caption or an error (canceled or expired), so there is nothing to answer."""
+
+    code = "job_error"
+    status = 409
+    title = "Job error"
+
+
+# --- our own failures (500/504) -------------------------------------------------------------
+
+
+class InternalError(ServiceFault):
     """An unexpected failure; details are in the logs under the job id."""
 
     code = "internal_error"
@@ -261,12 +291,57 @@ class InternalError(ServiceError):
     title = "Internal error"
 
 
+class WorkerCrashed(ServiceFault):
+    """The job's worker process died too many times while processing it."""
+
+    code = "worker_crashed"
+    status = 500
+    title = "Worker crashed"
+
+
+class JobTimedOut(ServiceFault):
+    """The job ran past its time limit."""
+
+    code = "job_timeout"
+    status = 504
+    title = "Job timed out"
+
+
+#: The families, one per way of handling an error; every concrete class is in exactly one.
+FAMILIES: tuple[type[CaptionizerError], ...] = (InputError, FetchError, CapacityError, ConflictError, ServiceFault)
+
+
+def is_concrete(cls: type[CaptionizerError]) -> bool:
+    """True for a class with its own code (raised), False for a family (only caught)."""
+    return hasattr(cls, "code")
+
+
 def all_error_classes() -> list[type[CaptionizerError]]:
-    """Every concrete error class, for documentation and code-uniqueness tests."""
+    """Every concrete error class (those with a code), for documentation and the code lookup."""
     seen: list[type[CaptionizerError]] = []
     pending: list[type[CaptionizerError]] = [CaptionizerError]
     while pending:
         cls = pending.pop()
-        seen.append(cls)
+        if is_concrete(cls):
+            seen.append(cls)
         pending.extend(cls.__subclasses__())
     return seen
+
+
+def _classes_by_code(classes: list[type[CaptionizerError]]) -> dict[str, type[CaptionizerError]]:
+    """Each code's class; a code claimed twice is a bug, caught when this module loads."""
+    by_code: dict[str, type[CaptionizerError]] = {}
+    for cls in classes:
+        if cls.code in by_code:
+            raise TypeError(f"{cls.__name__} reuses the code {cls.code!r} of {by_code[cls.code].__name__}")
+        by_code[cls.code] = cls
+    return by_code
+
+
+#: Each code's class, built once; the lookup cannot depend on the order of a class walk.
+CLASSES_BY_CODE: dict[str, type[CaptionizerError]] = _classes_by_code(all_error_classes())
+
+
+def error_for_code(code: str, message: str, **extra: Any) -> CaptionizerError:
+    """Rebuild the error a job recorded (by its code), so the API can answer with its status; unknown codes are internal."""
+    return CLASSES_BY_CODE.get(code, InternalError)(message, **extra)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import QueueUnavailable
@@ -60,7 +62,24 @@ end
 return 1
 """
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Redis failures that pass: unreachable, too slow, or full. Under ``noeviction`` a full Redis
+#: refuses every write with "OOM command not allowed" (redis-py's OutOfMemoryError) until memory is freed.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, RedisOutOfMemoryError, OSError)
+
+
+@contextmanager
+def map_redis_errors(what: str = "the job store (Redis)") -> Iterator[None]:
+    """Turn a passing Redis failure inside the block into QueueUnavailable (503 with Retry-After).
+
+    The one place Redis's exceptions become ours, as httpx's ``map_exceptions`` does for
+    its transports; any other Redis error (a bug in a script, say) stays what it is.
+    """
+    try:
+        yield
+    except RedisOutOfMemoryError as exc:
+        raise QueueUnavailable(f"{what} is out of memory; retry later") from exc
+    except REDIS_ERRORS as exc:
+        raise QueueUnavailable(f"{what} cannot be reached") from exc
 
 
 def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
@@ -104,7 +123,7 @@ class JobStore:
         """Store a new job with its TTL, and its uploaded image (if any) in the same transaction."""
         key = self.keys.job(job.id)
         fields = encode_fields(job.model_dump(mode="json"))
-        try:
+        with map_redis_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
@@ -115,67 +134,51 @@ class JobStore:
                 if job.status is JobStatus.QUEUED:
                     pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp()})
                 await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
     async def read_upload(self, job_id: str) -> bytes | None:
         """The job's uploaded image bytes, or None when they expired or were already deleted."""
-        try:
+        with map_redis_errors():
             data: bytes | None = await self.redis.get(self.keys.upload(job_id))
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return data
 
     async def delete_upload(self, job_id: str) -> None:
         """Drop the job's uploaded image once the job has ended (a redelivery must still find it before)."""
-        try:
+        with map_redis_errors():
             await self.redis.delete(self.keys.upload(job_id))
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
     async def queued_before(self, before_s: float, limit: int = 500) -> list[str]:
         """Ids of jobs still queued that were queued (or queued again) before ``before_s`` (epoch s), oldest first."""
-        try:
+        with map_redis_errors():
             ids = await self.redis.zrangebyscore(self.keys.queued_jobs(), "-inf", before_s, start=0, num=limit)
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return [_text(job_id) for job_id in ids]
 
     async def mark_requeued(self, job_id: str, at_s: float) -> None:
         """Note that ``job_id``'s task was queued again at ``at_s``; a job no longer queued is forgotten."""
-        try:
+        with map_redis_errors():
             if await self.redis.exists(self.keys.job(job_id)):
                 await self.redis.zadd(self.keys.queued_jobs(), {job_id: at_s}, xx=True)
             else:
                 await self.redis.zrem(self.keys.queued_jobs(), job_id)
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
     async def count_webhook_outcome(self, outcome: str) -> None:
         """Count one webhook attempt by its outcome (``delivered``, ``retrying``...), for the API's /metrics."""
-        try:
+        with map_redis_errors():
             await self.redis.hincrby(self.keys.webhook_outcomes(), outcome, 1)  # type: ignore[misc]
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
     async def get(self, job_id: str) -> Job | None:
         """The job, or None when it does not exist (or has expired)."""
-        try:
+        with map_redis_errors():
             raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return decode_job(raw) if raw else None
 
     async def get_many(self, job_ids: Iterable[str]) -> dict[str, Job]:
         """The jobs that exist among ``job_ids``, in one round trip."""
         ids = list(job_ids)
-        try:
+        with map_redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
                     pipe.hgetall(self.keys.job(job_id))
                 raws = await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return {job_id: decode_job(raw) for job_id, raw in zip(ids, raws, strict=True) if raw}
 
     async def transition(
@@ -212,9 +215,7 @@ class JobStore:
         args: list[str] = [statuses, new_status, job_id]
         for name, value in encode_fields(fields).items():
             args += [name, value]
-        try:
+        with map_redis_errors():
             keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
             result = await self._transition(keys=[*keys, self.keys.queued_jobs()], args=args)
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return bool(result)

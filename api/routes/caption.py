@@ -13,10 +13,10 @@ from fastapi import APIRouter, Query
 
 from api.auth import CALLER_ERRORS
 from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
-from api.problems import error_for_code, problem_responses
+from api.problems import problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
-from shared.errors import JobError, WaitTimedOut
+from shared.errors import JobEnded, WaitTimedOut, error_for_code
 from shared.jobs import JobCreate, JobStatus
 
 # Authenticated and rate-limited like the job routes; those problems are documented once here.
@@ -58,4 +58,4 @@ async def caption_url(
     if done.error is not None:
         extra = {"upstream_status": done.error.upstream_status} if done.error.upstream_status else {}
         raise error_for_code(done.error.code, done.error.message, job_id=job.id, **extra)
-    raise JobError(f"the job ended {done.status}", job_id=job.id)
+    raise JobEnded(f"the job ended {done.status}", job_id=job.id)

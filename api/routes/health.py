@@ -13,9 +13,9 @@ from api.metrics import CONTENT_TYPE, read_heartbeats, read_snapshot, render_met
 from api.problems import problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
-from shared.errors import ModelNotReady, QueueUnavailable
+from shared.errors import ModelNotReady
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
+from shared.store import map_redis_errors
 
 router = APIRouter(tags=["health"])
 
@@ -41,11 +41,9 @@ class Readiness(BaseModel):
 async def readyz(request: Request, settings: AppSettings) -> Readiness:
     """Ok once Redis answers and (unless ``ready_requires_worker`` is off) a caption worker is ready."""
     redis = request.app.state.redis
-    try:
+    with map_redis_errors("Redis"):
         await redis.ping()
         workers = await read_heartbeats(redis, Keys(settings.key_prefix))
-    except REDIS_ERRORS as exc:
-        raise QueueUnavailable("Redis does not answer") from exc
     if not workers and settings.ready_requires_worker:
         raise ModelNotReady("no caption worker has its model loaded yet")
     return Readiness(workers=len(workers))

@@ -7,8 +7,8 @@ import sys
 
 from fastapi.testclient import TestClient
 
-from api.problems import error_for_code, problem_body
-from shared.errors import FetchFailed, InternalError, all_error_classes
+from api.problems import problem_body
+from shared.errors import FetchFailed, InternalError, all_error_classes, error_for_code
 from tests.conftest import REPO_ROOT
 
 

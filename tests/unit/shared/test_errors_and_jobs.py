@@ -1,26 +1,89 @@
-"""Error codes are unique and stable; job transitions never leave a final state."""
+"""Error codes are unique, stable and in one family each; job transitions never leave a final state."""
 
 from __future__ import annotations
 
-from shared.errors import CaptionizerError, InputError, ServiceError, all_error_classes
+import pytest
+
+from shared import errors
+from shared.errors import (
+    FAMILIES,
+    CapacityError,
+    CaptionizerError,
+    ConflictError,
+    FetchError,
+    InputError,
+    ServiceFault,
+    all_error_classes,
+    error_for_code,
+)
 from shared.jobs import ALLOWED_TRANSITIONS, FINAL_STATUSES, Job, JobPublic, JobStatus, new_job_id
 
+# Each family's statuses: one handling per family, so one range each.
+_FAMILY_STATUSES: dict[type[CaptionizerError], set[int]] = {
+    InputError: {400, 401, 403, 404, 410, 413, 415, 422},
+    FetchError: {502, 504},
+    CapacityError: {429, 503, 504},
+    ConflictError: {409},
+    ServiceFault: {500, 504},
+}
 
-def test_error_codes_are_unique_per_class() -> None:
-    codes: dict[str, type[CaptionizerError]] = {}
-    for cls in all_error_classes():
-        if cls.__subclasses__():
-            continue  # abstract families share their first child's code only by accident
-        assert cls.code not in codes, f"{cls.__name__} reuses {cls.code} of {codes.get(cls.code)}"
-        codes[cls.code] = cls
+# The public codes and statuses as they were before the tree was regrouped (#16): codes are API.
+_PUBLISHED = {
+    "invalid_request": 422, "url_not_allowed": 400, "upload_too_large": 413, "unsupported_media_type": 415,
+    "upload_expired": 410, "not_an_image": 415, "fetch_timeout": 504, "fetch_failed": 502, "image_too_large": 413,
+    "image_corrupt": 422, "too_many_pixels": 413, "job_not_found": 404, "job_not_cancelable": 409,
+    "idempotency_conflict": 422, "unauthorized": 401, "forbidden": 403, "rate_limited": 429,
+    "queue_unavailable": 503, "queue_full": 503, "model_not_ready": 503, "worker_crashed": 500,
+    "job_timeout": 504, "wait_timeout": 504, "internal_error": 500, "job_error": 409,
+}  # fmt: skip
 
 
-def test_input_errors_are_4xx_and_service_errors_5xx() -> None:
-    for cls in all_error_classes():
-        if issubclass(cls, InputError):
-            assert 400 <= cls.status < 600 and cls.code
-        if issubclass(cls, ServiceError) and cls.code != "service_unavailable":
-            assert cls.status >= 500
+def test_every_published_code_keeps_its_status() -> None:
+    for code, status in _PUBLISHED.items():
+        assert errors.CLASSES_BY_CODE[code].status == status, code
+
+
+def test_each_code_has_exactly_one_class() -> None:
+    classes = all_error_classes()
+    assert len({cls.code for cls in classes}) == len(classes)
+    assert set(errors.CLASSES_BY_CODE.values()) == set(classes)
+
+
+def test_a_second_class_with_a_taken_code_is_refused() -> None:
+    class Impostor(InputError):
+        code = "job_not_found"
+        status = 404
+        title = "x"
+
+    with pytest.raises(TypeError, match="reuses the code 'job_not_found'"):
+        errors._classes_by_code([errors.JobNotFound, Impostor])
+
+
+@pytest.mark.parametrize("cls", all_error_classes(), ids=lambda cls: cls.code)
+def test_each_class_is_in_exactly_one_family_with_that_familys_statuses(cls: type[CaptionizerError]) -> None:
+    families = [family for family in FAMILIES if issubclass(cls, family)]
+    assert len(families) == 1, families
+    assert cls.status in _FAMILY_STATUSES[families[0]]
+    assert cls.__doc__ and cls.title
+
+
+@pytest.mark.parametrize("family", [CaptionizerError, *FAMILIES], ids=lambda cls: cls.__name__)
+def test_families_are_never_raised(family: type[CaptionizerError]) -> None:
+    with pytest.raises(TypeError, match="family"):
+        family("x")
+
+
+def test_capacity_errors_carry_a_retry_after_unless_told_to_poll() -> None:
+    assert errors.QueueUnavailable().extra["retry_after_s"] == 5
+    assert errors.QueueFull().extra["retry_after_s"] == 10
+    assert errors.RateLimited(retry_after_s=3).extra["retry_after_s"] == 3
+    assert "retry_after_s" not in errors.WaitTimedOut().extra
+
+
+def test_a_recorded_code_rebuilds_its_class_and_an_unknown_one_is_internal() -> None:
+    rebuilt = error_for_code("fetch_failed", "404 upstream", upstream_status=404)
+    assert type(rebuilt) is errors.FetchFailed and rebuilt.extra == {"upstream_status": 404}
+    assert type(error_for_code("no_such_code", "x")) is errors.InternalError
 
 
 def test_final_states_have_no_way_out() -> None:
