@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from api.auth import KeyRing
 from api.job_events import JobEvents
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
+from api.ratelimit import RateLimiter
 from api.routes import caption, health, jobs
 from api.routes.pages import register_pages
 from api.security import install_security
+from api.services import Services
 from api.submission import JobSubmitter
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
+
+logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """Alt text and captions for images with Microsoft's GIT model.
 
@@ -32,7 +38,39 @@ _REDIS_COMMAND_TIMEOUT_S = 5.0
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build the API for ``settings``; connections open lazily and close with the app's lifespan."""
+    """Build the API for ``settings``; connections open lazily and close with the app's lifespan.
+
+    Raises:
+        ValueError: ``api_key_hashes_file`` holds something that is not a digest.
+    """
+    services = build_services(settings)
+    events_redis = services.job_events.redis
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.job_events.start()
+        try:
+            yield
+        finally:
+            await services.job_events.stop()
+            services.queue.close()
+            await events_redis.aclose()
+            await services.redis.aclose()
+
+    app = FastAPI(title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    # The one thing put on app.state; api.deps is the only reader.
+    app.state.services = services
+    install_problem_handlers(app)
+    install_security(app, settings)
+    app.include_router(jobs.router)
+    app.include_router(caption.router)
+    app.include_router(health.router)
+    register_pages(app)
+    return app
+
+
+def build_services(settings: Settings) -> Services:
+    """The clients and components of one app; nothing connects until first used."""
     keys = Keys(settings.key_prefix)
     redis = Redis.from_url(
         settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S, socket_timeout=_REDIS_COMMAND_TIMEOUT_S
@@ -40,30 +78,17 @@ def create_app(settings: Settings) -> FastAPI:
     events_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
     store = JobStore(redis, keys, settings.job_ttl_s)
     queue = TaskQueue(settings)
-    job_events = JobEvents(events_redis, keys)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        job_events.start()
-        try:
-            yield
-        finally:
-            await job_events.stop()
-            queue.close()
-            await events_redis.aclose()
-            await redis.aclose()
-
-    app = FastAPI(title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.redis = redis
-    app.state.store = store
-    app.state.queue = queue
-    app.state.job_events = job_events
-    app.state.submitter = JobSubmitter(settings, store, queue)
-    install_problem_handlers(app)
-    install_security(app, settings, redis)
-    app.include_router(jobs.router)
-    app.include_router(caption.router)
-    app.include_router(health.router)
-    register_pages(app)
-    return app
+    key_ring = KeyRing.from_settings(settings)
+    if not len(key_ring) and not settings.allow_anonymous:
+        logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
+    return Services(
+        settings=settings,
+        keys=keys,
+        redis=redis,
+        store=store,
+        queue=queue,
+        job_events=JobEvents(events_redis, keys),
+        submitter=JobSubmitter(settings, store, queue),
+        key_ring=key_ring,
+        rate_limiter=RateLimiter.from_settings(redis, settings),
+    )

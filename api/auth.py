@@ -14,16 +14,11 @@ import hmac
 import re
 import secrets
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-from api.ratelimit import get_rate_limiter
-from shared.errors import CaptionizerError, QueueUnavailable, RateLimited, Unauthorized
+from shared.errors import CaptionizerError, CrossSiteRequest, QueueUnavailable, RateLimited, Unauthorized
 from shared.settings import Settings
 
 #: Owner of every job made without a key (only when ``allow_anonymous`` is on).
@@ -39,13 +34,13 @@ KEY_PREFIX = "cap_"
 _BEARER = re.compile(r"Bearer +([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-# Only documents the scheme in OpenAPI (the "Authorize" button of /docs); the header
-# is parsed below, because HTTPBearer would treat "Basic …" as no credentials at all.
-_bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+# W3C Fetch Metadata: what a browser sends in Sec-Fetch-Site when another site's page (or
+# another port of the same host) started the request; "same-origin" and "none" (typed or
+# bookmarked by the user) are the page's own.
+_FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
 
-
-#: What :func:`require_caller` may answer, for each route's OpenAPI ``responses``.
-CALLER_ERRORS: tuple[type[CaptionizerError], ...] = (Unauthorized, RateLimited, QueueUnavailable)
+#: What ``api.deps.require_caller`` may answer, for each route's OpenAPI ``responses``.
+CALLER_ERRORS: tuple[type[CaptionizerError], ...] = (Unauthorized, CrossSiteRequest, RateLimited, QueueUnavailable)
 
 
 @dataclass(frozen=True)
@@ -142,37 +137,26 @@ class KeyRing:
         return found.decode("ascii") if found is not None else None
 
 
-def get_key_ring(request: Request) -> KeyRing:
-    """The app's key ring, built once by :func:`api.security.install_security`."""
-    ring: KeyRing = request.app.state.key_ring
-    return ring
+def check_same_origin(headers: Mapping[str, str], own_origin: str, allowed_origins: Collection[str]) -> None:
+    """Refuse a request that another site's page made a browser send (for callers without a key).
 
-
-async def authenticate(
-    request: Request,
-    ring: Annotated[KeyRing, Depends(get_key_ring)],
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> Caller:
-    """FastAPI dependency: the caller, or 401 ``unauthorized``."""
-    values = request.headers.getlist("authorization")
-    if len(values) > 1:
-        # Two credentials are ambiguous: proxies and apps may each pick a different one.
-        raise Unauthorized("send exactly one Authorization header")
-    return ring.authenticate(values[0] if values else None)
-
-
-async def require_caller(
-    request: Request,
-    caller: Annotated[Caller, Depends(authenticate)],
-) -> Caller:
-    """FastAPI dependency for the job API: the caller, authenticated and within its rate limit.
+    In anonymous mode (``make run``) the API cannot tell its developer's curl from a page
+    they happen to visit, and a multipart POST needs no CORS preflight: any site could
+    submit jobs, and webhooks into the developer's network, with the browser as its proxy
+    (OWASP CSRF Prevention: Fetch Metadata, then Origin). Requests with neither header
+    (curl, the CLI) and the API's own page (same origin) pass; so do ``cors_origins``.
 
     Raises:
-        Unauthorized: 401 ``unauthorized``.
-        RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
+        CrossSiteRequest: ``Sec-Fetch-Site`` is cross-site or same-site, or ``Origin`` is another origin.
     """
-    await get_rate_limiter(request).check(caller.owner)
-    return caller
+    origin = headers.get("origin")
+    if origin is not None and origin in allowed_origins:
+        return
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in _FOREIGN_FETCH_SITES or (origin is not None and origin != own_origin):
+        raise CrossSiteRequest(
+            "a page on another site cannot use this API without a key (Origin or Sec-Fetch-Site is cross-site)"
+        )
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

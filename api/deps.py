@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the objects ``create_app`` put on ``app.state``, typed for routes."""
+"""FastAPI dependencies: the one reader of the :class:`~api.services.Services` that ``create_app`` built.
+
+Routes and other dependencies take what they need from here, typed; nothing else reads ``app.state``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,17 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
 
-from api.auth import Caller, authenticate, require_caller
+from api.auth import ANONYMOUS_OWNER, Caller, check_same_origin
 from api.job_events import JobEvents
+from api.queue import TaskQueue
+from api.services import Services
 from api.submission import JobSubmitter
-from shared.errors import JobNotFound
+from shared.errors import JobNotFound, Unauthorized
 from shared.jobs import Job
+from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
 
@@ -19,34 +27,93 @@ from shared.store import JobStore
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
 
 
-def get_app_settings(request: Request) -> Settings:
+# Only documents the scheme in OpenAPI (the "Authorize" button of /docs); the header is
+# parsed by KeyRing, because HTTPBearer would treat "Basic …" as no credentials at all.
+_bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+
+
+def get_services(request: Request) -> Services:
+    """The services ``create_app`` built for this app."""
+    services: Services = request.app.state.services
+    return services
+
+
+AppServices = Annotated[Services, Depends(get_services)]
+
+
+def get_app_settings(services: AppServices) -> Settings:
     """The settings the app was created with."""
-    settings: Settings = request.app.state.settings
-    return settings
+    return services.settings
 
 
-def get_store(request: Request) -> JobStore:
+def get_keys(services: AppServices) -> Keys:
+    """Redis key names under the app's prefix."""
+    return services.keys
+
+
+def get_redis(services: AppServices) -> Redis:
+    """The app's Redis client (for probes and metrics; jobs go through the store)."""
+    return services.redis
+
+
+def get_store(services: AppServices) -> JobStore:
     """The job store over the app's Redis client."""
-    store: JobStore = request.app.state.store
-    return store
+    return services.store
 
 
-def get_job_events(request: Request) -> JobEvents:
+def get_queue(services: AppServices) -> TaskQueue:
+    """The Celery client that publishes tasks."""
+    return services.queue
+
+
+def get_job_events(services: AppServices) -> JobEvents:
     """The process's job-events listener (for long-polls)."""
-    events: JobEvents = request.app.state.job_events
-    return events
+    return services.job_events
 
 
-def get_submitter(request: Request) -> JobSubmitter:
+def get_submitter(services: AppServices) -> JobSubmitter:
     """Validates, stores and queues new jobs."""
-    submitter: JobSubmitter = request.app.state.submitter
-    return submitter
+    return services.submitter
 
 
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
+AppKeys = Annotated[Keys, Depends(get_keys)]
+RedisClient = Annotated[Redis, Depends(get_redis)]
 Store = Annotated[JobStore, Depends(get_store)]
+Queue = Annotated[TaskQueue, Depends(get_queue)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
+
+
+async def authenticate(
+    request: Request,
+    services: AppServices,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
+) -> Caller:
+    """The caller, or 401 ``unauthorized``; without a key, 403 ``cross_site_request`` for other sites' pages."""
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        # Two credentials are ambiguous: proxies and apps may each pick a different one.
+        raise Unauthorized("send exactly one Authorization header")
+    caller = services.key_ring.authenticate(values[0] if values else None)
+    if caller.owner == ANONYMOUS_OWNER:
+        own_origin = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        check_same_origin(request.headers, own_origin, services.settings.cors_origins)
+    return caller
+
+
+async def require_caller(caller: Annotated[Caller, Depends(authenticate)], services: AppServices) -> Caller:
+    """The caller, authenticated and within its rate limit (for the job API).
+
+    Raises:
+        Unauthorized: 401 ``unauthorized``.
+        CrossSiteRequest: 403 ``cross_site_request``.
+        RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
+    """
+    await services.rate_limiter.check(caller.owner)
+    return caller
+
+
 #: The authenticated, rate-limited caller; its ``owner`` scopes every job it sees.
 CurrentCaller = Annotated[Caller, Depends(require_caller)]
 #: A caller with a valid key but no rate limit: for /metrics, which a scraper polls on its own schedule.

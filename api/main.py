@@ -1,7 +1,7 @@
-"""ASGI entry point: ``uvicorn api.main:app`` serves the API configured from the environment.
+"""ASGI entry point: ``uvicorn --factory api.main:create_app_from_env`` serves the API configured from the environment.
 
-The app is built here, at import, because this module is only ever imported by the
-server; everything else calls :func:`api.create_app` with explicit settings.
+Nothing is built at import: uvicorn calls the factory once it has set up its process,
+and everything else calls :func:`api.create_app` with explicit settings.
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from shared.logs import configure_logging
 from shared.settings import get_settings
 
 
-def build_app() -> FastAPI:
-    """The API configured from ``CAPTIONIZER_*`` variables, with JSON logs (``uvicorn --factory``)."""
+def create_app_from_env() -> FastAPI:
+    """The API configured from ``CAPTIONIZER_*`` variables, with JSON logs."""
     settings = get_settings()
     configure_logging("api", settings.log_level)
     return create_app(settings)
-
-
-app = build_app()

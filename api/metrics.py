@@ -11,7 +11,6 @@ time, each replica reports the same numbers; aggregate with ``max``, not ``sum``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -20,14 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
+from shared.heartbeats import WorkerHeartbeats
 from shared.jobs import FINAL_STATUSES, JobStatus
 from shared.keys import Keys
 from shared.store import REDIS_ERRORS
 
 #: Content type of the Prometheus text format that :func:`render_metrics` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Heartbeat keys read per SCAN step; a deployment has a handful of workers.
-_SCAN_COUNT = 100
 
 
 @dataclass
@@ -54,7 +52,7 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
             pipe.zcard(keys.webhook_schedule())
             pipe.hgetall(keys.webhook_outcomes())
             counts, captions, webhooks, retries, outcomes = await pipe.execute()
-        workers = await read_heartbeats(redis, keys)
+        workers = await WorkerHeartbeats(redis, keys).read_ready()
     except REDIS_ERRORS:
         return ServiceSnapshot(redis_up=False)
     return ServiceSnapshot(
@@ -65,15 +63,6 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
         webhook_outcomes=_int_values(outcomes),
         workers=workers,
     )
-
-
-async def read_heartbeats(redis: Redis, keys: Keys) -> list[dict[str, object]]:
-    """The heartbeats of the caption workers that have their model loaded (their keys expire when they die)."""
-    names = [name async for name in redis.scan_iter(match=keys.worker_heartbeat_pattern(), count=_SCAN_COUNT)]
-    if not names:
-        return []
-    values = await redis.mget(names)
-    return [json.loads(value) for value in values if value is not None]
 
 
 def render_metrics(snapshot: ServiceSnapshot) -> bytes:

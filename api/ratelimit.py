@@ -11,7 +11,6 @@ import logging
 import math
 from dataclasses import dataclass
 
-from fastapi import Request
 from redis.asyncio import Redis
 
 from shared.errors import RateLimited
@@ -127,9 +126,3 @@ class RateLimiter:
                 f"more than {self.per_minute} requests per minute; retry in {decision.retry_after_s} s",
                 retry_after_s=decision.retry_after_s,
             )
-
-
-def get_rate_limiter(request: Request) -> RateLimiter:
-    """The app's rate limiter, built once by :func:`api.security.install_security`."""
-    limiter: RateLimiter = request.app.state.rate_limiter
-    return limiter

@@ -1,7 +1,6 @@
 """The API's edge: security headers, the Front Door check, request body limits and CORS.
 
-:func:`install_security` wires all of it, plus the key ring and rate limiter the
-``require_caller`` dependency reads, into the app that ``create_app`` builds. The
+:func:`install_security` wires all of it into the app that ``create_app`` builds. The
 middlewares are plain ASGI (no ``BaseHTTPMiddleware``), so bodies stream through
 them untouched, and each refusal is the usual RFC 9457 problem.
 """
@@ -9,21 +8,15 @@ them untouched, and each refusal is the usual RFC 9457 problem.
 from __future__ import annotations
 
 import hmac
-import logging
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import KeyRing
 from api.problems import problem_response
-from api.ratelimit import RateLimiter
 from shared.errors import CaptionizerError, ForbiddenOrigin, UploadTooLarge
 from shared.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 #: Paths the platform's probes call directly, not through Front Door; they reveal nothing.
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
@@ -203,19 +196,12 @@ def _docs_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(path for path in paths if path)
 
 
-def install_security(app: FastAPI, settings: Settings, redis: Redis) -> None:
-    """Give ``app`` its key ring, rate limiter and edge middlewares, per ``settings``.
+def install_security(app: FastAPI, settings: Settings) -> None:
+    """Give ``app`` its edge middlewares, per ``settings``.
 
     Outermost first: security headers (so every answer has them), the Front Door check,
     CORS (so browsers can read 413s and 429s), then the body limit.
-
-    Raises:
-        ValueError: ``api_key_hashes_file`` holds something that is not a digest.
     """
-    app.state.key_ring = KeyRing.from_settings(settings)
-    app.state.rate_limiter = RateLimiter.from_settings(redis, settings)
-    if not len(app.state.key_ring) and not settings.allow_anonymous:
-        logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
     # add_middleware puts each one outside the previous, so add innermost first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:

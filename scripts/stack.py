@@ -184,7 +184,17 @@ class LocalStack:
 
     def start_api(self, timeout_s: float = 60.0) -> ManagedProcess:
         """Start uvicorn and wait until ``/readyz`` answers 200."""
-        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.api_port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+        ]
         if not self.access_log:
             argv.append("--no-access-log")
         if self.api_graceful_shutdown_s is not None:

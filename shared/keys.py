@@ -68,10 +68,6 @@ class Keys:
         """Maps an owner's Idempotency-Key to its job id and request fingerprint."""
         return f"{self.prefix}:idem:{owner}:{key}"
 
-    def owner_jobs(self, owner: str) -> str:
-        """Sorted set of one owner's recent job ids (score: creation time)."""
-        return f"{self.prefix}:owner-jobs:{owner}"
-
     def rate_limit(self, owner: str) -> str:
         """Token bucket of one API key."""
         return f"{self.prefix}:rate:{owner}"
@@ -79,6 +75,11 @@ class Keys:
     def worker_heartbeat(self, worker_id: str) -> str:
         """Expiring key a worker refreshes while its model is loaded."""
         return f"{self.prefix}:worker:{worker_id}"
+
+    def ready_workers(self) -> str:
+        """Sorted set of ready caption workers' ids (score: when their heartbeat expires, epoch seconds)."""
+        # Under "worker:", with the heartbeats, so whatever keeps or clears those treats it alike.
+        return f"{self.prefix}:worker:ready-set"
 
     def worker_heartbeat_pattern(self) -> str:
         """Pattern matching every worker's heartbeat key."""

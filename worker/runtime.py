@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from shared.celery_config import visibility_timeout_s
+from shared.heartbeats import WorkerHeartbeats
 from shared.jobs import JobOptions, JobStatus, utc_now
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import EMBEDDED_MODEL, Settings
@@ -182,7 +182,7 @@ class CaptionRuntime:
             return
         redis = self._runner.store.redis
         try:
-            await redis.delete(self.keys.worker_heartbeat(self.worker_id))
+            await WorkerHeartbeats(redis, self.keys).remove(self.worker_id)
         except REDIS_ERRORS:
             logger.warning("could not remove the heartbeat", extra={"worker_id": self.worker_id})
         await self._runner.batcher.stop()
@@ -199,8 +199,7 @@ class CaptionRuntime:
             "model_load_s": self.model_load_s,
             "at": utc_now().isoformat(),
         }
-        ttl_s = 3 * self.settings.worker_heartbeat_s
-        await redis.set(self.keys.worker_heartbeat(self.worker_id), json.dumps(info), ex=ttl_s)
+        await WorkerHeartbeats(redis, self.keys).beat(self.worker_id, info, ttl_s=3 * self.settings.worker_heartbeat_s)
 
     async def _beat_forever(self, redis: Redis) -> None:
         while True:

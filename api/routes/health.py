@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AppSettings, KeyHolder
-from api.metrics import CONTENT_TYPE, read_heartbeats, read_snapshot, render_metrics
+from api.deps import AppKeys, AppSettings, KeyHolder, RedisClient
+from api.metrics import CONTENT_TYPE, read_snapshot, render_metrics
 from api.problems import problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
 from shared.errors import ModelNotReady
-from shared.keys import Keys
+from shared.heartbeats import WorkerHeartbeats
 from shared.store import map_redis_errors
 
 router = APIRouter(tags=["health"])
@@ -38,15 +38,17 @@ class Readiness(BaseModel):
     summary="Readiness",
     responses=problem_responses(errors.QueueUnavailable, errors.ModelNotReady),
 )
-async def readyz(request: Request, settings: AppSettings) -> Readiness:
-    """Ok once Redis answers and (unless ``ready_requires_worker`` is off) a caption worker is ready."""
-    redis = request.app.state.redis
+async def readyz(redis: RedisClient, keys: AppKeys, settings: AppSettings) -> Readiness:
+    """Ok once Redis answers and (unless ``ready_requires_worker`` is off) a caption worker is ready.
+
+    One ZCOUNT on the heartbeat set (``shared.heartbeats``), whatever the keyspace holds:
+    probes call this every few seconds, unauthenticated.
+    """
     with map_redis_errors("Redis"):
-        await redis.ping()
-        workers = await read_heartbeats(redis, Keys(settings.key_prefix))
+        workers = await WorkerHeartbeats(redis, keys).count_ready()
     if not workers and settings.ready_requires_worker:
         raise ModelNotReady("no caption worker has its model loaded yet")
-    return Readiness(workers=len(workers))
+    return Readiness(workers=workers)
 
 
 @router.get(
@@ -58,11 +60,11 @@ async def readyz(request: Request, settings: AppSettings) -> Readiness:
         **problem_responses(errors.Unauthorized, *EDGE_ERRORS),
     },
 )
-async def metrics(request: Request, caller: KeyHolder, settings: AppSettings) -> PlainTextResponse:
+async def metrics(caller: KeyHolder, redis: RedisClient, keys: AppKeys) -> PlainTextResponse:
     """Jobs by status, queue depths, webhook outcomes and ready workers, read from Redis (see docs/reliability.md).
 
     It takes an API key like any route (Prometheus sends it as a bearer token): the
     numbers describe every tenant's traffic.
     """
-    snapshot = await read_snapshot(request.app.state.redis, Keys(settings.key_prefix))
+    snapshot = await read_snapshot(redis, keys)
     return PlainTextResponse(render_metrics(snapshot), media_type=CONTENT_TYPE)

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import CALLER_ERRORS
 from api.cancellation import cancel_job
-from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Store, Submitter, check_visible
+from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Queue, Store, Submitter, check_visible
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
 from api.problems import invalid_request, problem_responses
 from api.security import EDGE_ERRORS
@@ -152,9 +152,9 @@ async def read_job(
         errors.JobNotFound, errors.JobNotCancelable, errors.Unauthorized, errors.QueueUnavailable
     ),
 )
-async def cancel(request: Request, job: OwnedJob, store: Store) -> JobPublic:
+async def cancel(job: OwnedJob, store: Store, queue: Queue) -> JobPublic:
     """Cancel a queued or running job; a job that has already ended answers 409 ``job_not_cancelable``."""
-    canceled = await cancel_job(store, request.app.state.queue.send_task, job)
+    canceled = await cancel_job(store, queue.send_task, job)
     return JobPublic.from_job(canceled)
 
 

@@ -120,7 +120,8 @@ def test_entry_point_imports_with_only_the_packages_the_image_copies(
 def test_api_image_serves_the_app_behind_proxies_with_a_healthcheck() -> None:
     final = _dockerfile("Dockerfile.api").final
     command = final.all("CMD")[-1].words
-    assert command[:2] == ["uvicorn", "api.main:app"]
+    # A factory: nothing is built at import (api.main).
+    assert command[:3] == ["uvicorn", "--factory", "api.main:create_app_from_env"]
     assert "--proxy-headers" in command
     # uvicorn's --forwarded-allow-ips defaults to $FORWARDED_ALLOW_IPS.
     assert _env(final).get("FORWARDED_ALLOW_IPS")

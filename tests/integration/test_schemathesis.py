@@ -76,7 +76,7 @@ def _process(args: list[str], env: dict[str, str] | None = None) -> Iterator[sub
 
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:
-    """uvicorn serving ``api.main:app`` with its own redis-server, keys required, no rate limit."""
+    """uvicorn serving ``api.main:create_app_from_env`` with its own redis-server, keys required, no rate limit."""
     redis_port, api_port = _free_port(), _free_port()
     redis_server = shutil.which("redis-server") or pytest.fail("redis-server is not installed")
     redis_args = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -92,7 +92,17 @@ def api_url() -> Iterator[str]:
         # ...and /readyz answers 200 without one, so the fuzzer sees its success schema too.
         "CAPTIONIZER_READY_REQUIRES_WORKER": "false",
     }
-    uvicorn = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(api_port)]
+    uvicorn = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "api.main:create_app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(api_port),
+    ]
     with _process(redis_args) as redis_process, _process([*uvicorn, "--no-access-log"], env) as api_process:
         url = f"http://127.0.0.1:{api_port}"
         _wait_until(lambda: _is_listening(redis_port), "redis", 10, redis_process)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import api.app
+from shared.heartbeats import WorkerHeartbeats
 from shared.jobs import JobStatus
 from shared.keys import Keys
 from shared.settings import Settings
@@ -20,8 +20,7 @@ def beat(api_harness: ApiHarness, worker_id: str = "host:1", model_load_s: float
     info = {"worker_id": worker_id, "model": "embedded", "model_load_s": model_load_s}
 
     async def write() -> None:
-        key = Keys(api_harness.settings.key_prefix).worker_heartbeat(worker_id)
-        await api_harness.redis().set(key, json.dumps(info), ex=15)
+        await WorkerHeartbeats(api_harness.redis(), Keys(api_harness.settings.key_prefix)).beat(worker_id, info, 15)
 
     asyncio.run(write())
 

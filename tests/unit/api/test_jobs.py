@@ -173,7 +173,7 @@ def test_long_poll_answers_as_soon_as_the_job_ends(api_harness: ApiHarness) -> N
                 job_id = (await http.post("/v1/jobs", json={"image_url": "https://example.com/a.png"})).json()["id"]
                 started = time.monotonic()
                 poll = asyncio.create_task(http.get(f"/v1/jobs/{job_id}", params={"wait": 5}))
-                await _until(lambda: job_id in app.state.job_events._waiters)
+                await _until(lambda: job_id in app.state.services.job_events._waiters)
                 store = api_harness.store()
                 assert await store.transition(job_id, JobStatus.RUNNING)
                 assert await store.transition(job_id, JobStatus.SUCCEEDED, caption="a red circle")

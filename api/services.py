@@ -1,0 +1,32 @@
+"""The objects the API's routes use, built once by ``create_app`` and reached only through ``api.deps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from api.auth import KeyRing
+from api.job_events import JobEvents
+from api.queue import TaskQueue
+from api.ratelimit import RateLimiter
+from api.submission import JobSubmitter
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.store import JobStore
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a request may need; a new dependency is a field here and a getter in ``api.deps``."""
+
+    settings: Settings
+    keys: Keys
+    #: The client for commands (with a command timeout); the job events listener has its own.
+    redis: Redis
+    store: JobStore
+    queue: TaskQueue
+    job_events: JobEvents
+    submitter: JobSubmitter
+    key_ring: KeyRing
+    rate_limiter: RateLimiter
