@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
@@ -25,6 +25,8 @@ from shared.store import JobStore
 
 # new_job_id(): "job_" and 22 URL-safe characters; anything else is not worth a Redis lookup.
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
+#: Longest path segment read as a job id; longer ones answer 422 before any lookup.
+MAX_JOB_ID_PATH_CHARS = 1024
 
 
 # Only documents the scheme in OpenAPI (the "Authorize" button of /docs); the header is
@@ -134,7 +136,11 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-async def get_owned_job(job_id: str, caller: CurrentCaller, store: Store) -> Job:
+async def get_owned_job(
+    job_id: Annotated[str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The job's id, as POST answered it.")],
+    caller: CurrentCaller,
+    store: Store,
+) -> Job:
     """The path's job if the caller owns it, else 404 ``job_not_found`` (OWASP API1:2023, BOLA).
 
     Every ``/v1/jobs/{job_id}`` route takes its job through this one dependency, so none can

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class JobStatus(StrEnum):
@@ -52,6 +52,22 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 #: Events a webhook may subscribe to; final states are always delivered.
 WebhookEvent = Literal["running", "succeeded", "failed", "canceled", "expired"]
+
+# Ceilings of what a request may carry, so every field is bounded in the schema itself;
+# the configured limits (max_prompt_chars, max_new_tokens_limit, max_upload_bytes) are
+# checked below them by the API, and a body is never larger than max_request_bytes.
+#: Longest image or webhook URL, in characters (browsers' and CDNs' practical limit).
+MAX_URL_CHARS = 2048
+#: Longest prompt the schema admits, in characters (``max_prompt_chars`` is the configured limit).
+MAX_PROMPT_CHARS = 4096
+#: Largest max_new_tokens the schema admits (``max_new_tokens_limit`` is the configured limit).
+MAX_NEW_TOKENS = 1024
+#: Longest base64 image the schema admits, in characters: 64 MiB of base64 is 48 MiB of image.
+MAX_IMAGE_BASE64_CHARS = 64 * 1024 * 1024
+#: Longest deadline a job may ask for, in seconds.
+MAX_DEADLINE_S = 86_400
+#: One of each webhook event at most (the list is a set).
+MAX_WEBHOOK_EVENTS = 5
 
 
 def sources_of(target: JobStatus) -> frozenset[JobStatus]:
@@ -159,21 +175,39 @@ class JobCreate(BaseModel):
         },
     )
 
-    image_url: str | None = Field(None, max_length=2048, description="http(s) URL of the image; the worker fetches it.")
-    image_base64: str | None = Field(None, description="The image itself, base64-encoded, instead of image_url.")
-    prompt: str | None = Field(
-        None, description="Text GIT continues; with a VQA checkpoint, a question about the image."
+    image_url: str | None = Field(
+        None, max_length=MAX_URL_CHARS, description="http(s) URL of the image; the worker fetches it."
     )
-    max_new_tokens: int | None = Field(None, ge=1, description="Longest caption, in tokens.")
+    image_base64: str | None = Field(
+        None,
+        max_length=MAX_IMAGE_BASE64_CHARS,
+        description="The image itself, base64-encoded, instead of image_url (at most max_upload_bytes decoded).",
+    )
+    prompt: str | None = Field(
+        None,
+        max_length=MAX_PROMPT_CHARS,
+        description="Text GIT continues; with a VQA checkpoint, a question about the image (at most max_prompt_chars).",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS, description="Longest caption, in tokens (at most max_new_tokens_limit)."
+    )
     webhook_url: str | None = Field(
-        None, max_length=2048, description="URL that receives a signed POST when the job ends."
+        None, max_length=MAX_URL_CHARS, description="URL that receives a signed POST when the job ends."
     )
     webhook_events: list[WebhookEvent] = Field(
-        default_factory=list, description="Extra events to deliver besides the final one, e.g. ['running']."
+        default_factory=list,
+        max_length=MAX_WEBHOOK_EVENTS,
+        description="Extra events to deliver besides the final one, e.g. ['running']; repeats count once.",
     )
     deadline_s: float | None = Field(
-        None, gt=0, le=86_400, description="Expire the job if no worker starts it within this many seconds."
+        None, gt=0, le=MAX_DEADLINE_S, description="Expire the job if no worker starts it within this many seconds."
     )
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _each_event_once(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        # A set on the wire: a repeat would only be stored, and delivered, twice.
+        return list(dict.fromkeys(events))
 
 
 class JobPublic(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import ValidationError
@@ -17,7 +17,16 @@ from api.problems import invalid_request, problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
 from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.jobs import JobCreate, JobPublic
+from shared.jobs import (
+    MAX_DEADLINE_S,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    MAX_URL_CHARS,
+    MAX_WEBHOOK_EVENTS,
+    JobCreate,
+    JobPublic,
+    WebhookEvent,
+)
 from shared.settings import Settings
 from shared.uploads import check_upload
 
@@ -34,12 +43,17 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {
+        # Bounded by max_upload_bytes (413 upload_too_large), which a schema cannot state.
         "file": {"type": "string", "format": "binary", "description": "The image (JPEG, PNG, GIF, WebP, BMP or AVIF)."},
-        "prompt": {"type": "string"},
-        "max_new_tokens": {"type": "integer", "minimum": 1},
-        "webhook_url": {"type": "string"},
-        "webhook_events": {"type": "array", "items": {"type": "string"}},
-        "deadline_s": {"type": "number"},
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_NEW_TOKENS},
+        "webhook_url": {"type": "string", "maxLength": MAX_URL_CHARS},
+        "webhook_events": {
+            "type": "array",
+            "maxItems": MAX_WEBHOOK_EVENTS,
+            "items": {"type": "string", "enum": list(get_args(WebhookEvent))},
+        },
+        "deadline_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DEADLINE_S},
     },
 }
 _JSON_EXAMPLES = {
@@ -94,6 +108,7 @@ async def create_job(
         str | None,
         Header(
             alias="Idempotency-Key",
+            max_length=255,
             pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Any unique string (a UUID): the same key and body within 24 h return the same job, once "
             "queued; the same key with another body answers 422 idempotency_conflict.",
