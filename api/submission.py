@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import timedelta
 
 from api.backlog import check_queue_room
@@ -12,7 +13,7 @@ from api.queue import TaskQueue
 from shared.errors import InvalidRequest, QueueUnavailable
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, new_job_id, utc_now
 from shared.settings import Settings
-from shared.store import JobStore
+from shared.store import JobStore, OwnerShares
 from shared.uploads import check_upload, decode_base64_upload
 from shared.urls import validate_url
 
@@ -21,6 +22,15 @@ logger = logging.getLogger(__name__)
 # A replay that finds no job yet waits this long in all for the first request to store it.
 _REPLAY_POLLS = 40
 _REPLAY_POLL_INTERVAL_S = 0.05
+
+
+def owner_shares(settings: Settings) -> OwnerShares:
+    """The most of the queue and of upload bytes one key may hold, from the ``*_share`` settings (at least 1 job)."""
+    return OwnerShares(
+        max_queued_jobs=max(1, math.floor(settings.owner_queue_share * settings.max_queue_depth)),
+        max_upload_bytes=max(1, math.floor(settings.owner_upload_share * settings.max_pending_upload_bytes)),
+        max_total_upload_bytes=settings.max_pending_upload_bytes,
+    )
 
 
 class JobSubmitter:
@@ -33,6 +43,7 @@ class JobSubmitter:
         # A key never outlives the job it returns.
         ttl_s = min(IDEMPOTENCY_TTL_S, settings.job_ttl_s)
         self.idempotency = IdempotencyKeys(store.redis, store.keys, ttl_s=ttl_s)
+        self.shares = owner_shares(settings)
 
     async def submit(
         self, request: JobCreate, owner: str, upload: bytes | None = None, *, idempotency_key: str | None = None
@@ -45,7 +56,8 @@ class JobSubmitter:
         Raises:
             InputError: the request is invalid (bad URL, options out of range, not an image...).
             IdempotencyConflict: the key was used before with another body.
-            QueueFull: ``max_queue_depth`` jobs already wait.
+            QueueFull: ``max_queue_depth`` jobs, or ``max_pending_upload_bytes`` of uploads, already wait.
+            OwnerQuotaExceeded: ``owner`` already holds its share of the queue or of upload bytes.
             QueueUnavailable: Redis cannot be reached.
         """
         job = self.build_job(request, owner, has_file=upload is not None)
@@ -68,7 +80,7 @@ class JobSubmitter:
 
     async def _accept(self, job: Job, upload: bytes | None) -> None:
         await check_queue_room(self.store.redis, self.store.keys, self.settings.max_queue_depth)
-        await self.store.create(job, upload=upload, upload_ttl_s=self.settings.upload_ttl_s)
+        await self.store.create(job, upload=upload, upload_ttl_s=self.settings.upload_ttl_s, shares=self.shares)
         try:
             await self.queue.enqueue_caption(job.id)
         except QueueUnavailable as exc:

@@ -52,6 +52,14 @@ class Keys:
         """Sorted set of queued jobs (score: when queued, epoch seconds), for the orphan sweeper."""
         return f"{self.prefix}:queued-jobs"
 
+    def owner_queued_jobs(self) -> str:
+        """Hash of each owner's jobs in ``queued`` that count against its share of the queue."""
+        return f"{self.prefix}:owner-queued-jobs"
+
+    def owner_upload_bytes(self) -> str:
+        """Hash of each owner's uploaded bytes waiting in Redis (field ``*``: every owner's together)."""
+        return f"{self.prefix}:owner-upload-bytes"
+
     def orphan_sweep_lock(self) -> str:
         """Lock held by the one caption worker sweeping for orphaned jobs this round."""
         return f"{self.prefix}:orphan-sweep"

@@ -46,6 +46,26 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(
         10_000, ge=1, description="Jobs waiting in the caption queue beyond which POST answers 503 with Retry-After."
     )
+    owner_queue_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Largest fraction of max_queue_depth one API key's queued jobs may take; past it that key's "
+        "POSTs answer 429 owner_quota_exceeded while other keys are still served.",
+    )
+    max_pending_upload_bytes: int = Field(
+        1024 * _MIB,
+        ge=1024,
+        description="Uploaded image bytes that all keys together may keep in Redis until their jobs end; past it "
+        "uploads answer 503 queue_full.",
+    )
+    owner_upload_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Largest fraction of max_pending_upload_bytes one API key's uploads may take (429 "
+        "owner_quota_exceeded past it).",
+    )
 
     # --- Model ------------------------------------------------------------------------
     model: str = Field(

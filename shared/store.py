@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,19 +22,22 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import QueueUnavailable
+from shared.errors import CapacityError, OwnerQuotaExceeded, QueueFull, QueueUnavailable
 from shared.jobs import Job, JobStatus, sources_of
 from shared.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set.
+# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set,
+# KEYS[5] queued jobs per owner, KEYS[6] pending upload bytes per owner (hashes, see _CREATE_LUA).
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
 # The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
 # script, so the API's /metrics never sees a job counted in two states; a job that leaves
-# `queued` leaves the set the orphan sweeper reads (worker.recovery).
+# `queued` leaves the set the orphan sweeper reads (worker.recovery). A job admitted against
+# its owner's shares gives them back here: its queue slot when it leaves `queued`, its upload
+# bytes when it ends; the markers are deleted so nothing is given back twice.
 _TRANSITION_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -57,9 +61,61 @@ if ARGV[2] ~= '' then
     if current then redis.call('HINCRBY', KEYS[3], 'current:' .. string.sub(current, 2, -2), -1) end
   end
   if ARGV[2] ~= '"queued"' then redis.call('ZREM', KEYS[4], ARGV[3]) end
+  local owner = string.sub(redis.call('HGET', KEYS[1], 'owner') or '""', 2, -2)
+  if ARGV[2] ~= '"queued"' and redis.call('HDEL', KEYS[1], 'share_queued') == 1 then
+    redis.call('HINCRBY', KEYS[5], owner, -1)
+  end
+  local uploaded = tonumber(redis.call('HGET', KEYS[1], 'share_upload_bytes'))
+  if uploaded and ARGV[2] ~= '"queued"' and ARGV[2] ~= '"running"' then
+    redis.call('HDEL', KEYS[1], 'share_upload_bytes')
+    redis.call('HINCRBY', KEYS[6], owner, -uploaded)
+    redis.call('HINCRBY', KEYS[6], '*', -uploaded)
+  end
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
+"""
+
+# KEYS[1] job hash, KEYS[2] upload, KEYS[3] job counts, KEYS[4] queued-jobs set, KEYS[5] queued jobs
+# per owner, KEYS[6] pending upload bytes per owner ('*' holds the total). ARGV[1] job TTL s,
+# ARGV[2] upload TTL s, ARGV[3] owner, ARGV[4] status, ARGV[5] job id, ARGV[6] queued-at (epoch s),
+# ARGV[7] the upload ('' = none), ARGV[8] most queued jobs per owner, ARGV[9] most upload bytes per
+# owner, ARGV[10] most upload bytes in all (0 = no limit), ARGV[11..] field/value pairs (JSON values).
+# Returns {0} when stored, else {1|2|3, what the owner or everyone holds}: 1 the owner's queue share,
+# 2 its upload share, 3 the total upload budget. Checking and counting in one script means
+# concurrent requests of one key can never pass its share together.
+_CREATE_LUA = """
+local upload_bytes = string.len(ARGV[7])
+local max_queued, max_owner_bytes, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local limited = max_queued > 0 or max_owner_bytes > 0 or max_bytes > 0
+if limited and ARGV[4] == 'queued' then
+  local queued = tonumber(redis.call('HGET', KEYS[5], ARGV[3]) or '0')
+  if max_queued > 0 and queued >= max_queued then return {1, queued} end
+end
+if limited and upload_bytes > 0 then
+  local held = tonumber(redis.call('HGET', KEYS[6], ARGV[3]) or '0')
+  if max_owner_bytes > 0 and held + upload_bytes > max_owner_bytes then return {2, held} end
+  local total = tonumber(redis.call('HGET', KEYS[6], '*') or '0')
+  if max_bytes > 0 and total + upload_bytes > max_bytes then return {3, total} end
+end
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if upload_bytes > 0 then redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[2]) end
+redis.call('HINCRBY', KEYS[3], 'entered:' .. ARGV[4], 1)
+redis.call('HINCRBY', KEYS[3], 'current:' .. ARGV[4], 1)
+if ARGV[4] == 'queued' then
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
+  if limited then
+    redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+    redis.call('HSET', KEYS[1], 'share_queued', '1')
+  end
+end
+if limited and upload_bytes > 0 then
+  redis.call('HINCRBY', KEYS[6], ARGV[3], upload_bytes)
+  redis.call('HINCRBY', KEYS[6], '*', upload_bytes)
+  redis.call('HSET', KEYS[1], 'share_upload_bytes', upload_bytes)
+end
+return {0, 0}
 """
 
 #: Redis failures that pass: unreachable, too slow, or full. Under ``noeviction`` a full Redis
@@ -100,6 +156,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a job record")
 
 
+def _share_refusal(reason: int, held: int, limits: OwnerShares) -> CapacityError:
+    if reason == 1:
+        return OwnerQuotaExceeded(
+            f"this key already has {held} jobs queued, its share of the queue ({limits.max_queued_jobs}); "
+            "retry once some have started"
+        )
+    if reason == 2:
+        return OwnerQuotaExceeded(
+            f"this key's uploads waiting in the queue already take {held} bytes of its {limits.max_upload_bytes}; "
+            "retry once some jobs have ended"
+        )
+    return QueueFull(f"uploads waiting in the queue already take {held} bytes, the most this service keeps")
+
+
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
     """Build a Job from the hash Redis returned."""
     data = {_text(name): json.loads(_text(value)) for name, value in raw.items()}
@@ -110,6 +180,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+@dataclass(frozen=True)
+class OwnerShares:
+    """How much of the service one owner (API key) may hold at once; 0 is no limit."""
+
+    #: Jobs of one owner waiting in ``queued``.
+    max_queued_jobs: int = 0
+    #: Uploaded image bytes of one owner waiting in Redis for their jobs to end.
+    max_upload_bytes: int = 0
+    #: Uploaded image bytes of every owner together.
+    max_total_upload_bytes: int = 0
+
+
 class JobStore:
     """Reads and writes job records; the only writer of a job's status."""
 
@@ -118,22 +200,35 @@ class JobStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self._transition = redis.register_script(_TRANSITION_LUA)
+        self._create = redis.register_script(_CREATE_LUA)
 
-    async def create(self, job: Job, *, upload: bytes | None = None, upload_ttl_s: int = 3_600) -> None:
-        """Store a new job with its TTL, and its uploaded image (if any) in the same transaction."""
-        key = self.keys.job(job.id)
-        fields = encode_fields(job.model_dump(mode="json"))
+    async def create(
+        self, job: Job, *, upload: bytes | None = None, upload_ttl_s: int = 3_600, shares: OwnerShares | None = None
+    ) -> None:
+        """Store a new job with its TTL, and its uploaded image (if any), in one atomic script.
+
+        With ``shares``, the job is stored only if its owner stays within them, and counts
+        against them until it leaves ``queued`` (its queue slot) or ends (its upload bytes).
+
+        Raises:
+            OwnerQuotaExceeded: the owner already holds its share of the queue or of upload bytes.
+            QueueFull: uploads of every owner together already fill ``max_total_upload_bytes``.
+            QueueUnavailable: Redis cannot be reached, or is full.
+        """
+        limits = shares or OwnerShares()
+        args: list[str | bytes] = [str(self.ttl_s), str(upload_ttl_s), job.owner, str(job.status), job.id]
+        args += [repr(job.created_at.timestamp()), upload or b""]
+        args += [str(limits.max_queued_jobs), str(limits.max_upload_bytes), str(limits.max_total_upload_bytes)]
+        for name, value in encode_fields(job.model_dump(mode="json")).items():
+            args += [name, value]
+        keys = [self.keys.job(job.id), self.keys.upload(job.id), self.keys.job_counts(), self.keys.queued_jobs()]
         with map_redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.expire(key, self.ttl_s)
-                if upload is not None:
-                    pipe.set(self.keys.upload(job.id), upload, ex=upload_ttl_s)
-                pipe.hincrby(self.keys.job_counts(), f"entered:{job.status}", 1)
-                pipe.hincrby(self.keys.job_counts(), f"current:{job.status}", 1)
-                if job.status is JobStatus.QUEUED:
-                    pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp()})
-                await pipe.execute()
+            refused, held = await self._create(keys=[*keys, *self._share_keys()], args=args)
+        if refused:
+            raise _share_refusal(int(refused), int(held), limits)
+
+    def _share_keys(self) -> list[str]:
+        return [self.keys.owner_queued_jobs(), self.keys.owner_upload_bytes()]
 
     async def read_upload(self, job_id: str) -> bytes | None:
         """The job's uploaded image bytes, or None when they expired or were already deleted."""
@@ -216,6 +311,11 @@ class JobStore:
         for name, value in encode_fields(fields).items():
             args += [name, value]
         with map_redis_errors():
-            keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
-            result = await self._transition(keys=[*keys, self.keys.queued_jobs()], args=args)
+            keys = [
+                self.keys.job(job_id),
+                self.keys.job_events(job_id),
+                self.keys.job_counts(),
+                self.keys.queued_jobs(),
+            ]
+            result = await self._transition(keys=[*keys, *self._share_keys()], args=args)
         return bool(result)

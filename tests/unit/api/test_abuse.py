@@ -177,7 +177,7 @@ ABUSES: dict[str, Abuse] = {
     "nul byte in job id": Abuse("/v1/jobs/job_abc%00def0123456789abcdef", 404, "job_not_found"),
     "crlf in job id": Abuse("/v1/jobs/job_a%0D%0ASet-Cookie:%20x=1", 404, "job_not_found"),
     "unicode job id": Abuse("/v1/jobs/job_%E2%80%AEabcdefghijklmnopqrstu", 404, "job_not_found"),
-    "10k-character job id": Abuse("/v1/jobs/job_" + "a" * 10_000, 404, "job_not_found"),
+    "10k-character job id": Abuse("/v1/jobs/job_" + "a" * 10_000, 422, "invalid_request"),
     # --- query strings ------------------------------------------------------------------
     "negative wait": Abuse("/v1/jobs/{job_a}?wait=-1", 422, "invalid_request", auth="A"),
     "infinite wait": Abuse("/v1/jobs/{job_a}?wait=inf", 422, "invalid_request", auth="A"),
