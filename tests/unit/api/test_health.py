@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 
 import api.app
 from shared.heartbeats import WorkerHeartbeats
@@ -118,3 +120,32 @@ def test_metrics_take_an_api_key(keyed_settings: Settings, api_harness: ApiHarne
     with TestClient(api.app.create_app(keyed_settings)) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/healthz").status_code == 200
+
+
+def test_readyz_and_metrics_never_scan_the_keyspace(redis_server_url: str) -> None:
+    settings = Settings(redis_url=redis_server_url, allow_anonymous=True, key_prefix="captionizer-scan")
+    client = SyncRedis.from_url(redis_server_url)
+    try:
+        client.flushdb()
+        # A busy deployment's keyspace: a scan would walk all of it on every probe.
+        client.mset({f"captionizer-scan:job:job_{index}": b"x" for index in range(20_000)})
+        info = {"worker_id": "host:1", "model": "embedded", "model_load_s": 1.0}
+        asyncio.run(_beat_on(redis_server_url, settings, info))
+        client.config_resetstat()
+        with TestClient(api.app.create_app(settings)) as api_client:
+            assert api_client.get("/readyz").json() == {"status": "ok", "workers": 1}
+            assert samples(api_client.get("/metrics").text)[("captionizer_workers_ready", ())] == 1
+        stats = client.info("commandstats")
+        assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats
+        assert stats["cmdstat_zcount"]["calls"] == 1
+    finally:
+        client.flushdb()
+        client.close()
+
+
+async def _beat_on(url: str, settings: Settings, info: dict[str, object]) -> None:
+    redis = AsyncRedis.from_url(url)
+    try:
+        await WorkerHeartbeats(redis, Keys(settings.key_prefix)).beat("host:1", info, ttl_s=60)
+    finally:
+        await redis.aclose()
