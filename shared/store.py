@@ -266,16 +266,6 @@ class JobStore:
             raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         return decode_job(raw) if raw else None
 
-    async def get_many(self, job_ids: Iterable[str]) -> dict[str, Job]:
-        """The jobs that exist among ``job_ids``, in one round trip."""
-        ids = list(job_ids)
-        with map_redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self.keys.job(job_id))
-                raws = await pipe.execute()
-        return {job_id: decode_job(raw) for job_id, raw in zip(ids, raws, strict=True) if raw}
-
     async def transition(
         self,
         job_id: str,
