@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from shared import errors
@@ -104,3 +107,10 @@ def test_public_view_hides_the_owner() -> None:
     public = JobPublic.from_job(job).model_dump()
     assert "owner" not in public
     assert public["url"] == "/v1/jobs/job_x"
+
+
+def test_every_code_is_documented_with_its_status_in_the_pipeline_docs() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "pipeline.md").read_text(encoding="utf-8")
+    rows = {match[0]: match[1] for match in re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", docs, flags=re.M)}
+    for cls in all_error_classes():
+        assert rows.get(cls.code) == str(cls.status), f"{cls.code} ({cls.status}) is not in docs/pipeline.md"
