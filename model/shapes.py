@@ -2,15 +2,26 @@
 
 Example: ``draw_shape("circle", "red")`` is a large red circle on white that the embedded model captions
 ``caption_for("circle", "red")`` == ``"a large red circle on a white background"``.
+
+The world's rules (README, "The model"), which ``draw_shape`` follows and the embedded model is trained on:
+
+* a shape's *span* is the longer side of its bounding box, as a fraction of the image's shorter side;
+* small: span from 20 % to at most 40 %; large: span at least 60 %, up to 95 %;
+* the shape is upright (a circle, an axis-aligned square, a triangle with its apex up and a height of
+  75-100 % of its base) and lies wholly inside the image, anywhere;
+* the background is white or black, or close to them (each channel within ``BACKGROUND_TOLERANCE``).
 """
 
 from __future__ import annotations
 
+import colorsys
+import io
 import math
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 #: Fill colours, as RGB before jitter. Chosen far apart so JPEG or resizing cannot confuse them.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -19,17 +30,30 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (30, 70, 220),
     "yellow": (240, 210, 20),
 }
+#: The hues (degrees) each colour name covers when drawings vary their fill, for training.
+HUES: dict[str, tuple[float, float]] = {
+    "red": (-15.0, 12.0),
+    "green": (95.0, 150.0),
+    "blue": (205.0, 245.0),
+    "yellow": (46.0, 62.0),
+}
 #: Background colours.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
+#: How far (per channel) a background may stray from pure white or black and still be called so.
+BACKGROUND_TOLERANCE = 24
 #: Shape names.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-#: Size names, with the shape's extent as a fraction of the image's shorter side.
-SIZES: dict[str, tuple[float, float]] = {"small": (0.3, 0.42), "large": (0.62, 0.85)}
+#: Size names, with the range of the shape's span as a fraction of the image's shorter side.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.2, 0.4), "large": (0.6, 0.95)}
 
 #: Default side of a drawn image, in pixels.
 DEFAULT_IMAGE_SIZE = 128
+#: Bounds of the image sides that ``random_image_size`` picks, and of their aspect ratio.
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_ASPECT = 32, 1024, 3.0
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
+_TRIANGLE_HEIGHT = (0.75, 1.0)  # of its base
+_SUPERSAMPLED_PIXELS = 1024  # anti-aliasing draws at up to 4x, within this many pixels a side
 
 
 @dataclass(frozen=True)
@@ -67,36 +91,53 @@ def draw_shape(
     *,
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     rng: random.Random | None = None,
+    varied: bool = False,
 ) -> Image.Image:
-    """Draw one RGB image of an upright ``shape`` at a random position and size, with a little colour jitter.
+    """Draw one RGB image of an upright ``shape`` of a random span and position within the world's rules.
 
     Args:
-        image_size: side of a square image, or ``(width, height)``; the shape is sized from the shorter
-            side and lies within the central square.
-        rng: source of the position and jitter; ``None`` means ``random.Random(0)``, so the same call
-            always draws the same image.
+        image_size: side of a square image, or ``(width, height)``; the span is measured on the shorter side.
+        rng: source of the span, position and colours; ``None`` means ``random.Random(0)``, so the same
+            call always draws the same image.
+        varied: draw any fill hue the colour name covers, a background near (not only at) pure white or
+            black, and aliased or anti-aliased edges; otherwise a slightly jittered fill on the exact
+            background, anti-aliased.
     """
     _check_names(shape, colour, size, background)
     rng = rng if rng is not None else random.Random(0)
     width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(width, height) < 8:
         raise ValueError(f"image_size must be at least 8 pixels a side, got {image_size!r}")
-    image = Image.new("RGB", (width, height), BACKGROUNDS[background])
     low, high = SIZES[size]
-    side = min(width, height)
-    radius = rng.uniform(low, high) * side / 2
-    # The shape stays whole inside the central square, which is what a centre-cropping image
-    # processor (git-base's and the embedded model's) keeps of a non-square image.
-    left, top = (width - side) / 2, (height - side) / 2
-    centre = (left + rng.uniform(radius, side - radius), top + rng.uniform(radius, side - radius))
-    fill = _jitter(COLOURS[colour], rng)
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        cx, cy = centre
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+    span = rng.uniform(low, high) * min(width, height)
+    box_height = span * rng.uniform(*_TRIANGLE_HEIGHT) if shape == "triangle" else span
+    left, top = rng.uniform(0, width - span), rng.uniform(0, height - box_height)
+    box = (left, top, left + span, top + box_height)
+    if varied:
+        fill, back = random_fill(colour, rng), random_background(background, rng)
+        antialias = rng.random() < 0.5
     else:
-        draw.polygon(_polygon(shape, centre, radius), fill=fill)
-    return image
+        fill, back, antialias = _jitter(COLOURS[colour], rng), BACKGROUNDS[background], True
+    mask = _shape_mask(shape, box, (width, height), antialias)
+    return Image.composite(Image.new("RGB", (width, height), fill), Image.new("RGB", (width, height), back), mask)
+
+
+def random_fill(colour: str, rng: random.Random) -> tuple[int, int, int]:
+    """A fill that a person would call ``colour``: a hue in its ``HUES`` range, saturated and bright."""
+    low, high = HUES[colour]
+    value = rng.uniform(0.8, 1.0) if colour == "yellow" else rng.uniform(0.55, 1.0)
+    rgb = colorsys.hsv_to_rgb((rng.uniform(low, high) % 360) / 360, rng.uniform(0.6, 1.0), value)
+    red, green, blue = (round(channel * 255) for channel in rgb)
+    return red, green, blue
+
+
+def random_background(background: str, rng: random.Random) -> tuple[int, int, int]:
+    """A background within ``BACKGROUND_TOLERANCE`` of pure ``background``: pure half of the time."""
+    if rng.random() < 0.5:
+        return BACKGROUNDS[background]
+    shift = [rng.randint(0, BACKGROUND_TOLERANCE) for _ in range(3)]
+    red, green, blue = (255 - s if background == "white" else s for s in shift)
+    return red, green, blue
 
 
 def random_spec(rng: random.Random) -> ShapeSpec:
@@ -109,21 +150,74 @@ def random_spec(rng: random.Random) -> ShapeSpec:
     )
 
 
+def random_image_size(rng: random.Random) -> tuple[int, int]:
+    """``(width, height)``: shorter side log-uniform in 32..1024 px, aspect ratio log-uniform up to 3:1."""
+    short = round(math.exp(rng.uniform(math.log(MIN_IMAGE_SIDE), math.log(MAX_IMAGE_SIDE))))
+    long = min(MAX_IMAGE_SIDE, round(short * math.exp(rng.uniform(0.0, math.log(MAX_ASPECT)))))
+    return (short, long) if rng.random() < 0.5 else (long, short)
+
+
 def draw_sample(
-    rng: random.Random, *, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE
+    rng: random.Random, *, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, varied: bool = False
 ) -> tuple[Image.Image, str]:
     """Draw a random captioned image from ``rng``: returns ``(image, caption)``."""
     spec = random_spec(rng)
-    image = draw_shape(spec.shape, spec.colour, spec.size, spec.background, image_size=image_size, rng=rng)
+    image = draw_shape(
+        spec.shape, spec.colour, spec.size, spec.background, image_size=image_size, rng=rng, varied=varied
+    )
     return image, spec.caption
 
 
-def _polygon(shape: str, centre: tuple[float, float], radius: float) -> list[tuple[float, float]]:
-    """Vertices of an upright square or an apex-up triangle inscribed in a circle of ``radius``."""
-    # Angles in image coordinates, where y grows downwards: -90° is straight up.
-    angles = [45.0, 135.0, 225.0, 315.0] if shape == "square" else [-90.0, 30.0, 150.0]
-    cx, cy = centre
-    return [(cx + radius * math.cos(math.radians(a)), cy + radius * math.sin(math.radians(a))) for a in angles]
+def draw_varied_batch(
+    rng: random.Random, count: int, *, max_side: int | None = None
+) -> tuple[list[Image.Image], list[str]]:
+    """``count`` captioned drawings with all the variety the rules allow: sizes, aspect ratios, fills, finishes.
+
+    Args:
+        max_side: draw an image whose longer side is above this at that side instead, same aspect ratio
+            and same drawing otherwise. Training uses it: a model that sees every image squeezed to
+            48 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
+    """
+    images, captions = [], []
+    for _ in range(count):
+        width, height = random_image_size(rng)
+        if max_side is not None and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            width, height = max(8, round(width * scale)), max(8, round(height * scale))
+        image, caption = draw_sample(rng, image_size=(width, height), varied=True)
+        images.append(roughen(image, rng))
+        captions.append(caption)
+    return images, captions
+
+
+def roughen(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Maybe blur, add noise and save as JPEG (quality 40-95), as photographed or re-saved drawings are."""
+    if rng.random() < 0.25:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.3:
+        noise = np.random.default_rng(rng.getrandbits(64)).standard_normal((*image.size[::-1], 3), dtype=np.float32)
+        noisy = np.asarray(image, dtype=np.float32) + noise * rng.uniform(1.0, 8.0)
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=rng.randint(40, 95))
+        image = Image.open(buffer).convert("RGB")
+    return image
+
+
+def _shape_mask(shape: str, box: tuple[float, ...], size: tuple[int, int], antialias: bool) -> Image.Image:
+    """An "L" mask of ``shape`` filling ``box``; anti-aliased by drawing larger and averaging down."""
+    scale = max(1, min(4, _SUPERSAMPLED_PIXELS // max(size))) if antialias else 1
+    mask = Image.new("L", (size[0] * scale, size[1] * scale), 0)
+    left, top, right, bottom = (coordinate * scale for coordinate in box)
+    draw = ImageDraw.Draw(mask)
+    if shape == "circle":
+        draw.ellipse((left, top, right - 1, bottom - 1), fill=255)
+    elif shape == "square":
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=255)
+    else:
+        draw.polygon([((left + right) / 2, top), (right - 1, bottom - 1), (left, bottom - 1)], fill=255)
+    return mask if scale == 1 else mask.resize(size, Image.Resampling.BOX)
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, int]:
