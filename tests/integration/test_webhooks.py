@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -26,12 +27,12 @@ from shared.jobs import Job, JobStatus, WebhookState
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import JobStore
-from shared.webhooks import WebhookDelivery, build_delivery
+from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from tests.fakes import scheduled_retries
 from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
 from tests.stack import log_of
-from worker.intake import make_fetch_session
-from worker.webhook_schedule import RetrySchedule, move_due_retries
+from worker.egress import make_egress_session
 from worker.webhooks import WebhookDeliverer
 
 DELAYS_S = [5.0, 30.0, 120.0, 600.0]
@@ -64,7 +65,7 @@ class Rig:
             settings, self.store, self.schedule, clock=lambda: self.now_s, rng=random.Random(5)
         )
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
         assert (name, queue) == (WEBHOOK_TASK, self.keys.webhook_queue())
         self.sent.append(args[0])
 
@@ -76,7 +77,7 @@ class Rig:
 
     async def next_retry(self) -> WebhookDelivery:
         """Move the clock to the scheduled retry and let the schedule queue it (not a moment earlier)."""
-        [(_, due_s)] = await self.schedule.due_times()
+        [(_, due_s)] = await scheduled_retries(self.schedule)
         assert await move_due_retries(self.schedule, self.send_task, due_s - 0.5) == 0
         self.now_s = due_s
         assert await move_due_retries(self.schedule, self.send_task, self.now_s) == 1
@@ -162,7 +163,7 @@ def test_receiver_that_keeps_failing_is_given_up(stack: LocalStack, receiver: We
         state = await rig.deliverer.deliver(delivery)
         assert (state.status, state.attempts, state.next_attempt_at) == ("failed", len(DELAYS_S) + 1, None)
         assert await rig.record() == state
-        assert await rig.schedule.due_times() == []
+        assert await scheduled_retries(rig.schedule) == []
         assert len(receiver.received) == len(DELAYS_S) + 1
 
     run_with_rig(stack, receiver, scenario)
@@ -172,7 +173,7 @@ def test_gone_stops_retrying(stack: LocalStack, receiver: WebhookReceiver) -> No
     async def scenario(rig: Rig) -> None:
         state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for(410)))
         assert (state.status, state.attempts, state.last_status_code) == ("gone", 1, 410)
-        assert await rig.schedule.due_times() == []
+        assert await scheduled_retries(rig.schedule) == []
         assert len(receiver.received) == 1
 
     run_with_rig(stack, receiver, scenario)
@@ -209,7 +210,9 @@ def test_each_attempt_checks_where_the_name_resolves(
     url = f"http://hooks.example.com:{receiver.port}/hook"
 
     async def scenario(rig: Rig) -> None:
-        rig.deliverer.open_session = lambda settings: make_fetch_session(settings, dns=RebindingDns())
+        rig.deliverer.open_session = lambda settings: make_egress_session(
+            settings, headers={}, timeout=aiohttp.ClientTimeout(total=5), dns=RebindingDns()
+        )
         state = await rig.deliverer.deliver(await rig.new_job(url))
         if allow_private:  # the same lookup reaches the receiver when internal addresses are allowed
             assert state.status == "delivered" and len(receiver.received) == 1

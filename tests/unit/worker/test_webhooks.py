@@ -20,9 +20,9 @@ from shared.jobs import Job, JobStatus, WebhookState
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import JobStore
-from shared.webhooks import WebhookDelivery, build_delivery
+from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from tests.fakes import scheduled_retries
 from worker import webhooks
-from worker.webhook_schedule import RetrySchedule, move_due_retries
 from worker.webhooks import AttemptResult, WebhookDeliverer, next_state, retry_delay_s, sign_headers
 
 SECRET_OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -102,7 +102,7 @@ class Harness:
             settings, self.store, self.schedule, lambda _s: self.session, self.clock, random.Random(7)
         )
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
         assert name == WEBHOOK_TASK
         self.sent.append(args[0])
 
@@ -182,7 +182,7 @@ def test_delivered_attempt_is_signed_and_recorded(webhook_settings: Settings) ->
         assert request["timeout"].total == webhook_settings.webhook_timeout_s
         payload = Webhook(SECRET_NEW).verify(request["data"].decode(), request["headers"])
         assert payload["type"] == "job.succeeded" and payload["data"]["caption"] == "a red circle"
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
 
     run(scenario)
 
@@ -201,7 +201,7 @@ def test_failures_follow_the_backoff_schedule_then_give_up(webhook_settings: Set
             if state.status == "failed":
                 break
             assert state.status == "retrying"
-            [(scheduled, due_s)] = await h.schedule.due_times()
+            [(scheduled, due_s)] = await scheduled_retries(h.schedule)
             assert state.next_attempt_at == datetime.fromtimestamp(due_s, UTC)
             waits_s.append(due_s - h.clock.now_s)
             # Not due a second early; due exactly on time.
@@ -212,7 +212,7 @@ def test_failures_follow_the_backoff_schedule_then_give_up(webhook_settings: Set
             assert delivery == scheduled
         assert state.status == "failed" and state.attempts == len(DELAYS_S) + 1
         assert await h.webhook_record() == state
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
         for wait_s, base_s in zip(waits_s, DELAYS_S, strict=True):
             assert 0.8 * base_s <= wait_s <= 1.2 * base_s
         ids = {request["headers"]["webhook-id"] for request in h.session.requests}
@@ -228,7 +228,7 @@ def test_gone_stops_after_one_attempt(webhook_settings: Settings) -> None:
         await h.store.create(job)
         state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
         assert state.status == "gone" and state.attempts == 1 and state.last_status_code == 410
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
 
     run(scenario)
 
@@ -275,7 +275,7 @@ def test_older_event_leaves_the_newer_events_record_alone(webhook_settings: Sett
         state = await h.deliverer.deliver(build_delivery(job, JobStatus.RUNNING, datetime.now(UTC)))
         assert state.status == "retrying"
         assert await h.webhook_record() == newer
-        assert len(await h.schedule.due_times()) == 1
+        assert len(await scheduled_retries(h.schedule)) == 1
 
     run(scenario)
 

@@ -8,8 +8,8 @@ from typing import Any
 import fakeredis.aioredis
 
 from shared.keys import WEBHOOK_TASK, Keys
-from shared.webhooks import WebhookDelivery
-from worker.webhook_schedule import RetrySchedule, move_due_retries
+from shared.webhooks import RetrySchedule, WebhookDelivery, move_due_retries
+from tests.fakes import scheduled_retries
 
 T0 = 1_700_000_000.0
 
@@ -20,7 +20,7 @@ class Sent:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], str]] = []
 
-    def __call__(self, name: str, *, args: list[Any], queue: str) -> None:
+    def __call__(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
         self.calls.append((name, args[0], queue))
 
 
@@ -46,7 +46,7 @@ def test_only_due_retries_are_queued_on_the_webhook_queue() -> None:
         await schedule.add(delivery("b"), due_s=T0 + 30)
         assert await move_due_retries(schedule, sent, T0) == 1
         assert sent.calls == [(WEBHOOK_TASK, delivery("a").model_dump(mode="json"), "t-webhooks")]
-        assert [d.job_id for d, _ in await schedule.due_times()] == ["b"]
+        assert [d.job_id for d, _ in await scheduled_retries(schedule)] == ["b"]
 
     asyncio.run(scenario())
 
@@ -80,7 +80,7 @@ def test_a_claim_never_sent_comes_back_after_its_lease() -> None:
         assert len(await schedule.claim_due(T0)) == 1
         assert await move_due_retries(schedule, sent, T0 + 59) == 0
         assert await move_due_retries(schedule, sent, T0 + 60) == 1
-        assert await schedule.due_times() == []
+        assert await scheduled_retries(schedule) == []
 
     asyncio.run(scenario())
 
