@@ -14,6 +14,7 @@ from shared.errors import JobNotFound
 from shared.jobs import Job
 from shared.settings import Settings
 from shared.store import JobStore
+from shared.webhook_secrets import WebhookSecrets
 
 # new_job_id(): "job_" and 22 URL-safe characters; anything else is not worth a Redis lookup.
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
@@ -45,6 +46,14 @@ def get_submitter(request: Request) -> JobSubmitter:
 
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 Store = Annotated[JobStore, Depends(get_store)]
+
+
+def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSecrets:
+    """Every owner's webhook signing secrets, in the job store's Redis."""
+    return WebhookSecrets(store.redis, store.keys, settings.webhook_secret_grace_s)
+
+
+WebhookSecretStore = Annotated[WebhookSecrets, Depends(get_webhook_secrets)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
 #: The authenticated, rate-limited caller; its ``owner`` scopes every job it sees.

@@ -8,7 +8,7 @@ from typing import Any
 import fakeredis.aioredis
 
 from shared.keys import WEBHOOK_TASK, Keys
-from shared.webhooks import RetrySchedule, WebhookDelivery, move_due_retries
+from shared.webhooks import DeliverySlots, RetrySchedule, WebhookDelivery, move_due_retries
 from tests.fakes import scheduled_retries
 
 T0 = 1_700_000_000.0
@@ -92,5 +92,41 @@ def test_many_due_retries_are_all_moved() -> None:
             await schedule.add(delivery(f"j{i}"), due_s=T0 - i)
         assert await move_due_retries(schedule, sent, T0) == 250
         assert len({call[1]["job_id"] for call in sent.calls}) == 250
+
+    asyncio.run(scenario())
+
+
+# --- each key's share of deliveries in progress -------------------------------------------------
+
+
+def make_slots(limit: int, lease_s: float = 30.0) -> DeliverySlots:
+    return DeliverySlots(fakeredis.aioredis.FakeRedis(), Keys("t"), limit, lease_s=lease_s)
+
+
+def test_a_key_holds_at_most_its_limit_and_others_are_apart() -> None:
+    async def scenario() -> None:
+        slots = make_slots(limit=2)
+        assert [await slots.take("a", token, T0) for token in ("1", "2", "3")] == [True, True, False]
+        assert await slots.take("b", "1", T0)
+        await slots.release("a", "1")
+        assert await slots.take("a", "3", T0)
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_of_a_worker_that_died_frees_itself_when_its_lease_ends() -> None:
+    async def scenario() -> None:
+        slots = make_slots(limit=1, lease_s=30)
+        assert await slots.take("a", "dead", T0)
+        assert not await slots.take("a", "next", T0 + 29)
+        assert await slots.take("a", "next", T0 + 30)
+
+    asyncio.run(scenario())
+
+
+def test_limit_zero_means_no_limit() -> None:
+    async def scenario() -> None:
+        slots = make_slots(limit=0)
+        assert all([await slots.take("a", str(i), T0) for i in range(100)])
 
     asyncio.run(scenario())

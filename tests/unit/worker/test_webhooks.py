@@ -317,3 +317,75 @@ def test_redis_trouble_puts_the_attempt_back_on_the_queue(
         with pytest.raises(Reject) as rejected:
             webhooks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
     assert rejected.value.requeue is True
+
+
+# --- per-owner secrets and each key's share of deliveries --------------------------------------
+
+
+def test_each_owner_signs_with_its_own_secret_and_no_other_verifies(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings, [200])
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        [request] = h.session.requests
+        body, headers = request["data"].decode(), request["headers"]
+        own, other = await h.deliverer.secrets.current("tenant-a"), await h.deliverer.secrets.current("tenant-b")
+        assert Webhook(own).verify(body, headers)["data"]["id"] == job.id
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(body, headers)
+
+    run(scenario)
+
+
+def test_after_a_rotation_both_secrets_sign_and_the_extra_ones_too(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        old = await h.deliverer.secrets.current("tenant-a")
+        new = await h.deliverer.secrets.rotate("tenant-a")
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        [request] = h.session.requests
+        assert len(request["headers"]["webhook-signature"].split(" ")) == 4
+        for secret in (old, new, SECRET_OLD, SECRET_NEW):
+            Webhook(secret).verify(request["data"].decode(), request["headers"])
+
+    run(scenario)
+
+
+def test_a_key_holding_its_share_is_deferred_unattempted_and_others_go_out(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200])
+        greedy, other = make_job(id="job_greedy", owner="tenant-a"), make_job(id="job_other", owner="tenant-b")
+        for job in (greedy, other):
+            await h.store.create(job)
+        # tenant-a's one slot is held by a delivery hanging on its slow receiver.
+        assert await h.deliverer.slots.take("tenant-a", "hanging", h.clock())
+        held_back = build_delivery(greedy, JobStatus.SUCCEEDED, datetime.now(UTC))
+        assert await h.deliverer.deliver(held_back) is None
+        assert h.session.requests == []
+        assert await scheduled_retries(h.schedule) == [(held_back, T0 + 1)]
+        assert (await h.webhook_record("job_greedy")) is None  # not attempted, so not recorded
+        state = await h.deliverer.deliver(build_delivery(other, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state is not None and state.status == "delivered"
+        # Once the slow one ends, the deferred delivery goes out on its next turn.
+        await h.deliverer.slots.release("tenant-a", "hanging")
+        state = await h.deliverer.deliver(held_back)
+        assert state is not None and state.status == "delivered"
+        assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
+
+    run(scenario)
+
+
+def test_the_slot_is_given_back_when_the_attempt_raises(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200])
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        h.deliverer.open_session = lambda _s: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[assignment]
+        with pytest.raises(RuntimeError):
+            await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
+
+    run(scenario)
