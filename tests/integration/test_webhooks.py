@@ -21,6 +21,8 @@ import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from scripts.stack import LocalStack
 from shared.jobs import Job, JobStatus, WebhookState
@@ -31,7 +33,7 @@ from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move
 from tests.fakes import scheduled_retries
 from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
-from tests.stack import log_of
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY, WEBHOOKS_PER_KEY, log_of
 from worker.egress import make_egress_session
 from worker.webhooks import WebhookDeliverer
 
@@ -236,26 +238,31 @@ def test_literal_internal_address_is_refused_at_delivery(stack: LocalStack, rece
 # --- the whole stack ---------------------------------------------------------------------
 
 
-def submit(api: httpx.Client, **body: object) -> str:
-    response = api.post("/v1/jobs", json=body)
+def submit(api: httpx.Client, key: str | None = None, **body: object) -> str:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.post("/v1/jobs", json=body, headers=headers)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
 
 
-def wait_for_end(api: httpx.Client, job_id: str) -> dict[str, Any]:
-    response = api.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S})
+def wait_for_end(api: httpx.Client, job_id: str, key: str | None = None) -> dict[str, Any]:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S}, headers=headers)
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     assert JobStatus(job["status"]).is_final, job
     return job
 
 
-def wait_for_webhook(api: httpx.Client, job_id: str, statuses: set[str], deadline_s: float = 30) -> dict[str, Any]:
+def wait_for_webhook(
+    api: httpx.Client, job_id: str, statuses: set[str], deadline_s: float = 30, key: str | None = None
+) -> dict[str, Any]:
     """Poll the job until its webhook record reaches one of ``statuses``."""
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     end = time.monotonic() + deadline_s
     while True:
-        webhook = api.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        webhook = api.get(f"/v1/jobs/{job_id}", headers=headers).json()["webhook"]
         if webhook is not None and webhook["status"] in statuses:
             return dict(webhook)
         assert time.monotonic() < end, f"webhook record still {webhook}"
@@ -322,3 +329,43 @@ def test_captions_keep_their_pace_while_a_receiver_hangs(
     # webhook thread outlives this test.
     for job_id in ids:
         wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90)
+
+
+def secret_of(api: httpx.Client, key: str | None) -> str:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.get("/v1/webhooks/secret", headers=headers)
+    assert response.status_code == 200, response.text
+    secret: str = response.json()["key"]
+    return secret
+
+
+def test_only_the_owners_secret_verifies_its_delivery(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver
+) -> None:
+    secret_a, secret_b, local = secret_of(api, TENANT_A_KEY), secret_of(api, TENANT_B_KEY), secret_of(api, None)
+    assert len({secret_a, secret_b, local}) == 3
+    job_id = submit(api, TENANT_A_KEY, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(job_id)))
+    [delivery] = receiver.for_job(job_id)
+    assert Webhook(secret_a).verify(delivery.body, delivery.headers)["data"]["id"] == job_id
+    # Tenant B (or the local owner) holds nothing that verifies, so nothing that could forge, A's events.
+    for other in (secret_b, local):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(delivery.body, delivery.headers)
+
+
+def test_a_key_with_a_slow_receiver_holds_only_its_share_and_others_are_delivered(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    image_url = image_server.url("/image/shape.png")
+    # Six deliveries for A's receiver, which holds every request: more than the webhook worker's 4 threads.
+    greedy = [submit(api, TENANT_A_KEY, image_url=image_url, webhook_url=receiver.url_for(then=HANG)) for _ in range(6)]
+    receiver.wait_for(lambda: receiver.hanging == WEBHOOKS_PER_KEY)
+    other = submit(api, TENANT_B_KEY, image_url=image_url, webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(other)), deadline_s=30)
+    assert [r.answer for r in receiver.for_job(other)] == ["200"], log_of(stack, "webhooks")
+    # A's receiver never held more than A's share of the webhook threads at once.
+    assert receiver.peak_hanging == WEBHOOKS_PER_KEY
+    receiver.release_hangs()
+    for job_id in greedy:
+        wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90, key=TENANT_A_KEY)
