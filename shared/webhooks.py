@@ -163,6 +163,14 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
 return due
 """
+# KEYS[1] the schedule. ARGV[1] a claimed member, ARGV[2] the lease end it was claimed with.
+# Removes it only if still claimed: a worker that has already put the same attempt back
+# (a deferral, a redelivered task) gave it a new score, and that entry must stay.
+_REMOVE_CLAIMED_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 
 class RetrySchedule:
@@ -173,6 +181,7 @@ class RetrySchedule:
         self.keys = keys
         self.lease_s = lease_s
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._remove_claimed = redis.register_script(_REMOVE_CLAIMED_LUA)
 
     async def add(self, delivery: WebhookDelivery, *, due_s: float) -> None:
         """Schedule ``delivery`` for ``due_s``; the same attempt added twice stays one entry."""
@@ -183,9 +192,10 @@ class RetrySchedule:
         members = await self._claim(keys=[self.keys.webhook_schedule()], args=[now_s, now_s + self.lease_s, limit])
         return [WebhookDelivery.model_validate_json(member) for member in members]
 
-    async def remove(self, delivery: WebhookDelivery) -> None:
-        """Forget a delivery once it is on the queue."""
-        await self.redis.zrem(self.keys.webhook_schedule(), delivery.model_dump_json())
+    async def remove_claimed(self, delivery: WebhookDelivery, claimed_at_s: float) -> None:
+        """Forget a delivery claimed at ``claimed_at_s`` once it is on the queue, unless it was scheduled again since."""
+        args: list[str | float] = [delivery.model_dump_json(), claimed_at_s + self.lease_s]
+        await self._remove_claimed(keys=[self.keys.webhook_schedule()], args=args)
 
 
 async def move_due_retries(schedule: RetrySchedule, send_task: SendTask, now_s: float) -> int:
@@ -194,7 +204,7 @@ async def move_due_retries(schedule: RetrySchedule, send_task: SendTask, now_s: 
     while batch := await schedule.claim_due(now_s):
         for delivery in batch:
             enqueue_delivery(send_task, schedule.keys, delivery)
-            await schedule.remove(delivery)
+            await schedule.remove_claimed(delivery, now_s)
             moved += 1
     if moved:
         logger.info("webhook retries queued", extra={"count": moved})

@@ -4,8 +4,10 @@
 @description('Vault name: 3-24 characters, globally unique.')
 param name string
 param location string
-@description('The identity that reads the secrets (Key Vault Secrets User).')
+@description('The workers\' identity: Key Vault Secrets User on the whole vault.')
 param readerPrincipalId string
+@description('The API\'s identity: Secrets User on api-key-hashes only, so it never reads webhook-secrets.')
+param apiPrincipalId string
 @secure()
 param apiKeyHashes string
 @secure()
@@ -63,6 +65,18 @@ resource apiKeyHashesSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: apiKeyHashes
     contentType: 'text/plain; comma-separated SHA-256 hex digests'
+  }
+}
+
+// Secret-level RBAC: the API's role covers this one secret (redis.bicep adds redis-url).
+// Ref: https://learn.microsoft.com/azure/key-vault/general/rbac-guide#secret-scope-role-assignment
+resource apiReadsKeyHashes 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(apiKeyHashesSecret.id, apiPrincipalId, secretsUserRoleId)
+  scope: apiKeyHashesSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: apiPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

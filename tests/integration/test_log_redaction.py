@@ -69,13 +69,13 @@ def test_no_log_line_of_any_process_holds_a_url_secret(
         body = {"image_url": image_server.url("/image/shape.png"), field: f"http://u:{CANARY}@127.0.0.1/x.png"}
         refused = access_logged.post("/v1/jobs", json=body)
         assert (refused.status_code, refused.json()["code"]) == (400, "url_not_allowed")
-    caption = access_logged.get(f"/v1/caption?image_url={quote(image_url, safe='')}")
+    caption = access_logged.get(f"/caption?image_url={quote(image_url, safe='')}")
     assert caption.status_code == 200, caption.text
 
     # Every process has written the lines that come after the ones that could leak.
     wait_for_log(stack.log_dir / "webhooks.log", "captionizer.deliver_webhook")
     wait_for_log(stack.log_dir / "worker.log", job_id)
-    wait_for_log(access_log_dir / "api.log", "/v1/caption?REDACTED")
+    wait_for_log(access_log_dir / "api.log", "/caption?REDACTED")
     logs = sorted({*stack.log_dir.glob("*.log"), *access_log_dir.glob("*.log")})
     assert {path.name for path in logs} >= {"api.log", "worker.log", "webhooks.log"}
     leaks = {path.name: path.read_text(errors="replace").count(CANARY) for path in logs}

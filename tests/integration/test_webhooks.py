@@ -127,8 +127,8 @@ def test_delivery_verifies_with_the_receivers_secret(stack: LocalStack, receiver
         assert request.payload["type"] == "job.succeeded"
         assert request.payload["data"]["id"] == "job_rig" and request.payload["data"]["caption"] == "a red circle"
         assert request.headers["webhook-id"] == "msg_job_rig_succeeded"
-        # Signed with both secrets; the receiver knows only the newer one.
-        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        # Signed with the owner's own secret and both deployment-wide ones; the receiver knows only the newer one.
+        assert len(request.headers["webhook-signature"].split(" ")) == 3
 
     run_with_rig(stack, receiver, scenario)
 

@@ -130,3 +130,16 @@ def test_limit_zero_means_no_limit() -> None:
         assert all([await slots.take("a", str(i), T0) for i in range(100)])
 
     asyncio.run(scenario())
+
+
+def test_an_attempt_scheduled_again_while_being_moved_is_not_lost() -> None:
+    async def scenario() -> None:
+        schedule = make_schedule()
+        await schedule.add(delivery("a"), due_s=T0)
+        [claimed] = await schedule.claim_due(T0)
+        # A worker takes it from the queue before the mover's removal, and defers it (its key is at its share).
+        await schedule.add(claimed, due_s=T0 + 1)
+        await schedule.remove_claimed(claimed, T0)
+        assert await scheduled_retries(schedule) == [(claimed, T0 + 1)]
+
+    asyncio.run(scenario())
