@@ -103,9 +103,11 @@ resource api 'Microsoft.App/containerApps@2025-01-01' = {
       ]
       // The API's identity can read these two secrets and no other (never webhook-secrets).
       secrets: [
-        union(redisUrlSecret, {
+        {
+          name: 'redis-url'
+          keyVaultUrl: '${keyVaultUri}secrets/redis-url'
           identity: apiIdentityId
-        })
+        }
         {
           name: 'api-key-hashes'
           keyVaultUrl: '${keyVaultUri}secrets/api-key-hashes'

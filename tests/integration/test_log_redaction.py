@@ -69,7 +69,7 @@ def test_no_log_line_of_any_process_holds_a_url_secret(
         body = {"image_url": image_server.url("/image/shape.png"), field: f"http://u:{CANARY}@127.0.0.1/x.png"}
         refused = access_logged.post("/v1/jobs", json=body)
         assert (refused.status_code, refused.json()["code"]) == (400, "url_not_allowed")
-    caption = access_logged.get(f"/caption?image_url={quote(image_url, safe='')}")
+    caption = access_logged.get(f"/caption?url={quote(image_url, safe='')}")
     assert caption.status_code == 200, caption.text
 
     # Every process has written the lines that come after the ones that could leak.
