@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from scripts.run_stack import local_webhook_secret
 from scripts.stack import LocalStack
 from shared.jobs import Job, JobStatus, WebhookState
 from shared.keys import WEBHOOK_TASK, Keys
@@ -369,3 +370,14 @@ def test_a_key_with_a_slow_receiver_holds_only_its_share_and_others_are_delivere
     receiver.release_hangs()
     for job_id in greedy:
         wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90, key=TENANT_A_KEY)
+
+
+def test_the_local_secret_make_run_prints_signs_anonymous_deliveries(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    local = local_webhook_secret(stack.api_url)
+    assert local.startswith("whsec_") and local == secret_of(api, None)
+    job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(job_id)))
+    [delivery] = receiver.for_job(job_id)
+    assert Webhook(local).verify(delivery.body, delivery.headers)["data"]["id"] == job_id
