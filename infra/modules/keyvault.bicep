@@ -1,5 +1,5 @@
-// Key Vault for the API-key hashes, the webhook secrets and the Redis key (redis.bicep writes
-// those). The apps read them as Container Apps secrets that reference the vault.
+// Key Vault for the API-key hashes, the deployment-wide webhook secrets and the Redis key
+// (redis.bicep writes those). The apps read them as Container Apps secrets that reference the vault.
 // Ref: https://learn.microsoft.com/azure/container-apps/manage-secrets#reference-secret-from-key-vault
 @description('Vault name: 3-24 characters, globally unique.')
 param name string
@@ -20,8 +20,8 @@ param tags object
 var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_109: no VNet: Container Apps on the consumption plan read secrets over the public endpoint; RBAC is the gate
-  // checkov:skip=CKV_AZURE_189: same reason; private endpoints need a VNet-integrated environment (infra/README.md)
+  // checkov:skip=CKV_AZURE_109: the vault keeps its public endpoint, where Entra ID RBAC is the gate; Redis, which holds a shared key, is the one behind a private endpoint (infra/README.md)
+  // checkov:skip=CKV_AZURE_189: same reason (infra/README.md, "Network")
   name: name
   location: location
   tags: tags
