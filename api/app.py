@@ -14,7 +14,7 @@ from api.job_events import JobEvents
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
 from api.ratelimit import RateLimiter
-from api.routes import caption, health, jobs
+from api.routes import caption, health, jobs, webhooks
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.services import Services
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(caption.router)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     register_pages(app)
     return app
 

@@ -42,17 +42,9 @@ async def cancel_job(store: JobStore, send_task: SendTask, job: Job) -> Job:
     logger.info("job canceled", extra={"job_id": job.id, "from_status": str(job.status)})
     if current.source == "upload":
         await store.delete_upload(job.id)
-    await _queue_webhook(store, send_task, current)
+    await dispatch_webhook(store, send_task, current, JobStatus.CANCELED)
     return current
 
 
 def _not_cancelable(job: Job) -> JobNotCancelable:
     return JobNotCancelable(f"the job has already ended ({job.status})", job_id=job.id, job_status=str(job.status))
-
-
-async def _queue_webhook(store: JobStore, send_task: SendTask, job: Job) -> None:
-    try:
-        await dispatch_webhook(store, send_task, job, JobStatus.CANCELED)
-    except Exception:
-        # Webhook failures never fail the job (as in rq's webhook.py): the cancel has happened either way.
-        logger.exception("queueing the webhook failed", extra={"job_id": job.id, "status": "canceled"})

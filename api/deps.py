@@ -22,6 +22,7 @@ from shared.jobs import Job
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
+from shared.webhook_secrets import WebhookSecrets
 
 # new_job_id(): "job_" and 22 URL-safe characters; anything else is not worth a Redis lookup.
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
@@ -83,6 +84,14 @@ AppKeys = Annotated[Keys, Depends(get_keys)]
 RedisClient = Annotated[Redis, Depends(get_redis)]
 Store = Annotated[JobStore, Depends(get_store)]
 Queue = Annotated[TaskQueue, Depends(get_queue)]
+
+
+def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSecrets:
+    """Every owner's webhook signing secrets, in the job store's Redis."""
+    return WebhookSecrets(store.redis, store.keys, settings.webhook_secret_grace_s)
+
+
+WebhookSecretStore = Annotated[WebhookSecrets, Depends(get_webhook_secrets)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
 

@@ -37,9 +37,10 @@ class TaskQueue:
             broker_connection_timeout=2,
         )
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> object:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> object:
         """Celery's ``send_task`` (blocking); matches ``shared.webhooks.SendTask``."""
-        return self.celery.send_task(name, args=args, queue=queue)
+        # argsrepr: what Celery's log lines print in place of the arguments (no URLs, see shared.webhooks).
+        return self.celery.send_task(name, args=args, queue=queue, argsrepr=argsrepr)
 
     async def enqueue_caption(self, job_id: str) -> None:
         """Queue the caption task of ``job_id``, off the event loop (kombu's publish blocks)."""

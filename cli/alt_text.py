@@ -1,7 +1,10 @@
 """Fill in the missing ``alt`` of a page's ``<img>`` tags by splicing captions into the original text.
 
 html.parser only locates the tags (so ``<img>`` inside comments or scripts is never touched); the page
-itself is never re-serialised, so every byte outside the edited tags stays as it was.
+itself is never re-serialised, so every byte outside the edited tags stays as it was. A page is
+untrusted input: its ``src`` attributes read only regular files inside the page's folder (or
+``--root``), never more than :data:`MAX_IMAGE_BYTES` each, so ``src="../../etc/shadow"``, a symlink
+out, ``/dev/zero`` or a FIFO is refused for that image and the rest of the page is still processed.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import base64
 import binascii
 import html
+import mimetypes
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,6 +26,12 @@ from cli.batch import ImageSource, is_url
 # The tag-name and attribute patterns of CPython 3.11's html.parser (``tagfind_tolerant`` and
 # ``attrfind_tolerant``), so the spans found here are the attributes the parser reported.
 _TAG_NAME = re.compile(r"<[a-zA-Z][^\t\n\r\f />\x00]*(?:\s|/(?!>))*")
+#: Largest local image read for a page: the API's default upload limit (``max_upload_bytes``).
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# O_NOFOLLOW: the last component must not be a symlink swapped in after the check; O_NONBLOCK: opening
+# a FIFO must not wait for a writer. Neither exists on Windows, where both risks are smaller.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
 _ATTRIBUTE = re.compile(r"""((?<=['"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|"[^"]*"|(?!['"])[^>\s]*))?(?:\s|/(?!>))*""")
 
 
@@ -105,11 +117,13 @@ def splice_alts(text: str, alts: dict[ImgTag, str]) -> str:
     return "".join(pieces)
 
 
-def resolve_source(src: str, page: Path, *, base_url: str | None = None) -> ImageSource:
+def resolve_source(
+    src: str, page: Path, *, base_url: str | None = None, root: Path | None = None, max_bytes: int = MAX_IMAGE_BYTES
+) -> ImageSource:
     """What the API should caption for an ``<img src>`` on ``page``; ``ValueError`` says why not.
 
     URLs go to the API as they are; relative ``src`` resolve against ``base_url`` when given, otherwise
-    they are files next to the page; ``data:`` images are uploaded.
+    they are files next to the page, read here (see :func:`read_local_image`); ``data:`` images are uploaded.
     """
     if not src:
         raise ValueError("the tag has no src")
@@ -126,7 +140,37 @@ def resolve_source(src: str, page: Path, *, base_url: str | None = None) -> Imag
         raise ValueError(f"cannot fetch {parts.scheme}: images")
     if parts.path.startswith("/"):
         raise ValueError("a root-relative src needs --base-url")
-    return ImageSource(label=src, path=page.parent / unquote(parts.path))
+    local = page.parent / unquote(parts.path)
+    data = read_local_image(local, root or page.parent, max_bytes=max_bytes)
+    # The type from the name, so the upload is named image.png, image.jpg...; the API sniffs the bytes anyway.
+    return ImageSource(label=src, data=data, content_type=mimetypes.guess_type(local.name)[0])
+
+
+def read_local_image(path: Path, root: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file inside ``root`` of at most ``max_bytes``; else ``ValueError``.
+
+    Symlinks and ``..`` are resolved first, so a link pointing out of ``root`` is refused like a path that
+    climbs out of it; the file is then opened without following a link and checked on the open descriptor.
+    """
+    real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if not real.is_relative_to(real_root):
+        raise ValueError(f"refused: the file is outside {root} (use --root to allow a wider folder)")
+    try:
+        fd = os.open(real, _OPEN_FLAGS)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror or exc}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ValueError("refused: not a regular file")
+    with os.fdopen(fd, "rb") as file:
+        if info.st_size > max_bytes:
+            raise ValueError(f"refused: the file is larger than {max_bytes} bytes")
+        # Bounded even if the file grows after fstat.
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"refused: the file is larger than {max_bytes} bytes")
+    return data
 
 
 def _data_uri_source(src: str) -> ImageSource:
@@ -166,15 +210,29 @@ class PagePlan:
         return list(dict.fromkeys(self.targets.values()))
 
 
-def plan_page(text: str, page: Path, *, base_url: str | None = None, fill_empty: bool = True) -> PagePlan:
-    """Find the page's images that need alt text and resolve each to a source."""
+def plan_page(
+    text: str, page: Path, *, base_url: str | None = None, fill_empty: bool = True, root: Path | None = None
+) -> PagePlan:
+    """Find the page's images that need alt text and resolve each to a source (local files under ``root``)."""
     plan = PagePlan(targets={}, skipped=[], kept=0)
+    # Each distinct src is resolved (and its file read) once, however often the page uses it.
+    resolved: dict[str, ImageSource | ValueError] = {}
     for tag in find_images(text):
         if not tag.needs_alt(fill_empty=fill_empty):
             plan.kept += 1
             continue
-        try:
-            plan.targets[tag] = resolve_source(tag.src, page, base_url=base_url)
-        except ValueError as exc:
-            plan.skipped.append((tag.src[:60] or tag.raw[:60], str(exc)))
+        if tag.src not in resolved:
+            resolved[tag.src] = _resolve_or_error(tag.src, page, base_url, root)
+        source = resolved[tag.src]
+        if isinstance(source, ValueError):
+            plan.skipped.append((tag.src[:60] or tag.raw[:60], str(source)))
+        else:
+            plan.targets[tag] = source
     return plan
+
+
+def _resolve_or_error(src: str, page: Path, base_url: str | None, root: Path | None) -> ImageSource | ValueError:
+    try:
+        return resolve_source(src, page, base_url=base_url, root=root)
+    except ValueError as exc:
+        return exc

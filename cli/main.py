@@ -95,6 +95,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     alt.add_argument(
         "--keep-empty", action="store_true", help='leave alt="" (decorative images) alone; only fill missing alt'
     )
+    alt.add_argument(
+        "--root", type=Path, metavar="DIR", help="local images may come from this folder (default: the page's folder)"
+    )
     return parser
 
 
@@ -195,7 +198,7 @@ async def _alt_text_command(client: CaptionizerClient, args: argparse.Namespace,
     except OSError as exc:
         streams.err.write(f"captionizer: error: cannot read {page}: {exc.strerror or exc}\n")
         return EXIT_USAGE
-    plan = plan_page(text, page, base_url=args.base_url, fill_empty=not args.keep_empty)
+    plan = plan_page(text, page, base_url=args.base_url, fill_empty=not args.keep_empty, root=args.root)
     sources = plan.sources
     async with client:
         progress = _progress(len(sources), args, streams)

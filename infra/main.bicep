@@ -84,7 +84,7 @@ param logRetentionDays int = 30
 @minLength(64)
 param apiKeyHashes string
 
-@description('Standard Webhooks signing secrets (whsec_...), comma-separated.')
+@description('Extra deployment-wide Standard Webhooks secrets (whsec_...), comma-separated, for the operator\'s own verifier; each API key signs with its own secret too (docs/webhooks.md).')
 @secure()
 @minLength(7)
 param webhookSecrets string
@@ -117,12 +117,22 @@ module registry 'modules/registry.bicep' = {
   }
 }
 
+module network 'modules/network.bicep' = {
+  name: 'network'
+  params: {
+    prefix: prefix
+    location: location
+    tags: allTags
+  }
+}
+
 module vault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   params: {
     name: take('kv-${environmentName}-${uniqueString(resourceGroup().id)}', 24)
     location: location
     readerPrincipalId: registry.outputs.identityPrincipalId
+    apiPrincipalId: registry.outputs.apiIdentityPrincipalId
     apiKeyHashes: apiKeyHashes
     webhookSecrets: webhookSecrets
     logAnalyticsId: monitoring.outputs.id
@@ -138,6 +148,9 @@ module redis 'modules/redis.bicep' = {
     sku: redisSku
     highAvailability: redisHighAvailability
     keyVaultName: vault.outputs.name
+    endpointsSubnetId: network.outputs.endpointsSubnetId
+    vnetId: network.outputs.vnetId
+    apiPrincipalId: registry.outputs.apiIdentityPrincipalId
     tags: allTags
   }
 }
@@ -149,6 +162,7 @@ module environment 'modules/environment.bicep' = {
     location: location
     gpuProfileType: gpuProfileType
     logAnalyticsName: monitoring.outputs.name
+    infrastructureSubnetId: network.outputs.appsSubnetId
     tags: allTags
   }
 }
@@ -173,6 +187,8 @@ module apps 'modules/apps.bicep' = if (deployApps) {
     gpuWorkloadProfileName: environment.outputs.gpuWorkloadProfileName
     gpuProfileType: gpuProfileType
     identityId: registry.outputs.identityId
+    apiIdentityId: registry.outputs.apiIdentityId
+    forwardedAllowIps: network.outputs.appsSubnetPrefix
     registryServer: registry.outputs.loginServer
     imageTag: imageTag
     keyVaultUri: vault.outputs.uri

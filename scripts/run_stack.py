@@ -6,11 +6,13 @@ Ctrl-C stops everything it started.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 
 from scripts.stack import LocalStack
@@ -63,10 +65,19 @@ Captionizer is running.
                    -d '{{"image_url": "https://example.com/cat.jpg"}}'
   Wait for it:   curl -s '{url}/v1/jobs/<id>?wait=30'
   Blog style:    curl -s '{url}/caption?url=https://example.com/cat.jpg'
+  Webhooks:      signed with {local_webhook_secret(url)}
+                 (verify with it; it is this machine's own, GET {url}/v1/webhooks/secret)
   Logs:          {log_dir}/api.log, {log_dir}/worker.log, {log_dir}/webhooks.log
 Press Ctrl-C to stop.""",
         flush=True,
     )
+
+
+def local_webhook_secret(api_url: str) -> str:
+    """The anonymous owner's webhook signing secret, made on first use and kept in Redis."""
+    with urllib.request.urlopen(f"{api_url}/v1/webhooks/secret", timeout=10) as response:
+        secret: str = json.load(response)["key"]
+    return secret
 
 
 if __name__ == "__main__":

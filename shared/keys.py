@@ -97,6 +97,18 @@ class Keys:
         """Sorted set of webhook retries waiting for their time (score: due time, epoch seconds)."""
         return f"{self.prefix}:webhook-schedule"
 
+    def webhook_secret(self, owner: str) -> str:
+        """One owner's current webhook signing secret (no expiry; rotated in place)."""
+        return f"{self.prefix}:webhook-secret:{owner}"
+
+    def webhook_secret_previous(self, owner: str) -> str:
+        """One owner's previous signing secret, kept for the grace period after a rotation."""
+        return f"{self.prefix}:webhook-secret-previous:{owner}"
+
+    def webhook_slots(self, owner: str) -> str:
+        """Sorted set of one owner's deliveries in progress (score: lease end, epoch seconds)."""
+        return f"{self.prefix}:webhook-slots:{owner}"
+
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""
         return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"

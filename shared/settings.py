@@ -143,7 +143,20 @@ class Settings(BaseSettings):
 
     # --- Webhooks ---------------------------------------------------------------------
     webhook_secrets: Annotated[list[str], NoDecode] = Field(
-        [], description="Standard Webhooks signing secrets (comma-separated whsec_ values); each signs every delivery."
+        [],
+        description="Extra deployment-wide signing secrets (comma-separated whsec_ values) added to every delivery "
+        "for the operator's own verifier; never give them to a tenant. Each key's own secret is in GET /v1/webhooks/secret.",
+    )
+    webhook_secret_grace_s: int = Field(
+        86_400,
+        ge=0,
+        description="How long a key's replaced webhook secret keeps signing after a rotation, in seconds.",
+    )
+    webhook_max_concurrent_per_key: int = Field(
+        2,
+        ge=0,
+        description="Most webhook deliveries one key may have in progress at once (its receiver's share of the "
+        "webhook threads); 0 means no limit.",
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt, in seconds.")
     webhook_retry_delays_s: Annotated[list[float], NoDecode] = Field(

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import QueueUnavailable
+from shared.webhooks import RetrySchedule, WebhookDelivery
 
 #: The tokenizer, processor and config files of git-base-textcaps, beside the repository.
 GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"
@@ -80,7 +81,7 @@ class FakeQueue:
             raise QueueUnavailable("the task queue (Redis) cannot be reached")
         self.queued.append(job_id)
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> object:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> object:
         self.sent.append((name, args, queue))
         return None
 
@@ -104,3 +105,9 @@ def build_tiny_git(folder: Path) -> Path:
         if path.name != "config.json":
             shutil.copy(path, folder / path.name)
     return folder
+
+
+async def scheduled_retries(schedule: RetrySchedule) -> list[tuple[WebhookDelivery, float]]:
+    """Every delivery waiting in a retry schedule with its due time, soonest first."""
+    entries = await schedule.redis.zrange(schedule.keys.webhook_schedule(), 0, -1, withscores=True)
+    return [(WebhookDelivery.model_validate_json(member), score) for member, score in entries]

@@ -18,12 +18,19 @@ import httpx
 import pytest
 from redis import Redis
 
+from api.auth import hash_key
 from model.captioner import EMBEDDED_MODEL_DIR
 from scripts.processes import free_port
 from scripts.stack import LocalStack
 from tests.integration.chaos import Chaos
 from tests.integration.webhook_receiver import NEW_SECRET, OLD_SECRET, WebhookReceiver, running_receiver
 from tests.servers import HostileServer
+
+#: API keys of two tenants of the test stack (which also serves anonymous requests).
+TENANT_A_KEY = "cap_tenant-a-0123456789abcdefghijklmnopqrstuvwxyz"
+TENANT_B_KEY = "cap_tenant-b-0123456789abcdefghijklmnopqrstuvwxyz"
+#: How many webhook deliveries one key may have in progress in the test stack (of its 4 webhook threads).
+WEBHOOKS_PER_KEY = 2
 
 #: True once the embedded model is trained; only then are captions checked word by word.
 HAS_EMBEDDED_MODEL = (EMBEDDED_MODEL_DIR / "config.json").is_file()
@@ -74,8 +81,10 @@ def stack(
         "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
         "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
         "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port},{webhook_receiver.port}",
-        # Both secrets sign (rotation); short retries so a retry arrives within a test.
+        "CAPTIONIZER_API_KEY_HASHES": f"{hash_key(TENANT_A_KEY)},{hash_key(TENANT_B_KEY)}",
+        # Deployment-wide extra signatures beside each key's own; short retries so a retry arrives within a test.
         "CAPTIONIZER_WEBHOOK_SECRETS": f"{OLD_SECRET},{NEW_SECRET}",
+        "CAPTIONIZER_WEBHOOK_MAX_CONCURRENT_PER_KEY": str(WEBHOOKS_PER_KEY),
         "CAPTIONIZER_WEBHOOK_RETRY_DELAYS_S": "1,2",
         "CAPTIONIZER_WEBHOOK_TIMEOUT_S": "5",
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",

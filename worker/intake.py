@@ -1,8 +1,7 @@
 """Image intake for the worker: SSRF-safe, bounded downloads and robust, bounded decoding.
 
-Fetching: every hop's URL is checked by :func:`shared.urls.validate_url`, and the session made by
-:func:`make_fetch_session` checks every address a host name resolves to when it connects (OWASP SSRF
-Prevention Cheat Sheet), so DNS rebinding and redirects to internal hosts fail. Downloads are bounded
+Fetching: every hop's URL is checked, and the session connects only to allowed addresses, through
+:mod:`worker.egress` (the SSRF guard webhooks use too). Downloads are bounded
 in time and in bytes while streaming. Decoding: the pixel count is checked from the header before any
 pixel is decoded (decompression bombs), then the first frame is decoded, turned upright by its EXIF
 orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
@@ -12,19 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import logging
-import socket
 import struct
 import zlib
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.connector import AddrInfoType
-from aiohttp.resolver import ThreadedResolver
+from aiohttp.abc import AbstractResolver
 from PIL import Image, ImageOps
-from yarl import URL
 
 from model.images import to_rgb
 from shared.errors import (
@@ -38,7 +32,7 @@ from shared.errors import (
 )
 from shared.settings import Settings
 from shared.uploads import IMAGE_MEDIA_TYPES, SNIFF_BYTES, sniff_image_type
-from shared.urls import is_public_address, validate_url
+from worker.egress import checked_url, make_egress_session
 
 logger = logging.getLogger(__name__)
 
@@ -58,54 +52,8 @@ REQUEST_HEADERS = {
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
 _MAX_DETAIL_CHARS = 200
-# One hostile host may not take every pooled connection of a worker.
-_CONNECTIONS_PER_HOST = 8
 # What Pillow raises on truncated or malformed data, besides its own OSError subclasses.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
-
-
-class GuardedResolver(AbstractResolver):
-    """A resolver that refuses a host when any address it resolves to is internal.
-
-    It wraps the real lookup (``dns``), so the connector dials only addresses that were checked:
-    a name that resolves to 127.0.0.1, or that rebinds to it after the API accepted it, fails here.
-    """
-
-    def __init__(self, dns: AbstractResolver, *, allow_private: bool) -> None:
-        self._dns = dns
-        self._allow_private = allow_private
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve ``host`` and return its addresses, or raise UrlNotAllowed if any is internal."""
-        results = await self._dns.resolve(host, port, family)
-        if not self._allow_private:
-            internal = [result["host"] for result in results if not is_public_address(result["host"])]
-            if internal:
-                # Refuse the whole name, not just the bad addresses: a public name has no internal ones.
-                logger.info("refused host %s resolving to internal addresses %s", host, internal)
-                raise UrlNotAllowed("the URL's host resolves to an internal address")
-        return results
-
-    async def close(self) -> None:
-        """Release the wrapped resolver."""
-        await self._dns.close()
-
-
-def make_guarded_connector(settings: Settings, *, dns: AbstractResolver | None = None) -> aiohttp.TCPConnector:
-    """A TCP connector that connects only to public addresses (unless ``allow_private_networks``).
-
-    Call it inside the running event loop. ``dns`` replaces the system lookup (tests only).
-    """
-    allow_private = settings.allow_private_networks
-    resolver = GuardedResolver(dns or ThreadedResolver(), allow_private=allow_private)
-    return aiohttp.TCPConnector(
-        resolver=resolver,
-        # aiohttp skips the resolver for literal IP hosts, so the socket factory checks those.
-        socket_factory=None if allow_private else _create_public_socket,
-        limit_per_host=_CONNECTIONS_PER_HOST,
-    )
 
 
 def make_fetch_session(settings: Settings, *, dns: AbstractResolver | None = None) -> aiohttp.ClientSession:
@@ -114,16 +62,7 @@ def make_fetch_session(settings: Settings, *, dns: AbstractResolver | None = Non
     Call it inside the running event loop. Use it only through :func:`fetch_image_bytes`, which adds
     the per-hop checks, redirects and size limit.
     """
-    return aiohttp.ClientSession(
-        connector=make_guarded_connector(settings, dns=dns),
-        timeout=_client_timeout(settings),
-        headers=REQUEST_HEADERS,
-        # Proxies from the environment would dial the address for us, past every check (trust_env).
-        trust_env=False,
-        # Cookies set by one stranger's server must never reach the next job's request.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-    )
+    return make_egress_session(settings, headers=REQUEST_HEADERS, timeout=_client_timeout(settings), dns=dns)
 
 
 async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: Settings) -> bytes:
@@ -153,7 +92,7 @@ async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: 
     """Fetch ``url``, following at most ``max_redirects`` redirects, each checked before it is followed."""
     current, last_status = url, 0
     for _ in range(settings.max_redirects + 1):
-        current = _checked_url(current, settings)
+        current = checked_url(current, settings)
         async with session.get(
             current, allow_redirects=False, timeout=_client_timeout(settings), headers=REQUEST_HEADERS
         ) as response:
@@ -171,27 +110,6 @@ def _resolve_location(base: str, location: str) -> str:
         return urljoin(base, location)
     except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
         raise UrlNotAllowed("the redirect's Location is malformed") from exc
-
-
-def _checked_url(url: str, settings: Settings) -> str:
-    """Validate one hop's URL and make sure aiohttp will dial the very host that was validated."""
-    checked = validate_url(url, allow_private=settings.allow_private_networks, allowed_ports=settings.allowed_ports)
-    # Guard against parser differentials (OWASP): yarl, which aiohttp uses, must read the same host.
-    try:
-        ours, theirs = urlsplit(checked).hostname, URL(checked).host
-    except ValueError as exc:
-        raise UrlNotAllowed("the URL is malformed") from exc
-    if ours is None or theirs is None or _host_key(ours) != _host_key(theirs):
-        raise UrlNotAllowed("the URL's host is ambiguous")
-    return checked
-
-
-def _host_key(host: str) -> str:
-    """The host in one canonical text form, so ``::ffff:127.0.0.1`` and ``::ffff:7f00:1`` compare equal."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host.rstrip(".").lower()
 
 
 def _redirect_location(response: aiohttp.ClientResponse) -> str | None:
@@ -238,14 +156,6 @@ def _check_image_head(head: bytes, response: aiohttp.ClientResponse) -> None:
 
 def _client_timeout(settings: Settings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=settings.fetch_timeout_s, sock_connect=settings.fetch_connect_timeout_s)
-
-
-def _create_public_socket(addr_info: AddrInfoType) -> socket.socket:
-    """Socket factory for the connector: refuse to create a socket towards an internal address."""
-    family, type_, proto, _, sockaddr = addr_info
-    if not is_public_address(str(sockaddr[0])):
-        raise UrlNotAllowed("the URL points to an internal address")
-    return socket.socket(family=family, type=type_, proto=proto)
 
 
 def decode_image(data: bytes, settings: Settings, *, min_side_px: int = MIN_DECODE_SIDE_PX) -> Image.Image:

@@ -34,7 +34,7 @@ FetchFn = Callable[[str], Awaitable[bytes]]
 #: Decodes image bytes (``worker.intake.decode_image`` bound to the settings); runs in a thread.
 DecodeFn = Callable[[bytes], Image.Image]
 #: Called after every status change, with the job after the change.
-EventFn = Callable[[Job, JobStatus], Awaitable[None]]
+EventFn = Callable[[Job, JobStatus], Awaitable[object]]
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,9 @@ from shared.jobs import JobOptions, JobStatus, utc_now
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.store import REDIS_ERRORS, JobStore
-from shared.webhooks import SendTask
+from shared.webhooks import SendTask, dispatch_webhook
 from worker import metrics
 from worker.batching import Batcher, CaptionFn
-from worker.events import JobEventHook
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 from worker.pipeline import JobRunner
 from worker.recovery import OrphanSweeper
@@ -156,7 +155,7 @@ class CaptionRuntime:
             fetch=functools.partial(_fetch, session, self.settings),
             decode=functools.partial(decode_image, settings=self.settings),
             model_name=self.captioner.name,
-            on_event=JobEventHook(store, self.send_task).on_job_event,
+            on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")

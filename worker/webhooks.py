@@ -1,10 +1,9 @@
-"""Delivering webhook events: sign, POST once, record the attempt, schedule the retry.
+"""Delivering webhook events: sign with the owner's secrets, POST once, record the attempt, schedule the retry.
 
 Runs only in the light webhook worker (``celery -A worker worker -Q webhooks``),
-which never loads the model, so a slow receiver never holds a GPU worker. Retries
-wait in a Redis sorted set (:mod:`worker.webhook_schedule`), not in Celery
-countdowns: on the Redis broker a countdown longer than the visibility timeout is
-delivered twice, and our delays reach hours.
+which never loads the model, so a slow receiver never holds a GPU worker. What to
+deliver and when (retries, each key's share of deliveries) is decided in
+:mod:`shared.webhooks`; the POST goes through :mod:`worker.egress`'s SSRF guard.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,17 +31,21 @@ from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.urls import validate_url
-from shared.webhooks import WebhookDelivery, is_final_event
-from worker.intake import make_fetch_session
-from worker.webhook_schedule import RetrySchedule, is_consuming
+from shared.webhook_secrets import WebhookSecrets
+from shared.webhooks import DeliverySlots, RetryMover, RetrySchedule, WebhookDelivery, is_final_event
+from worker.egress import make_egress_session
 
 logger = logging.getLogger(__name__)
 
-#: Makes the aiohttp session for one delivery; the intake's connect-time SSRF checks apply.
+#: Makes the aiohttp session for one delivery; the egress guard's connect-time SSRF checks apply.
 SessionFactory = Callable[[Settings], aiohttp.ClientSession]
 
 #: Sent with every delivery, so receivers can tell our requests apart in their logs.
 USER_AGENT = "Captionizer-Webhooks/0.1"
+#: What a delivery held back by its key's share (``webhook_max_concurrent_per_key``) reports.
+DEFERRED = "deferred"
+# A delivery held back by its key's share is queued again this much later (the mover polls each second).
+_DEFER_S = 1.0
 # Bounded: network errors can carry long messages, and the record is in every GET of the job.
 _MAX_ERROR_CHARS = 200
 # Each retry's delay is its configured value times a factor in this range, so
@@ -58,9 +62,6 @@ def sign_headers(secrets: Sequence[str], webhook_id: str, timestamp: datetime, b
     """
     headers = {
         "content-type": "application/json",
-        # Replace the image-fetch defaults of the shared session factory.
-        "accept": "*/*",
-        "user-agent": USER_AGENT,
         "webhook-id": webhook_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),
     }
@@ -162,6 +163,14 @@ def may_take_record(current: WebhookState | None, delivery: WebhookDelivery) -> 
     return is_final_event(delivery.event) and not is_final_event(current.event or "")
 
 
+def make_webhook_session(settings: Settings) -> aiohttp.ClientSession:
+    """The egress-guarded session one delivery POSTs through."""
+    headers = {"user-agent": USER_AGENT, "accept": "*/*"}
+    return make_egress_session(
+        settings, headers=headers, timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
+    )
+
+
 @dataclass
 class WebhookDeliverer:
     """Makes one attempt at a delivery, records it on the job and schedules the next.
@@ -173,12 +182,37 @@ class WebhookDeliverer:
     settings: Settings
     store: JobStore
     schedule: RetrySchedule
-    open_session: SessionFactory = make_fetch_session
+    open_session: SessionFactory = make_webhook_session
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    secrets: WebhookSecrets = field(init=False)
+    slots: DeliverySlots = field(init=False)
 
-    async def deliver(self, delivery: WebhookDelivery) -> WebhookState:
-        """Attempt ``delivery`` once; returns the record written (or due) for the job."""
+    def __post_init__(self) -> None:
+        redis, keys, settings = self.store.redis, self.store.keys, self.settings
+        self.secrets = WebhookSecrets(redis, keys, settings.webhook_secret_grace_s)
+        # A slot is held for one attempt at most, so its lease is the attempt's timeout and a margin.
+        lease_s = settings.webhook_timeout_s + 30
+        self.slots = DeliverySlots(redis, keys, settings.webhook_max_concurrent_per_key, lease_s=lease_s)
+
+    async def deliver(self, delivery: WebhookDelivery) -> WebhookState | None:
+        """Attempt ``delivery`` once; returns the record written (or due) for the job.
+
+        Returns None when the owner's key already holds its share of deliveries in
+        progress: the delivery goes back to the schedule, unattempted, so a slow
+        receiver holds at most that many of the webhook worker's threads.
+        """
+        token = secrets.token_hex(8)
+        if not await self.slots.take(delivery.owner, token, self.clock()):
+            await self.schedule.add(delivery, due_s=self.clock() + _DEFER_S)
+            logger.info("webhook deferred: its key holds its share", extra=_ids(delivery))
+            return None
+        try:
+            return await self._deliver(delivery)
+        finally:
+            await self.slots.release(delivery.owner, token)
+
+    async def _deliver(self, delivery: WebhookDelivery) -> WebhookState:
         owns_record = await self._mark_delivering(delivery)
         result = await self._attempt(delivery)
         now = datetime.fromtimestamp(self.clock(), UTC)
@@ -219,9 +253,20 @@ class WebhookDeliverer:
         except UrlNotAllowed as exc:
             return AttemptResult(error=f"url_not_allowed: {exc.message}", refused=True)
         # The signature's timestamp is the wall clock: receivers check it against theirs.
-        headers = sign_headers(settings.webhook_secrets, delivery.webhook_id, datetime.now(UTC), delivery.body)
+        signing = await self.signing_secrets(delivery.owner)
+        headers = sign_headers(signing, delivery.webhook_id, datetime.now(UTC), delivery.body)
         async with self.open_session(settings) as session:
             return await post_delivery(session, delivery, headers, settings.webhook_timeout_s)
+
+    async def signing_secrets(self, owner: str) -> list[str]:
+        """The owner's secrets (current, then any in grace), then the deployment-wide extra ones."""
+        # A delivery queued before deliveries carried their owner is signed with the extra ones only.
+        tenant = await self.secrets.signing_secrets(owner) if owner else []
+        return [*tenant, *self.settings.webhook_secrets]
+
+
+def _ids(delivery: WebhookDelivery) -> dict[str, str]:
+    return {"job_id": delivery.job_id, "webhook_id": delivery.webhook_id, "webhook_event": delivery.event}
 
 
 def _log_attempt(delivery: WebhookDelivery, state: WebhookState) -> None:
@@ -276,7 +321,8 @@ def deliver_webhook(settings: Settings, payload: dict[str, Any]) -> str:
     delivery = WebhookDelivery.model_validate(payload)
     runner, deliverer = _deliverer_for(settings)
     try:
-        return runner.run(deliverer.deliver(delivery)).status
+        state = runner.run(deliverer.deliver(delivery))
+        return DEFERRED if state is None else state.status
     except (QueueUnavailable, *REDIS_ERRORS) as exc:
         # Redis away mid-attempt: put the message back rather than ack an attempt whose
         # retry could not be scheduled; the repeat carries the same webhook-id.
@@ -293,9 +339,33 @@ def register_webhook_task(app: Celery, settings: Settings) -> None:
     def _deliver(payload: dict[str, Any]) -> str:
         return deliver_webhook(settings, payload)
 
-    def _warn_if_unsigned(**_: Any) -> None:
-        if not settings.webhook_secrets and is_consuming(app, Keys(settings.key_prefix).webhook_queue()):
-            logger.warning("webhook deliveries are unsigned: set CAPTIONIZER_WEBHOOK_SECRETS")
 
-    # weak=False: a closure that nothing else keeps alive.
-    signals.worker_ready.connect(_warn_if_unsigned, weak=False)
+def is_consuming(app: Celery, queue: str) -> bool:
+    """True when this worker process consumes ``queue`` (``celery worker -Q ...``)."""
+    return queue in app.amqp.queues.consume_from
+
+
+def install_retry_mover(app: Celery, settings: Settings) -> None:
+    """Run a :class:`~shared.webhooks.RetryMover` in each worker that consumes the webhook queue.
+
+    Started on ``worker_ready``, in the worker's main process, once the queues
+    from ``-Q`` are known; caption-only workers never start one.
+    """
+    keys = Keys(settings.key_prefix)
+    movers: list[RetryMover] = []
+
+    def _start(sender: Any = None, **_: Any) -> None:
+        if is_consuming(app, keys.webhook_queue()):
+            mover = RetryMover(settings.redis_url, keys, app.send_task)
+            mover.start()
+            movers.append(mover)
+            # scripts/stack.py waits for this line: the worker now consumes the webhook queue.
+            logger.info("webhook retry mover started", extra={"queue": keys.webhook_queue()})
+
+    def _stop(**_: Any) -> None:
+        while movers:
+            movers.pop().stop()
+
+    # weak=False: the handlers are closures that nothing else keeps alive.
+    signals.worker_ready.connect(_start, weak=False)
+    signals.worker_shutdown.connect(_stop, weak=False)

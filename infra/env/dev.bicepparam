@@ -18,7 +18,7 @@ param redisSku = 'Balanced_B0'
 param redisHighAvailability = false
 param registrySku = 'Basic'
 param frontDoorSku = 'Standard_AzureFrontDoor'
-param wafMode = 'Detection'
+param wafMode = 'Prevention'
 param logRetentionDays = 30
 
 param apiKeyHashes = readEnvironmentVariable('CAPTIONIZER_API_KEY_HASHES')

@@ -8,8 +8,12 @@ param environmentId string
 param gpuWorkloadProfileName string
 @description('Type of that profile; sizes the caption worker\'s container.')
 param gpuProfileType string
-@description('Resource id of the user-assigned identity (AcrPull, Key Vault Secrets User).')
+@description('Resource id of the workers\' user-assigned identity (AcrPull, Key Vault Secrets User).')
 param identityId string
+@description('Resource id of the API\'s identity (AcrPull; reads redis-url and api-key-hashes only).')
+param apiIdentityId string
+@description('Address range of the environment\'s ingress proxies: the only peers whose X-Forwarded-* the API trusts.')
+param forwardedAllowIps string
 param registryServer string
 param imageTag string
 @description('Vault URI, ending in a slash.')
@@ -56,6 +60,12 @@ var registries = [
     identity: identityId
   }
 ]
+var apiIdentity = {
+  type: 'UserAssigned'
+  userAssignedIdentities: {
+    '${apiIdentityId}': {}
+  }
+}
 
 // Container Apps secrets that reference Key Vault; each app lists only the ones it uses.
 // Ref: https://learn.microsoft.com/azure/container-apps/manage-secrets#reference-secret-from-key-vault
@@ -79,19 +89,29 @@ resource api 'Microsoft.App/containerApps@2025-01-01' = {
   name: '${prefix}-api'
   location: location
   tags: tags
-  identity: appIdentity
+  identity: apiIdentity
   properties: {
     environmentId: environmentId
     workloadProfileName: 'Consumption'
     configuration: {
       activeRevisionsMode: 'Single'
-      registries: registries
+      registries: [
+        {
+          server: registryServer
+          identity: apiIdentityId
+        }
+      ]
+      // The API's identity can read these two secrets and no other (never webhook-secrets).
       secrets: [
-        redisUrlSecret
+        {
+          name: 'redis-url'
+          keyVaultUrl: '${keyVaultUri}secrets/redis-url'
+          identity: apiIdentityId
+        }
         {
           name: 'api-key-hashes'
           keyVaultUrl: '${keyVaultUri}secrets/api-key-hashes'
-          identity: identityId
+          identity: apiIdentityId
         }
       ]
       ingress: {
@@ -121,6 +141,11 @@ resource api 'Microsoft.App/containerApps@2025-01-01' = {
             {
               name: 'CAPTIONIZER_FRONT_DOOR_ID'
               value: frontDoorId
+            }
+            {
+              // uvicorn trusts X-Forwarded-For/-Proto only from these peers (the image's default is *).
+              name: 'FORWARDED_ALLOW_IPS'
+              value: forwardedAllowIps
             }
             {
               // Caption workers scale to zero on queue length: readiness must not wait for one,

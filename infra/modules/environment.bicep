@@ -7,6 +7,8 @@ param location string
 @description('Consumption-GPU-NC8as-T4 or Consumption-GPU-NC24-A100.')
 param gpuProfileType string
 param logAnalyticsName string
+@description('Subnet the environment runs in (network.bicep), so Redis is reached by its private endpoint.')
+param infrastructureSubnetId string
 param tags object
 
 // The name apps use in workloadProfileName to land on the GPU.
@@ -21,6 +23,11 @@ resource environment 'Microsoft.App/managedEnvironments@2025-01-01' = {
   location: location
   tags: tags
   properties: {
+    vnetConfiguration: {
+      infrastructureSubnetId: infrastructureSubnetId
+      // External: Front Door reaches the API's ingress; Redis stays private.
+      internal: false
+    }
     appLogsConfiguration: {
       destination: 'log-analytics'
       logAnalyticsConfiguration: {

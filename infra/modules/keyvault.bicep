@@ -1,11 +1,13 @@
-// Key Vault for the API-key hashes, the webhook secrets and the Redis key (redis.bicep writes
-// those). The apps read them as Container Apps secrets that reference the vault.
+// Key Vault for the API-key hashes, the deployment-wide webhook secrets and the Redis key
+// (redis.bicep writes those). The apps read them as Container Apps secrets that reference the vault.
 // Ref: https://learn.microsoft.com/azure/container-apps/manage-secrets#reference-secret-from-key-vault
 @description('Vault name: 3-24 characters, globally unique.')
 param name string
 param location string
-@description('The identity that reads the secrets (Key Vault Secrets User).')
+@description('The workers\' identity: Key Vault Secrets User on the whole vault.')
 param readerPrincipalId string
+@description('The API\'s identity: Secrets User on api-key-hashes only, so it never reads webhook-secrets.')
+param apiPrincipalId string
 @secure()
 param apiKeyHashes string
 @secure()
@@ -18,8 +20,8 @@ param tags object
 var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_109: no VNet: Container Apps on the consumption plan read secrets over the public endpoint; RBAC is the gate
-  // checkov:skip=CKV_AZURE_189: same reason; private endpoints need a VNet-integrated environment (infra/README.md)
+  // checkov:skip=CKV_AZURE_109: the vault keeps its public endpoint, where Entra ID RBAC is the gate; Redis, which holds a shared key, is the one behind a private endpoint (infra/README.md)
+  // checkov:skip=CKV_AZURE_189: same reason (infra/README.md, "Network")
   name: name
   location: location
   tags: tags
@@ -63,6 +65,18 @@ resource apiKeyHashesSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: apiKeyHashes
     contentType: 'text/plain; comma-separated SHA-256 hex digests'
+  }
+}
+
+// Secret-level RBAC: the API's role covers this one secret (redis.bicep adds redis-url).
+// Ref: https://learn.microsoft.com/azure/key-vault/general/rbac-guide#secret-scope-role-assignment
+resource apiReadsKeyHashes 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(apiKeyHashesSecret.id, apiPrincipalId, secretsUserRoleId)
+  scope: apiKeyHashesSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: apiPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

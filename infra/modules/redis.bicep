@@ -1,7 +1,9 @@
-// Azure Managed Redis: the Celery broker, job records and results. Celery needs
-// NoCluster (its Lua scripts and MULTI touch several keys) and NoEviction (an evicted
-// queue entry is a lost job). Access keys stay enabled because KEDA's redis scaler
-// cannot authenticate with Entra ID; the key goes to Key Vault, never to an output.
+// Azure Managed Redis: the Celery broker, job records, results and each key's webhook secret.
+// Celery needs NoCluster (its Lua scripts and MULTI touch several keys) and NoEviction (an
+// evicted queue entry is a lost job). No public network access: the apps reach it through a
+// private endpoint in the environment's VNet, so a leaked key is useless from outside. Access
+// keys stay enabled because KEDA's redis scaler cannot authenticate with Entra ID; the key goes
+// to Key Vault, never to an output.
 // Ref: https://learn.microsoft.com/azure/redis/overview
 // Ref: https://keda.sh/docs/latest/scalers/redis-lists/
 param name string
@@ -11,7 +13,16 @@ param sku string
 param highAvailability bool
 @description('Vault that receives the redis-key and redis-url secrets.')
 param keyVaultName string
+@description('Subnet of the private endpoint (network.bicep).')
+param endpointsSubnetId string
+@description('VNet the private DNS zone is linked to, so the apps resolve the private address.')
+param vnetId string
+@description('The API\'s identity: Secrets User on redis-url only (not on the vault).')
+param apiPrincipalId string
 param tags object
+
+// Built-in role: Key Vault Secrets User (read secret values).
+var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
 // Azure Managed Redis listens for TLS on this port only.
 var port = 10000
@@ -26,6 +37,63 @@ resource cluster 'Microsoft.Cache/redisEnterprise@2025-07-01' = {
   properties: {
     minimumTlsVersion: '1.2'
     highAvailability: highAvailability ? 'Enabled' : 'Disabled'
+    publicNetworkAccess: 'Disabled'
+  }
+}
+
+// Ref: https://learn.microsoft.com/azure/private-link/private-endpoint-dns#databases -- Azure Managed Redis.
+resource privateDns 'Microsoft.Network/privateDnsZones@2024-06-01' = {
+  name: 'privatelink.redis.azure.net'
+  location: 'global'
+  tags: tags
+}
+
+resource privateDnsLink 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01' = {
+  parent: privateDns
+  name: 'environment-vnet'
+  location: 'global'
+  properties: {
+    registrationEnabled: false
+    virtualNetwork: {
+      id: vnetId
+    }
+  }
+}
+
+resource privateEndpoint 'Microsoft.Network/privateEndpoints@2024-05-01' = {
+  name: 'pe-${name}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: endpointsSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'redis'
+        properties: {
+          privateLinkServiceId: cluster.id
+          groupIds: [
+            'redisEnterprise'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+resource privateDnsGroup 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01' = {
+  parent: privateEndpoint
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: 'redis'
+        properties: {
+          privateDnsZoneId: privateDns.id
+        }
+      }
+    ]
   }
 }
 
@@ -71,6 +139,18 @@ resource redisUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: 'rediss://:${uriComponent(database.listKeys().primaryKey)}@${cluster.properties.hostName}:${port}/0?ssl_cert_reqs=required'
     contentType: 'text/plain; rediss:// URL with the access key'
+  }
+}
+
+// Secret-level RBAC: the API reads redis-url, and nothing else of what this module writes.
+// Ref: https://learn.microsoft.com/azure/key-vault/general/rbac-guide#secret-scope-role-assignment
+resource apiReadsRedisUrl 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(redisUrlSecret.id, apiPrincipalId, secretsUserRoleId)
+  scope: redisUrlSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: apiPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

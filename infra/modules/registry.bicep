@@ -1,5 +1,6 @@
-// The registry and the identity that pulls from it. The apps use this user-assigned identity
-// (not a system-assigned one), so AcrPull exists before the first app is created.
+// The registry and the identities that pull from it: one for the workers, one for the API, so
+// each can be given only the Key Vault secrets it needs (keyvault.bicep, redis.bicep). The apps use
+// user-assigned identities (not system-assigned ones), so AcrPull exists before the first app is created.
 // Ref: https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull
 param prefix string
 param location string
@@ -12,6 +13,12 @@ var acrPullRoleId = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-${prefix}'
+  location: location
+  tags: tags
+}
+
+resource apiIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-${prefix}-api'
   location: location
   tags: tags
 }
@@ -45,7 +52,19 @@ resource acrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+resource apiAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, apiIdentity.id, acrPullRoleId)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', acrPullRoleId)
+    principalId: apiIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 output identityId string = identity.id
 output identityPrincipalId string = identity.properties.principalId
+output apiIdentityId string = apiIdentity.id
+output apiIdentityPrincipalId string = apiIdentity.properties.principalId
 output loginServer string = registry.properties.loginServer
 output name string = registry.name

@@ -385,9 +385,11 @@ def test_apps_are_created_after_their_role_assignments(bicep: BicepProject) -> N
     for file_name, role in (("registry.bicep", ACR_PULL_ROLE), ("keyvault.bicep", KEY_VAULT_SECRETS_USER_ROLE)):
         owner = bicep.files[INFRA_DIR / "modules" / file_name]
         assignments = [r for r in owner.resources.values() if r.type == "Microsoft.Authorization/roleAssignments"]
-        assert len(assignments) == 1
-        role_reference = assignments[0].properties["properties"]["roleDefinitionId"].text
-        assert any(role == value and name in role_reference for name, value in owner.vars.items())
+        # One per identity: the workers' and the API's.
+        assert len(assignments) == 2
+        for assignment in assignments:
+            role_reference = assignment.properties["properties"]["roleDefinitionId"].text
+            assert any(role == value and name in role_reference for name, value in owner.vars.items())
 
 
 def test_redis_is_tls_only_unclustered_and_never_evicts(bicep: BicepProject) -> None:

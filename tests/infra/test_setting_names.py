@@ -12,6 +12,8 @@ from infra_toolbox import INFRA_DIR, REPO_ROOT, SETTING_VARIABLES
 from shared.settings import Settings
 
 _VARIABLE = re.compile(r"\bCAPTIONIZER_[A-Z0-9_]*[A-Z0-9]\b")
+#: Variables the servers read themselves, not our settings (uvicorn's --forwarded-allow-ips).
+SERVER_VARIABLES = frozenset({"FORWARDED_ALLOW_IPS"})
 
 
 def _ops_files() -> list[Path]:
@@ -38,6 +40,8 @@ def test_literal_setting_values_in_the_container_apps_validate(
         for container in properties["template"]["containers"]:
             for entry in bicep.resolve(owner, container)[1].get("env", []):
                 entry = bicep.resolve(owner, entry)[1]
+                if entry["name"] in SERVER_VARIABLES:
+                    continue
                 assert entry["name"] in SETTING_VARIABLES, f"{app.symbol}: {entry['name']} is not a setting"
                 value = bicep.resolve(owner, entry.get("value"))[1]
                 if isinstance(value, str | int | bool) and not isinstance(value, Expr):

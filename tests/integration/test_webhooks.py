@@ -16,22 +16,26 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from redis.asyncio import Redis
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from scripts.run_stack import local_webhook_secret
 from scripts.stack import LocalStack
 from shared.jobs import Job, JobStatus, WebhookState
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import JobStore
-from shared.webhooks import WebhookDelivery, build_delivery
+from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from tests.fakes import scheduled_retries
 from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
-from tests.stack import log_of
-from worker.intake import make_fetch_session
-from worker.webhook_schedule import RetrySchedule, move_due_retries
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY, WEBHOOKS_PER_KEY, log_of
+from worker.egress import make_egress_session
 from worker.webhooks import WebhookDeliverer
 
 DELAYS_S = [5.0, 30.0, 120.0, 600.0]
@@ -64,7 +68,7 @@ class Rig:
             settings, self.store, self.schedule, clock=lambda: self.now_s, rng=random.Random(5)
         )
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
         assert (name, queue) == (WEBHOOK_TASK, self.keys.webhook_queue())
         self.sent.append(args[0])
 
@@ -76,7 +80,7 @@ class Rig:
 
     async def next_retry(self) -> WebhookDelivery:
         """Move the clock to the scheduled retry and let the schedule queue it (not a moment earlier)."""
-        [(_, due_s)] = await self.schedule.due_times()
+        [(_, due_s)] = await scheduled_retries(self.schedule)
         assert await move_due_retries(self.schedule, self.send_task, due_s - 0.5) == 0
         self.now_s = due_s
         assert await move_due_retries(self.schedule, self.send_task, self.now_s) == 1
@@ -124,8 +128,8 @@ def test_delivery_verifies_with_the_receivers_secret(stack: LocalStack, receiver
         assert request.payload["type"] == "job.succeeded"
         assert request.payload["data"]["id"] == "job_rig" and request.payload["data"]["caption"] == "a red circle"
         assert request.headers["webhook-id"] == "msg_job_rig_succeeded"
-        # Signed with both secrets; the receiver knows only the newer one.
-        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        # Signed with the owner's own secret and both deployment-wide ones; the receiver knows only the newer one.
+        assert len(request.headers["webhook-signature"].split(" ")) == 3
 
     run_with_rig(stack, receiver, scenario)
 
@@ -162,7 +166,7 @@ def test_receiver_that_keeps_failing_is_given_up(stack: LocalStack, receiver: We
         state = await rig.deliverer.deliver(delivery)
         assert (state.status, state.attempts, state.next_attempt_at) == ("failed", len(DELAYS_S) + 1, None)
         assert await rig.record() == state
-        assert await rig.schedule.due_times() == []
+        assert await scheduled_retries(rig.schedule) == []
         assert len(receiver.received) == len(DELAYS_S) + 1
 
     run_with_rig(stack, receiver, scenario)
@@ -172,7 +176,7 @@ def test_gone_stops_retrying(stack: LocalStack, receiver: WebhookReceiver) -> No
     async def scenario(rig: Rig) -> None:
         state = await rig.deliverer.deliver(await rig.new_job(receiver.url_for(410)))
         assert (state.status, state.attempts, state.last_status_code) == ("gone", 1, 410)
-        assert await rig.schedule.due_times() == []
+        assert await scheduled_retries(rig.schedule) == []
         assert len(receiver.received) == 1
 
     run_with_rig(stack, receiver, scenario)
@@ -209,7 +213,9 @@ def test_each_attempt_checks_where_the_name_resolves(
     url = f"http://hooks.example.com:{receiver.port}/hook"
 
     async def scenario(rig: Rig) -> None:
-        rig.deliverer.open_session = lambda settings: make_fetch_session(settings, dns=RebindingDns())
+        rig.deliverer.open_session = lambda settings: make_egress_session(
+            settings, headers={}, timeout=aiohttp.ClientTimeout(total=5), dns=RebindingDns()
+        )
         state = await rig.deliverer.deliver(await rig.new_job(url))
         if allow_private:  # the same lookup reaches the receiver when internal addresses are allowed
             assert state.status == "delivered" and len(receiver.received) == 1
@@ -233,26 +239,31 @@ def test_literal_internal_address_is_refused_at_delivery(stack: LocalStack, rece
 # --- the whole stack ---------------------------------------------------------------------
 
 
-def submit(api: httpx.Client, **body: object) -> str:
-    response = api.post("/v1/jobs", json=body)
+def submit(api: httpx.Client, key: str | None = None, **body: object) -> str:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.post("/v1/jobs", json=body, headers=headers)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
 
 
-def wait_for_end(api: httpx.Client, job_id: str) -> dict[str, Any]:
-    response = api.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S})
+def wait_for_end(api: httpx.Client, job_id: str, key: str | None = None) -> dict[str, Any]:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.get(f"/v1/jobs/{job_id}", params={"wait": WAIT_S}, headers=headers)
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     assert JobStatus(job["status"]).is_final, job
     return job
 
 
-def wait_for_webhook(api: httpx.Client, job_id: str, statuses: set[str], deadline_s: float = 30) -> dict[str, Any]:
+def wait_for_webhook(
+    api: httpx.Client, job_id: str, statuses: set[str], deadline_s: float = 30, key: str | None = None
+) -> dict[str, Any]:
     """Poll the job until its webhook record reaches one of ``statuses``."""
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     end = time.monotonic() + deadline_s
     while True:
-        webhook = api.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        webhook = api.get(f"/v1/jobs/{job_id}", headers=headers).json()["webhook"]
         if webhook is not None and webhook["status"] in statuses:
             return dict(webhook)
         assert time.monotonic() < end, f"webhook record still {webhook}"
@@ -319,3 +330,54 @@ def test_captions_keep_their_pace_while_a_receiver_hangs(
     # webhook thread outlives this test.
     for job_id in ids:
         wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90)
+
+
+def secret_of(api: httpx.Client, key: str | None) -> str:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    response = api.get("/v1/webhooks/secret", headers=headers)
+    assert response.status_code == 200, response.text
+    secret: str = response.json()["key"]
+    return secret
+
+
+def test_only_the_owners_secret_verifies_its_delivery(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver
+) -> None:
+    secret_a, secret_b, local = secret_of(api, TENANT_A_KEY), secret_of(api, TENANT_B_KEY), secret_of(api, None)
+    assert len({secret_a, secret_b, local}) == 3
+    job_id = submit(api, TENANT_A_KEY, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(job_id)))
+    [delivery] = receiver.for_job(job_id)
+    assert Webhook(secret_a).verify(delivery.body, delivery.headers)["data"]["id"] == job_id
+    # Tenant B (or the local owner) holds nothing that verifies, so nothing that could forge, A's events.
+    for other in (secret_b, local):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(delivery.body, delivery.headers)
+
+
+def test_a_key_with_a_slow_receiver_holds_only_its_share_and_others_are_delivered(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    image_url = image_server.url("/image/shape.png")
+    # Six deliveries for A's receiver, which holds every request: more than the webhook worker's 4 threads.
+    greedy = [submit(api, TENANT_A_KEY, image_url=image_url, webhook_url=receiver.url_for(then=HANG)) for _ in range(6)]
+    receiver.wait_for(lambda: receiver.hanging == WEBHOOKS_PER_KEY)
+    other = submit(api, TENANT_B_KEY, image_url=image_url, webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(other)), deadline_s=30)
+    assert [r.answer for r in receiver.for_job(other)] == ["200"], log_of(stack, "webhooks")
+    # A's receiver never held more than A's share of the webhook threads at once.
+    assert receiver.peak_hanging == WEBHOOKS_PER_KEY
+    receiver.release_hangs()
+    for job_id in greedy:
+        wait_for_webhook(api, job_id, {"gone", "failed"}, deadline_s=90, key=TENANT_A_KEY)
+
+
+def test_the_local_secret_make_run_prints_signs_anonymous_deliveries(
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+) -> None:
+    local = local_webhook_secret(stack.api_url)
+    assert local.startswith("whsec_") and local == secret_of(api, None)
+    job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for())
+    receiver.wait_for(lambda: bool(receiver.for_job(job_id)))
+    [delivery] = receiver.for_job(job_id)
+    assert Webhook(local).verify(delivery.body, delivery.headers)["data"]["id"] == job_id

@@ -4,7 +4,8 @@ Each request is verified with the ``standardwebhooks`` library (the check the do
 tell users to run). What it answers is scripted per URL, so one receiver serves a
 whole session without tests stepping on each other: ``url_for(503, 503)`` fails the
 first two attempts of each event (counted by ``webhook-id``) and then answers 200;
-``HANG`` holds the request until the receiver releases its hangs.
+``HANG`` holds the request until the receiver releases its hangs, or until the sender
+gives up (its handler is cancelled then), so ``hanging`` counts attempts really in flight.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class WebhookReceiver:
         self.webhook = Webhook(secret)
         self.received: list[Received] = []
         self.hanging = 0
+        #: The most requests held at once since the last reset.
+        self.peak_hanging = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -86,6 +89,7 @@ class WebhookReceiver:
 
     async def _hang(self) -> web.Response:
         self.hanging += 1
+        self.peak_hanging = max(self.peak_hanging, self.hanging)
         try:
             await self._released.wait()
         finally:
@@ -97,7 +101,8 @@ class WebhookReceiver:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/hook", self._handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
+        # handler_cancellation: a sender that times out ends its held request here too.
+        runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
@@ -124,6 +129,7 @@ class WebhookReceiver:
     def reset(self) -> None:
         """Forget what was received, and hang again on ``HANG``."""
         self.received = []
+        self.peak_hanging = 0
         self._loop.call_soon_threadsafe(self._released.clear)
 
     def for_job(self, job_id: str) -> list[Received]:

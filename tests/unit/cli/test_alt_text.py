@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from cli.alt_text import find_images, plan_page, read_page, resolve_source, splice_alts, with_alt, write_page
+from cli.alt_text import (
+    MAX_IMAGE_BYTES,
+    find_images,
+    plan_page,
+    read_local_image,
+    read_page,
+    resolve_source,
+    splice_alts,
+    with_alt,
+    write_page,
+)
 from cli.batch import ImageSource
 
 PAGE = """<!doctype html>\r
@@ -81,7 +92,6 @@ def test_undecodable_bytes_survive_the_round_trip(tmp_path: Path) -> None:
     [
         ("https://img.test/a.png", None, ImageSource(label="https://img.test/a.png", url="https://img.test/a.png")),
         ("//cdn.test/a.png", None, ImageSource(label="https://cdn.test/a.png", url="https://cdn.test/a.png")),
-        ("img/a%20b.png?v=2#x", None, ImageSource(label="img/a%20b.png?v=2#x", path=Path("/site/img/a b.png"))),
         ("../a.png", "http://site.test/blog/post/", ImageSource(label="../a.png", url="http://site.test/blog/a.png")),
         ("/a.png", "http://site.test/blog/", ImageSource(label="/a.png", url="http://site.test/a.png")),
         (
@@ -105,10 +115,84 @@ def test_unusable_src_says_why(src: str, reason: str) -> None:
         resolve_source(src, Path("/site/index.html"))
 
 
-def test_plan_captions_a_repeated_image_once_and_reports_what_it_skips() -> None:
+def test_plan_captions_a_repeated_image_once_and_reports_what_it_skips(tmp_path: Path) -> None:
+    (tmp_path / "logo.png").write_bytes(PNG)
     page = '<img src="logo.png"><img src="logo.png" alt=""><img alt="Kept" src=x.png><img><img src="/root.png">'
-    plan = plan_page(page, Path("/site/index.html"))
-    assert plan.sources == [ImageSource(label="logo.png", path=Path("/site/logo.png"))]
+    plan = plan_page(page, tmp_path / "index.html")
+    assert plan.sources == [ImageSource(label="logo.png", data=PNG, content_type="image/png")]
     assert len(plan.targets) == 2
     assert plan.kept == 1
     assert plan.skipped == [("<img>", "the tag has no src"), ("/root.png", "a root-relative src needs --base-url")]
+
+
+# --- a page is untrusted: local images only from regular files inside its folder (or --root) ------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A page's folder with one image, a secret next to the folder, and hostile entries inside it."""
+    folder = tmp_path / "site"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "a b.png").write_bytes(PNG)
+    (tmp_path / "shadow").write_text("root:secret-hash")
+    (folder / "out-link.png").symlink_to(tmp_path / "shadow")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "in-link.png").symlink_to(folder / "img" / "a b.png")
+    (folder / "dir.png").mkdir()
+    os.mkfifo(folder / "fifo.png")
+    (folder / "huge.png").write_bytes(PNG + b"\x00" * MAX_IMAGE_BYTES)
+    return folder
+
+
+def test_a_file_in_the_pages_folder_is_read_with_its_src_decoded(site: Path) -> None:
+    source = resolve_source("img/a%20b.png?v=2#x", site / "index.html")
+    assert source == ImageSource(label="img/a%20b.png?v=2#x", data=PNG, content_type="image/png")
+
+
+def test_a_symlink_that_stays_inside_is_followed(site: Path) -> None:
+    assert resolve_source("in-link.png", site / "index.html").data == PNG
+
+
+@pytest.mark.parametrize(
+    ("src", "reason"),
+    [
+        ("../shadow", "refused: the file is outside"),
+        ("img/../../shadow", "refused: the file is outside"),
+        ("../../../../../../etc/shadow", "refused: the file is outside"),
+        ("..%2Fshadow", "refused: the file is outside"),
+        ("out-link.png", "refused: the file is outside"),
+        ("zero.png", "refused: the file is outside"),
+        ("file:///etc/passwd", "cannot fetch file: images"),
+        ("/etc/passwd", "a root-relative src needs --base-url"),
+        ("dir.png", "refused: not a regular file"),
+        ("fifo.png", "refused: not a regular file"),
+        ("huge.png", f"refused: the file is larger than {MAX_IMAGE_BYTES} bytes"),
+        ("missing.png", "cannot read the file: No such file or directory"),
+    ],
+)
+def test_hostile_local_src_is_refused_with_its_reason(site: Path, src: str, reason: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        resolve_source(src, site / "index.html")
+    assert str(refused.value).startswith(reason)
+
+
+def test_dev_zero_is_refused_even_inside_a_root_that_holds_it() -> None:
+    with pytest.raises(ValueError, match="refused: not a regular file"):
+        read_local_image(Path("/dev/zero"), Path("/"))
+
+
+def test_root_widens_what_a_page_may_read(site: Path) -> None:
+    page = site / "blog" / "post.html"
+    page.parent.mkdir()
+    with pytest.raises(ValueError, match="outside"):
+        resolve_source("../img/a%20b.png", page)
+    assert resolve_source("../img/a%20b.png", page, root=site).data == PNG
+
+
+def test_the_rest_of_the_page_is_planned_when_some_images_are_refused(site: Path) -> None:
+    page = '<img src="../shadow"><img src="img/a%20b.png"><img src="fifo.png"><img src="zero.png">'
+    plan = plan_page(page, site / "index.html")
+    assert plan.sources == [ImageSource(label="img/a%20b.png", data=PNG, content_type="image/png")]
+    assert [src for src, _ in plan.skipped] == ["../shadow", "fifo.png", "zero.png"]

@@ -130,9 +130,10 @@ def test_alt_text_fills_missing_alts_in_place_and_keeps_the_rest(fake_api: FakeA
 
     assert code == EXIT_OK
     assert page.read_bytes().decode() == (
-        PAGE.replace('<img src="red.png">', '<img alt="a caption of red.png" src="red.png">')
+        # Local images are read by alt-text (bounded, inside the page's folder) and uploaded as image.png.
+        PAGE.replace('<img src="red.png">', '<img alt="a caption of image.png" src="red.png">')
         .replace('blue.png" alt=""', 'blue.png" alt="a caption of blue.png"')
-        .replace('red.png" alt=""', 'red.png" alt="a caption of red.png"')
+        .replace('red.png" alt=""', 'red.png" alt="a caption of image.png"')
     )
     assert len(fake_api.jobs) == 2  # red.png is captioned once for its two tags
     assert out == ""
@@ -147,7 +148,7 @@ def test_alt_text_keep_empty_and_output_to_stdout(fake_api: FakeApi, tmp_path: P
     code, out, _ = captionizer(fake_api, "alt-text", str(page), "--keep-empty", "-o", "-")
 
     assert code == EXIT_OK
-    assert out == PAGE.replace('<img src="red.png">', '<img alt="a caption of red.png" src="red.png">')
+    assert out == PAGE.replace('<img src="red.png">', '<img alt="a caption of image.png" src="red.png">')
     assert page.read_bytes() == PAGE.encode()
 
 

@@ -13,7 +13,7 @@ import pytest
 from shared.jobs import Job, JobPublic, JobStatus
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.store import JobStore
-from shared.webhooks import build_delivery, dispatch_webhook, is_delivered, is_final_event
+from shared.webhooks import build_delivery, dispatch_webhook, is_final_event, wants_webhook
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -37,11 +37,11 @@ def make_job(**fields: Any) -> Job:
 )
 def test_final_events_always_and_others_on_request(events: list[str], status: JobStatus, delivered: bool) -> None:
     job = make_job(webhook_url="https://hooks.example.com/in", webhook_events=events)
-    assert is_delivered(job, status) is delivered
+    assert wants_webhook(job, status) is delivered
 
 
 def test_a_job_without_webhook_url_gets_no_delivery() -> None:
-    assert not is_delivered(make_job(), JobStatus.SUCCEEDED)
+    assert not wants_webhook(make_job(), JobStatus.SUCCEEDED)
 
 
 def test_the_body_is_the_public_job_under_data_and_the_id_is_stable() -> None:
@@ -64,8 +64,10 @@ def test_dispatch_marks_the_record_pending_and_queues_by_task_name() -> None:
         await store.create(job)
         sent: list[tuple[str, list[Any], str]] = []
 
-        def send_task(name: str, *, args: list[Any], queue: str) -> None:
+        def send_task(name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
             sent.append((name, args, queue))
+            # Celery's log lines print argsrepr, never the URLs in the argument.
+            assert argsrepr is not None and "hooks.example.com" not in argsrepr
 
         delivery = await dispatch_webhook(store, send_task, job, JobStatus.FAILED, now=NOW)
         assert delivery is not None

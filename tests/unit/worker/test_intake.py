@@ -22,7 +22,8 @@ from PIL import Image, ImageFile
 from shared.errors import CaptionizerError, FetchFailed
 from shared.settings import Settings
 from tests.servers import BLUE, GREEN, RED, WHITE, HostileServer, hostile_images
-from worker.intake import GuardedResolver, decode_image, fetch_image_bytes, make_fetch_session
+from worker.egress import GuardedResolver
+from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 
 pytestmark = pytest.mark.timeout(60)
 

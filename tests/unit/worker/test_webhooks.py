@@ -20,9 +20,9 @@ from shared.jobs import Job, JobStatus, WebhookState
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
 from shared.store import JobStore
-from shared.webhooks import WebhookDelivery, build_delivery
+from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from tests.fakes import scheduled_retries
 from worker import webhooks
-from worker.webhook_schedule import RetrySchedule, move_due_retries
 from worker.webhooks import AttemptResult, WebhookDeliverer, next_state, retry_delay_s, sign_headers
 
 SECRET_OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -102,7 +102,7 @@ class Harness:
             settings, self.store, self.schedule, lambda _s: self.session, self.clock, random.Random(7)
         )
 
-    def send_task(self, name: str, *, args: list[Any], queue: str) -> None:
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> None:
         assert name == WEBHOOK_TASK
         self.sent.append(args[0])
 
@@ -182,7 +182,7 @@ def test_delivered_attempt_is_signed_and_recorded(webhook_settings: Settings) ->
         assert request["timeout"].total == webhook_settings.webhook_timeout_s
         payload = Webhook(SECRET_NEW).verify(request["data"].decode(), request["headers"])
         assert payload["type"] == "job.succeeded" and payload["data"]["caption"] == "a red circle"
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
 
     run(scenario)
 
@@ -201,7 +201,7 @@ def test_failures_follow_the_backoff_schedule_then_give_up(webhook_settings: Set
             if state.status == "failed":
                 break
             assert state.status == "retrying"
-            [(scheduled, due_s)] = await h.schedule.due_times()
+            [(scheduled, due_s)] = await scheduled_retries(h.schedule)
             assert state.next_attempt_at == datetime.fromtimestamp(due_s, UTC)
             waits_s.append(due_s - h.clock.now_s)
             # Not due a second early; due exactly on time.
@@ -212,7 +212,7 @@ def test_failures_follow_the_backoff_schedule_then_give_up(webhook_settings: Set
             assert delivery == scheduled
         assert state.status == "failed" and state.attempts == len(DELAYS_S) + 1
         assert await h.webhook_record() == state
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
         for wait_s, base_s in zip(waits_s, DELAYS_S, strict=True):
             assert 0.8 * base_s <= wait_s <= 1.2 * base_s
         ids = {request["headers"]["webhook-id"] for request in h.session.requests}
@@ -228,7 +228,7 @@ def test_gone_stops_after_one_attempt(webhook_settings: Settings) -> None:
         await h.store.create(job)
         state = await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
         assert state.status == "gone" and state.attempts == 1 and state.last_status_code == 410
-        assert await h.schedule.due_times() == []
+        assert await scheduled_retries(h.schedule) == []
 
     run(scenario)
 
@@ -275,7 +275,7 @@ def test_older_event_leaves_the_newer_events_record_alone(webhook_settings: Sett
         state = await h.deliverer.deliver(build_delivery(job, JobStatus.RUNNING, datetime.now(UTC)))
         assert state.status == "retrying"
         assert await h.webhook_record() == newer
-        assert len(await h.schedule.due_times()) == 1
+        assert len(await scheduled_retries(h.schedule)) == 1
 
     run(scenario)
 
@@ -317,3 +317,75 @@ def test_redis_trouble_puts_the_attempt_back_on_the_queue(
         with pytest.raises(Reject) as rejected:
             webhooks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
     assert rejected.value.requeue is True
+
+
+# --- per-owner secrets and each key's share of deliveries --------------------------------------
+
+
+def test_each_owner_signs_with_its_own_secret_and_no_other_verifies(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings, [200])
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        [request] = h.session.requests
+        body, headers = request["data"].decode(), request["headers"]
+        own, other = await h.deliverer.secrets.current("tenant-a"), await h.deliverer.secrets.current("tenant-b")
+        assert Webhook(own).verify(body, headers)["data"]["id"] == job.id
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(body, headers)
+
+    run(scenario)
+
+
+def test_after_a_rotation_both_secrets_sign_and_the_extra_ones_too(webhook_settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        old = await h.deliverer.secrets.current("tenant-a")
+        new = await h.deliverer.secrets.rotate("tenant-a")
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        [request] = h.session.requests
+        assert len(request["headers"]["webhook-signature"].split(" ")) == 4
+        for secret in (old, new, SECRET_OLD, SECRET_NEW):
+            Webhook(secret).verify(request["data"].decode(), request["headers"])
+
+    run(scenario)
+
+
+def test_a_key_holding_its_share_is_deferred_unattempted_and_others_go_out(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200])
+        greedy, other = make_job(id="job_greedy", owner="tenant-a"), make_job(id="job_other", owner="tenant-b")
+        for job in (greedy, other):
+            await h.store.create(job)
+        # tenant-a's one slot is held by a delivery hanging on its slow receiver.
+        assert await h.deliverer.slots.take("tenant-a", "hanging", h.clock())
+        held_back = build_delivery(greedy, JobStatus.SUCCEEDED, datetime.now(UTC))
+        assert await h.deliverer.deliver(held_back) is None
+        assert h.session.requests == []
+        assert await scheduled_retries(h.schedule) == [(held_back, T0 + 1)]
+        assert (await h.webhook_record("job_greedy")) is None  # not attempted, so not recorded
+        state = await h.deliverer.deliver(build_delivery(other, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert state is not None and state.status == "delivered"
+        # Once the slow one ends, the deferred delivery goes out on its next turn.
+        await h.deliverer.slots.release("tenant-a", "hanging")
+        state = await h.deliverer.deliver(held_back)
+        assert state is not None and state.status == "delivered"
+        assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
+
+    run(scenario)
+
+
+def test_the_slot_is_given_back_when_the_attempt_raises(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200])
+        job = make_job(owner="tenant-a")
+        await h.store.create(job)
+        h.deliverer.open_session = lambda _s: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[assignment]
+        with pytest.raises(RuntimeError):
+            await h.deliverer.deliver(build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)))
+        assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
+
+    run(scenario)
