@@ -268,6 +268,11 @@ def dns() -> FakeDns:
             "mapped.example": [["::ffff:127.0.0.1"]],
             "cgnat.example": [["100.100.100.200"]],  # Alibaba Cloud's metadata address
             "rebind.example": [[PUBLIC_IP], ["127.0.0.1"]],
+            "wireserver.example": [["168.63.129.16"]],  # Azure's platform address, public by IANA
+            "nat64.example": [["64:ff9b::a83f:8110"]],  # NAT64 around the WireServer
+            "sixtofour.example": [["2002:a9fe:a9fe::1"]],  # 6to4 around IMDS
+            "isatap.example": [["2001:4860:1::5efe:7f00:1"]],  # ISATAP around 127.0.0.1
+            "teredo.example": [["2001:0:4136:e378:8000:63bf:57c0:7eef"]],  # Teredo, client 168.63.129.16
         }
     )
 
@@ -306,7 +311,19 @@ def test_a_redirect_inward_is_refused(
 
 @pytest.mark.parametrize(
     "host",
-    ["internal.example", "metadata.example", "mixed.example", "loopback6.example", "mapped.example", "cgnat.example"],
+    [
+        "internal.example",
+        "metadata.example",
+        "mixed.example",
+        "loopback6.example",
+        "mapped.example",
+        "cgnat.example",
+        "wireserver.example",
+        "nat64.example",
+        "sixtofour.example",
+        "isatap.example",
+        "teredo.example",
+    ],
 )
 def test_a_name_resolving_to_an_internal_address_is_refused_at_connect(
     server: HostileServer, ssrf_settings: Settings, dns: FakeDns, host: str
