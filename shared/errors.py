@@ -6,6 +6,7 @@ The tree::
     ├── InputError (4xx): the request or its image is unusable
     │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage
     │   ├── FetchTimeout, FetchFailed, ImageTooLarge, ImageCorrupt, TooManyPixels
+    │   ├── ImageAspectRatio, PromptTooLong
     ├── JobError (4xx): the job named cannot be served that way
     │   ├── JobNotFound, JobNotCancelable, IdempotencyConflict
     ├── AuthError (401/403/429): who is asking, from where, and how often
@@ -131,6 +132,22 @@ class TooManyPixels(InputError):
     code = "too_many_pixels"
     status = 413
     title = "Too many pixels"
+
+
+class ImageAspectRatio(InputError):
+    """The image is far longer than wide, or the reverse (``max_image_aspect_ratio``)."""
+
+    code = "image_aspect_ratio"
+    status = 422
+    title = "Image aspect ratio too extreme"
+
+
+class PromptTooLong(InputError):
+    """The prompt takes more tokens than the model's text positions leave room for."""
+
+    code = "prompt_too_long"
+    status = 422
+    title = "Prompt too long for the model"
 
 
 class JobError(CaptionizerError):

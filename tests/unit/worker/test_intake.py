@@ -26,6 +26,8 @@ from worker.intake import GuardedResolver, decode_image, fetch_image_bytes, make
 
 pytestmark = pytest.mark.timeout(60)
 
+#: The side git-base's image processor resizes to; decoding keeps at most twice it on the shorter side.
+MODEL_INPUT_PX = 224
 #: A public address (the old example.com) that ``NatLoop`` forwards to the local server.
 PUBLIC_IP = "93.184.216.34"
 
@@ -98,7 +100,7 @@ def intake(url: str, settings: Settings, dns: FakeDns | None = None) -> Image.Im
 
     with asyncio.Runner(loop_factory=NatLoop) as runner:
         data = runner.run(fetch())
-    return decode_image(data, settings)
+    return decode_image(data, settings, model_input_px=MODEL_INPUT_PX)
 
 
 def error_of(url: str, settings: Settings, dns: FakeDns | None = None) -> CaptionizerError:
@@ -232,15 +234,15 @@ def test_exif_orientation_is_applied(server: HostileServer) -> None:
     assert_close(image.getpixel((20, 70)), BLUE)
 
 
-def test_a_large_jpeg_is_decoded_at_reduced_size_but_never_below_the_floor(server: HostileServer) -> None:
+def test_a_large_jpeg_is_drafted_then_shrunk_to_twice_the_model_input(server: HostileServer) -> None:
     image = intake(server.url("/image/large.jpg"), make_settings(server))
-    assert image.size == (750, 500)  # 3000x2000 drafted at 1/4: the next step, 1/8, would be 250 px high
-    assert_close(image.getpixel((375, 250)), BLUE)
+    assert image.size == (672, 448)  # 3000x2000, drafted at 1/4 (750x500), then resized to 448 px high
+    assert_close(image.getpixel((336, 224)), BLUE)
 
 
-def test_a_large_png_is_reduced_to_no_less_than_the_floor(server: HostileServer) -> None:
+def test_a_large_png_is_shrunk_to_twice_the_model_input(server: HostileServer) -> None:
     image = intake(server.url("/image/large.png"), make_settings(server))
-    assert image.size == (1000, 500)
+    assert image.size == (896, 448)
     assert_close(image.getpixel((10, 10)), GREEN, tolerance=0)
 
 
@@ -390,7 +392,7 @@ def test_the_shared_session_serves_the_next_job_after_hostile_ones(server: Hosti
     async def job(session: aiohttp.ClientSession, path: str) -> str:
         try:
             data = await fetch_image_bytes(session, server.url(path), settings)
-            return str(decode_image(data, settings).size)
+            return str(decode_image(data, settings, model_input_px=MODEL_INPUT_PX).size)
         except CaptionizerError as exc:
             return exc.code
 
