@@ -16,6 +16,7 @@ import json
 import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,8 +82,6 @@ def _png16(mode: str, size: tuple[int, int]) -> bytes:
 
 
 def _png(ihdr: bytes, raw: bytes) -> bytes:
-    import zlib
-
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -146,14 +145,20 @@ def _header_pixels(path: Path) -> int:
         return 0
 
 
+def write_corpus(folder: Path) -> None:
+    """Write every corpus image to ``folder``, named by kind (for the probe, or to measure by hand)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, (suffix, make, _) in CORPUS.items():
+        (folder / f"{kind}{suffix}").write_bytes(make())
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
     """Every corpus image decoded in its own child process: outcome and peak added memory, by kind."""
     folder = tmp_path_factory.mktemp("hostile-images")
+    write_corpus(folder)
     bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
-        for kind, (suffix, make, _) in CORPUS.items():
-            (folder / f"{kind}{suffix}").write_bytes(make())
         pixels = {path.stem: _header_pixels(path) for path in folder.iterdir()}
         suffixes = {path.stem: path.suffix for path in folder.iterdir()}
     finally:
