@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from api.backlog import check_queue_room
 from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys, request_fingerprint
+from api.model_limits import check_prompt_against_model
 from api.queue import TaskQueue
 from shared.errors import InvalidRequest, QueueUnavailable
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, new_job_id, utc_now
@@ -54,13 +55,15 @@ class JobSubmitter:
         job the first one made, queued once.
 
         Raises:
-            InputError: the request is invalid (bad URL, options out of range, not an image...).
+            InputError: the request is invalid (bad URL, options out of range, a prompt too long for the
+                model, not an image...).
             IdempotencyConflict: the key was used before with another body.
             QueueFull: ``max_queue_depth`` jobs, or ``max_pending_upload_bytes`` of uploads, already wait.
             OwnerQuotaExceeded: ``owner`` already holds its share of the queue or of upload bytes.
             QueueUnavailable: Redis cannot be reached.
         """
         job = self.build_job(request, owner, has_file=upload is not None)
+        await check_prompt_against_model(self.store, job.prompt)
         if request.image_base64 is not None:
             upload = decode_base64_upload(request.image_base64, max_upload_bytes=self.settings.max_upload_bytes)
             check_upload(upload, max_upload_bytes=self.settings.max_upload_bytes)

@@ -234,7 +234,7 @@ def measure_raw(model_path: str, images: list[bytes], args: argparse.Namespace, 
     from worker.intake import decode_image
 
     captioner = Captioner.load(EMBEDDED_MODEL_DIR if model_path == "embedded" else model_path)
-    decoded = [decode_image(data, Settings()) for data in images]
+    decoded = [decode_image(data, Settings(), model_input_px=captioner.input_size_px) for data in images]
     batch = [decoded[i % len(decoded)] for i in range(args.batch_size)]
     tokens = args.max_new_tokens
     fixed = tokens if args.model == "git-base" else None

@@ -9,13 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from model.captioner import EMBEDDED_MODEL_DIR, Captioner, CaptionerError, ModelLoadError
+    from model.captioner import EMBEDDED_MODEL_DIR, Captioner
+    from model.errors import CaptionerError, ModelLoadError
 
 __all__ = ["EMBEDDED_MODEL_DIR", "Captioner", "CaptionerError", "ModelLoadError"]
 
 
 def __getattr__(name: str) -> Any:
     # PEP 562: resolve the heavy exports lazily.
+    if name in ("CaptionerError", "ModelLoadError"):
+        from model import errors
+
+        return getattr(errors, name)
     if name in __all__:
         from model import captioner
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM
 
+from model.errors import CaptionerError, ModelLoadError, PromptTooLongError
 from model.images import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,8 @@ _DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.b
 # "owner/name" or "name" as the Hub spells repository ids; anything else can only be a folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WARMUP_IMAGE_SIDE = 8
-
-
-class CaptionerError(Exception):
-    """Base class of the errors the model layer raises."""
-
-
-class ModelLoadError(CaptionerError):
-    """A checkpoint is missing, malformed, not a GIT model, or cannot be placed on the device."""
+# Tokenizers whose pre-tokenizer splits on whitespace and punctuation, each piece giving at least one token.
+_WORDPIECE_PRE_TOKENIZER = "BertPreTokenizer"
 
 
 class Captioner:
@@ -53,6 +48,13 @@ class Captioner:
         self._bos_token_id = _bos_token_id(model, self.tokenizer)
         # Text positions (prompt and caption, not image patches) beyond this have no position embedding.
         self._max_text_tokens: int = model.config.max_position_embeddings
+        #: Longest prompt, in tokens, this checkpoint takes: its text positions less [CLS] and one new token.
+        self.max_prompt_tokens = self._max_text_tokens - 2
+        #: The side, in pixels, the processor resizes images to: the one source of the model's input size.
+        self.input_size_px = input_size_px(processor.image_processor)
+        #: "bert-wordpiece" when every word or punctuation mark of a prompt is at least one token (GIT's BERT
+        #: tokenizer), which lets the API bound a prompt's tokens without the tokenizer; else "other".
+        self.prompt_tokenizer = _prompt_tokenizer_kind(self.tokenizer)
 
     @classmethod
     def load(
@@ -114,7 +116,8 @@ class Captioner:
         text positions leave after the prompt (the embedded model has 32).
 
         Raises:
-            ValueError: a generation argument is out of range, or the prompt fills every text position.
+            PromptTooLongError: the prompt fills every text position (also a ValueError).
+            ValueError: a generation argument is out of range.
         """
         _check_generation_args(max_new_tokens, num_beams, min_new_tokens)
         if not images:
@@ -146,9 +149,10 @@ class Captioner:
 
     def _cap_new_tokens(self, max_new_tokens: int, prompt_tokens: int) -> int:
         """``max_new_tokens``, lowered so [CLS], prompt and caption fit the checkpoint's text positions."""
-        max_prompt_tokens = self._max_text_tokens - 2  # [CLS] and at least one new token
-        if prompt_tokens > max_prompt_tokens:
-            raise ValueError(f"prompt is {prompt_tokens} tokens; this checkpoint takes at most {max_prompt_tokens}")
+        if prompt_tokens > self.max_prompt_tokens:
+            raise PromptTooLongError(
+                f"the prompt is {prompt_tokens} tokens; this model takes at most {self.max_prompt_tokens}"
+            )
         return min(max_new_tokens, self._max_text_tokens - 1 - prompt_tokens)
 
     def _encode_prompt(self, prompt: str | None) -> tuple[list[int], str]:
@@ -159,6 +163,23 @@ class Captioner:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
         # Decoded rather than the raw prompt: the tokenizer lower-cases and drops [UNK] on the way back.
         return ids, self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def input_size_px(image_processor: Any) -> int:
+    """The side the image processor resizes images to: its shortest edge, else its (crop) square's height.
+
+    Raises:
+        ModelLoadError: the processor declares no size.
+    """
+    for size, key in (
+        (getattr(image_processor, "size", None), "shortest_edge"),
+        (getattr(image_processor, "size", None), "height"),
+        (getattr(image_processor, "crop_size", None), "height"),
+    ):
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ModelLoadError("the checkpoint's image processor declares no input size")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -226,6 +247,15 @@ def _bos_token_id(model: GitForCausalLM, tokenizer: Any) -> int:
     if not isinstance(token_id, int):
         raise ModelLoadError("checkpoint declares no bos token and its tokenizer has no [CLS]")
     return token_id
+
+
+def _prompt_tokenizer_kind(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    model_kind = type(getattr(backend, "model", None)).__name__
+    if type(pre_tokenizer).__name__ == _WORDPIECE_PRE_TOKENIZER and model_kind == "WordPiece":
+        return "bert-wordpiece"
+    return "other"
 
 
 def _strip_prompt(text: str, prompt_text: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
-from model.captioner import CaptionerError
+from model.errors import CaptionerError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Normalisation of decoded PIL images of any mode to 8-bit RGB, the only mode the captioner sees."""
+"""Normalisation of decoded PIL images of any mode to bounded-size 8-bit RGB, the only form the captioner sees.
+
+:func:`shrink_image` brings a decoded image down to a bounded size in its own mode, before any
+conversion can multiply its bytes per pixel; :func:`to_rgb` then converts the small result.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,43 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 _UINT16_MAX = 65535
+
+# Modes Pillow resamples directly (8-bit bands, 16-bit grey, 32-bit int and float); "1" and the palette
+# modes are not: their pixels are indices, and resampling needs values.
+_RESAMPLABLE_MODES = frozenset(
+    {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"} | _HIGH_DEPTH_MODES
+)
+# Modes Image.reduce() accepts, so a large shrink can go through it first (reducing_gap): fast and exact enough.
+_REDUCIBLE_MODES = _RESAMPLABLE_MODES - {"I;16", "I;16L", "I;16B", "I;16N"}
+# Pillow's resize first reduces by a whole factor while the result stays >= this many times the target.
+_REDUCING_GAP = 3.0
+
+
+def shrink_image(image: Image.Image, max_short_side_px: int) -> Image.Image:
+    """Return ``image`` scaled down (bicubic, aspect kept) so its shorter side is at most ``max_short_side_px``.
+
+    An image already small enough is returned as is. The result keeps the image's mode where Pillow can
+    resample it; palette and 1-bit images become RGB(A) or L first. Colour-keyed transparency
+    (``info["transparency"]``) is turned into an alpha band first, since resampling would blur the key colour.
+    """
+    if min(image.size) <= max_short_side_px:
+        return image
+    image = _resamplable(image)
+    scale = max_short_side_px / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    gap = _REDUCING_GAP if image.mode in _REDUCIBLE_MODES else None
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=gap)
+
+
+def _resamplable(image: Image.Image) -> Image.Image:
+    """``image`` in a mode Pillow resamples, with any colour key turned into alpha."""
+    if image.mode in _RESAMPLABLE_MODES and "transparency" not in image.info:
+        return image
+    if image.mode in ("1", "L") and "transparency" not in image.info:
+        return image.convert("L")
+    if image.mode in ("1", "L"):
+        return image.convert("LA")
+    return image.convert("RGBA" if _has_transparency(image) else "RGB")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -60,14 +101,23 @@ def _composite_over_background(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_l(image: Image.Image) -> Image.Image:
-    """Scale a 16-bit, 32-bit or float single-band image to 8-bit greyscale ("L")."""
-    pixels = np.asarray(image).astype(np.float64)
-    pixels = np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
+    """Scale a 16-bit, 32-bit or float single-band image to 8-bit greyscale ("L").
+
+    float32 and in place: 4 bytes per pixel of working memory besides the 1-byte result (float64 and
+    fresh arrays per step cost about 34 bytes per pixel).
+    """
+    pixels = np.array(image, dtype=np.float32)  # always a writable copy, even of an "F" image
+    np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     low, high = _source_range(image.mode, pixels)
-    scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    if high > low:
+        pixels -= low
+        pixels *= 255.0 / (high - low)
+    else:
+        pixels.fill(0.0)
     # Round rather than truncate so 65535 → 255 and 257 → 1 exactly.
-    out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(out)  # a 2-D uint8 array is mode "L"
+    np.rint(pixels, out=pixels)
+    np.clip(pixels, 0, 255, out=pixels)
+    return Image.fromarray(pixels.astype(np.uint8))  # a 2-D uint8 array is mode "L"
 
 
 def _source_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:

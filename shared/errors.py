@@ -5,7 +5,8 @@ The tree, one family per way a client handles the error::
     CaptionizerError
     ├── InputError (4xx): fix the request before sending it again
     │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage,
-    │   ├── ImageTooLarge, ImageCorrupt, TooManyPixels, IdempotencyConflict (422), JobNotFound,
+    │   ├── ImageTooLarge, ImageCorrupt, TooManyPixels, ImageAspectRatio, PromptTooLong,
+    │   ├── IdempotencyConflict (422), JobNotFound,
     │   └── Unauthorized, ForbiddenOrigin, CrossSiteRequest
     ├── FetchError (502/504): the image's own server failed; fix or retry that server
     │   └── FetchFailed, FetchTimeout
@@ -144,6 +145,22 @@ class TooManyPixels(InputError):
     code = "too_many_pixels"
     status = 413
     title = "Too many pixels"
+
+
+class ImageAspectRatio(InputError):
+    """The image is far longer than wide, or the reverse (``max_image_aspect_ratio``)."""
+
+    code = "image_aspect_ratio"
+    status = 422
+    title = "Image aspect ratio too extreme"
+
+
+class PromptTooLong(InputError):
+    """The prompt takes more tokens than the model's text positions leave room for."""
+
+    code = "prompt_too_long"
+    status = 422
+    title = "Prompt too long for the model"
 
 
 class IdempotencyConflict(InputError):

@@ -93,6 +93,10 @@ class Keys:
         """Pattern matching every worker's heartbeat key."""
         return f"{self.prefix}:worker:*"
 
+    def model_limits(self) -> str:
+        """The loaded model's limits (``shared.model_limits``), refreshed by the caption workers' heartbeat."""
+        return f"{self.prefix}:model-limits"
+
     def webhook_schedule(self) -> str:
         """Sorted set of webhook retries waiting for their time (score: due time, epoch seconds)."""
         return f"{self.prefix}:webhook-schedule"

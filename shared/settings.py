@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Largest image, in pixels, the decoder accepts (decompression-bomb guard)."
     )
+    max_image_aspect_ratio: float = Field(
+        20.0,
+        ge=1.0,
+        description="Longest side over shortest side the decoder accepts; beyond it the model sees only a sliver.",
+    )
     upload_ttl_s: int = Field(
         3_600, ge=60, description="How long an uploaded image waits in Redis for a worker to read it, in seconds."
     )

@@ -42,10 +42,15 @@ _BLOCKED_V4 = tuple(
     ipaddress.IPv4Network(net)
     for net in (
         "0.0.0.0/8",  # "this network", RFC 791; 0.0.0.0 reaches localhost on Linux
+        # Azure's WireServer: public by IANA, but on every Azure host it answers the VM agent, DHCP, DNS
+        # and load-balancer probes (learn.microsoft.com/azure/virtual-network/what-is-ip-address-168-63-129-16).
+        "168.63.129.16/32",
         "10.0.0.0/8",  # private, RFC 1918
         "100.64.0.0/10",  # carrier-grade NAT, RFC 6598
         "127.0.0.0/8",  # loopback, RFC 1122
-        "169.254.0.0/16",  # link-local, RFC 3927; 169.254.169.254 is the cloud metadata service
+        # link-local, RFC 3927: 169.254.169.254 is the metadata service of Azure (IMDS) and the other clouds,
+        # 169.254.169.253 a cloud DNS resolver.
+        "169.254.0.0/16",
         "172.16.0.0/12",  # private, RFC 1918
         "192.0.0.0/24",  # IETF protocol assignments, RFC 6890
         "192.0.2.0/24",  # TEST-NET-1, RFC 5737
@@ -65,6 +70,8 @@ _BLOCKED_V6 = tuple(
         "::ffff:0:0/96",  # IPv4-mapped, RFC 4291 §2.5.5.2
         "::ffff:0:0:0/96",  # IPv4-translated, RFC 2765
         "64:ff9b:1::/48",  # local-use NAT64, RFC 8215
+        # Teredo, RFC 4380: tunnels to an (obfuscated) IPv4 client behind a NAT; obsolete, no honest image host.
+        "2001::/32",
         "100::/64",  # discard-only, RFC 6666
         "2001:db8::/32",  # documentation, RFC 3849
         "fc00::/7",  # unique local, RFC 4193
@@ -74,6 +81,10 @@ _BLOCKED_V6 = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the last 32 bits are an IPv4 address
+# RFC 5214 §6.1: an ISATAP interface identifier is 0000:5efe or 0200:5efe (u bit), then an IPv4 address;
+# some stacks also set the g bit (0100, 0300), so those two bits are masked out.
+_ISATAP_IID_MASK = 0xFCFFFFFF
+_ISATAP_IID = 0x00005EFE
 
 
 def validate_url(url: str, *, allow_private: bool, allowed_ports: Sequence[int]) -> str:
@@ -99,8 +110,9 @@ def is_public_address(ip: str | IPAddress) -> bool:
     """Whether ``ip`` is a globally routable unicast address a stranger's URL may make us connect to.
 
     False for loopback, private, link-local (169.254.169.254 included), carrier-grade NAT, multicast,
-    reserved, unspecified and documentation ranges; for IPv4-mapped and IPv4-compatible IPv6; and for
-    6to4, Teredo and NAT64 addresses that embed an internal IPv4 address. Unparseable input is False.
+    reserved, unspecified and documentation ranges; for IPv4-mapped, -compatible and -translated IPv6,
+    local-use NAT64 and Teredo; for 6to4, NAT64 and ISATAP addresses that embed an internal IPv4 address; and for Azure's
+    WireServer (168.63.129.16), public by IANA but internal on Azure. Unparseable input is False.
     """
     try:
         address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
@@ -110,8 +122,7 @@ def is_public_address(ip: str | IPAddress) -> bool:
         return address.is_global and not any(address in net for net in _BLOCKED_V4)
     if any(address in net for net in _BLOCKED_V6) or not address.is_global:
         return False
-    embedded = _embedded_ipv4(address)
-    return embedded is None or is_public_address(embedded)
+    return all(is_public_address(embedded) for embedded in _embedded_ipv4(address))
 
 
 def parse_ipv4_host(host: str) -> ipaddress.IPv4Address | None:
@@ -247,12 +258,18 @@ def _parse_ipv4_number(label: str) -> int | None:
     return int(digits, base)
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a 6to4 (RFC 3056), Teredo (RFC 4380) or NAT64 (RFC 6052) address reaches."""
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a 6to4 (RFC 3056), NAT64 (RFC 6052) or ISATAP (RFC 5214) address reaches.
+
+    IPv4-mapped, -compatible and -translated, local-use NAT64 and Teredo addresses need no entry here:
+    their ranges are refused whole.
+    """
+    embedded: list[ipaddress.IPv4Address] = []
     if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
+        embedded.append(address.sixtofour)
+    low = int(address)
     if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
+        embedded.append(ipaddress.IPv4Address(low & 0xFFFFFFFF))
+    if (low >> 32) & _ISATAP_IID_MASK == _ISATAP_IID:
+        embedded.append(ipaddress.IPv4Address(low & 0xFFFFFFFF))
+    return embedded

@@ -35,6 +35,9 @@ class FakeCaptioner:
 
     name = "fake"
     device = "cpu"
+    input_size_px = 224  # as git-base's processor
+    max_prompt_tokens = 510  # as a BERT tokenizer's 512 positions less [CLS] and one new token
+    prompt_tokenizer = "fake"
 
     def __init__(self, *, fail_on: Callable[[Image.Image], bool] | None = None, held: bool = False) -> None:
         self.fail_on = fail_on

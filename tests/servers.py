@@ -148,6 +148,9 @@ def hostile_images() -> dict[str, tuple[bytes, str]]:
         "exif-rotated.jpg": (_exif_rotated_jpeg(), "image/jpeg"),
         "large.jpg": (_encode(Image.new("RGB", (3000, 2000), BLUE), "JPEG", quality=80), "image/jpeg"),
         "large.png": (_encode(Image.new("RGB", (2000, 1000), GREEN), "PNG"), "image/png"),
+        # A few hundred bytes, 200,000 pixels: a processor resizing the short side to 224 px would need GBs.
+        "wide.png": (_encode(Image.new("L", (200_000, 1)), "PNG"), "image/png"),
+        "tall.png": (_encode(Image.new("L", (1, 200_000)), "PNG"), "image/png"),
         "bomb.png": (png_bomb(), "image/png"),
         "bomb.gif": (_gif_bomb(), "image/gif"),
         "bomb.jpg": (_jpeg_bomb(), "image/jpeg"),

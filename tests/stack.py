@@ -171,7 +171,8 @@ def chaos(reliability_stack: LocalStack) -> Iterator[Chaos]:
 def _flush_job_data(stack: LocalStack) -> None:
     client = Redis.from_url(stack.redis_url)
     try:
-        keep = stack.keys.worker_heartbeat_pattern().rstrip("*")
+        # Worker state (heartbeats, the model's limits), refreshed by each heartbeat, is not job data.
+        keep = (stack.keys.worker_heartbeat_pattern().rstrip("*"), stack.keys.model_limits())
         doomed = [key for key in client.scan_iter(match=f"{stack.keys.prefix}:*") if not key.decode().startswith(keep)]
         if doomed:
             client.delete(*doomed)

@@ -2,9 +2,9 @@
 
 Fetching: every hop's URL is checked, and the session connects only to allowed addresses, through
 :mod:`worker.egress` (the SSRF guard webhooks use too). Downloads are bounded
-in time and in bytes while streaming. Decoding: the pixel count is checked from the header before any
-pixel is decoded (decompression bombs), then the first frame is decoded, turned upright by its EXIF
-orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
+in time and in bytes while streaming. Decoding: the pixel count and aspect ratio are checked from the header before
+any pixel is decoded (decompression bombs, 200000x1 slivers), then the first frame is decoded, shrunk in
+its own mode to a size set by the model's input, turned upright by its EXIF orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
-from model.images import to_rgb
+from model.images import shrink_image, to_rgb
 from shared.errors import (
     FetchFailed,
     FetchTimeout,
+    ImageAspectRatio,
     ImageCorrupt,
     ImageTooLarge,
     NotAnImage,
@@ -36,9 +37,9 @@ from worker.egress import checked_url, make_egress_session
 
 logger = logging.getLogger(__name__)
 
-#: Shortest side, in pixels, that decoding keeps: twice the 224 px the captioning model sees, so the
-#: model's own resize still has detail to average over.
-MIN_DECODE_SIDE_PX = 2 * 224
+#: The decoded image's shorter side is at most this many times the side the model's processor resizes to,
+#: so the processor's own resize still has detail to average over.
+DECODE_SIDE_FACTOR = 2
 
 #: Headers sent with every image request.
 REQUEST_HEADERS = {
@@ -46,6 +47,17 @@ REQUEST_HEADERS = {
     "Accept": ", ".join(IMAGE_MEDIA_TYPES.values()),
     # Images are compressed already; refusing content-coding also rules out gzip bombs (RFC 9110 §12.5.3).
     "Accept-Encoding": "identity",
+}
+
+# CIPA DC-008 orientations 2-8 and the transposition that undoes each (Pillow's ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 
 # RFC 9110 §15.4: the redirects that carry a Location to follow.
@@ -158,33 +170,42 @@ def _client_timeout(settings: Settings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=settings.fetch_timeout_s, sock_connect=settings.fetch_connect_timeout_s)
 
 
-def decode_image(data: bytes, settings: Settings, *, min_side_px: int = MIN_DECODE_SIDE_PX) -> Image.Image:
-    """Decode image bytes into an upright 8-bit RGB PIL image, within the pixel limit.
+def decode_image(data: bytes, settings: Settings, *, model_input_px: int) -> Image.Image:
+    """Decode image bytes into an upright 8-bit RGB PIL image of bounded size, in bounded memory.
 
-    Only the first frame of an animation is decoded. JPEGs are decoded at a reduced scale (draft
-    mode), and large images are reduced, but never so that the shorter side falls below ``min_side_px``.
+    Whatever the header says, memory stays bounded: the pixel count and the aspect ratio are checked
+    from the header before any pixel is decoded; only the first frame of an animation is decoded;
+    JPEGs are decoded at a reduced scale (draft mode); and the frame is shrunk in its own mode, before
+    any mode conversion can multiply its bytes per pixel, until its shorter side is at most
+    ``DECODE_SIDE_FACTOR * model_input_px`` (the side the model's processor resizes to, read from the
+    checkpoint). So the result has at most ``(2 * model_input_px) ** 2 * max_image_aspect_ratio`` pixels.
 
     Raises:
         NotAnImage: the bytes are not an accepted image format (by magic bytes).
         TooManyPixels: the header declares more than ``max_image_pixels`` pixels.
+        ImageAspectRatio: the header's sides differ by more than ``max_image_aspect_ratio`` times.
         ImageCorrupt: the format is recognised but the data is truncated or malformed.
     """
     image_format = sniff_image_type(data)
     if image_format is None:
         raise NotAnImage("the data is not an image we accept (" + ", ".join(IMAGE_MEDIA_TYPES.values()) + ")")
-    image = _open_bounded(data, image_format, settings.max_image_pixels)
+    image = _open_bounded(data, image_format, settings)
+    max_short_side_px = DECODE_SIDE_FACTOR * model_input_px
     try:
         # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale; it keeps both sides >= the size asked for.
-        image.draft("RGB", (min_side_px, min_side_px))
+        image.draft("RGB", (max_short_side_px, max_short_side_px))
         image.load()  # Pillow opens an animation at its first frame; we never seek further
-        rgb = to_rgb(_upright(image))
+        orientation = _orientation(image)
+        small = shrink_image(image, max_short_side_px)
+        del image  # the full-size frame is not needed past this point: let it go before converting
+        return to_rgb(_upright(small, orientation))
     except _DECODE_ERRORS as exc:
         raise ImageCorrupt(f"the {image_format} data is truncated or corrupt") from exc
-    return _reduce(rgb, min_side_px)
 
 
-def _open_bounded(data: bytes, image_format: str, max_pixels: int) -> Image.Image:
-    """Open (read the header of) an image, refusing it when it has more than ``max_pixels`` pixels."""
+def _open_bounded(data: bytes, image_format: str, settings: Settings) -> Image.Image:
+    """Open (read the header of) an image, refusing too many pixels or too extreme an aspect ratio."""
+    max_pixels = settings.max_image_pixels
     # Pillow's own bomb guard runs inside Image.open, before we see the size: give it our ceiling so the
     # two agree. It warns above the ceiling (an error under `-W error`) and raises above twice it.
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -199,19 +220,27 @@ def _open_bounded(data: bytes, image_format: str, max_pixels: int) -> Image.Imag
         raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     if width == 0 or height == 0:
         raise ImageCorrupt(f"the {image_format} header declares an empty image")
+    # A 200000x1 image is a few hundred bytes and far under the pixel limit, yet a processor that resizes
+    # its shorter side to the model's input would blow it up to 224 x 44,800,000 pixels.
+    if max(width, height) > settings.max_image_aspect_ratio * min(width, height):
+        raise ImageAspectRatio(
+            f"the image is {width}x{height} pixels; its sides may differ at most "
+            f"{settings.max_image_aspect_ratio:g} times"
+        )
     return image
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (CIPA DC-008 tag 0x0112); a broken EXIF block leaves the image as stored."""
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (CIPA DC-008 tag 0x0112), 1 (as stored) when absent or unreadable."""
     try:
-        return ImageOps.exif_transpose(image)
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
     except _DECODE_ERRORS:
-        logger.debug("ignoring an unreadable EXIF orientation", exc_info=True)
-        return image
+        logger.debug("ignoring an unreadable EXIF block", exc_info=True)
+        return 1
+    return value if isinstance(value, int) else 1
 
 
-def _reduce(image: Image.Image, min_side_px: int) -> Image.Image:
-    """Shrink by a whole factor while the shorter side stays >= ``min_side_px`` (box filter, cheap)."""
-    factor = min(image.size) // min_side_px
-    return image.reduce(factor) if factor >= 2 else image
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """Turn ``image`` upright by an EXIF orientation read before it was shrunk (as ImageOps.exif_transpose)."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)

@@ -20,10 +20,13 @@ from typing import Any, Protocol, TypeVar
 from PIL import Image
 from redis.asyncio import Redis
 
+from model.errors import PromptTooLongError
 from shared.celery_config import visibility_timeout_s
+from shared.errors import PromptTooLong
 from shared.heartbeats import WorkerHeartbeats
 from shared.jobs import JobOptions, JobStatus, utc_now
 from shared.keys import CAPTION_TASK, Keys
+from shared.model_limits import ModelLimits, publish_model_limits
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import SendTask, dispatch_webhook
@@ -47,6 +50,11 @@ class CaptionModel(Protocol):
 
     name: str
     device: Any
+    #: The side, in pixels, the model's processor resizes images to (read from the checkpoint).
+    input_size_px: int
+    #: Longest prompt, in tokens, and the tokenizer's kind ("bert-wordpiece" lets the API bound prompts).
+    max_prompt_tokens: int
+    prompt_tokenizer: str
 
     def caption(
         self,
@@ -79,9 +87,13 @@ def caption_fn_for(captioner: CaptionModel, settings: Settings) -> CaptionFn:
     """The batcher's view of the model: one call per batch of images sharing options."""
 
     def caption(images: Sequence[Image.Image], options: JobOptions) -> list[str]:
-        return captioner.caption(
-            images, prompt=options.prompt, max_new_tokens=options.max_new_tokens, num_beams=settings.num_beams
-        )
+        try:
+            return captioner.caption(
+                images, prompt=options.prompt, max_new_tokens=options.max_new_tokens, num_beams=settings.num_beams
+            )
+        except PromptTooLongError as exc:
+            # The caller's mistake, not ours: a 4xx code on the job instead of internal_error and a stack trace.
+            raise PromptTooLong(str(exc)) from exc
 
     return caption
 
@@ -153,7 +165,9 @@ class CaptionRuntime:
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
-            decode=functools.partial(decode_image, settings=self.settings),
+            decode=functools.partial(
+                decode_image, settings=self.settings, model_input_px=self.captioner.input_size_px
+            ),
             model_name=self.captioner.name,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
@@ -198,7 +212,14 @@ class CaptionRuntime:
             "model_load_s": self.model_load_s,
             "at": utc_now().isoformat(),
         }
-        await WorkerHeartbeats(redis, self.keys).beat(self.worker_id, info, ttl_s=3 * self.settings.worker_heartbeat_s)
+        ttl_s = 3 * self.settings.worker_heartbeat_s
+        await WorkerHeartbeats(redis, self.keys).beat(self.worker_id, info, ttl_s=ttl_s)
+        limits = ModelLimits(
+            model=self.captioner.name,
+            max_prompt_tokens=self.captioner.max_prompt_tokens,
+            prompt_tokenizer=self.captioner.prompt_tokenizer,
+        )
+        await publish_model_limits(redis, self.keys, limits, ttl_s=ttl_s)
 
     async def _beat_forever(self, redis: Redis) -> None:
         while True:

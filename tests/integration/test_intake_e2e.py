@@ -37,6 +37,8 @@ def wait_for_end(api: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
 
 WORKER_REFUSALS = [
     ("/image/bomb.png", "too_many_pixels", None),
+    ("/image/wide.png", "image_aspect_ratio", None),  # 200000x1: once enough to OOM-kill a git-base worker
+    ("/image/tall.png", "image_aspect_ratio", None),
     ("/image/page.html", "not_an_image", None),
     ("/image/truncated.jpg", "image_corrupt", None),
     ("/status/404", "fetch_failed", 404),

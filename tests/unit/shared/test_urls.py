@@ -282,3 +282,46 @@ def test_public_addresses_are_public(address: str) -> None:
 )
 def test_internal_and_unparseable_addresses_are_not_public(address: str) -> None:
     assert not is_public_address(address)
+
+
+# Azure's platform addresses, and every IPv6 form that embeds an IPv4 address: (address, public?).
+# The same rule runs at submit (literal hosts) and at connect (every resolved address), for images and webhooks.
+PLATFORM_AND_EMBEDDED = [
+    ("168.63.129.16", False),  # Azure WireServer: DHCP, DNS, VM agent, load-balancer probes
+    ("168.63.129.17", True),  # its neighbour is an ordinary public address
+    ("169.254.169.254", False),  # Azure IMDS
+    ("169.254.169.253", False),  # cloud DNS resolver (link-local)
+    ("::ffff:168.63.129.16", False),  # IPv4-mapped
+    ("::168.63.129.16", False),  # IPv4-compatible
+    ("::ffff:0:168.63.129.16", False),  # IPv4-translated
+    ("64:ff9b::a83f:8110", False),  # NAT64 around the WireServer
+    ("64:ff9b::a9fe:a9fe", False),  # NAT64 around IMDS
+    ("64:ff9b::808:808", True),  # NAT64 around a public address: how IPv6-only networks reach IPv4 hosts
+    ("64:ff9b:1::a83f:8110", False),  # local-use NAT64: refused whole
+    ("64:ff9b:1::808:808", False),
+    ("2002:a83f:8110::1", False),  # 6to4 around the WireServer
+    ("2002:a9fe:a9fe::1", False),  # 6to4 around IMDS
+    ("2002:808:808::1", True),  # 6to4 around a public address
+    ("2001:0:4136:e378:8000:63bf:57c0:7eef", False),  # Teredo, obfuscated client 168.63.129.16
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", False),  # Teredo, client 8.8.8.8: refused whole
+    ("2001:4860:1::5efe:7f00:1", False),  # ISATAP interface id around 127.0.0.1
+    ("2001:4860:1:0:200:5efe:a9fe:a9fe", False),  # ISATAP with the u bit, around IMDS
+    ("2001:4860:1:0:100:5efe:a83f:8110", False),  # ISATAP with the g bit, around the WireServer
+    ("2001:4860:1::5efe:808:808", True),  # ISATAP around a public address
+]
+
+
+@pytest.mark.parametrize(("address", "public"), PLATFORM_AND_EMBEDDED)
+def test_platform_addresses_and_embedded_ipv4_are_classified_exactly(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+@pytest.mark.parametrize(("address", "public"), PLATFORM_AND_EMBEDDED)
+def test_platform_addresses_and_embedded_ipv4_are_refused_at_submit(address: str, public: bool) -> None:
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{host}/cat.png"
+    if public:
+        assert validate_url(url, allow_private=False, allowed_ports=PORTS) == url
+    else:
+        with pytest.raises(UrlNotAllowed, match="internal address"):
+            validate_url(url, allow_private=False, allowed_ports=PORTS)

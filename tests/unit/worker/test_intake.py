@@ -27,6 +27,8 @@ from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 
 pytestmark = pytest.mark.timeout(60)
 
+#: The side git-base's image processor resizes to; decoding keeps at most twice it on the shorter side.
+MODEL_INPUT_PX = 224
 #: A public address (the old example.com) that ``NatLoop`` forwards to the local server.
 PUBLIC_IP = "93.184.216.34"
 
@@ -99,7 +101,7 @@ def intake(url: str, settings: Settings, dns: FakeDns | None = None) -> Image.Im
 
     with asyncio.Runner(loop_factory=NatLoop) as runner:
         data = runner.run(fetch())
-    return decode_image(data, settings)
+    return decode_image(data, settings, model_input_px=MODEL_INPUT_PX)
 
 
 def error_of(url: str, settings: Settings, dns: FakeDns | None = None) -> CaptionizerError:
@@ -233,15 +235,15 @@ def test_exif_orientation_is_applied(server: HostileServer) -> None:
     assert_close(image.getpixel((20, 70)), BLUE)
 
 
-def test_a_large_jpeg_is_decoded_at_reduced_size_but_never_below_the_floor(server: HostileServer) -> None:
+def test_a_large_jpeg_is_drafted_then_shrunk_to_twice_the_model_input(server: HostileServer) -> None:
     image = intake(server.url("/image/large.jpg"), make_settings(server))
-    assert image.size == (750, 500)  # 3000x2000 drafted at 1/4: the next step, 1/8, would be 250 px high
-    assert_close(image.getpixel((375, 250)), BLUE)
+    assert image.size == (672, 448)  # 3000x2000, drafted at 1/4 (750x500), then resized to 448 px high
+    assert_close(image.getpixel((336, 224)), BLUE)
 
 
-def test_a_large_png_is_reduced_to_no_less_than_the_floor(server: HostileServer) -> None:
+def test_a_large_png_is_shrunk_to_twice_the_model_input(server: HostileServer) -> None:
     image = intake(server.url("/image/large.png"), make_settings(server))
-    assert image.size == (1000, 500)
+    assert image.size == (896, 448)
     assert_close(image.getpixel((10, 10)), GREEN, tolerance=0)
 
 
@@ -269,6 +271,11 @@ def dns() -> FakeDns:
             "mapped.example": [["::ffff:127.0.0.1"]],
             "cgnat.example": [["100.100.100.200"]],  # Alibaba Cloud's metadata address
             "rebind.example": [[PUBLIC_IP], ["127.0.0.1"]],
+            "wireserver.example": [["168.63.129.16"]],  # Azure's platform address, public by IANA
+            "nat64.example": [["64:ff9b::a83f:8110"]],  # NAT64 around the WireServer
+            "sixtofour.example": [["2002:a9fe:a9fe::1"]],  # 6to4 around IMDS
+            "isatap.example": [["2001:4860:1::5efe:7f00:1"]],  # ISATAP around 127.0.0.1
+            "teredo.example": [["2001:0:4136:e378:8000:63bf:57c0:7eef"]],  # Teredo, client 168.63.129.16
         }
     )
 
@@ -307,7 +314,19 @@ def test_a_redirect_inward_is_refused(
 
 @pytest.mark.parametrize(
     "host",
-    ["internal.example", "metadata.example", "mixed.example", "loopback6.example", "mapped.example", "cgnat.example"],
+    [
+        "internal.example",
+        "metadata.example",
+        "mixed.example",
+        "loopback6.example",
+        "mapped.example",
+        "cgnat.example",
+        "wireserver.example",
+        "nat64.example",
+        "sixtofour.example",
+        "isatap.example",
+        "teredo.example",
+    ],
 )
 def test_a_name_resolving_to_an_internal_address_is_refused_at_connect(
     server: HostileServer, ssrf_settings: Settings, dns: FakeDns, host: str
@@ -374,7 +393,7 @@ def test_the_shared_session_serves_the_next_job_after_hostile_ones(server: Hosti
     async def job(session: aiohttp.ClientSession, path: str) -> str:
         try:
             data = await fetch_image_bytes(session, server.url(path), settings)
-            return str(decode_image(data, settings).size)
+            return str(decode_image(data, settings, model_input_px=MODEL_INPUT_PX).size)
         except CaptionizerError as exc:
             return exc.code
 
