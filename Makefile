@@ -64,7 +64,7 @@ train: $(STAMP)
 	$(PY) -m model.train
 
 bench: $(STAMP)
-	$(PY) bench/model_throughput.py
+	$(PY) -m bench.model_throughput
 
 # The whole system (Redis, API, one worker) against the raw model; see bench/README.md.
 bench-e2e: $(STAMP)
