@@ -13,7 +13,12 @@ INFRA_STAMP := $(INFRA_VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test test-unit test-integration test-infra infra-venv check lint typecheck imports bench bench-e2e train clean-venv
+.PHONY: run system-deps test test-unit test-integration test-infra infra-venv check lint typecheck imports bench bench-e2e train clean-venv
+
+# redis-server, Chromium and python3-venv, installed with apt-get when possible; otherwise it stops at
+# once with the command to run. Shared with .ci/run.
+system-deps:
+	scripts/setup-system.sh
 
 # Re-install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -33,16 +38,19 @@ $(INFRA_STAMP): tests/infra/requirements.txt
 
 infra-venv: $(INFRA_STAMP)
 
+# `make run PORT=8080` serves the API on another port.
+PORT ?= 8000
 run: $(STAMP)
-	$(PY) -m scripts.run_stack
+	$(PY) -m scripts.run_stack --port $(PORT)
 
-test: $(STAMP) $(INFRA_STAMP)
+# system-deps first: a missing package stops the run in seconds, before the venvs are built.
+test: system-deps $(STAMP) $(INFRA_STAMP)
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: system-deps $(STAMP)
 	$(PY) -m pytest tests/integration
 
 test-infra: $(STAMP) $(INFRA_STAMP)
@@ -64,7 +72,7 @@ train: $(STAMP)
 	$(PY) -m model.train
 
 bench: $(STAMP)
-	$(PY) bench/model_throughput.py
+	$(PY) -m bench.model_throughput
 
 # The whole system (Redis, API, one worker) against the raw model; see bench/README.md.
 bench-e2e: $(STAMP)

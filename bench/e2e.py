@@ -12,9 +12,8 @@ uvicorn API and one worker, and serves drawn images (640x480 PNGs by default) fr
 and times ``Captioner`` alone on the same images at the worker's batch size, before and after the system runs,
 so load from elsewhere on the machine weighs on both. It prints JSON.
 
-``--model git-base`` is git-base-textcaps' architecture (``GitConfig.from_pretrained('../shared/git-base-textcaps')``)
-with random weights, saved to a temporary folder with that checkpoint's tokenizer and processor files. Its
-generation config has no end token, so every caption is exactly ``--max-new-tokens`` long, end to end and raw.
+``--model git-base`` is git-base's architecture with random weights, its processor and a tokenizer of its vocabulary
+size, built by ``model.standin`` into a temporary folder. Its generation config has no end token, so every caption is exactly ``--max-new-tokens`` long, end to end and raw.
 ``--model embedded`` (or a checkpoint folder) uses that model as it is.
 """
 
@@ -42,10 +41,10 @@ import aiohttp
 from aiohttp import web
 
 from model import shapes
+from model.standin import build_standin
 from scripts.processes import free_port
 from scripts.stack import LocalStack
 
-GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"
 DISTINCT_IMAGES = 16
 JOB_WAIT_S = 60
 
@@ -64,22 +63,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", default="640x480", help="WIDTHxHEIGHT of the drawn images")
     parser.add_argument("--keep-logs", action="store_true", help="print where the stack's logs are and keep them")
     return parser.parse_args(argv)
-
-
-def build_git_base(folder: Path) -> Path:
-    """git-base-textcaps' architecture with random weights and its own tokenizer files; no end token."""
-    import torch
-    from transformers import GitConfig, GitForCausalLM
-
-    torch.manual_seed(0)
-    model = GitForCausalLM(GitConfig.from_pretrained(GIT_BASE_FILES))
-    # No end token: generate always runs to max_new_tokens, so work per caption is fixed.
-    model.generation_config.eos_token_id = None
-    model.save_pretrained(folder)
-    for path in GIT_BASE_FILES.iterdir():
-        if path.name not in ("config.json", "generation_config.json"):
-            shutil.copy(path, folder / path.name)
-    return folder
 
 
 def draw_images(size: str) -> list[bytes]:
@@ -230,10 +213,10 @@ def summarize(
 def measure_raw(model_path: str, images: list[bytes], args: argparse.Namespace, batches: int) -> dict[str, Any]:
     """Images per second of ``Captioner`` alone, batched like the worker, on the same images, decoded as it does."""
     from model.captioner import EMBEDDED_MODEL_DIR, Captioner
-    from shared.settings import Settings
+    from shared.settings import EMBEDDED_MODEL, Settings
     from worker.intake import decode_image
 
-    captioner = Captioner.load(EMBEDDED_MODEL_DIR if model_path == "embedded" else model_path)
+    captioner = Captioner.load(EMBEDDED_MODEL_DIR if model_path == EMBEDDED_MODEL else model_path)
     decoded = [decode_image(data, Settings(), model_input_px=captioner.input_size_px) for data in images]
     batch = [decoded[i % len(decoded)] for i in range(args.batch_size)]
     tokens = args.max_new_tokens
@@ -303,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = draw_images(args.image_size)
     raw_batches = args.raw_batches or max(2, args.jobs // args.batch_size // 2)
     with tempfile.TemporaryDirectory(prefix="captionizer-e2e-") as folder:
-        model_path = str(build_git_base(Path(folder) / "git-base")) if args.model == "git-base" else args.model
+        model_path = str(build_standin(Path(folder) / "git-base")) if args.model == "git-base" else args.model
         log_dir = Path(tempfile.mkdtemp(prefix="captionizer-e2e-logs-"))
         # The raw model is timed before and after the system, so load from other work on the machine
         # that changes during the run weighs on both sides alike.

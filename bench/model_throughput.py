@@ -2,7 +2,8 @@
 
 ``python -m bench.model_throughput [--batch-sizes 1,2,4,8,16,32] [--repeats 3]`` prints JSON. The model
 has ``GitConfig()``'s defaults (git-base: ViT-B/16 at 224 px, 6-layer decoder) with random weights, built in
-memory; the tokenizer and image processor are git-base-textcaps' from ../shared, so preprocessing is real.
+memory; the image processor is git-base's and the tokenizer has its vocabulary size (``model.standin``), so
+preprocessing is real.
 Every caption is exactly ``--new-tokens`` long (min = max), so batch sizes do equal work per image.
 
 The baseline is measured in the same run: batch size 1 with the model kept in memory, and the original
@@ -22,16 +23,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, GitConfig, GitForCausalLM
+from transformers import GitForCausalLM
 
 from model import Captioner, shapes
 from model.captioner import resolve_device, resolve_dtype
+from model.standin import build_config, build_processor
 
-SHARED_TEXTCAPS_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "git-base-textcaps"
 # Photo-like input size, so the processor's resize costs what it costs in production.
 _IMAGE_SIZE = (640, 480)
 _PER_REQUEST = "load_per_request"
@@ -61,9 +61,8 @@ def _drawings(count: int) -> list[Image.Image]:
 def _build_captioner(device_name: str) -> Captioner:
     torch.manual_seed(0)
     device = resolve_device(device_name)
-    model = GitForCausalLM(GitConfig()).to(device, resolve_dtype("auto", device))  # type: ignore[arg-type]
-    processor = AutoProcessor.from_pretrained(SHARED_TEXTCAPS_DIR, local_files_only=True)  # type: ignore[no-untyped-call]
-    captioner = Captioner(model, processor, name="git-base (random weights)")
+    model = GitForCausalLM(build_config()).to(device, resolve_dtype("auto", device))  # type: ignore[arg-type]
+    captioner = Captioner(model, build_processor(), name="git-base (random weights)")
     captioner.model.train(False)
     captioner.warmup()
     return captioner

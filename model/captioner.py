@@ -18,10 +18,9 @@ from model.images import to_rgb
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the tiny checkpoint committed with the code (trained by ``python -m model.train``).
+#: Folder of the tiny checkpoint committed with the code (trained by ``python -m model.train``). Like any
+#: folder, users see it by its name; the service's setting for it is ``shared.settings.EMBEDDED_MODEL``.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
-#: The name users see for the embedded checkpoint.
-EMBEDDED_MODEL_NAME = "embedded"
 
 _DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # "owner/name" or "name" as the Hub spells repository ids; anything else can only be a folder.
@@ -207,11 +206,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def _resolve_source(path_or_hub_id: str | Path | None) -> tuple[str, str]:
     """Return what to pass to ``from_pretrained`` and the name users see."""
-    if path_or_hub_id is None:
-        return str(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_NAME
-    path = Path(path_or_hub_id).expanduser()
+    path = EMBEDDED_MODEL_DIR if path_or_hub_id is None else Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        return str(path), EMBEDDED_MODEL_NAME if path.resolve() == EMBEDDED_MODEL_DIR else path.resolve().name
+        return str(path), path.resolve().name
     if isinstance(path_or_hub_id, str) and _HUB_ID.match(path_or_hub_id) and not path.exists():
         return path_or_hub_id, path_or_hub_id
     raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder")

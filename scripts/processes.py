@@ -1,5 +1,6 @@
 """Child processes that clean up after themselves: each runs in its own process group, is waited on
-with a deadline, and is killed as a group, so no worker child or reloader outlives its owner.
+with a deadline, and is killed as a group, so no worker child or reloader outlives its owner. On Linux
+each also gets the parent-death signal, so it dies even when its owner is SIGKILLed and never stops it.
 
 Used by ``make run`` (:mod:`scripts.run_stack`), the integration fixtures and the benchmarks.
 """
@@ -7,10 +8,13 @@ Used by ``make run`` (:mod:`scripts.run_stack`), the integration fixtures and th
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +22,29 @@ from types import TracebackType
 
 #: How often readiness is re-checked while waiting on it.
 POLL_INTERVAL_S = 0.05
+# prctl(2) option: the signal the calling process gets when its parent dies (Linux only).
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved once in the parent, so a forked child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent dies; False where that is not available."""
+    return _PRCTL is not None and _PRCTL(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec. SIGKILL: an owner killed outright can stop nothing itself.
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -48,12 +75,18 @@ class ManagedProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
-        """Start the command (its own session, so its whole tree can be signalled at once)."""
+        """Start the command (its own session, so its whole tree can be signalled at once).
+
+        Started from the main thread, it also dies with this process: Linux sends the parent-death
+        signal when the *thread* that forked it ends, so children of short-lived threads go without it.
+        """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        on_main_thread = threading.current_thread() is threading.main_thread()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=self.cwd, start_new_session=True,
+                preexec_fn=_die_with_parent if on_main_thread else None,
             )  # fmt: skip
         return self
 

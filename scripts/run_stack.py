@@ -1,23 +1,32 @@
-"""``make run``: Redis (the one at CAPTIONIZER_REDIS_URL, or a local redis-server), a caption worker,
-a webhook worker and the API on http://127.0.0.1:8000, for local use: anonymous access and private-network
-image URLs allowed.
-Ctrl-C stops everything it started.
+"""``make run [PORT=8000]``: Redis, a caption worker, a webhook worker and the API on http://127.0.0.1:PORT,
+for local use: anonymous access and private-network image URLs allowed.
+
+Redis is a redis-server of its own on a free port, unless CAPTIONIZER_REDIS_URL names one: a Redis
+that answers on 6379 may hold someone else's data, and Celery's queues would mix with theirs.
+Whatever ends it (Ctrl-C, SIGTERM, SIGHUP when its terminal closes, or a SIGKILL of it or of
+``make``), everything it started stops too.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
-import threading
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
+from scripts.processes import set_parent_death_signal
 from scripts.stack import LocalStack
 
-API_PORT = 8000
+DEFAULT_API_PORT = 8000
+#: Signals that stop the stack gracefully: Ctrl-C, `kill`, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Local use only: no API keys, and images on this machine or LAN may be fetched, also from the
 # ports local development servers usually take (production allows 80 and 443 only).
 LOCAL_ENV = {
@@ -27,31 +36,77 @@ LOCAL_ENV = {
 }
 
 
-def main() -> int:
-    """Start the stack, print where to look, wait for Ctrl-C (or SIGTERM), stop it."""
-    redis_url = os.environ.get("CAPTIONIZER_REDIS_URL", "redis://127.0.0.1:6379/0")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the stack, print where to look, wait for a stop signal, stop it."""
+    args = _parse_args(argv)
+    # The stop signals interrupt whatever runs, start-up included; SIGINT is set explicitly because
+    # a shell that starts `make run` in the background hands it down ignored.
+    interrupter = _Interrupter()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupter)
+    _stop_with_parent()
+    redis_url = os.environ.get("CAPTIONIZER_REDIS_URL")
     log_dir = Path(tempfile.mkdtemp(prefix="captionizer-"))
     env = {**LOCAL_ENV, **{k: v for k, v in os.environ.items() if k.startswith("CAPTIONIZER_")}}
-    stack = LocalStack(log_dir, env=env, api_port=API_PORT, redis_url=redis_url, access_log=True)
-    stopping = threading.Event()
-    # Ctrl-C and SIGTERM both stop the stack; SIGINT is set explicitly because a shell that starts
-    # `make run` in the background hands it down ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
-    print(f"Starting Captionizer (Redis at {redis_url}; logs in {log_dir}) ...", flush=True)
+    stack = LocalStack(log_dir, env=env, api_port=args.port, redis_url=redis_url, access_log=True)
+    print(f"Starting Captionizer (logs in {log_dir}) ...", flush=True)
     try:
         stack.start()
         _print_welcome(stack, log_dir)
-        stopping.wait()
+        _print_redis(stack, own=redis_url is None)
+        while True:
+            signal.pause()
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError) as exc:
         print(f"\nCould not start: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("\nStopping ...", flush=True)
+        # A second Ctrl-C must not cut the stop short; a SIGKILL still can, and the children follow.
+        interrupter.interrupted = True
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            print("\nStopping ...", flush=True)
         stack.stop()
     return 0
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=DEFAULT_API_PORT, help="the API's port on 127.0.0.1")
+    return parser.parse_args(argv)
+
+
+class _Interrupter:
+    """The stop signals' handler: the first one interrupts the main thread, later ones are ignored.
+
+    Closing a terminal sends SIGHUP to the group and, as ``make`` dies of it, SIGTERM (the parent-death
+    signal) right after: the second must not interrupt the stop the first began.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_with_parent() -> None:
+    """Stop (gracefully, SIGTERM) when ``make`` or the shell that started this process dies, even by SIGKILL."""
+    parent = os.getppid()
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        raise SystemExit("make run: its parent process is gone")
+
+
+def _print_redis(stack: LocalStack, *, own: bool) -> None:
+    whose = "its own redis-server, gone when it stops" if own else "from CAPTIONIZER_REDIS_URL"
+    print(
+        f"""  Redis:         {stack.redis_url} ({whose})
+  Workers:       CAPTIONIZER_REDIS_URL={stack.redis_url} .venv/bin/celery -A worker inspect active""",
+        flush=True,
+    )
 
 
 def _print_welcome(stack: LocalStack, log_dir: Path) -> None:

@@ -120,7 +120,7 @@ class LocalStack:
             "nice", "-n", str(WORKER_NICENESS),
             sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", self.keys.caption_queue(),
             "--loglevel", "INFO",
-            "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", f"{name}-{os.getpid()}@%h",
         ]  # fmt: skip
         worker = self._start(name, argv)
         heartbeat = self.keys.worker_heartbeat(f"{socket.gethostname()}:{worker.pid}")
@@ -137,7 +137,7 @@ class LocalStack:
         argv = [
             sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", self.keys.webhook_queue(),
             "--pool", "threads", "--concurrency", "4", "--loglevel", "INFO",
-            "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", f"{name}-{os.getpid()}@%h",
         ]  # fmt: skip
         # Readiness is read from its log, so its log level must let that line through.
         worker = self._start(name, argv, env={"CAPTIONIZER_LOG_LEVEL": "INFO"})

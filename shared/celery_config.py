@@ -60,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": _broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Task events (sent, received, started, succeeded...) and the workers' heartbeats are what
+        # Flower and `celery events` show; without them Flower lists no tasks (docs/reliability.md).
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }

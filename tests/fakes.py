@@ -9,7 +9,6 @@ load a model through the real loading path before the embedded one exists.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,9 +18,6 @@ from PIL import Image
 
 from shared.errors import QueueUnavailable
 from shared.webhooks import RetrySchedule, WebhookDelivery
-
-#: The tokenizer, processor and config files of git-base-textcaps, beside the repository.
-GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"
 
 
 def fake_caption(image: Image.Image, prompt: str | None = None) -> str:
@@ -97,16 +93,13 @@ def build_tiny_git(folder: Path) -> Path:
     import torch
     from transformers import GitConfig, GitForCausalLM
 
+    from model.standin import build_standin
+
     torch.manual_seed(0)
-    config = GitConfig.from_pretrained(GIT_BASE_FILES)
-    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
-    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-    config.vision_config.update(vision)
-    folder.mkdir(parents=True, exist_ok=True)
+    build_standin(folder, with_weights=False)
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config = GitConfig.from_dict({**small, "vision_config": small})
     GitForCausalLM(config).save_pretrained(folder)
-    for path in GIT_BASE_FILES.iterdir():
-        if path.name != "config.json":
-            shutil.copy(path, folder / path.name)
     return folder
 
 

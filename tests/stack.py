@@ -22,6 +22,7 @@ from api.auth import hash_key
 from model.captioner import EMBEDDED_MODEL_DIR
 from scripts.processes import free_port
 from scripts.stack import LocalStack
+from shared.settings import EMBEDDED_MODEL
 from tests.integration.chaos import Chaos
 from tests.integration.webhook_receiver import NEW_SECRET, OLD_SECRET, WebhookReceiver, running_receiver
 from tests.servers import HostileServer
@@ -55,7 +56,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The embedded model, or a tiny random GIT built for this session."""
     if HAS_EMBEDDED_MODEL:
-        return "embedded"
+        return EMBEDDED_MODEL
     from tests.fakes import build_tiny_git
 
     return str(build_tiny_git(tmp_path_factory.mktemp("tiny-git")))

@@ -1,10 +1,12 @@
-"""docker-compose.yml, checked by the Docker Compose v2 binary and against the settings and queues."""
+"""docker-compose.yml alone (the local stack, no configuration) and with docker-compose.prod.yml (production),
+checked by the Docker Compose v2 binary and against the settings and queues."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +16,12 @@ from shared.keys import CAPTION_QUEUE, WEBHOOK_QUEUE, Keys
 from shared.settings import Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+PROD_FILE = REPO_ROOT / "docker-compose.prod.yml"
+#: The files of each way to run it.
+LOCAL = (COMPOSE_FILE,)
+PROD = (COMPOSE_FILE, PROD_FILE)
 
-#: The secrets compose requires (${VAR:?...}), with values the settings accept.
+#: The secrets the production override requires (${VAR:?...}), with values the settings accept.
 REQUIRED_SECRETS = {
     "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
     "CAPTIONIZER_API_KEY_HASHES": hashlib.sha256(b"cap_test").hexdigest(),
@@ -26,35 +32,73 @@ REQUIRED_SECRETS = {
 OUR_SERVICES = ("api", "caption-worker", "caption-worker-gpu", "webhook-worker")
 
 
-def _compose(tools: InfraTools, *args: str, env: dict[str, str] | None = None) -> Any:
+def _compose(tools: InfraTools, *args: str, files: tuple[Path, ...] = PROD, env: dict[str, str] | None = None) -> Any:
     # --project-directory pins relative paths; no .env is read from a developer's checkout.
+    file_args = [arg for path in files for arg in ("--file", str(path))]
     return run_tool(
-        [tools.compose, "--file", COMPOSE_FILE, "--project-directory", REPO_ROOT, "--env-file", "/dev/null", *args],
+        [tools.compose, *file_args, "--project-directory", REPO_ROOT, "--env-file", "/dev/null", *args],
         env=env if env is not None else REQUIRED_SECRETS,
     )
 
 
-@pytest.fixture(scope="module")
-def services(infra_tools: InfraTools) -> dict[str, Any]:
-    """Every service, all profiles on, as compose resolves them (interpolated, anchors merged)."""
-    done = _compose(infra_tools, "--profile", "*", "config", "--format", "json")
+def _resolve(tools: InfraTools, files: tuple[Path, ...], env: dict[str, str]) -> dict[str, Any]:
+    """Every service, all profiles on, as compose resolves them (interpolated, anchors and files merged)."""
+    done = _compose(tools, "--profile", "*", "config", "--format", "json", files=files, env=env)
     assert done.returncode == 0, done.stderr
     resolved: dict[str, Any] = json.loads(done.stdout)["services"]
     return resolved
 
 
+@pytest.fixture(scope="module")
+def services(infra_tools: InfraTools) -> dict[str, Any]:
+    """The production services: both files, with the required secrets."""
+    return _resolve(infra_tools, PROD, REQUIRED_SECRETS)
+
+
+@pytest.fixture(scope="module")
+def local_services(infra_tools: InfraTools) -> dict[str, Any]:
+    """`docker compose up` with nothing set: docker-compose.yml alone and an empty environment."""
+    return _resolve(infra_tools, LOCAL, {})
+
+
+@pytest.mark.parametrize("files", [LOCAL, PROD], ids=["local", "prod"])
 @pytest.mark.parametrize("profiles", [[], ["--profile", "gpu"], ["--profile", "monitoring"]])
-def test_compose_file_is_valid(infra_tools: InfraTools, profiles: list[str]) -> None:
-    done = _compose(infra_tools, *profiles, "config", "--quiet")
+def test_compose_files_are_valid(infra_tools: InfraTools, profiles: list[str], files: tuple[Path, ...]) -> None:
+    env = {} if files == LOCAL else REQUIRED_SECRETS
+    done = _compose(infra_tools, *profiles, "config", "--quiet", files=files, env=env)
     assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("missing", sorted(REQUIRED_SECRETS))
-def test_a_missing_secret_stops_compose(infra_tools: InfraTools, missing: str) -> None:
+def test_a_missing_secret_stops_the_production_stack(infra_tools: InfraTools, missing: str) -> None:
     env = {name: value for name, value in REQUIRED_SECRETS.items() if name != missing}
     done = _compose(infra_tools, "config", "--quiet", env=env)
     assert done.returncode != 0
     assert missing in done.stderr
+
+
+@pytest.mark.parametrize("service", OUR_SERVICES)
+def test_the_local_stack_is_anonymous_and_needs_no_secret(local_services: dict[str, Any], service: str) -> None:
+    settings = _settings(local_services[service]["environment"])
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.api_key_hashes == [] and settings.webhook_secrets == []
+    # Only the API reads it, and it is what makes a stack without keys usable.
+    assert settings.allow_anonymous is (service == "api")
+
+
+def test_the_local_stack_publishes_the_api_on_loopback_and_redis_nowhere(local_services: dict[str, Any]) -> None:
+    assert "ports" not in local_services["redis"]
+    assert "--requirepass" not in local_services["redis"]["command"]
+    assert [(port["host_ip"], port["published"]) for port in local_services["api"]["ports"]] == [("127.0.0.1", "8000")]
+
+
+def test_production_publishes_the_api_and_guards_redis_with_the_password(services: dict[str, Any]) -> None:
+    assert [port.get("host_ip") for port in services["api"]["ports"]] == [None]  # every interface, once
+    assert "ports" not in services["redis"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == REQUIRED_SECRETS["REDIS_PASSWORD"]
+    password = REQUIRED_SECRETS["REDIS_PASSWORD"]
+    assert services["flower"]["environment"]["CELERY_BROKER_URL"] == f"redis://:{password}@redis:6379/0"
 
 
 def test_default_set_is_redis_api_cpu_worker_and_webhook_worker(services: dict[str, Any]) -> None:
@@ -123,7 +167,7 @@ def test_service_environment_names_real_settings_and_validates(services: dict[st
     unknown = sorted(name for name in environment if name.startswith("CAPTIONIZER_") and name not in SETTING_VARIABLES)
     assert not unknown, f"{service} sets variables no setting reads: {unknown}"
     settings = _settings(environment)
-    assert not settings.allow_anonymous, "images require API keys"
+    assert not settings.allow_anonymous, "production requires API keys"
     assert settings.redis_url.startswith("redis://") and "@redis:6379" in settings.redis_url
 
 

@@ -17,7 +17,7 @@ SERVER_VARIABLES = frozenset({"FORWARDED_ALLOW_IPS"})
 
 
 def _ops_files() -> list[Path]:
-    names = ("Dockerfile.api", "Dockerfile.worker", "docker-compose.yml", ".dockerignore")
+    names = ("Dockerfile.api", "Dockerfile.worker", "docker-compose.yml", "docker-compose.prod.yml", ".dockerignore")
     files = [REPO_ROOT / name for name in names]
     files += [path for path in sorted(INFRA_DIR.rglob("*")) if path.is_file()]
     files += [REPO_ROOT / "docs" / "deploy.md"]

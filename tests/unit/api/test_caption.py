@@ -32,7 +32,7 @@ def caption_with(api_harness: ApiHarness, url: str, worker: Worker) -> httpx.Res
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 request = asyncio.create_task(http.get("/caption", params={"url": url}))
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 30
                 while not api_harness.queue.queued and not request.done():
                     assert time.monotonic() < deadline, "the job was never queued"
                     await asyncio.sleep(0.001)

@@ -1,4 +1,4 @@
-"""Fixtures for the model layer's tests: the embedded captioner and the shared git-base-textcaps files."""
+"""Fixtures for the model layer's tests: the embedded captioner and the files of a git-base stand-in."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from pathlib import Path
 import pytest
 
 from model import Captioner
-
-#: Configuration, tokenizer and processor files of microsoft/git-base-textcaps, without weights
-#: (../shared beside the repository root, on developer machines and in CI).
-SHARED_TEXTCAPS_DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "git-base-textcaps"
+from model.standin import build_standin
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +17,6 @@ def embedded_captioner() -> Captioner:
 
 
 @pytest.fixture(scope="session")
-def textcaps_files() -> Path:
-    """The folder of git-base-textcaps' configuration files."""
-    assert (SHARED_TEXTCAPS_DIR / "config.json").is_file(), f"missing {SHARED_TEXTCAPS_DIR}; clone beside ../shared"
-    return SHARED_TEXTCAPS_DIR.resolve()
+def standin_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """git-base's configuration, processor and tokenizer files as the Hub lays them out, built once (no weights)."""
+    return build_standin(tmp_path_factory.mktemp("git-base-standin"), with_weights=False)

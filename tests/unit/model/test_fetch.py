@@ -17,7 +17,6 @@ from model.fetch import CheckpointLayoutError, check_checkpoint_folder
 
 
 def _copy_files(source: Path, target: Path) -> None:
-    # copyfile, not copytree's copy2: ../shared is read-only and copies must stay writable.
     target.mkdir(parents=True, exist_ok=True)
     for path in source.iterdir():
         shutil.copyfile(path, target / path.name)
@@ -28,22 +27,22 @@ def _write_tiny_weights(folder: Path) -> None:
 
 
 @pytest.fixture
-def checkpoint(textcaps_files: Path, tmp_path: Path) -> Path:
-    """A folder with git-base-textcaps' files and a (tiny, fake) weights file."""
+def checkpoint(standin_files: Path, tmp_path: Path) -> Path:
+    """A folder with git-base's configuration and tokenizer files and a (tiny, fake) weights file."""
     folder = tmp_path / "git-base-textcaps"
-    _copy_files(textcaps_files, folder)
+    _copy_files(standin_files, folder)
     _write_tiny_weights(folder)
     return folder
 
 
 @pytest.fixture
-def fake_hub(textcaps_files: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Replace the Hub download with a copy of the shared files; returns the calls it received."""
+def fake_hub(standin_files: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replace the Hub download with a copy of the stand-in's files; returns the calls it received."""
     calls: list[dict[str, Any]] = []
 
     def snapshot_download(repo_id: str, **kwargs: Any) -> str:
         calls.append({"repo_id": repo_id, **kwargs})
-        _copy_files(textcaps_files, Path(kwargs["local_dir"]))
+        _copy_files(standin_files, Path(kwargs["local_dir"]))
         _write_tiny_weights(Path(kwargs["local_dir"]))
         return str(kwargs["local_dir"])
 
@@ -85,7 +84,7 @@ def test_checkpoint_saved_by_transformers_5_passes_the_layout_check(tmp_path: Pa
 
 def test_missing_tokenizer_fails_the_layout_check(checkpoint: Path) -> None:
     (checkpoint / "tokenizer.json").unlink()
-    (checkpoint / "vocab.txt").unlink()
+    (checkpoint / "vocab.txt").unlink(missing_ok=True)
     with pytest.raises(CheckpointLayoutError, match="no tokenizer"):
         check_checkpoint_folder(checkpoint)
 

@@ -145,7 +145,7 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
             ordinary = asyncio.create_task(runner.run("job_ordinary"))
             await asyncio.to_thread(model.started.wait, 5)
             survivor = asyncio.create_task(runner.run("job_survivor"))
-            await asyncio.sleep(0.05)
+            await settle()
             assert (await store.get("job_survivor")).attempts == 1  # type: ignore[union-attr]
             model.release()
             assert await ordinary is JobStatus.SUCCEEDED

@@ -1,0 +1,116 @@
+"""Monitoring sees the real workers: `celery inspect` answers, and task events (what Flower shows) are sent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+
+from scripts.stack import REPO_ROOT, LocalStack
+from tests.servers import HostileServer
+
+#: Deadline of every wait here: far beyond what the stack needs, even on a loaded machine.
+DEADLINE_S = 60
+
+
+def inspect(stack: LocalStack, command: str) -> dict[str, Any]:
+    """`celery -A worker inspect COMMAND --json` against the stack's broker, as a user would run it."""
+    env = {**os.environ, "CAPTIONIZER_REDIS_URL": stack.redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "inspect", command, "--json", "--timeout", "10"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    replies: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return replies
+
+
+def wait_until(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not seen within {DEADLINE_S} s"
+        time.sleep(0.2)
+
+
+def test_celery_inspect_ping_sees_the_caption_and_the_webhook_worker(stack: LocalStack) -> None:
+    replies = inspect(stack, "ping")
+    assert stack.worker is not None and stack.webhook_worker is not None
+    names = set(replies)
+    assert any(name.startswith(f"worker-{os.getpid()}@") for name in names), names
+    assert any(name.startswith(f"webhooks-{os.getpid()}@") for name in names), names
+    assert all(reply == {"ok": "pong"} for reply in replies.values())
+
+
+def test_celery_inspect_active_shows_the_job_being_captioned(
+    stack: LocalStack, api: httpx.Client, image_server: HostileServer
+) -> None:
+    # The image server holds the image 30 s, so the task is in hand while we look.
+    job_id = api.post("/v1/jobs", json={"image_url": image_server.url("/delayed/30")}).json()["id"]
+    found: list[dict[str, Any]] = []
+
+    def active_has_the_job() -> bool:
+        tasks = [task for worker in inspect(stack, "active").values() for task in worker]
+        found[:] = [task for task in tasks if job_id in json.dumps(task.get("args"))]
+        return bool(found)
+
+    try:
+        wait_until(active_has_the_job, f"job {job_id} in `inspect active`")
+        assert found[0]["name"] == "captionizer.caption" and found[0]["acknowledged"] is False  # acks_late
+    finally:
+        api.post(f"/v1/jobs/{job_id}/cancel")
+
+
+@pytest.fixture
+def task_events(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
+    """Every event the stack's processes send while the test runs, received as Flower receives them."""
+    app = Celery(broker=stack.redis_url)
+    events: list[dict[str, Any]] = []
+    stop, listening = threading.Event(), threading.Event()
+
+    def capture() -> None:
+        with app.connection() as connection:
+            receiver = app.events.Receiver(connection, handlers={"*": events.append})
+            with receiver.consumer(wakeup=False):
+                listening.set()
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=0.5)
+
+    thread = threading.Thread(target=capture, name="event-capture", daemon=True)
+    thread.start()
+    try:
+        assert listening.wait(DEADLINE_S), "the event receiver never started"
+        yield events
+    finally:
+        stop.set()
+        thread.join(DEADLINE_S)
+        app.close()
+
+
+def test_task_events_and_heartbeats_reach_a_monitor(
+    task_events: list[dict[str, Any]], api: httpx.Client, image_server: HostileServer
+) -> None:
+    job_id = api.post("/v1/jobs", json={"image_url": image_server.url("/image/shape.png")}).json()["id"]
+    assert api.get(f"/v1/jobs/{job_id}", params={"wait": DEADLINE_S}).json()["status"] == "succeeded"
+
+    def kinds_for_the_job() -> set[str]:
+        events = list(task_events)
+        uuids = {event["uuid"] for event in events if job_id in str(event.get("args", ""))}
+        return {event["type"] for event in events if event.get("uuid") in uuids}
+
+    # Sent by the API, then received, started and succeeded in the worker: Flower's task list.
+    wait_until(
+        lambda: {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds_for_the_job(), "task events"
+    )
+    # Heartbeats are how Flower knows a worker is online.
+    wait_until(lambda: any(event["type"] == "worker-heartbeat" for event in list(task_events)), "a worker heartbeat")
