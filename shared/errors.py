@@ -72,9 +72,6 @@ class ServiceFault(CaptionizerError):
     """Something failed on our side; the details are in the logs."""
 
 
-# --- client input (4xx) ---------------------------------------------------------------------
-
-
 class InvalidRequest(InputError):
     """The request body or parameters fail validation."""
 
@@ -203,9 +200,6 @@ class CrossSiteRequest(InputError):
     title = "Cross-site request refused"
 
 
-# --- upstream fetch (502/504) ------------------------------------------------------------------
-
-
 class FetchFailed(FetchError):
     """The image could not be downloaded (network error or non-2xx status)."""
 
@@ -220,9 +214,6 @@ class FetchTimeout(FetchError):
     code = "fetch_timeout"
     status = 504
     title = "Image fetch timed out"
-
-
-# --- capacity (429/503/504): retry later ---------------------------------------------------
 
 
 class QueueUnavailable(CapacityError):
@@ -278,9 +269,6 @@ class WaitTimedOut(CapacityError):
     default_retry_after_s = None
 
 
-# --- conflict with the job's state (409) ---------------------------------------------------
-
-
 class JobNotCancelable(ConflictError):
     """The job has already finished, so it cannot be canceled."""
 
@@ -295,9 +283,6 @@ class JobEnded(ConflictError):
     code = "job_error"
     status = 409
     title = "Job error"
-
-
-# --- our own failures (500/504) -------------------------------------------------------------
 
 
 class InternalError(ServiceFault):

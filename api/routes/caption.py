@@ -30,7 +30,13 @@ router = APIRouter(tags=["caption"], responses=problem_responses(*CALLER_ERRORS,
     responses={
         200: {"content": {"application/json": {"example": "a large red circle on a white background"}}},
         **problem_responses(
-            errors.UrlNotAllowed, errors.FetchFailed, errors.NotAnImage, errors.WaitTimedOut, errors.QueueUnavailable
+            errors.UrlNotAllowed,
+            errors.FetchFailed,
+            errors.NotAnImage,
+            errors.WaitTimedOut,
+            errors.QueueUnavailable,
+            errors.QueueFull,
+            errors.OwnerQuotaExceeded,
         ),
     },
 )

@@ -96,6 +96,7 @@ _SUBMIT_BODY = {
         errors.IdempotencyConflict,
         errors.QueueUnavailable,
         errors.QueueFull,
+        errors.OwnerQuotaExceeded,
     ),
 )
 async def create_job(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -50,3 +52,28 @@ def test_openapi_documents_both_bodies_examples_and_problems(client: TestClient)
     assert "application/problem+json" in post["responses"]["400"]["content"]
     assert "/caption" in schema["paths"] and "/v1/jobs/{job_id}" in schema["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_importing_the_entry_point_builds_nothing_until_uvicorn_calls_the_factory(tmp_path: Path) -> None:
+    # A broken setting fails only when the factory runs: importing api.main reads no setting at all.
+    code = (
+        "import api.main\n"
+        "try:\n"
+        "    api.main.create_app_from_env()\n"
+        "except FileNotFoundError:\n"
+        "    print('factory read the settings')\n"
+    )
+    env = {**os.environ, "CAPTIONIZER_API_KEY_HASHES_FILE": str(tmp_path / "missing")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "factory read the settings"
+
+
+def test_only_api_deps_reads_the_apps_state() -> None:
+    readers = [
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "api").rglob("*.py")
+        if "app.state." in path.read_text(encoding="utf-8")
+    ]
+    # api/app.py writes the one Services object; api/deps.py is its one reader.
+    assert sorted(readers) == ["api/app.py", "api/deps.py"]
