@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.job_events import JobEvents
+from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
-from api.routes import caption, health, jobs
+from api.routes import caption, health, jobs, limits
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.submission import JobSubmitter
@@ -53,7 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
             await events_redis.aclose()
             await redis.aclose()
 
-    app = FastAPI(title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Captionizer",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     app.state.settings = settings
     app.state.redis = redis
     app.state.store = store
@@ -63,7 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     install_security(app, settings, redis)
     app.include_router(jobs.router)
+    app.include_router(limits.router)
     app.include_router(caption.router)
     app.include_router(health.router)
     register_pages(app)
+    install_openapi(app, max_wait_s=settings.max_wait_s)
     return app

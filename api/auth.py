@@ -22,7 +22,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.ratelimit import get_rate_limiter
+from api.ratelimit import get_rate_limiter, get_read_rate_limiter
 from shared.errors import CaptionizerError, QueueUnavailable, RateLimited, Unauthorized
 from shared.settings import Settings
 
@@ -171,7 +171,21 @@ async def require_caller(
         Unauthorized: 401 ``unauthorized``.
         RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
     """
-    await get_rate_limiter(request).check(caller.owner)
+    await get_rate_limiter(request).check(caller.owner, request.scope.setdefault("state", {}))
+    return caller
+
+
+async def require_reader(
+    request: Request,
+    caller: Annotated[Caller, Depends(authenticate)],
+) -> Caller:
+    """FastAPI dependency for reading one's own jobs: authenticated, within the read budget (not the submit one).
+
+    Raises:
+        Unauthorized: 401 ``unauthorized``.
+        RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
+    """
+    await get_read_rate_limiter(request).check(caller.owner, request.scope.setdefault("state", {}))
     return caller
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from api.auth import Caller, authenticate, require_caller
+from api.auth import Caller, authenticate, require_caller, require_reader
 from api.job_events import JobEvents
 from api.submission import JobSubmitter
 from shared.errors import JobNotFound
@@ -49,6 +49,8 @@ Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
 #: The authenticated, rate-limited caller; its ``owner`` scopes every job it sees.
 CurrentCaller = Annotated[Caller, Depends(require_caller)]
+#: The authenticated caller, within its read budget: for reading and long-polling its own jobs.
+Reader = Annotated[Caller, Depends(require_reader)]
 #: A caller with a valid key but no rate limit: for /metrics, which a scraper polls on its own schedule.
 KeyHolder = Annotated[Caller, Depends(authenticate)]
 
@@ -67,7 +69,7 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-async def get_owned_job(job_id: str, caller: CurrentCaller, store: Store) -> Job:
+async def get_owned_job(job_id: str, caller: Reader, store: Store) -> Job:
     """The path's job if the caller owns it, else 404 ``job_not_found`` (OWASP API1:2023, BOLA).
 
     Every ``/v1/jobs/{job_id}`` route takes its job through this one dependency, so none can

@@ -89,6 +89,8 @@ def _leaf_classes_by_code() -> dict[str, type[CaptionizerError]]:
 
 
 _CLASSES_BY_CODE = _leaf_classes_by_code()
+#: Every ``code`` a problem body may carry: shared/errors.py's codes, then the routing ones.
+PROBLEM_CODES: tuple[str, ...] = (*sorted(_CLASSES_BY_CODE), *sorted({*_HTTP_CODES.values(), "http_error"}))
 
 
 async def _on_captionizer_error(request: Request, exc: Exception) -> JSONResponse:
@@ -132,7 +134,11 @@ class Problem(BaseModel):
     title: str = Field(examples=["Job not found"])
     status: int = Field(examples=[404])
     detail: str = Field(examples=["no job job_Vq3kZ0m1cS8m2b7rX4yN2A"])
-    code: str = Field(description="Stable machine-readable error code.", examples=["job_not_found"])
+    code: str = Field(
+        description="Stable machine-readable error code.",
+        examples=["job_not_found"],
+        json_schema_extra={"enum": list(PROBLEM_CODES)},
+    )
     job_id: str | None = Field(None, description="The job concerned, when there is one.")
 
 

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import KeyRing
 from api.problems import problem_response
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from shared.errors import CaptionizerError, ForbiddenOrigin, UploadTooLarge
 from shared.settings import Settings
 
@@ -56,8 +56,8 @@ _COMMON_HEADERS: tuple[tuple[str, str], ...] = (
 EDGE_ERRORS: tuple[type[CaptionizerError], ...] = (ForbiddenOrigin, UploadTooLarge)
 #: Methods and headers a cross-origin page may use (CORS preflight answers).
 CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
-CORS_EXPOSED_HEADERS = ("Location", "Retry-After")
+CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Prefer")
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "RateLimit", "RateLimit-Policy", "Preference-Applied")
 
 
 def _path(scope: Scope) -> str:
@@ -214,10 +214,12 @@ def install_security(app: FastAPI, settings: Settings, redis: Redis) -> None:
     """
     app.state.key_ring = KeyRing.from_settings(settings)
     app.state.rate_limiter = RateLimiter.from_settings(redis, settings)
+    app.state.read_rate_limiter = RateLimiter.reads_from_settings(redis, settings)
     if not len(app.state.key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
     # add_middleware puts each one outside the previous, so add innermost first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitHeadersMiddleware, policies=(app.state.rate_limiter, app.state.read_rate_limiter))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

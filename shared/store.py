@@ -114,7 +114,50 @@ class JobStore:
                 pipe.hincrby(self.keys.job_counts(), f"current:{job.status}", 1)
                 if job.status is JobStatus.QUEUED:
                     pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp()})
+                self._index_owner_job(pipe, job)
                 await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+
+    def _index_owner_job(self, pipe: Any, job: Job) -> None:
+        """Add ``job`` to its owner's newest-first index (GET /v1/jobs), dropping entries older than any record."""
+        index = self.keys.owner_jobs(job.owner)
+        created_s = job.created_at.timestamp()
+        pipe.zadd(index, {job.id: created_s})
+        # Records expire after ttl_s; their index entries go in the same breath, so the set stays bounded.
+        pipe.zremrangebyscore(index, "-inf", created_s - self.ttl_s)
+        pipe.expire(index, self.ttl_s)
+
+    async def owner_job_ids(self, owner: str, *, before: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
+        """Up to ``count`` of ``owner``'s job ids with their creation time (epoch s), newest first.
+
+        ``before`` is the (created_s, job_id) of the last entry already seen: only older entries
+        follow (ties on the time are broken by id, as Redis orders them).
+        """
+        index = self.keys.owner_jobs(owner)
+        try:
+            if before is None:
+                rows = await self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+            else:
+                ties = await self.redis.zcount(index, before[0], before[0])
+                rows = await self.redis.zrevrangebyscore(
+                    index, before[0], "-inf", start=0, num=count + ties, withscores=True
+                )
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+        entries = [(_text(member), float(score)) for member, score in rows]
+        if before is not None:
+            # Same score: Redis orders members in reverse lexical order, so "older" means a smaller id.
+            entries = [(job_id, score) for job_id, score in entries if score < before[0] or job_id < before[1]]
+        return entries[:count]
+
+    async def forget_owner_jobs(self, owner: str, job_ids: Iterable[str]) -> None:
+        """Drop index entries whose records have expired."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        try:
+            await self.redis.zrem(self.keys.owner_jobs(owner), *ids)
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
 
