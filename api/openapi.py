@@ -31,9 +31,7 @@ _RETRY_AFTER = {
     }
 }
 #: Header descriptions routes attach to their own success responses.
-LOCATION_HEADER = {
-    "Location": {"description": "Where to poll the job: `/v1/jobs/{id}`.", "schema": {"type": "string"}}
-}
+LOCATION_HEADER = {"Location": {"description": "Where to poll the job: `/v1/jobs/{id}`.", "schema": {"type": "string"}}}
 PREFERENCE_APPLIED_HEADER = {
     "Preference-Applied": {
         "description": "`wait=N` when a `Prefer: wait=N` was honoured (RFC 7240 §3), N capped by max_wait_s.",

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import Request
 from redis.asyncio import Redis
@@ -147,7 +146,9 @@ class RateLimiter:
             QueueUnavailable: Redis cannot be reached (fail closed: no unmetered requests).
         """
         args = [repr(self.per_minute / 60_000), str(self.burst), "" if now_ms is None else str(now_ms)]
-        bucket = self.keys.rate_limit(owner) if self.name == SUBMIT_POLICY else self.keys.rate_limit(f"{self.name}:{owner}")
+        bucket = (
+            self.keys.rate_limit(owner) if self.name == SUBMIT_POLICY else self.keys.rate_limit(f"{self.name}:{owner}")
+        )
         try:
             allowed, wait_ms, remaining, full_ms = await self._spend(keys=[bucket], args=args)
         except REDIS_ERRORS as exc:

@@ -60,9 +60,9 @@ Captionizer is running.
   Web page:      {url}/
   API docs:      {url}/docs
   Submit a job:  curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' \\
-                   -d '{{"image_url": "https://example.com/cat.jpg"}}'
+                   -d '{{"image_url": "{url}/samples/red-circle.png"}}'
   Wait for it:   curl -s '{url}/v1/jobs/<id>?wait=30'
-  Blog style:    curl -s '{url}/caption?url=https://example.com/cat.jpg'
+  Blog style:    curl -s '{url}/caption?url={url}/samples/red-circle.png'
   Logs:          {log_dir}/api.log, {log_dir}/worker.log, {log_dir}/webhooks.log
 Press Ctrl-C to stop.""",
         flush=True,

@@ -128,7 +128,9 @@ class JobStore:
         pipe.zremrangebyscore(index, "-inf", created_s - self.ttl_s)
         pipe.expire(index, self.ttl_s)
 
-    async def owner_job_ids(self, owner: str, *, before: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
+    async def owner_job_ids(
+        self, owner: str, *, before: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
         """Up to ``count`` of ``owner``'s job ids with their creation time (epoch s), newest first.
 
         ``before`` is the (created_s, job_id) of the last entry already seen: only older entries
