@@ -50,18 +50,27 @@ async def status_command(client: CaptionizerClient, args: argparse.Namespace, st
         job = await client.get_job(job_id)
         return await client.wait_for_job(job, timeout_s=args.timeout) if args.wait else job
 
-    return await _each_job(client, args.job_ids, read, args.json, streams)
+    return await _each_job(client, args.job_ids, read, _has_not_failed, args.json, streams)
 
 
 async def cancel_command(client: CaptionizerClient, args: argparse.Namespace, streams: Streams) -> int:
-    """Cancel each job; 0 when every one is now canceled."""
-    return await _each_job(client, args.job_ids, client.cancel_job, args.json, streams)
+    """Cancel each job; 0 when every one is now canceled (1 when one had ended already, or is unknown)."""
+    return await _each_job(client, args.job_ids, client.cancel_job, _is_canceled, args.json, streams)
+
+
+def _has_not_failed(job: JobJson) -> bool:
+    return job.get("status") not in _UNSUCCESSFUL
+
+
+def _is_canceled(job: JobJson) -> bool:
+    return job.get("status") == "canceled"
 
 
 async def _each_job(
     client: CaptionizerClient,
     job_ids: Sequence[str],
     action: Callable[[str], Awaitable[JobJson]],
+    is_ok: Callable[[JobJson], bool],
     as_json: bool,
     streams: Streams,
 ) -> int:
@@ -73,7 +82,7 @@ async def _each_job(
             failed = True
             row: Mapping[str, object] = {"id": job_id, "status": "error", "error": result.as_json()}
         else:
-            failed = failed or result.get("status") in _UNSUCCESSFUL
+            failed = failed or not is_ok(result)
             row = result
         streams.out.write(json.dumps(row, ensure_ascii=False) + "\n" if as_json else _line(row))
     return EXIT_FAILED if failed else EXIT_OK

@@ -126,3 +126,16 @@ def test_the_readme_uses_a_sample_the_stack_serves() -> None:
 def test_api_harness_app_is_the_one_under_test(api_harness: ApiHarness) -> None:
     # The OpenAPI document is cached per app: a second call returns the same finished document.
     assert api_harness.app.openapi() is api_harness.app.openapi()
+
+
+def test_the_pages_built_in_limits_are_the_default_servers() -> None:
+    # The page replaces these from GET /v1/limits on load; until then (or against an older server) they must agree.
+    html = (REPO_ROOT / "api" / "static" / "index.html").read_text()
+    defaults = Settings()
+    assert re.search(rf'id="max-new-tokens"[^>]*max="{defaults.max_new_tokens_limit}"', html, re.DOTALL)
+    assert re.search(rf'id="prompt"[^>]*maxlength="{defaults.max_prompt_chars}"', html, re.DOTALL)
+    accept = re.search(r'accept="([^"]+)"', html)
+    assert accept is not None
+    assert set(accept.group(1).split(",")) == {
+        item for name, suffixes in IMAGE_FILE_SUFFIXES.items() for item in (IMAGE_MEDIA_TYPES[name], *suffixes)
+    }

@@ -50,7 +50,7 @@ def test_status_of_a_failed_job_exits_1(fake_api: FakeApi) -> None:
 def test_cancel_cancels_and_reports(fake_api: FakeApi) -> None:
     captionizer(fake_api, "caption", "http://img.test/a.png")
     code, out, _ = captionizer(fake_api, "cancel", "job_1")
-    assert code == EXIT_FAILED  # canceled is not a success of the job...
+    assert code == EXIT_OK
     assert out == "job_1  canceled\n"
     assert fake_api.jobs["job_1"]["status"] == "canceled"
     assert [r.url.path for r in fake_api.requests][-1] == "/v1/jobs/job_1/cancel"
