@@ -13,6 +13,7 @@ from api.auth import CALLER_ERRORS
 from api.cancellation import cancel_job
 from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Reader, Store, Submitter, check_visible
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
+from api.job_events import JobEvents
 from api.job_list import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
 from api.openapi import LOCATION_HEADER, PREFERENCE_APPLIED_HEADER
 from api.prefer import preference_applied, preferred_wait_s
@@ -20,8 +21,9 @@ from api.problems import invalid_request, problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
 from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.jobs import JobCreate, JobPublic, JobStatus
+from shared.jobs import Job, JobCreate, JobPublic, JobStatus
 from shared.settings import Settings
+from shared.store import JobStore
 from shared.uploads import check_upload
 
 # Every job route authenticates and rate-limits; the problems that can cause are documented once here.
@@ -144,13 +146,18 @@ async def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     wait_s = preferred_wait_s(request.headers.getlist("prefer"))
     if wait_s is not None:
-        wait_s = min(wait_s, settings.max_wait_s)
-        response.headers["Preference-Applied"] = preference_applied(wait_s)
-        if wait_s > 0 and not job.status.is_final:
-            job = check_visible(await events.wait_until_final(store, job.id, wait_s), job.id, caller.owner)
-        if job.status.is_final:
-            response.status_code = 200
+        job = await _wait_as_preferred(job, min(wait_s, settings.max_wait_s), response, store, events)
     return JobPublic.from_job(job)
+
+
+async def _wait_as_preferred(job: Job, wait_s: float, response: Response, store: JobStore, events: JobEvents) -> Job:
+    """``Prefer: wait`` honoured: the job once it ends (then 200) or after ``wait_s``, and Preference-Applied."""
+    response.headers["Preference-Applied"] = preference_applied(wait_s)
+    if wait_s > 0 and not job.status.is_final:
+        job = check_visible(await events.wait_until_final(store, job.id, wait_s), job.id, job.owner)
+    if job.status.is_final:
+        response.status_code = 200
+    return job
 
 
 @router.get(
