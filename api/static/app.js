@@ -4,10 +4,9 @@
 
 import { API, FINAL, callApi, copyText, followJob, submitJob, useApiKey } from "./api.js";
 import { captionFiles } from "./file-list.js";
+import { rememberJob, setUpRecent } from "./recent.js";
 
-const RECENT_KEY = "captionizer.recent";
 const API_KEY_KEY = "captionizer.apiKey";
-const MAX_RECENT = 20;
 const PREVIEW_DELAY_MS = 400;
 /** Files one selection may hold; more is refused before anything is sent. */
 const MAX_FILES = 20;
@@ -133,62 +132,6 @@ function renderJob(job) {
   }
   rememberJob(job);
   if (FINAL.has(job.status)) showResult();
-}
-
-// ---- recent jobs (sessionStorage: this tab only) -------------------------------------
-
-function loadRecent() {
-  try {
-    const list = JSON.parse(sessionStorage.getItem(RECENT_KEY) || "[]");
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
-}
-
-function rememberJob(job, label) {
-  const list = loadRecent();
-  const old = list.find((entry) => entry.id === job.id);
-  const entry = {
-    id: job.id,
-    label: label || old?.label || job.image_url || "uploaded file",
-    image_url: job.image_url || null,
-    status: job.status,
-    caption: job.caption || null,
-    created_at: job.created_at || old?.created_at || new Date().toISOString(),
-  };
-  const rest = list.filter((item) => item.id !== job.id);
-  sessionStorage.setItem(RECENT_KEY, JSON.stringify([entry, ...rest].slice(0, MAX_RECENT)));
-  renderRecent();
-}
-
-function renderRecent() {
-  const list = loadRecent();
-  ui.recentEmpty.hidden = list.length > 0;
-  ui.clearRecent.hidden = list.length === 0;
-  ui.recentList.replaceChildren(...list.map(recentItem));
-}
-
-function recentItem(entry) {
-  const item = document.createElement("li");
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "recent-item";
-  button.dataset.jobId = entry.id;
-  const name = document.createElement("span");
-  name.className = "recent-label";
-  name.textContent = entry.label;
-  const badge = document.createElement("span");
-  badge.className = `badge badge-${entry.status}`;
-  badge.textContent = entry.status;
-  const caption = document.createElement("span");
-  caption.className = "recent-caption";
-  caption.textContent = entry.caption || "";
-  button.append(name, badge, caption);
-  button.setAttribute("aria-current", String(entry.id === state.current));
-  button.addEventListener("click", () => reopenJob(entry));
-  item.append(button);
-  return item;
 }
 
 async function reopenJob(entry) {
@@ -500,15 +443,14 @@ function init() {
   });
   ui.copy.addEventListener("click", onCopy);
   ui.preview.addEventListener("error", onPreviewError);
-  ui.clearRecent.addEventListener("click", () => {
-    sessionStorage.removeItem(RECENT_KEY);
-    renderRecent();
-  });
   document.addEventListener("paste", onPaste);
   wireApiKey();
   wireDropZone();
   wireSamples();
-  renderRecent();
+  setUpRecent(
+    { list: ui.recentList, empty: ui.recentEmpty, clear: ui.clearRecent },
+    { open: reopenJob, current: (id) => id === state.current },
+  );
   loadLimits();
   document.documentElement.classList.add("js");
 }
