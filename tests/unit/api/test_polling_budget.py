@@ -77,21 +77,37 @@ def test_reading_and_long_polling_own_jobs_does_not_spend_the_submit_budget(
 
 
 def test_reads_have_a_bounded_budget_of_their_own(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(rate_limit_reads_per_minute=6, rate_limit_reads_burst=3)
+    # One read a minute refills: no token comes back while the test runs, however slow the machine.
+    settings = make_settings(rate_limit_reads_per_minute=1, rate_limit_reads_burst=3)
 
     async def step(client: httpx.AsyncClient) -> None:
         job_id = (await client.post("/v1/jobs", json=URL_JOB, headers=AUTH)).json()["id"]
         answers = [await client.get(f"/v1/jobs/{job_id}", headers=AUTH) for _ in range(4)]
         assert [a.status_code for a in answers] == [200, 200, 200, 429]
-        assert [a.headers["RateLimit"] for a in answers[:3]] == [
-            f'"read";r={r};t={t}' for r, t in ((2, 10), (1, 20), (0, 30))
+        states = [_rate_limit(a.headers["RateLimit"]) for a in answers]
+        assert [(name, remaining) for name, remaining, _ in states] == [
+            ("read", 2),
+            ("read", 1),
+            ("read", 0),
+            ("read", 0),
         ]
+        # t: seconds until the bucket is full again (60 s a token), then until the next read is allowed.
+        assert [0 < t <= limit for (_, _, t), limit in zip(states, (60, 120, 180, 60), strict=True)] == [True] * 4
         limited = answers[-1]
-        assert limited.headers["RateLimit"] == '"read";r=0;t=10' and limited.headers["Retry-After"] == "10"
+        assert int(limited.headers["Retry-After"]) == states[-1][2]
+        assert answers[0].headers["RateLimit-Policy"].endswith('"read";q=3;w=180')
         # Submitting is still possible: the read budget is a separate bucket.
         assert (await client.post("/v1/jobs", json=URL_JOB, headers=AUTH)).status_code == 202
 
     run(settings, step)
+
+
+def _rate_limit(value: str) -> tuple[str, int, int]:
+    """``"read";r=2;t=60`` as ("read", 2, 60)."""
+    name, *params = value.split(";")
+    fields = dict(param.split("=", 1) for param in params)
+    assert set(fields) == {"r", "t"}, value
+    return name.strip('"'), int(fields["r"]), int(fields["t"])
 
 
 def test_every_v1_answer_advertises_the_policies(make_settings: Callable[..., Settings]) -> None:
