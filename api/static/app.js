@@ -314,6 +314,7 @@ function chooseFiles(files) {
   ui.fileNameText.textContent = files.length === 1
     ? `Selected: ${files[0].name || "pasted image"} (${formatBytes(total)})`
     : `Selected: ${files.length} files (${formatBytes(total)})`;
+  ui.clearFile.textContent = files.length > 1 ? "Remove files" : "Remove file";
   const note = files.length > 1 ? `${files.length} files: each becomes its own job.` : "";
   showPreview(state.objectUrls[0] || null, note);
 }

@@ -17,7 +17,9 @@ function row(file, previewUrl) {
   const image = document.createElement("img");
   image.className = "file-job-preview";
   image.alt = `Preview of ${file.name || "image"}`;
-  image.src = previewUrl;
+  // No preview for a file that is not an image: an empty box, not a broken-image icon.
+  if (previewUrl) image.src = previewUrl;
+  else image.classList.add("no-preview");
   const name = document.createElement("span");
   name.className = "file-job-name";
   name.textContent = file.name || "pasted image";
