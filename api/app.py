@@ -11,10 +11,11 @@ from redis.asyncio import Redis
 
 from api.auth import KeyRing
 from api.job_events import JobEvents
+from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
-from api.ratelimit import RateLimiter
-from api.routes import caption, health, jobs, webhooks
+from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from api.routes import caption, health, jobs, limits, webhooks
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.services import Services
@@ -57,16 +58,26 @@ def create_app(settings: Settings) -> FastAPI:
             await events_redis.aclose()
             await services.redis.aclose()
 
-    app = FastAPI(title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Captionizer",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+    )
     # The one thing put on app.state; api.deps is the only reader.
     app.state.services = services
     install_problem_handlers(app)
+    # Innermost of the middlewares: answers refused by the outer ones (413, 403) spent no budget.
+    app.add_middleware(RateLimitHeadersMiddleware, policies=(services.rate_limiter, services.read_rate_limiter))
     install_security(app, settings)
     app.include_router(jobs.router)
+    app.include_router(limits.router)
     app.include_router(caption.router)
     app.include_router(health.router)
     app.include_router(webhooks.router)
     register_pages(app)
+    install_openapi(app, max_wait_s=settings.max_wait_s)
     return app
 
 
@@ -92,4 +103,5 @@ def build_services(settings: Settings) -> Services:
         submitter=JobSubmitter(settings, store, queue),
         key_ring=key_ring,
         rate_limiter=RateLimiter.from_settings(redis, settings),
+        read_rate_limiter=RateLimiter.reads_from_settings(redis, settings),
     )

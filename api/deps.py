@@ -113,20 +113,38 @@ async def authenticate(
     return caller
 
 
-async def require_caller(caller: Annotated[Caller, Depends(authenticate)], services: AppServices) -> Caller:
-    """The caller, authenticated and within its rate limit (for the job API).
+async def require_caller(
+    request: Request, caller: Annotated[Caller, Depends(authenticate)], services: AppServices
+) -> Caller:
+    """The caller, authenticated and within its submit budget (for the job API).
 
     Raises:
         Unauthorized: 401 ``unauthorized``.
         CrossSiteRequest: 403 ``cross_site_request``.
         RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
     """
-    await services.rate_limiter.check(caller.owner)
+    await services.rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
+    return caller
+
+
+async def require_reader(
+    request: Request, caller: Annotated[Caller, Depends(authenticate)], services: AppServices
+) -> Caller:
+    """The caller, authenticated and within its read budget (not the submit one): for reading its own jobs.
+
+    Raises:
+        Unauthorized: 401 ``unauthorized``.
+        CrossSiteRequest: 403 ``cross_site_request``.
+        RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
+    """
+    await services.read_rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
     return caller
 
 
 #: The authenticated, rate-limited caller; its ``owner`` scopes every job it sees.
 CurrentCaller = Annotated[Caller, Depends(require_caller)]
+#: The authenticated caller, within its read budget: for reading and long-polling its own jobs.
+Reader = Annotated[Caller, Depends(require_reader)]
 #: A caller with a valid key but no rate limit: for /metrics, which a scraper polls on its own schedule.
 KeyHolder = Annotated[Caller, Depends(authenticate)]
 
@@ -147,7 +165,7 @@ def check_job_id(job_id: str) -> str:
 
 async def get_owned_job(
     job_id: Annotated[str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The job's id, as POST answered it.")],
-    caller: CurrentCaller,
+    caller: Reader,
     store: Store,
 ) -> Job:
     """The path's job if the caller owns it, else 404 ``job_not_found`` (OWASP API1:2023, BOLA).

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import CaptionizerError, InternalError, InvalidRequest
+from shared.errors import CLASSES_BY_CODE, CaptionizerError, InternalError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
     return InvalidRequest(message, errors=details)
 
 
+#: Every ``code`` a problem body may carry: shared/errors.py's codes, then the routing ones.
+PROBLEM_CODES: tuple[str, ...] = (*sorted(CLASSES_BY_CODE), *sorted({*_HTTP_CODES.values(), "http_error"}))
+
+
 async def _on_captionizer_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CaptionizerError)
     if exc.status >= 500:
@@ -118,7 +122,11 @@ class Problem(BaseModel):
     title: str = Field(examples=["Job not found"])
     status: int = Field(examples=[404])
     detail: str = Field(examples=["no job job_Vq3kZ0m1cS8m2b7rX4yN2A"])
-    code: str = Field(description="Stable machine-readable error code.", examples=["job_not_found"])
+    code: str = Field(
+        description="Stable machine-readable error code.",
+        examples=["job_not_found"],
+        json_schema_extra={"enum": list(PROBLEM_CODES)},
+    )
     job_id: str | None = Field(None, description="The job concerned, when there is one.")
 
 

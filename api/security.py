@@ -49,8 +49,8 @@ _COMMON_HEADERS: tuple[tuple[str, str], ...] = (
 EDGE_ERRORS: tuple[type[CaptionizerError], ...] = (ForbiddenOrigin, UploadTooLarge)
 #: Methods and headers a cross-origin page may use (CORS preflight answers).
 CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
-CORS_EXPOSED_HEADERS = ("Location", "Retry-After")
+CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Prefer")
+CORS_EXPOSED_HEADERS = ("Location", "Retry-After", "RateLimit", "RateLimit-Policy", "Preference-Applied")
 
 
 def _path(scope: Scope) -> str:

@@ -29,4 +29,7 @@ class Services:
     job_events: JobEvents
     submitter: JobSubmitter
     key_ring: KeyRing
+    #: The submit budget (creating and canceling jobs).
     rate_limiter: RateLimiter
+    #: The read budget (reading and long-polling one's own jobs), apart so polling never spends the submit one.
+    read_rate_limiter: RateLimiter

@@ -12,8 +12,9 @@ from typing import Any
 from cli.client import ApiError, CaptionizerClient, JobJson
 from cli.progress import ProgressBar
 
-#: Suffixes a folder's files must have to be captioned; the API decodes these formats.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+#: Suffixes a folder's files must have to be captioned: the formats the API accepts, as its
+#: ``GET /v1/limits`` lists them (the CLI talks HTTP only, so it keeps a copy; a test compares them).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".avif"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def is_url(text: str) -> bool:
 def expand_inputs(inputs: Iterable[str], *, recursive: bool = False) -> list[ImageSource]:
     """Turn command-line arguments into sources: URLs as they are, folders into their image files.
 
-    A path that does not exist stays a source, so it fails on its own line instead of stopping the run.
+    A path that does not exist stays a source; ``caption`` refuses the run then (a usage error, exit 2).
     """
     sources: list[ImageSource] = []
     for text in inputs:
@@ -127,7 +128,8 @@ async def caption_one(client: CaptionizerClient, source: ImageSource, options: B
 
 
 async def _submit(client: CaptionizerClient, source: ImageSource, options: BatchOptions) -> JobJson:
-    kwargs: dict[str, Any] = {"prompt": options.prompt, "max_new_tokens": options.max_new_tokens}
+    # One derived Idempotency-Key per input: running the same command again returns the same jobs.
+    kwargs: dict[str, Any] = {"prompt": options.prompt, "max_new_tokens": options.max_new_tokens, "idempotent": True}
     if source.url is not None:
         return await client.submit_url(source.url, **kwargs)
     if source.path is not None:

@@ -7,6 +7,8 @@ Problem responses (RFC 9457) become :class:`ApiError`; 429 and 503 answers that 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import mimetypes
 import time
@@ -26,6 +28,19 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 DEFAULT_POLL_WAIT_S = 30.0
 _MAX_RETRY_AFTER_S = 60.0
 _USER_AGENT = "captionizer-cli/0.1"
+# Idempotency keys this client derives start with this, so they are easy to tell from a user's own.
+_IDEMPOTENCY_PREFIX = "cli-sha256-"
+
+
+def idempotency_key_for(content: bytes, options: dict[str, Any]) -> str:
+    """The ``Idempotency-Key`` of submitting ``content`` (image bytes or URL) with ``options``.
+
+    Derived, not random: running the same command again sends the same key, so the API returns
+    the jobs it already made (for 24 h) instead of captioning everything again.
+    """
+    digest = hashlib.sha256(content)
+    digest.update(b"\0" + json.dumps(options, sort_keys=True).encode())
+    return _IDEMPOTENCY_PREFIX + digest.hexdigest()
 
 
 class ApiError(Exception):
@@ -95,6 +110,8 @@ class CaptionizerClient:
         self.api_url = api_url.rstrip("/")
         self._retries = retries
         self._timeout_s = timeout_s
+        #: Ids of the jobs this client has submitted, in order (printed when the user interrupts).
+        self.submitted: list[str] = []
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
             headers=headers,
@@ -114,20 +131,32 @@ class CaptionizerClient:
         await self._http.aclose()
 
     async def submit_url(
-        self, image_url: str, *, prompt: str | None = None, max_new_tokens: int | None = None
+        self,
+        image_url: str,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        idempotent: bool = False,
     ) -> JobJson:
-        """Queue a job for an image the worker fetches from ``image_url``."""
-        body: dict[str, Any] = {"image_url": image_url}
-        body.update(_options(prompt, max_new_tokens))
-        return await self._request("POST", "/v1/jobs", json=body)
+        """Queue a job for an image the worker fetches from ``image_url``.
 
-    async def submit_file(self, path: Path, *, prompt: str | None = None, max_new_tokens: int | None = None) -> JobJson:
+        With ``idempotent``, the request carries a key derived from the URL and options.
+        """
+        options = _options(prompt, max_new_tokens)
+        headers = {"Idempotency-Key": idempotency_key_for(image_url.encode(), options)} if idempotent else None
+        return await self._submit(json={"image_url": image_url, **options}, headers=headers)
+
+    async def submit_file(
+        self, path: Path, *, prompt: str | None = None, max_new_tokens: int | None = None, idempotent: bool = False
+    ) -> JobJson:
         """Queue a job for a local image file, uploaded as multipart ``file``."""
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             raise ApiError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from exc
-        return await self.submit_bytes(data, path.name, prompt=prompt, max_new_tokens=max_new_tokens)
+        return await self.submit_bytes(
+            data, path.name, prompt=prompt, max_new_tokens=max_new_tokens, idempotent=idempotent
+        )
 
     async def submit_bytes(
         self,
@@ -137,12 +166,27 @@ class CaptionizerClient:
         content_type: str | None = None,
         prompt: str | None = None,
         max_new_tokens: int | None = None,
+        idempotent: bool = False,
     ) -> JobJson:
-        """Queue a job for image bytes already in memory (an upload named ``filename``)."""
+        """Queue a job for image bytes already in memory (an upload named ``filename``).
+
+        With ``idempotent``, the request carries a key derived from the bytes and options.
+        """
         content_type = content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        form = {key: str(value) for key, value in _options(prompt, max_new_tokens).items()}
+        options = _options(prompt, max_new_tokens)
+        form = {key: str(value) for key, value in options.items()}
         files = {"file": (filename, data, content_type)}
-        return await self._request("POST", "/v1/jobs", data=form, files=files)
+        headers = {"Idempotency-Key": idempotency_key_for(data, options)} if idempotent else None
+        return await self._submit(data=form, files=files, headers=headers)
+
+    async def _submit(self, **kwargs: Any) -> JobJson:
+        job = await self._request("POST", "/v1/jobs", **kwargs)
+        self.submitted.append(str(job.get("id")))
+        return job
+
+    async def get_limits(self) -> JobJson:
+        """What the server accepts (``GET /v1/limits``): image formats, sizes and option bounds."""
+        return await self._request("GET", "/v1/limits")
 
     async def get_job(self, job_id: str, *, wait_s: float = 0) -> JobJson:
         """The job now, or once it is final or ``wait_s`` has passed (the API's long-poll)."""

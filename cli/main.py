@@ -1,6 +1,7 @@
 """The ``captionizer`` command: argument parsing, the two subcommands, output and exit codes.
 
 Exit codes: 0 when everything succeeded, 1 when some image failed, 2 for usage errors, 130 on Ctrl-C.
+``status`` and ``cancel`` live in ``cli/job_commands.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 from cli.alt_text import plan_page, read_page, splice_alts, write_page
 from cli.batch import BatchOptions, Outcome, caption_all, expand_inputs
 from cli.client import CaptionizerClient
+from cli.job_commands import add_job_commands, cancel_command, report_interrupted, status_command, version
 from cli.progress import ProgressBar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,11 +61,16 @@ def run(
         transport=transport,
         max_connections=args.concurrency,
     )
-    command = _caption_command if args.command == "caption" else _alt_text_command
+    command = {
+        "caption": _caption_command,
+        "alt-text": _alt_text_command,
+        "status": status_command,
+        "cancel": cancel_command,
+    }[args.command]
     try:
         return asyncio.run(command(client, args, streams))
     except KeyboardInterrupt:
-        streams.err.write("\ninterrupted\n")
+        report_interrupted(client, streams.err)
         return EXIT_INTERRUPTED
 
 
@@ -73,8 +80,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="captionizer",
         description="Captions and alt text from the Captionizer API.",
         epilog="The API key, if the server needs one, is read from $CAPTIONIZER_API_KEY. "
-        "Exit codes: 0 all succeeded, 1 some image failed, 2 usage error.",
+        "Exit codes: 0 all succeeded, 1 some image failed, 2 usage error, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     common = _common_options(environ)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     caption = commands.add_parser("caption", parents=[common], help="caption images: files, folders or URLs")
@@ -98,18 +106,27 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     alt.add_argument(
         "--root", type=Path, metavar="DIR", help="local images may come from this folder (default: the page's folder)"
     )
+    add_job_commands(commands, _api_option(environ))
     return parser
 
 
-def _common_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """Options both subcommands take: where the API is, generation options, concurrency and waiting."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _api_option(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """``--api``, which every subcommand takes."""
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument(
         "--api",
         default=environ.get("CAPTIONIZER_API_URL") or DEFAULT_API_URL,
         metavar="URL",
         help="the API's base URL (default: $CAPTIONIZER_API_URL or %(default)s)",
     )
+    # status and cancel send one request per job id given.
+    api.set_defaults(concurrency=8)
+    return api
+
+
+def _common_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Options caption and alt-text take: where the API is, generation options, concurrency and waiting."""
+    common = argparse.ArgumentParser(add_help=False, parents=[_api_option(environ)])
     common.add_argument("--prompt", help="text the caption should continue, or a question for a VQA model")
     common.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="longest caption, in tokens")
     common.add_argument(
@@ -147,6 +164,11 @@ async def _caption_command(client: CaptionizerClient, args: argparse.Namespace, 
     sources = expand_inputs(args.inputs, recursive=args.recursive)
     if not sources:
         streams.err.write("captionizer: error: no image files found in the folders given\n")
+        return EXIT_USAGE
+    missing = [source.label for source in sources if source.path is not None and not source.path.exists()]
+    if missing:
+        # A typo'd path is a usage error (exit 2, as documented), caught before anything is submitted.
+        streams.err.write(f"captionizer: error: no such file or folder: {', '.join(missing)}\n")
         return EXIT_USAGE
     async with client:
         outcomes = await caption_all(

@@ -47,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_with_parent()
     redis_url = os.environ.get("CAPTIONIZER_REDIS_URL")
     log_dir = Path(tempfile.mkdtemp(prefix="captionizer-"))
-    env = {**LOCAL_ENV, **{k: v for k, v in os.environ.items() if k.startswith("CAPTIONIZER_")}}
+    # The API's own port too, whatever PORT says: the banner's examples caption the samples it serves.
+    local_env = {**LOCAL_ENV, "CAPTIONIZER_ALLOWED_PORTS": f"{LOCAL_ENV['CAPTIONIZER_ALLOWED_PORTS']},{args.port}"}
+    env = {**local_env, **{k: v for k, v in os.environ.items() if k.startswith("CAPTIONIZER_")}}
     stack = LocalStack(log_dir, env=env, api_port=args.port, redis_url=redis_url, access_log=True)
     print(f"Starting Captionizer (logs in {log_dir}) ...", flush=True)
     try:
@@ -117,9 +119,9 @@ Captionizer is running.
   Web page:      {url}/
   API docs:      {url}/docs
   Submit a job:  curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' \\
-                   -d '{{"image_url": "https://example.com/cat.jpg"}}'
+                   -d '{{"image_url": "{url}/samples/red-circle.png"}}'
   Wait for it:   curl -s '{url}/v1/jobs/<id>?wait=30'
-  Blog style:    curl -s '{url}/caption?url=https://example.com/cat.jpg'
+  Blog style:    curl -s '{url}/caption?url={url}/samples/red-circle.png'
   Webhooks:      signed with {local_webhook_secret(url)}
                  (verify with it; it is this machine's own, GET {url}/v1/webhooks/secret)
   Logs:          {log_dir}/api.log, {log_dir}/worker.log, {log_dir}/webhooks.log

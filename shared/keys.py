@@ -76,6 +76,10 @@ class Keys:
         """Maps an owner's Idempotency-Key to its job id and request fingerprint."""
         return f"{self.prefix}:idem:{owner}:{key}"
 
+    def owner_jobs(self, owner: str) -> str:
+        """Sorted set of one owner's recent job ids (score: creation time), for GET /v1/jobs."""
+        return f"{self.prefix}:owner-jobs:{owner}"
+
     def rate_limit(self, owner: str) -> str:
         """Token bucket of one API key."""
         return f"{self.prefix}:rate:{owner}"

@@ -186,6 +186,15 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         60, ge=1, description="Requests a key may make at once before the rate limit applies."
     )
+    rate_limit_reads_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Reads of one's own jobs (GET /v1/jobs..., long-polls included) per minute each key may make, "
+        "on a budget of their own so polling never spends the submit budget; 0 disables limiting reads.",
+    )
+    rate_limit_reads_burst: int = Field(
+        120, ge=1, description="Reads of one's own jobs a key may make at once before their rate limit applies."
+    )
     max_request_bytes: int = Field(
         15 * _MIB, ge=1024, description="Largest request body the API reads, in bytes (uploads included)."
     )

@@ -81,6 +81,7 @@ return 1
 # ARGV[2] upload TTL s, ARGV[3] owner, ARGV[4] status, ARGV[5] job id, ARGV[6] queued-at (epoch s),
 # ARGV[7] the upload ('' = none), ARGV[8] most queued jobs per owner, ARGV[9] most upload bytes per
 # owner, ARGV[10] most upload bytes in all (0 = no limit), ARGV[11..] field/value pairs (JSON values).
+# KEYS[7] the owner's job index (sorted set, score: created at).
 # Returns {0} when stored, else {1|2|3, what the owner or everyone holds}: 1 the owner's queue share,
 # 2 its upload share, 3 the total upload budget. Checking and counting in one script means
 # concurrent requests of one key can never pass its share together.
@@ -115,6 +116,10 @@ if limited and upload_bytes > 0 then
   redis.call('HINCRBY', KEYS[6], '*', upload_bytes)
   redis.call('HSET', KEYS[1], 'share_upload_bytes', upload_bytes)
 end
+-- The owner's newest-first index (GET /v1/jobs); entries older than any record go in the same breath.
+redis.call('ZADD', KEYS[7], ARGV[6], ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', tonumber(ARGV[6]) - tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[7], ARGV[1])
 return {0, 0}
 """
 
@@ -223,12 +228,55 @@ class JobStore:
             args += [name, value]
         keys = [self.keys.job(job.id), self.keys.upload(job.id), self.keys.job_counts(), self.keys.queued_jobs()]
         with map_redis_errors():
-            refused, held = await self._create(keys=[*keys, *self._share_keys()], args=args)
+            refused, held = await self._create(
+                keys=[*keys, *self._share_keys(), self.keys.owner_jobs(job.owner)], args=args
+            )
         if refused:
             raise _share_refusal(int(refused), int(held), limits)
 
     def _share_keys(self) -> list[str]:
         return [self.keys.owner_queued_jobs(), self.keys.owner_upload_bytes()]
+
+    async def get_many(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        """The jobs that exist among ``job_ids``, in one round trip."""
+        ids = list(job_ids)
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self.keys.job(job_id))
+                raws = await pipe.execute()
+        return {job_id: decode_job(raw) for job_id, raw in zip(ids, raws, strict=True) if raw}
+
+    async def owner_job_ids(
+        self, owner: str, *, before: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``count`` of ``owner``'s job ids with their creation time (epoch s), newest first.
+
+        ``before`` is the (created_s, job_id) of the last entry already seen: only older entries
+        follow (ties on the time are broken by id, as Redis orders them).
+        """
+        index = self.keys.owner_jobs(owner)
+        with map_redis_errors():
+            if before is None:
+                rows = await self.redis.zrevrangebyscore(index, "+inf", "-inf", start=0, num=count, withscores=True)
+            else:
+                ties = await self.redis.zcount(index, before[0], before[0])
+                rows = await self.redis.zrevrangebyscore(
+                    index, before[0], "-inf", start=0, num=count + ties, withscores=True
+                )
+        entries = [(_text(member), float(score)) for member, score in rows]
+        if before is not None:
+            # Same score: Redis orders members in reverse lexical order, so "older" means a smaller id.
+            entries = [(job_id, score) for job_id, score in entries if score < before[0] or job_id < before[1]]
+        return entries[:count]
+
+    async def forget_owner_jobs(self, owner: str, job_ids: Iterable[str]) -> None:
+        """Drop index entries whose records have expired."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        with map_redis_errors():
+            await self.redis.zrem(self.keys.owner_jobs(owner), *ids)
 
     async def read_upload(self, job_id: str) -> bytes | None:
         """The job's uploaded image bytes, or None when they expired or were already deleted."""

@@ -24,6 +24,16 @@ IMAGE_MEDIA_TYPES: dict[str, str] = {
     "AVIF": "image/avif",
 }
 
+#: File name suffixes of each accepted format: what a client may offer (``GET /v1/limits`` publishes them).
+IMAGE_FILE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "GIF": (".gif",),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "AVIF": (".avif",),
+}
+
 #: Bytes from the start of a file that :func:`sniff_image_type` needs to decide.
 SNIFF_BYTES = 32
 

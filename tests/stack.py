@@ -77,11 +77,13 @@ def stack(
     metrics_port: int,
 ) -> Iterator[LocalStack]:
     """Redis, a caption worker, a webhook worker and the API, started once; every process group is killed at the end."""
+    # The API's own port is allowed too: the README's examples caption the sample images it serves.
+    api_port = free_port()
     env = {
         "CAPTIONIZER_MODEL": model_path,
         "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
         "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
-        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port},{webhook_receiver.port}",
+        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port},{webhook_receiver.port},{api_port}",
         "CAPTIONIZER_API_KEY_HASHES": f"{hash_key(TENANT_A_KEY)},{hash_key(TENANT_B_KEY)}",
         # Deployment-wide extra signatures beside each key's own; short retries so a retry arrives within a test.
         "CAPTIONIZER_WEBHOOK_SECRETS": f"{OLD_SECRET},{NEW_SECRET}",
@@ -94,7 +96,7 @@ def stack(
         "CAPTIONIZER_MAX_BATCH_WAIT_MS": "100",
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
     }
-    stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=free_port())
+    stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=api_port)
     try:
         stack.start(timeout_s=240)
         yield stack

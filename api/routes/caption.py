@@ -25,6 +25,7 @@ router = APIRouter(tags=["caption"], responses=problem_responses(*CALLER_ERRORS,
 
 @router.get(
     "/caption",
+    operation_id="getCaption",
     summary="Caption an image by URL and wait for the result",
     response_description="The caption, as a JSON string.",
     responses={

@@ -20,7 +20,7 @@ from shared.store import map_redis_errors
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", operation_id="getHealth", summary="Liveness")
 async def healthz() -> dict[str, str]:
     """Always ok while the process serves requests."""
     return {"status": "ok"}
@@ -35,6 +35,7 @@ class Readiness(BaseModel):
 
 @router.get(
     "/readyz",
+    operation_id="getReadiness",
     summary="Readiness",
     responses=problem_responses(errors.QueueUnavailable, errors.ModelNotReady),
 )
@@ -53,6 +54,7 @@ async def readyz(redis: RedisClient, keys: AppKeys, settings: AppSettings) -> Re
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics",
     response_class=PlainTextResponse,
     responses={

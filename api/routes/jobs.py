@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit a caption job (JSON or multipart upload), read it, long-poll it."""
+"""``/v1/jobs``: submit a caption job (JSON or multipart upload), list, read, long-poll and cancel one's jobs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import CALLER_ERRORS
 from api.cancellation import cancel_job
-from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Queue, Store, Submitter, check_visible
+from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Queue, Reader, Store, Submitter, check_visible
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
+from api.job_events import JobEvents
+from api.job_list import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
+from api.openapi import LOCATION_HEADER, PREFERENCE_APPLIED_HEADER
+from api.prefer import preference_applied, preferred_wait_s
 from api.problems import invalid_request, problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
@@ -23,16 +27,26 @@ from shared.jobs import (
     MAX_PROMPT_CHARS,
     MAX_URL_CHARS,
     MAX_WEBHOOK_EVENTS,
+    Job,
     JobCreate,
     JobPublic,
+    JobStatus,
     WebhookEvent,
 )
 from shared.settings import Settings
+from shared.store import JobStore
 from shared.uploads import check_upload
 
 # Every job route authenticates and rate-limits; the problems that can cause are documented once here.
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest)
+)
+
+#: The largest ``?wait=`` / ``Prefer: wait=`` the API accepts; the server's max_wait_s (at most this) caps it further.
+MAX_WAIT_PARAM_S = 300
+_WAIT_DESCRIPTION = (
+    "Seconds to wait for the job to end before answering (long-poll), at most the server's max_wait_s "
+    "(60 s by default; GET /v1/limits says this server's); a larger value waits max_wait_s. 0 answers at once."
 )
 
 # Text fields of a multipart submission are short; the image is the only large part.
@@ -82,22 +96,31 @@ _SUBMIT_BODY = {
 @router.post(
     "",
     status_code=202,
+    operation_id="createJob",
     summary="Submit a caption job",
     response_description="The job, queued; poll the URL in its Location header.",
     openapi_extra=_SUBMIT_BODY,
-    responses=problem_responses(
-        errors.InvalidRequest,
-        errors.UrlNotAllowed,
-        errors.UploadTooLarge,
-        errors.NotAnImage,
-        errors.UnsupportedMediaType,
-        errors.Unauthorized,
-        errors.RateLimited,
-        errors.IdempotencyConflict,
-        errors.QueueUnavailable,
-        errors.QueueFull,
-        errors.OwnerQuotaExceeded,
-    ),
+    responses={
+        202: {"headers": {**LOCATION_HEADER, **PREFERENCE_APPLIED_HEADER}},
+        200: {
+            "description": "With `Prefer: wait=N`: the job ended within the wait (its caption or error is in it).",
+            "model": JobPublic,
+            "headers": {**LOCATION_HEADER, **PREFERENCE_APPLIED_HEADER},
+        },
+        **problem_responses(
+            errors.InvalidRequest,
+            errors.UrlNotAllowed,
+            errors.UploadTooLarge,
+            errors.NotAnImage,
+            errors.UnsupportedMediaType,
+            errors.Unauthorized,
+            errors.RateLimited,
+            errors.IdempotencyConflict,
+            errors.QueueUnavailable,
+            errors.QueueFull,
+            errors.OwnerQuotaExceeded,
+        ),
+    },
 )
 async def create_job(
     request: Request,
@@ -105,6 +128,8 @@ async def create_job(
     caller: CurrentCaller,
     submitter: Submitter,
     settings: AppSettings,
+    store: Store,
+    events: Events,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -113,6 +138,16 @@ async def create_job(
             pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Any unique string (a UUID): the same key and body within 24 h return the same job, once "
             "queued; the same key with another body answers 422 idempotency_conflict.",
+        ),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=1024,
+            description="`wait=N` (RFC 7240): wait up to N seconds for the job to end before answering, like "
+            f"?wait on GET; capped by max_wait_s (at most {MAX_WAIT_PARAM_S}). The answer says "
+            "`Preference-Applied: wait=N`, and is 200 when the job ended in time.",
+            examples=["wait=30"],
         ),
     ] = None,
 ) -> JobPublic:
@@ -126,32 +161,56 @@ async def create_job(
     else:
         raise UnsupportedMediaType("send application/json or multipart/form-data")
     job = await submitter.submit(body, caller.owner, upload, idempotency_key=idempotency_key)
-    public = JobPublic.from_job(job)
-    response.headers["Location"] = public.url
-    return public
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    wait_s = preferred_wait_s(request.headers.getlist("prefer"))
+    if wait_s is not None:
+        job = await _wait_as_preferred(job, min(wait_s, settings.max_wait_s), response, store, events)
+    return JobPublic.from_job(job)
+
+
+async def _wait_as_preferred(job: Job, wait_s: float, response: Response, store: JobStore, events: JobEvents) -> Job:
+    """``Prefer: wait`` honoured: the job once it ends (then 200) or after ``wait_s``, and Preference-Applied."""
+    response.headers["Preference-Applied"] = preference_applied(wait_s)
+    if wait_s > 0 and not job.status.is_final:
+        job = check_visible(await events.wait_until_final(store, job.id, wait_s), job.id, job.owner)
+    if job.status.is_final:
+        response.status_code = 200
+    return job
+
+
+@router.get(
+    "",
+    operation_id="listJobs",
+    summary="List your jobs, newest first",
+    response_description="A page of your jobs; follow next_cursor for older ones.",
+    responses=problem_responses(errors.InvalidRequest, errors.Unauthorized, errors.QueueUnavailable),
+)
+async def list_own_jobs(
+    caller: Reader,
+    store: Store,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page; omit for the newest jobs.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")] = DEFAULT_PAGE_SIZE,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+) -> JobPage:
+    """The caller's own jobs (never another key's), newest first, a page at a time; reads spend the read budget."""
+    return await list_jobs(store, caller.owner, cursor=cursor, limit=limit, status=status)
 
 
 @router.get(
     "/{job_id}",
+    operation_id="getJob",
     summary="Read a job, optionally waiting for it to end",
     responses=problem_responses(errors.JobNotFound, errors.Unauthorized, errors.QueueUnavailable),
 )
 async def read_job(
     job: OwnedJob,
-    caller: CurrentCaller,
+    caller: Reader,
     store: Store,
     events: Events,
     settings: AppSettings,
-    wait: Annotated[
-        float,
-        Query(
-            ge=0,
-            le=300,
-            description="Seconds to wait for the job to end before answering (long-poll); capped by the server's "
-            "max_wait_s (60 s by default). 0 answers at once.",
-            examples=[30],
-        ),
-    ] = 0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_PARAM_S, description=_WAIT_DESCRIPTION, examples=[30])] = 0,
 ) -> JobPublic:
     """The job as it is now, or as soon as it ends when ``wait`` is given."""
     if wait > 0 and not job.status.is_final:
@@ -162,14 +221,18 @@ async def read_job(
 
 @router.post(
     "/{job_id}/cancel",
+    operation_id="cancelJob",
     summary="Cancel a job",
     response_description="The job, canceled: it will not run, or its result is discarded.",
     responses=problem_responses(
         errors.JobNotFound, errors.JobNotCancelable, errors.Unauthorized, errors.QueueUnavailable
     ),
 )
-async def cancel(job: OwnedJob, store: Store, queue: Queue) -> JobPublic:
-    """Cancel a queued or running job; a job that has already ended answers 409 ``job_not_cancelable``."""
+async def cancel(job: OwnedJob, caller: CurrentCaller, store: Store, queue: Queue) -> JobPublic:
+    """Cancel a queued or running job; a job that has already ended answers 409 ``job_not_cancelable``.
+
+    Canceling changes a job, so it spends the submit budget as well as the read one of finding the job.
+    """
     canceled = await cancel_job(store, queue.send_task, job)
     return JobPublic.from_job(canceled)
 

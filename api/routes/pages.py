@@ -10,6 +10,8 @@ from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: Sample images from the embedded model's world, drawn by ``python -m scripts.samples`` (the API never draws).
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
 # The API-wide CSP (api/security.py) limits images to 'self'; the page previews the image a user
 # pastes a link to, so only img-src widens to http(s). Scripts and styles stay 'self' with no
@@ -46,6 +48,8 @@ class _PageFiles(StaticFiles):
 
 
 def register_pages(app: FastAPI) -> None:
-    """Serve the web page at ``/`` and its scripts, styles and icon under ``/static``."""
+    """Serve the web page at ``/``, its scripts, styles and icon under ``/static``, and sample images under ``/samples``."""
     app.include_router(router)
     app.mount("/static", _PageFiles(directory=STATIC_DIR), name="static")
+    # A first caption needs an image URL the stack itself serves: /samples/red-circle.png and friends.
+    app.mount("/samples", _PageFiles(directory=SAMPLES_DIR), name="samples")

@@ -2,115 +2,37 @@
 // GET /v1/jobs/{id}?wait=N, show the caption, and keep this tab's recent jobs.
 // Plain ES module, no build step, nothing from a CDN (the page's CSP is default-src 'self').
 
-const API = "/v1/jobs";
-const POLL_WAIT_S = 25; // the API caps ?wait= at 60 s; shorter keeps proxies' idle timers happy
-const FINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
-const RECENT_KEY = "captionizer.recent";
+import { API, FINAL, callApi, copyText, followJob, submitJob, useApiKey } from "./api.js";
+import { captionFiles } from "./file-list.js";
+import { rememberJob, setUpRecent } from "./recent.js";
+
 const API_KEY_KEY = "captionizer.apiKey";
-const MAX_RECENT = 20;
 const PREVIEW_DELAY_MS = 400;
+/** Files one selection may hold; more is refused before anything is sent. */
+const MAX_FILES = 20;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   form: $("job-form"), url: $("image-url"), file: $("image-file"), dropZone: $("drop-zone"),
   fileName: $("file-name"), fileNameText: $("file-name-text"), clearFile: $("clear-file"),
   prompt: $("prompt"), maxTokens: $("max-new-tokens"), apiKey: $("api-key"), forgetKey: $("forget-key"),
-  submit: $("submit"), cancel: $("cancel"), status: $("status"),
+  submit: $("submit"), cancel: $("cancel"), status: $("status"), result: $("result"),
   error: $("error"), errorTitle: $("error-title"), errorDetail: $("error-detail"),
   previewFigure: $("preview-figure"), preview: $("preview"), previewNote: $("preview-note"),
   captionBox: $("caption-box"), caption: $("caption"), copy: $("copy"), copyStatus: $("copy-status"),
+  fileJobs: $("file-jobs"), samples: $("samples"), urlHint: $("url-hint"),
   recentList: $("recent-list"), recentEmpty: $("recent-empty"), clearRecent: $("clear-recent"),
 };
 
 const state = {
-  file: null, // the File to upload, when one is chosen
-  objectUrl: null, // blob: URL previewing that file
+  files: [], // the Files to upload, when some are chosen
+  objectUrls: [], // blob: URLs previewing those files (kept while a job shows one)
   previews: new Map(), // job id -> preview URL, for this page load
   current: null, // id of the job on screen
-  poll: null, // AbortController of the running long-poll
+  poll: null, // AbortController of the running long-poll(s)
   previewTimer: 0, // pending preview of a URL being typed
+  limits: null, // GET /v1/limits, once loaded
 };
-
-/** A problem response (RFC 9457) or a network failure, ready to show. */
-class ApiProblem extends Error {
-  constructor(status, body, retryAfter) {
-    super(body.detail || body.title || `HTTP ${status}`);
-    this.status = status;
-    this.code = body.code || `http_${status}`;
-    this.title = body.title || "Request failed";
-    this.detail = body.detail || "";
-    this.retryAfter = retryAfter;
-  }
-}
-
-// ---- talking to the API -------------------------------------------------------------
-
-function authHeaders() {
-  const key = ui.apiKey.value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-async function callApi(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(path, {
-      ...options,
-      headers: { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) },
-    });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ApiProblem(0, { code: "network_error", title: "Cannot reach the server",
-      detail: "Check your connection and try again." });
-  }
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiProblem(response.status, body, response.headers.get("Retry-After"));
-  return body;
-}
-
-function submitJob() {
-  const options = {};
-  if (ui.prompt.value.trim()) options.prompt = ui.prompt.value.trim();
-  if (ui.maxTokens.value) options.max_new_tokens = Number(ui.maxTokens.value);
-  if (state.file) {
-    const form = new FormData();
-    form.append("file", state.file, state.file.name || "image");
-    for (const [name, value] of Object.entries(options)) form.append(name, String(value));
-    return callApi(API, { method: "POST", body: form });
-  }
-  return callApi(API, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ image_url: ui.url.value.trim(), ...options }),
-  });
-}
-
-/** Long-poll the job until it is final, calling onUpdate with each version seen. */
-async function followJob(job, onUpdate, signal) {
-  let failures = 0;
-  while (!FINAL.has(job.status)) {
-    try {
-      job = await callApi(`${API}/${encodeURIComponent(job.id)}?wait=${POLL_WAIT_S}`, { signal });
-      failures = 0;
-      onUpdate(job);
-    } catch (err) {
-      if (err.name === "AbortError" || (err.status >= 400 && err.status < 500 && err.status !== 429)) throw err;
-      failures += 1; // a blip (network, 429, 5xx): back off and keep following
-      if (failures > 5) throw err;
-      await sleep(Math.min(1000 * 2 ** failures, 15000), signal);
-    }
-  }
-  return job;
-}
-
-function sleep(ms, signal) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
-      clearTimeout(timer);
-      reject(new DOMException("Aborted", "AbortError"));
-    }, { once: true });
-  });
-}
 
 // ---- showing things ------------------------------------------------------------------
 
@@ -179,6 +101,24 @@ function describe(job) {
   return STATUS_TEXT[job.status] || `Status: ${job.status}`;
 }
 
+/** A new input: the result on screen belongs to the old one, so it goes (caption, copy button, error, list). */
+function resetResult(text = "Ready: press Enter or Caption it.") {
+  state.current = null;
+  clearError();
+  ui.captionBox.hidden = true;
+  ui.caption.textContent = "";
+  ui.copyStatus.textContent = "";
+  ui.cancel.hidden = true;
+  ui.fileJobs.replaceChildren();
+  ui.fileJobs.hidden = true;
+  setStatus(text);
+}
+
+function showResult() {
+  // The result card sits below the form: bring it into view once there is something in it.
+  ui.result.scrollIntoView({ block: "nearest", behavior: "smooth" });
+}
+
 function renderJob(job) {
   setStatus(describe(job));
   ui.cancel.hidden = FINAL.has(job.status);
@@ -191,69 +131,13 @@ function renderJob(job) {
     showError("Could not caption this image", `${job.error.message} (${job.error.code})`);
   }
   rememberJob(job);
-}
-
-// ---- recent jobs (sessionStorage: this tab only) -------------------------------------
-
-function loadRecent() {
-  try {
-    const list = JSON.parse(sessionStorage.getItem(RECENT_KEY) || "[]");
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
-}
-
-function rememberJob(job, label) {
-  const list = loadRecent();
-  const old = list.find((entry) => entry.id === job.id);
-  const entry = {
-    id: job.id,
-    label: label || old?.label || job.image_url || "uploaded file",
-    image_url: job.image_url || null,
-    status: job.status,
-    caption: job.caption || null,
-    created_at: job.created_at || old?.created_at || new Date().toISOString(),
-  };
-  const rest = list.filter((item) => item.id !== job.id);
-  sessionStorage.setItem(RECENT_KEY, JSON.stringify([entry, ...rest].slice(0, MAX_RECENT)));
-  renderRecent();
-}
-
-function renderRecent() {
-  const list = loadRecent();
-  ui.recentEmpty.hidden = list.length > 0;
-  ui.clearRecent.hidden = list.length === 0;
-  ui.recentList.replaceChildren(...list.map(recentItem));
-}
-
-function recentItem(entry) {
-  const item = document.createElement("li");
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "recent-item";
-  button.dataset.jobId = entry.id;
-  const name = document.createElement("span");
-  name.className = "recent-label";
-  name.textContent = entry.label;
-  const badge = document.createElement("span");
-  badge.className = `badge badge-${entry.status}`;
-  badge.textContent = entry.status;
-  const caption = document.createElement("span");
-  caption.className = "recent-caption";
-  caption.textContent = entry.caption || "";
-  button.append(name, badge, caption);
-  button.setAttribute("aria-current", String(entry.id === state.current));
-  button.addEventListener("click", () => reopenJob(entry));
-  item.append(button);
-  return item;
+  if (FINAL.has(job.status)) showResult();
 }
 
 async function reopenJob(entry) {
-  clearError();
+  resetResult(`Loading ${entry.label}…`);
   state.current = entry.id;
   showPreview(state.previews.get(entry.id) || entry.image_url);
-  setStatus(`Loading ${entry.label}…`);
   try {
     const job = await callApi(`${API}/${encodeURIComponent(entry.id)}`);
     await track(job);
@@ -280,13 +164,30 @@ async function track(job) {
   }
 }
 
-function validateInput() {
-  if (state.file) {
-    if (state.file.type && !state.file.type.startsWith("image/")) {
-      return ["Not an image", `"${state.file.name}" is a ${state.file.type} file; choose a JPEG, PNG, GIF or WebP image.`];
-    }
-    return null;
+/** Why `file` cannot be sent, as [title, detail], or null; checked against the server's GET /v1/limits. */
+function checkFile(file) {
+  const accepted = state.limits?.image_formats.map((format) => format.media_type);
+  if (file.type && (accepted ? !accepted.includes(file.type) : !file.type.startsWith("image/"))) {
+    return ["Not an image", `"${file.name}" is a ${file.type} file; choose a ${formatNames()} image.`];
   }
+  const maxBytes = state.limits?.max_upload_bytes;
+  if (maxBytes && file.size > maxBytes) {
+    return ["File too large", `"${file.name}" is ${formatBytes(file.size)}; the server takes up to ${formatBytes(maxBytes)}.`];
+  }
+  return null;
+}
+
+function formatNames() {
+  const names = state.limits?.image_formats.map((format) => format.name) || ["JPEG", "PNG", "GIF", "WebP"];
+  return `${names.slice(0, -1).join(", ")} or ${names.at(-1)}`;
+}
+
+function validateInput() {
+  if (state.files.length > MAX_FILES) {
+    return ["Too many files", `Choose at most ${MAX_FILES} files at once; ${state.files.length} were chosen.`];
+  }
+  if (state.files.length === 1) return checkFile(state.files[0]);
+  if (state.files.length > 1) return null; // each file is checked on its own row
   const text = ui.url.value.trim();
   if (!text) return ["Nothing to caption", "Enter an image URL, or drop or choose a file."];
   if (!isHttpUrl(text)) return ["Not a valid URL", `"${text}" is not an http or https URL.`];
@@ -302,6 +203,13 @@ function isHttpUrl(text) {
   }
 }
 
+function formOptions() {
+  const options = {};
+  if (ui.prompt.value.trim()) options.prompt = ui.prompt.value.trim();
+  if (ui.maxTokens.value) options.max_new_tokens = Number(ui.maxTokens.value);
+  return options;
+}
+
 async function onSubmit(event) {
   event.preventDefault();
   clearError();
@@ -309,27 +217,60 @@ async function onSubmit(event) {
   if (invalid) {
     showError(...invalid);
     setStatus("Not submitted.");
-    (state.file ? ui.file : ui.url).focus();
+    (state.files.length ? ui.file : ui.url).focus();
     return;
   }
-  if (!state.file) {
+  if (state.files.length > 1) {
+    await submitFiles();
+    return;
+  }
+  const file = state.files[0] || null;
+  const url = ui.url.value.trim();
+  if (!file) {
     clearTimeout(state.previewTimer);
-    showPreview(ui.url.value.trim());
+    showPreview(url);
   }
   ui.captionBox.hidden = true;
   ui.submit.disabled = true;
   setStatus("Submitting…");
-  const label = state.file ? state.file.name || "pasted image" : ui.url.value.trim();
+  showResult();
   try {
-    const job = await submitJob();
-    if (state.objectUrl) state.previews.set(job.id, state.objectUrl);
-    rememberJob(job, label);
+    const job = await submitJob({ file, url, options: formOptions() });
+    if (file) state.previews.set(job.id, state.objectUrls[0]);
+    rememberJob(job, file ? file.name || "pasted image" : url);
     ui.submit.disabled = false; // another image may be submitted while this one is followed
     await track(job);
   } catch (err) {
     showProblem(err);
   } finally {
     ui.submit.disabled = false;
+  }
+}
+
+/** Several files: each its own job, in a list under the result heading. */
+async function submitFiles() {
+  state.poll?.abort();
+  const controller = new AbortController();
+  state.poll = controller;
+  resetResult(`Captioning ${state.files.length} files…`);
+  showPreview(null);
+  ui.fileJobs.hidden = false;
+  showResult();
+  await captionFiles(state.files, {
+    list: ui.fileJobs,
+    options: formOptions(),
+    previews: state.objectUrls,
+    check: checkFile,
+    signal: controller.signal,
+    onJob: (job, label, preview) => {
+      state.previews.set(job.id, preview);
+      rememberJob(job, label);
+    },
+  });
+  if (state.poll === controller) {
+    state.poll = null;
+    setStatus(`Done: ${state.files.length} files.`);
+    showResult();
   }
 }
 
@@ -354,25 +295,35 @@ async function onCancel() {
 
 // ---- choosing the image --------------------------------------------------------------
 
-function chooseFile(file) {
-  if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
-  state.file = file;
-  state.objectUrl = null;
-  ui.fileName.hidden = !file;
-  if (!file) {
+/** Use `files` (an array, maybe empty) as the input; previews of earlier files stay with their jobs. */
+function chooseFiles(files) {
+  releasePreviews();
+  state.files = files;
+  state.objectUrls = files.map((file) => (!file.type || file.type.startsWith("image/") ? URL.createObjectURL(file) : ""));
+  ui.fileName.hidden = files.length === 0;
+  if (files.length === 0) {
     ui.file.value = "";
+    resetResult("Nothing captioned yet.");
     showPreview(isHttpUrl(ui.url.value.trim()) ? ui.url.value.trim() : null);
     return;
   }
   ui.url.value = "";
-  ui.fileNameText.textContent = `Selected: ${file.name || "pasted image"} (${formatBytes(file.size)})`;
-  clearError();
-  if (!file.type || file.type.startsWith("image/")) {
-    state.objectUrl = URL.createObjectURL(file);
-    showPreview(state.objectUrl);
-  } else {
-    showPreview(null);
-  }
+  clearTimeout(state.previewTimer);
+  resetResult();
+  const total = files.reduce((sum, file) => sum + file.size, 0);
+  ui.fileNameText.textContent = files.length === 1
+    ? `Selected: ${files[0].name || "pasted image"} (${formatBytes(total)})`
+    : `Selected: ${files.length} files (${formatBytes(total)})`;
+  ui.clearFile.textContent = files.length > 1 ? "Remove files" : "Remove file";
+  const note = files.length > 1 ? `${files.length} files: each becomes its own job.` : "";
+  showPreview(state.objectUrls[0] || null, note);
+}
+
+function releasePreviews() {
+  // A blob: URL a job still shows (recent jobs) must stay valid; the others are freed.
+  const kept = new Set(state.previews.values());
+  for (const url of state.objectUrls) if (url && !kept.has(url)) URL.revokeObjectURL(url);
+  state.objectUrls = [];
 }
 
 function formatBytes(bytes) {
@@ -383,45 +334,40 @@ function formatBytes(bytes) {
 
 function onUrlInput() {
   const text = ui.url.value.trim();
-  if (text && state.file) chooseFile(null);
+  if (text && state.files.length) chooseFiles([]);
+  resetResult(text ? "Ready: press Enter or Caption it." : "Nothing captioned yet.");
   // Wait for typing to pause: every keystroke would otherwise fetch a half-typed URL.
   clearTimeout(state.previewTimer);
   state.previewTimer = setTimeout(() => showPreview(isHttpUrl(text) ? text : null), PREVIEW_DELAY_MS);
 }
 
+function useUrl(link) {
+  ui.url.value = link.trim();
+  onUrlInput();
+}
+
 function onDrop(event) {
   event.preventDefault();
   ui.dropZone.classList.remove("dragging");
-  const file = event.dataTransfer.files[0];
-  if (file) {
-    chooseFile(file);
+  const files = [...event.dataTransfer.files];
+  if (files.length) {
+    chooseFiles(files);
     return;
   }
   const link = (event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text/plain")).split("\n")[0];
-  if (link) {
-    ui.url.value = link.trim();
-    onUrlInput();
-  }
+  if (link) useUrl(link);
 }
 
 function onPaste(event) {
-  const file = [...(event.clipboardData?.files || [])].find((item) => item.type.startsWith("image/"));
-  if (file) {
+  const files = [...(event.clipboardData?.files || [])].filter((item) => item.type.startsWith("image/"));
+  if (files.length) {
     event.preventDefault();
-    chooseFile(file);
+    chooseFiles(files);
   }
 }
 
 async function onCopy() {
-  const text = ui.caption.textContent;
-  try {
-    await navigator.clipboard.writeText(text);
-    ui.copyStatus.textContent = "Copied to the clipboard.";
-  } catch {
-    // Clipboard access needs a secure context or permission; selecting the text lets the user copy it.
-    window.getSelection()?.selectAllChildren(ui.caption);
-    ui.copyStatus.textContent = "Press Ctrl+C (⌘C) to copy the selected caption.";
-  }
+  ui.copyStatus.textContent = await copyText(ui.caption.textContent, ui.caption);
 }
 
 function onPreviewError() {
@@ -432,10 +378,26 @@ function onPreviewError() {
   }
 }
 
+/** Fit the form to what this server accepts (GET /v1/limits); the HTML holds the defaults until then. */
+async function loadLimits() {
+  try {
+    const limits = await callApi("/v1/limits");
+    state.limits = limits;
+    ui.maxTokens.max = String(limits.max_new_tokens_limit);
+    ui.prompt.maxLength = limits.max_prompt_chars;
+    ui.file.accept = limits.image_formats.flatMap((format) => [format.media_type, ...format.suffixes]).join(",");
+    ui.urlHint.textContent = `An http or https link to a ${formatNames()} image.`;
+    document.documentElement.dataset.limits = "loaded";
+  } catch {
+    document.documentElement.dataset.limits = "defaults"; // an older server: the HTML's defaults stay
+  }
+}
+
 // ---- wiring ----------------------------------------------------------------------------
 
 function wireApiKey() {
   ui.apiKey.value = localStorage.getItem(API_KEY_KEY) || "";
+  useApiKey(() => ui.apiKey.value.trim());
   ui.apiKey.addEventListener("change", () => {
     const key = ui.apiKey.value.trim();
     if (key) localStorage.setItem(API_KEY_KEY, key);
@@ -462,25 +424,35 @@ function wireDropZone() {
   window.addEventListener("drop", (event) => event.preventDefault());
 }
 
+function wireSamples() {
+  for (const button of ui.samples.querySelectorAll("button[data-sample]")) {
+    button.addEventListener("click", () => {
+      useUrl(new URL(`/samples/${button.dataset.sample}`, window.location.origin).href);
+      ui.url.focus();
+    });
+  }
+}
+
 function init() {
   ui.form.addEventListener("submit", onSubmit);
   ui.cancel.addEventListener("click", onCancel);
   ui.url.addEventListener("input", onUrlInput);
-  ui.file.addEventListener("change", () => chooseFile(ui.file.files[0] || null));
+  ui.file.addEventListener("change", () => chooseFiles([...ui.file.files]));
   ui.clearFile.addEventListener("click", () => {
-    chooseFile(null);
+    chooseFiles([]);
     ui.file.focus();
   });
   ui.copy.addEventListener("click", onCopy);
   ui.preview.addEventListener("error", onPreviewError);
-  ui.clearRecent.addEventListener("click", () => {
-    sessionStorage.removeItem(RECENT_KEY);
-    renderRecent();
-  });
   document.addEventListener("paste", onPaste);
   wireApiKey();
   wireDropZone();
-  renderRecent();
+  wireSamples();
+  setUpRecent(
+    { list: ui.recentList, empty: ui.recentEmpty, clear: ui.clearRecent },
+    { open: reopenJob, current: (id) => id === state.current },
+  );
+  loadLimits();
   document.documentElement.classList.add("js");
 }
 

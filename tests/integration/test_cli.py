@@ -38,6 +38,8 @@ def run_cli(stack: LocalStack, *args: str, cwd: Path | None = None) -> subproces
     assert CLI.is_file(), f"{CLI} is missing: `pip install -e .` installs the console script"
     env = {name: value for name, value in os.environ.items() if not name.startswith("CAPTIONIZER_")}
     env["CAPTIONIZER_API_URL"] = stack.api_url
+    # The console script imports `cli` from wherever the shared venv was installed; test this checkout's.
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return subprocess.run(
         [str(CLI), *args], capture_output=True, text=True, timeout=_CLI_TIMEOUT_S, env=env, cwd=cwd, check=False
     )

@@ -235,7 +235,8 @@ def test_streamed_oversized_body_is_cut_off_with_413() -> None:
 
 
 def test_job_routes_answer_429_with_retry_after_past_the_burst(make_settings: SettingsFactory) -> None:
-    settings = make_settings(rate_limit_per_minute=6, rate_limit_burst=2)
+    # Reading a job spends the read budget (api/ratelimit.py's "read" policy).
+    settings = make_settings(rate_limit_reads_per_minute=6, rate_limit_reads_burst=2)
     responses = send(settings, *[("GET", NO_JOB, _auth())] * 3)
     assert [r.status_code for r in responses] == [404, 404, 429]
     limited = responses[-1]
@@ -244,7 +245,7 @@ def test_job_routes_answer_429_with_retry_after_past_the_burst(make_settings: Se
 
 
 def test_rate_limits_are_per_key(make_settings: SettingsFactory) -> None:
-    settings = make_settings(rate_limit_per_minute=6, rate_limit_burst=1)
+    settings = make_settings(rate_limit_reads_per_minute=6, rate_limit_reads_burst=1)
     responses = send(
         settings, ("GET", NO_JOB, _auth(KEY_A)), ("GET", NO_JOB, _auth(KEY_A)), ("GET", NO_JOB, _auth(KEY_B))
     )
@@ -260,7 +261,7 @@ def test_probes_docs_and_static_files_are_not_rate_limited(make_settings: Settin
 
 
 def test_unauthenticated_requests_do_not_spend_a_keys_tokens(make_settings: SettingsFactory) -> None:
-    settings = make_settings(rate_limit_per_minute=6, rate_limit_burst=1)
+    settings = make_settings(rate_limit_reads_per_minute=6, rate_limit_reads_burst=1)
     responses = send(settings, *[("GET", NO_JOB, {})] * 5, ("GET", NO_JOB, _auth()))
     assert [r.status_code for r in responses] == [401] * 5 + [404]
 

@@ -63,15 +63,21 @@ def test_caption_without_wait_lists_the_queued_jobs(fake_api: FakeApi) -> None:
     assert out.splitlines()[1].split() == ["http://img.test/a.png", "job_1", "queued"]
 
 
-def test_refused_and_missing_inputs_fail_on_their_own_rows(fake_api: FakeApi, tmp_path: Path) -> None:
-    missing = str(tmp_path / "missing.png")
-    code, out, _ = captionizer(fake_api, "caption", "http://blocked.test/a.png", missing, "http://img.test/ok.png")
+def test_refused_inputs_fail_on_their_own_rows(fake_api: FakeApi) -> None:
+    code, out, _ = captionizer(fake_api, "caption", "http://blocked.test/a.png", "http://img.test/ok.png")
     rows = out.splitlines()[1:]
     assert code == EXIT_FAILED
     assert rows[0].split()[:3] == ["http://blocked.test/a.png", "-", "error"]
     assert rows[0].endswith("The URL's host is not allowed (url_not_allowed)")
-    assert "(file_unreadable)" in rows[1]
-    assert rows[2].split()[2] == "queued"
+    assert rows[1].split()[2] == "queued"
+
+
+def test_a_missing_path_is_a_usage_error_and_nothing_is_submitted(fake_api: FakeApi, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.png")
+    code, out, err = captionizer(fake_api, "caption", "http://img.test/ok.png", missing)
+    assert code == EXIT_USAGE
+    assert out == "" and f"no such file or folder: {missing}" in err
+    assert fake_api.requests == []
 
 
 def test_api_url_and_key_come_from_the_environment(fake_api: FakeApi) -> None:
