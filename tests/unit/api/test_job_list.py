@@ -53,7 +53,7 @@ def run(settings: Settings, step: Step) -> Any:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                return await step(client, app.state.store)
+                return await step(client, app.state.services.store)
 
     return asyncio.run(go())
 

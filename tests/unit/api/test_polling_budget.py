@@ -175,7 +175,7 @@ def test_prefer_wait_answers_200_with_the_finished_job(api_harness: ApiHarness) 
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 post = asyncio.create_task(http.post("/v1/jobs", json=URL_JOB, headers={"Prefer": "wait=5"}))
                 job_id = await _queued_job_id(api_harness, post)
-                await _until(lambda: job_id in app.state.job_events._waiters)
+                await _until(lambda: job_id in app.state.services.job_events._waiters)
                 store = api_harness.store()
                 assert await store.transition(job_id, JobStatus.RUNNING)
                 assert await store.transition(job_id, JobStatus.SUCCEEDED, caption="a red circle")
