@@ -222,7 +222,8 @@ class WebhookDeliverer:
             # Scheduled before the record is written: a crash between the two leaves
             # a stale record, never a lost retry.
             await self.schedule.add(delivery.next_attempt(), due_s=state.next_attempt_at.timestamp())
-        if owns_record:
+        # Checked again: the job's final event may have taken the record while this attempt ran.
+        if owns_record and await self._may_write_record(delivery):
             await self.store.update(delivery.job_id, webhook=state)
         # Counted in Redis: this worker serves no /metrics of its own, the API exports the counts.
         await self.store.count_webhook_outcome(state.status)
@@ -243,6 +244,10 @@ class WebhookDeliverer:
             return False
         await self.store.update(delivery.job_id, webhook=base.model_copy(update={"status": "delivering"}))
         return True
+
+    async def _may_write_record(self, delivery: WebhookDelivery) -> bool:
+        job = await self.store.get(delivery.job_id)
+        return job is not None and may_take_record(job.webhook, delivery)
 
     async def _attempt(self, delivery: WebhookDelivery) -> AttemptResult:
         settings = self.settings

@@ -389,3 +389,28 @@ def test_the_slot_is_given_back_when_the_attempt_raises(settings: Settings) -> N
         assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
 
     run(scenario)
+
+
+def test_a_running_attempt_that_ends_after_the_final_event_took_the_record_leaves_it(
+    webhook_settings: Settings,
+) -> None:
+    async def scenario() -> None:
+        h = Harness(webhook_settings, [200])
+        job = make_job(webhook_events=["running"])
+        await h.store.create(job)
+        final = WebhookState(status="pending", event="job.succeeded", webhook_id="msg_job_hook_succeeded")
+        post = h.session.post
+
+        @asynccontextmanager
+        async def post_while_the_job_ends(url: str, **kwargs: Any) -> Any:
+            # The job ends during the running event's attempt, and its final event claims the record.
+            await h.store.update(job.id, webhook=final)
+            async with post(url, **kwargs) as response:
+                yield response
+
+        h.session.post = post_while_the_job_ends  # type: ignore[method-assign]
+        state = await h.deliverer.deliver(build_delivery(job, JobStatus.RUNNING, datetime.now(UTC)))
+        assert state is not None and state.status == "delivered"
+        assert await h.webhook_record() == final
+
+    run(scenario)
