@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.connector import AddrInfoType
 from aiohttp.resolver import ThreadedResolver
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, PngImagePlugin
 from yarl import URL
 
 from model.images import shrink_image, to_rgb
@@ -54,6 +54,10 @@ REQUEST_HEADERS = {
     # Images are compressed already; refusing content-coding also rules out gzip bombs (RFC 9110 §12.5.3).
     "Accept-Encoding": "identity",
 }
+
+# Pillow keeps a PNG's text chunks (tEXt, zTXt, iTXt) decompressed in memory, up to 64 MB in all by default:
+# a 200 kB file of zTXt chunks costs that much. We never read them; an honest PNG's metadata is far smaller.
+_MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 
 # CIPA DC-008 orientations 2-8 and the transposition that undoes each (Pillow's ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE = {
@@ -299,6 +303,7 @@ def _open_bounded(data: bytes, image_format: str, settings: Settings) -> Image.I
     # Pillow's own bomb guard runs inside Image.open, before we see the size: give it our ceiling so the
     # two agree. It warns above the ceiling (an error under `-W error`) and raises above twice it.
     Image.MAX_IMAGE_PIXELS = max_pixels
+    PngImagePlugin.MAX_TEXT_MEMORY = _MAX_PNG_TEXT_BYTES
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
