@@ -3,9 +3,10 @@
 Fetching: every hop's URL is checked by :func:`shared.urls.validate_url`, and the session made by
 :func:`make_fetch_session` checks every address a host name resolves to when it connects (OWASP SSRF
 Prevention Cheat Sheet), so DNS rebinding and redirects to internal hosts fail. Downloads are bounded
-in time and in bytes while streaming. Decoding: the pixel count and aspect ratio are checked from the header before
-any pixel is decoded (decompression bombs, 200000x1 slivers), then the first frame is decoded, shrunk in
-its own mode to a size set by the model's input, turned upright by its EXIF orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
+in time and in bytes while streaming. Decoding: the pixel count and the aspect ratio are checked from
+the header before any pixel is decoded (decompression bombs, 200000x1 slivers), then the first frame is
+decoded, shrunk in its own mode to a size set by the model's input, turned upright by its EXIF
+orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
 """
 
 from __future__ import annotations
