@@ -111,8 +111,9 @@ def is_public_address(ip: str | IPAddress) -> bool:
 
     False for loopback, private, link-local (169.254.169.254 included), carrier-grade NAT, multicast,
     reserved, unspecified and documentation ranges; for IPv4-mapped, -compatible and -translated IPv6,
-    local-use NAT64 and Teredo; for 6to4, NAT64 and ISATAP addresses that embed an internal IPv4 address; and for Azure's
-    WireServer (168.63.129.16), public by IANA but internal on Azure. Unparseable input is False.
+    local-use NAT64 and Teredo; for 6to4, NAT64 and ISATAP addresses that embed an internal IPv4
+    address; and for Azure's WireServer (168.63.129.16), public by IANA but internal on Azure.
+    Unparseable input is False.
     """
     try:
         address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip

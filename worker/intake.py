@@ -2,9 +2,10 @@
 
 Fetching: every hop's URL is checked, and the session connects only to allowed addresses, through
 :mod:`worker.egress` (the SSRF guard webhooks use too). Downloads are bounded
-in time and in bytes while streaming. Decoding: the pixel count and aspect ratio are checked from the header before
-any pixel is decoded (decompression bombs, 200000x1 slivers), then the first frame is decoded, shrunk in
-its own mode to a size set by the model's input, turned upright by its EXIF orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
+in time and in bytes while streaming. Decoding: the pixel count and the aspect ratio are checked from
+the header before any pixel is decoded (decompression bombs, 200000x1 slivers), then the first frame is
+decoded, shrunk in its own mode to a size set by the model's input, turned upright by its EXIF
+orientation and converted to RGB. Every failure is one of the typed errors in :mod:`shared.errors`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, PngImagePlugin
 
 from model.images import shrink_image, to_rgb
 from shared.errors import (
@@ -48,6 +49,10 @@ REQUEST_HEADERS = {
     # Images are compressed already; refusing content-coding also rules out gzip bombs (RFC 9110 §12.5.3).
     "Accept-Encoding": "identity",
 }
+
+# Pillow keeps a PNG's text chunks (tEXt, zTXt, iTXt) decompressed in memory, up to 64 MB in all by default:
+# a 200 kB file of zTXt chunks costs that much. We never read them; an honest PNG's metadata is far smaller.
+_MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024
 
 # CIPA DC-008 orientations 2-8 and the transposition that undoes each (Pillow's ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE = {
@@ -209,6 +214,7 @@ def _open_bounded(data: bytes, image_format: str, settings: Settings) -> Image.I
     # Pillow's own bomb guard runs inside Image.open, before we see the size: give it our ceiling so the
     # two agree. It warns above the ceiling (an error under `-W error`) and raises above twice it.
     Image.MAX_IMAGE_PIXELS = max_pixels
+    PngImagePlugin.MAX_TEXT_MEMORY = _MAX_PNG_TEXT_BYTES
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -81,12 +81,23 @@ def _png16(mode: str, size: tuple[int, int]) -> bytes:
     return _png(struct.pack(">IIBBBBB", *size, 16, colour_type, 0, 0, 0), row * size[1])
 
 
-def _png(ihdr: bytes, raw: bytes) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
+
+def _png(ihdr: bytes, raw: bytes) -> bytes:
     signature = b"\x89PNG\r\n\x1a\n"
-    return signature + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return signature + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
+
+
+def _ztxt_bomb(chunks: int = 200) -> bytes:
+    """A 16x16 PNG carrying ``chunks`` zTXt chunks of 1 MB of text each, compressed to 1 kB each."""
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    text = zlib.compress(b"a" * 1_000_000, 9)
+    png = _png(ihdr, (b"\x00" + b"\x00" * 48) * 16)
+    ihdr_end = 8 + 12 + len(ihdr)  # the signature, then the IHDR chunk
+    texts = b"".join(_chunk(b"zTXt", b"k%d\x00\x00" % i + text) for i in range(chunks))
+    return png[:ihdr_end] + texts + png[ihdr_end:]
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -125,7 +136,9 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], str]] = {
     "gif-300-frames": (".gif", lambda: _animated("GIF", (1000, 800), 300), "560x448"),
     "apng-300-frames": (".png", lambda: _animated("PNG", (1000, 800), 300), "560x448"),
     "webp-300-frames": (".webp", lambda: _animated("WEBP", (1000, 800), 300), "560x448"),
+    "jpeg-mpo-50-frames": (".jpg", lambda: _animated("MPO", (1000, 800), 50), "560x448"),
     "avif": (".avif", lambda: _encode(Image.new("RGB", (1200, 900)), "AVIF", speed=10), SHRUNK),
+    "png-ztxt-bomb-200-mb-of-text": (".png", _ztxt_bomb, "image_corrupt"),
     "truncated-png": (".png", lambda: hostile_images()["truncated.png"][0], "image_corrupt"),
     "truncated-jpeg": (".jpg", lambda: hostile_images()["truncated.jpg"][0], "image_corrupt"),
     "tiff": (".tif", lambda: _encode(Image.new("RGB", BIG), "TIFF"), "not_an_image"),
@@ -141,7 +154,7 @@ def _header_pixels(path: Path) -> int:
     try:
         with Image.open(path) as image:
             return image.width * image.height
-    except OSError:
+    except (OSError, ValueError):  # ValueError: Pillow's own cap on PNG text chunks
         return 0
 
 
