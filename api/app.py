@@ -12,6 +12,7 @@ from api.job_events import JobEvents
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
 from api.routes import caption, health, jobs
+from api.routes.docs import register_docs
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.submission import JobSubmitter
@@ -53,7 +54,10 @@ def create_app(settings: Settings) -> FastAPI:
             await events_redis.aclose()
             await redis.aclose()
 
-    app = FastAPI(title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url off: FastAPI's pages load from a CDN; register_docs serves them offline.
+    app = FastAPI(
+        title="Captionizer", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.redis = redis
     app.state.store = store
@@ -66,4 +70,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(caption.router)
     app.include_router(health.router)
     register_pages(app)
+    register_docs(app)
     return app
