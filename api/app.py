@@ -16,6 +16,7 @@ from api.problems import install_problem_handlers
 from api.queue import TaskQueue
 from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from api.routes import caption, health, jobs, limits, webhooks
+from api.routes.docs import register_docs
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.services import Services
@@ -58,12 +59,15 @@ def create_app(settings: Settings) -> FastAPI:
             await events_redis.aclose()
             await services.redis.aclose()
 
+    # docs_url/redoc_url off: FastAPI's pages load from a CDN; register_docs serves them offline.
     app = FastAPI(
         title="Captionizer",
         version="0.1.0",
         description=_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     # The one thing put on app.state; api.deps is the only reader.
     app.state.services = services
@@ -77,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(webhooks.router)
     register_pages(app)
+    register_docs(app)
     install_openapi(app, max_wait_s=settings.max_wait_s)
     return app
 

@@ -28,14 +28,6 @@ _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr and start it with
-# an inline script; this looser policy applies to those pages only, which reflect no input.
-_DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
 _COMMON_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
@@ -66,23 +58,21 @@ async def _send_problem(exc: CaptionizerError, scope: Scope, receive: Receive, s
 class SecurityHeadersMiddleware:
     """Adds CSP, nosniff, no-referrer, anti-framing and, under ``/v1/``, ``Cache-Control: no-store``."""
 
-    def __init__(self, app: ASGIApp, *, docs_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.docs_paths = docs_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = _path(scope)
-        csp = _DOCS_CSP if path in self.docs_paths else _CSP
         # OWASP REST Security: responses carrying job data must not be stored by caches.
         no_store = path.startswith("/v1/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("Content-Security-Policy", csp)
+                headers.setdefault("Content-Security-Policy", _CSP)
                 for name, value in _COMMON_HEADERS:
                     headers.setdefault(name, value)
                 if no_store:
@@ -191,11 +181,6 @@ class BodyLimitMiddleware:
         return send_unless_exceeded
 
 
-def _docs_paths(app: FastAPI) -> frozenset[str]:
-    paths = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    return frozenset(path for path in paths if path)
-
-
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Give ``app`` its edge middlewares, per ``settings``.
 
@@ -217,4 +202,4 @@ def install_security(app: FastAPI, settings: Settings) -> None:
         )
     if settings.front_door_id:
         app.add_middleware(FrontDoorMiddleware, front_door_id=settings.front_door_id)
-    app.add_middleware(SecurityHeadersMiddleware, docs_paths=_docs_paths(app))
+    app.add_middleware(SecurityHeadersMiddleware)
