@@ -90,7 +90,7 @@ class CaptionService:
         """Body of the chunk task: the jobs of one chunk of a batch."""
         if not isinstance(job_ids, list) or not all(isinstance(job_id, str) for job_id in job_ids):
             # Acknowledged and dropped: a message no redelivery can make valid.
-            logger.error("malformed chunk message ignored", extra={"args": repr(job_ids)[:200]})
+            logger.error("malformed chunk message ignored", extra={"message_args": repr(job_ids)[:200]})
             return
         with _requeue_when_unfinished(job_ids=job_ids):
             self._runtime().run_chunk(job_ids)
