@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from scripts.chunks import ChunkSender
 from shared.jobs import JobStatus
 from tests.integration.chaos import Chaos, wait_until
 from tests.integration.crashing_worker import POISON_PROMPT
@@ -62,3 +63,27 @@ def test_a_job_that_kills_its_worker_fails_alone_after_the_delivery_limit(
     # Redelivered jobs run alone, so the poison never took an innocent job down twice.
     assert all(jobs[job_id].status is JobStatus.SUCCEEDED for job_id in innocents)
     assert all(jobs[job_id].attempts <= 2 for job_id in innocents)
+
+
+def test_every_chunk_item_ends_once_through_two_worker_kills_mid_chunk(
+    chaos: Chaos, image_server: HostileServer
+) -> None:
+    sender = ChunkSender(chaos.stack.redis_url, chaos.stack.keys.prefix)
+    try:
+        job_ids = sender.store([image_server.url("/image/shape.png")] * JOBS)
+        sender.send_chunks(job_ids, chunk_size=8)
+    finally:
+        sender.close()
+    with chaos.supervise():
+        kill_mid_batch(chaos, job_ids, after_succeeded=1)
+        wait_until(lambda: chaos.restarts == 1 and chaos.worker().is_running(), timeout_s=120, what="a restart")
+        done_before = chaos.count_in(job_ids, "succeeded")
+        kill_mid_batch(chaos, job_ids, after_succeeded=done_before + 1)
+        jobs = chaos.wait_all_final(job_ids, timeout_s=240)
+    assert Counter(job.status for job in jobs.values()) == {JobStatus.SUCCEEDED: JOBS}
+    # Items recorded before a kill were not run again: only those caught running came back.
+    assert sum(job.attempts > 1 for job in jobs.values()) >= 2
+    assert sum(job.attempts == 1 for job in jobs.values()) >= 2
+    assert chaos.job_counts()["entered:succeeded"] == JOBS
+    ended = Counter(record["job_id"] for record in chaos.log_events("worker", "job ended"))
+    assert max(ended[job_id] for job_id in job_ids) == 1
