@@ -154,6 +154,8 @@ class CaptionRuntime:
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
         if not self._thread.is_alive():
+            if self._thread.ident is None and not self._loop.is_closed():
+                self._loop.close()  # never started
             return
         try:
             self._call(self._close(), timeout_s=_STOP_TIMEOUT_S)
