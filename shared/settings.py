@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     prepare_threads: int = Field(
         0, ge=0, description="Threads of a caption worker decoding and preparing images in parallel; 0: one per core."
     )
+    max_prompts_per_key: int = Field(
+        4,
+        ge=1,
+        description="Distinct prompts one API key may have waiting for the model at once in a caption worker; "
+        "its jobs with further prompts wait their turn, so they cannot split everyone's batches.",
+    )
     bulk_items_in_hand: int = Field(
         0,
         ge=0,
