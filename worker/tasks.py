@@ -38,8 +38,12 @@ logger = logging.getLogger(__name__)
 CAPTION_POOL = "threads"
 
 
-class UnsupportedPoolError(RuntimeError):
-    """A caption worker was started with a pool other than threads (it would fork the model away)."""
+class UnsupportedPoolError(SystemExit):
+    """A caption worker was started with a pool other than threads (it would fork the model away).
+
+    A SystemExit: Celery's signal dispatch logs and swallows the Exceptions its receivers raise, and
+    this one must end the worker before it consumes anything.
+    """
 
 
 class CaptionService:
