@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     # --- Model ------------------------------------------------------------------------
     model: str = Field(
         EMBEDDED_MODEL,
-        description="Model to load: 'embedded' (the small shipped model), a local checkpoint folder, or a Hugging Face id.",
+        description="Model to load: 'embedded' (the small shipped model), a local checkpoint folder, or a Hugging Face id "
+        "('null' and 'sleep:MS' are bench-only stand-ins, see bench/README.md).",
     )
     model_allow_download: bool = Field(
         False, description="Allow downloading `model` from the Hugging Face Hub when it is not a local folder."
@@ -106,13 +107,33 @@ class Settings(BaseSettings):
         "again, in seconds; unset means 3 x job_time_limit_s, at least 300. Must exceed job_time_limit_s.",
     )
     worker_max_memory_mb: int = Field(
-        0, ge=0, description="Resident memory (MiB) past which a worker child is replaced after its task; 0 disables."
+        0, ge=0, description="Resident memory (MiB) past which a worker restarts gracefully after its task; 0 disables."
     )
     worker_metrics_port: int = Field(
         9100, ge=0, le=65535, description="Port of a caption worker's Prometheus /metrics endpoint; 0 disables it."
     )
     worker_heartbeat_s: int = Field(
         5, ge=1, description="How often a worker announces that its model is loaded, in seconds."
+    )
+    worker_threads: int = Field(
+        64,
+        ge=1,
+        description="Celery pool threads of a caption worker when `celery worker -c` is not given: each holds one "
+        "job or one batch chunk while it runs or waits, so jobs on slow image hosts cannot hold them all.",
+    )
+    prepare_threads: int = Field(
+        0, ge=0, description="Threads of a caption worker decoding and preparing images in parallel; 0: one per core."
+    )
+    max_prompts_per_key: int = Field(
+        4,
+        ge=1,
+        description="Distinct prompts one API key may have waiting for the model at once in a caption worker; "
+        "its jobs with further prompts wait their turn, so they cannot split everyone's batches.",
+    )
+    bulk_items_in_hand: int = Field(
+        0,
+        ge=0,
+        description="Batch items a caption worker holds at once (fetching, waiting for the model); 0: three batches.",
     )
 
     # --- Image intake -----------------------------------------------------------------

@@ -38,6 +38,11 @@ HAS_EMBEDDED_MODEL = (EMBEDDED_MODEL_DIR / "config.json").is_file()
 needs_embedded_model = pytest.mark.skipif(not HAS_EMBEDDED_MODEL, reason="model/embedded is not trained yet")
 
 
+#: The test stack's caption worker: its batch size and its pool threads (messages it holds at once).
+STACK_BATCH_SIZE = 8
+STACK_WORKER_THREADS = 24
+
+
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[HostileServer]:
     """Drawn shapes (``/image/shape.png`` is a red circle) and misbehaving routes, on a free port."""
@@ -94,6 +99,9 @@ def stack(
         "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
         # Long enough that a burst of jobs reliably shares a batch.
         "CAPTIONIZER_MAX_BATCH_WAIT_MS": "100",
+        "CAPTIONIZER_MAX_BATCH_SIZE": str(STACK_BATCH_SIZE),
+        # Fewer messages in hand than the default, so tests fill them: tests/integration/test_bulk.py.
+        "CAPTIONIZER_WORKER_THREADS": str(STACK_WORKER_THREADS),
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
     }
     stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=api_port)
@@ -116,6 +124,8 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
 RELIABILITY_TIME_LIMIT_S = 10
 RELIABILITY_REDELIVERY_S = 12
 RELIABILITY_MAX_ATTEMPTS = 3
+#: Pool threads of the reliability stack's caption worker: messages it holds at once (test_lifecycle fills them).
+RELIABILITY_WORKER_THREADS = 16
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +149,7 @@ def reliability_stack(
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(RELIABILITY_TIME_LIMIT_S),
         "CAPTIONIZER_REDELIVERY_TIMEOUT_S": str(RELIABILITY_REDELIVERY_S),
         "CAPTIONIZER_MAX_DELIVERY_ATTEMPTS": str(RELIABILITY_MAX_ATTEMPTS),
+        "CAPTIONIZER_WORKER_THREADS": str(RELIABILITY_WORKER_THREADS),
         # A dead worker's heartbeat expires within 3 s, so /readyz follows it quickly.
         "CAPTIONIZER_WORKER_HEARTBEAT_S": "1",
     }

@@ -78,7 +78,7 @@ def run(
     async def main() -> None:
         store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=600)
         batcher = Batcher(
-            lambda images, options: model.caption(images, options.prompt, options.max_new_tokens),
+            lambda images, prompt, limits: model.caption(list(images), prompt, max(limits)),
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_s,
         )
@@ -88,7 +88,7 @@ def run(
             holder[0].events.append((job.id, status))
 
         runner = JobRunner(
-            settings_obj, store, batcher, fetch=fetch, decode=lambda data: decode_image(data, settings_obj, model_input_px=model.input_size_px),
+            settings_obj, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings_obj, model_input_px=model.input_size_px),
             model_name="fake", on_event=on_event,
         )  # fmt: skip
         holder.append(Harness(store, runner, model))
@@ -173,9 +173,8 @@ def test_one_failing_job_leaves_the_others_in_its_batch_alone() -> None:
         assert statuses == [JobStatus.SUCCEEDED] * 3 + [JobStatus.FAILED]
         assert {(await h.job(job.id)).timings.batch_size for job in good} == {3}
 
-    # The batch goes when it is full, not when a wait runs out: on a loaded machine the three good
-    # jobs may reach the batcher far apart, and must still share one batch.
-    run(scenario, max_batch_size=3, max_wait_s=60)
+    # Only a full batch of the three good images can run: the bad one never reaches the batcher.
+    run(scenario, max_batch_size=3, max_wait_s=3600)
 
 
 def test_a_model_error_fails_only_the_image_that_caused_it() -> None:
