@@ -11,7 +11,6 @@ from PIL import Image
 
 from model.captioner import Captioner
 from shared.errors import PromptTooLong
-from shared.jobs import JobOptions
 from shared.model_limits import BERT_WORDPIECE, ModelLimits, read_model_limits
 from shared.settings import Settings
 from tests.fakes import FakeCaptioner
@@ -34,14 +33,15 @@ def test_the_embedded_models_limits_come_from_its_config(embedded: Captioner) ->
 def test_a_prompt_longer_than_the_text_positions_is_the_callers_mistake(embedded: Captioner, prompt: str) -> None:
     caption = caption_fn_for(embedded, Settings())
     with pytest.raises(PromptTooLong) as caught:
-        caption([Image.new("RGB", (48, 48))], JobOptions(prompt=prompt, max_new_tokens=5))
+        caption(embedded.preprocess([Image.new("RGB", (48, 48))]), prompt, [5])
     assert (caught.value.code, caught.value.status) == ("prompt_too_long", 422)
     assert "at most 30" in caught.value.message
 
 
 def test_a_prompt_at_the_limit_is_captioned(embedded: Captioner) -> None:
     caption = caption_fn_for(embedded, Settings())
-    assert len(caption([Image.new("RGB", (48, 48))], JobOptions(prompt=" ".join(["a"] * 30), max_new_tokens=5))) == 1
+    inputs = embedded.preprocess([Image.new("RGB", (48, 48))])
+    assert len(caption(inputs, " ".join(["a"] * 30), [5])) == 1
 
 
 @pytest.fixture
