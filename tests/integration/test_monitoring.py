@@ -50,6 +50,16 @@ def test_celery_inspect_ping_sees_the_caption_and_the_webhook_worker(stack: Loca
     assert all(reply == {"ok": "pong"} for reply in replies.values())
 
 
+def test_deliveries_never_reach_the_caption_worker(stack: LocalStack) -> None:
+    queues = {
+        name.split("@")[0].rsplit("-", 1)[0]: {queue["name"] for queue in consumed}
+        for name, consumed in inspect(stack, "active_queues").items()
+    }
+    # A hanging webhook receiver can hold only the webhook worker's threads, never a caption thread.
+    assert stack.keys.caption_queue() in queues["worker"] and stack.keys.webhook_queue() not in queues["worker"]
+    assert queues["webhooks"] == {stack.keys.webhook_queue()}
+
+
 def test_celery_inspect_active_shows_the_job_being_captioned(
     stack: LocalStack, api: httpx.Client, image_server: HostileServer
 ) -> None:
