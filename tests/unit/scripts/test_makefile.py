@@ -14,7 +14,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _dry_run(*args: str) -> list[str]:
-    done = subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
+    # PORT from the environment would fill `PORT ?=`; MAKEFLAGS from an outer make would change -n.
+    env = {name: value for name, value in os.environ.items() if name not in ("PORT", "MAKEFLAGS", "MAKELEVEL")}
+    done = subprocess.run(
+        ["make", "-n", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     return [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
 
 
