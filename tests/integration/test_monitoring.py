@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -51,6 +50,16 @@ def test_celery_inspect_ping_sees_the_caption_and_the_webhook_worker(stack: Loca
     assert all(reply == {"ok": "pong"} for reply in replies.values())
 
 
+def test_deliveries_never_reach_the_caption_worker(stack: LocalStack) -> None:
+    queues = {
+        name.split("@")[0].rsplit("-", 1)[0]: {queue["name"] for queue in consumed}
+        for name, consumed in inspect(stack, "active_queues").items()
+    }
+    # A hanging webhook receiver can hold only the webhook worker's threads, never a caption thread.
+    assert stack.keys.caption_queue() in queues["worker"] and stack.keys.webhook_queue() not in queues["worker"]
+    assert queues["webhooks"] == {stack.keys.webhook_queue()}
+
+
 def test_celery_inspect_active_shows_the_job_being_captioned(
     stack: LocalStack, api: httpx.Client, image_server: HostileServer
 ) -> None:
@@ -75,16 +84,17 @@ def task_events(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
     """Every event the stack's processes send while the test runs, received as Flower receives them."""
     app = Celery(broker=stack.redis_url)
     events: list[dict[str, Any]] = []
-    stop, listening = threading.Event(), threading.Event()
+    listening = threading.Event()
+    receivers: list[Any] = []
 
     def capture() -> None:
         with app.connection() as connection:
             receiver = app.events.Receiver(connection, handlers={"*": events.append})
-            with receiver.consumer(wakeup=False):
-                listening.set()
-                while not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        connection.drain_events(timeout=0.5)
+            # kombu's ConsumerMixin hook: the queue is bound, so no event sent from now on is missed.
+            receiver.on_consume_ready = lambda *args, **kwargs: listening.set()
+            receivers.append(receiver)
+            # Returns once should_stop is set (it re-checks it at least every second).
+            receiver.capture(limit=None, timeout=None, wakeup=False)
 
     thread = threading.Thread(target=capture, name="event-capture", daemon=True)
     thread.start()
@@ -92,7 +102,8 @@ def task_events(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
         assert listening.wait(DEADLINE_S), "the event receiver never started"
         yield events
     finally:
-        stop.set()
+        for receiver in receivers:
+            receiver.should_stop = True
         thread.join(DEADLINE_S)
         app.close()
 

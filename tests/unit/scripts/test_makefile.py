@@ -1,0 +1,39 @@
+"""The Makefile's entry points, read with `make -n` (which prints the commands and runs none)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(*args: str) -> list[str]:
+    # PORT from the environment would fill `PORT ?=`; MAKEFLAGS from an outer make would change -n.
+    env = {name: value for name, value in os.environ.items() if name not in ("PORT", "MAKEFLAGS", "MAKELEVEL")}
+    done = subprocess.run(
+        ["make", "-n", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return [line for line in done.stdout.splitlines() if line and not line.startswith("#")]
+
+
+def test_make_run_passes_port_to_the_stack() -> None:
+    assert _dry_run("run", "PORT=8123")[-1].endswith("-m scripts.run_stack --port 8123")
+    assert _dry_run("run")[-1].endswith("-m scripts.run_stack --port 8000")
+
+
+@pytest.mark.parametrize("target", ["test", "test-integration"])
+def test_the_system_packages_come_first(target: str) -> None:
+    # Before the venvs (minutes of pip), so a missing package stops the run in seconds.
+    assert _dry_run(target)[0] == "scripts/setup-system.sh"
+
+
+def test_ci_runs_the_shared_set_up_step_and_the_readmes_test_command() -> None:
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    commands = [line.strip() for line in script.splitlines() if line.startswith("make ")]
+    assert commands == ["make system-deps", "make lint typecheck imports", "make test"]
