@@ -8,13 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from api.batch_closer import BatchCloser
+from api.batches import BatchSubmitter
 from api.job_events import JobEvents
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
-from api.routes import caption, health, jobs
+from api.routes import batches, caption, health, jobs
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.submission import JobSubmitter
+from shared.batch_store import BatchStore
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
@@ -41,13 +44,17 @@ def create_app(settings: Settings) -> FastAPI:
     store = JobStore(redis, keys, settings.job_ttl_s)
     queue = TaskQueue(settings)
     job_events = JobEvents(events_redis, keys)
+    batch_store = BatchStore(redis, keys, settings.job_ttl_s)
+    batch_closer = BatchCloser(redis, keys, batch_store, queue.send_task)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         job_events.start()
+        batch_closer.start()
         try:
             yield
         finally:
+            await batch_closer.stop()
             await job_events.stop()
             queue.close()
             await events_redis.aclose()
@@ -60,9 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.queue = queue
     app.state.job_events = job_events
     app.state.submitter = JobSubmitter(settings, store, queue)
+    app.state.batch_store = batch_store
+    app.state.batch_submitter = BatchSubmitter(settings, app.state.submitter, store, batch_store, queue.send_task)
     install_problem_handlers(app)
     install_security(app, settings, redis)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(caption.router)
     app.include_router(health.router)
     register_pages(app)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from api.auth import Caller, authenticate, require_caller
 from api.job_events import JobEvents
 from api.submission import JobSubmitter
+from shared.batch_store import BatchStore
 from shared.errors import JobNotFound
 from shared.jobs import Job
 from shared.settings import Settings
@@ -67,7 +68,7 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-async def get_owned_job(job_id: str, caller: CurrentCaller, store: Store) -> Job:
+async def get_owned_job(request: Request, job_id: str, caller: CurrentCaller, store: Store) -> Job:
     """The path's job if the caller owns it, else 404 ``job_not_found`` (OWASP API1:2023, BOLA).
 
     Every ``/v1/jobs/{job_id}`` route takes its job through this one dependency, so none can
@@ -75,7 +76,12 @@ async def get_owned_job(job_id: str, caller: CurrentCaller, store: Store) -> Job
     would reveal, by timing, that it exists.
     """
     check_job_id(job_id)
-    return check_visible(await store.get(job_id), job_id, caller.owner)
+    job = await store.get(job_id)
+    if job is None:
+        # A batch item whose results were compacted when its batch ended (shared.batch_results).
+        batches: BatchStore = request.app.state.batch_store
+        job = await batches.read_item_job(job_id)
+    return check_visible(job, job_id, caller.owner)
 
 
 #: The job named in the path, already checked to belong to the caller.

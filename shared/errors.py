@@ -7,9 +7,9 @@ The tree::
     │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage
     │   ├── FetchTimeout, FetchFailed, ImageTooLarge, ImageCorrupt, TooManyPixels
     ├── JobError (4xx): the job named cannot be served that way
-    │   ├── JobNotFound, JobNotCancelable, IdempotencyConflict
+    │   ├── JobNotFound, JobNotCancelable, IdempotencyConflict, BatchNotFound, BatchClosed
     ├── AuthError (401/403/429): who is asking, from where, and how often
-    │   ├── Unauthorized, ForbiddenOrigin, RateLimited
+    │   ├── Unauthorized, ForbiddenOrigin, RateLimited, TooManyItemsInFlight
     └── ServiceError (5xx): the service cannot serve now
         ├── QueueUnavailable, QueueFull, ModelNotReady, WorkerCrashed, JobTimedOut, WaitTimedOut, InternalError
 
@@ -165,6 +165,22 @@ class IdempotencyConflict(JobError):
     title = "Idempotency key reused with a different request"
 
 
+class BatchNotFound(JobError):
+    """No batch with this id is visible to the caller."""
+
+    code = "batch_not_found"
+    status = 404
+    title = "Batch not found"
+
+
+class BatchClosed(JobError):
+    """Items can no longer be added: the batch was submitted without ``more_items`` or was canceled."""
+
+    code = "batch_closed"
+    status = 409
+    title = "Batch closed"
+
+
 class AuthError(CaptionizerError):
     """The caller is not allowed to make this request now."""
 
@@ -195,6 +211,14 @@ class RateLimited(AuthError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
+
+
+class TooManyItemsInFlight(AuthError):
+    """The key already has ``max_items_in_flight`` batch items queued or running; retry after ``retry_after_s``."""
+
+    code = "too_many_items_in_flight"
+    status = 429
+    title = "Too many batch items in flight"
 
 
 class ServiceError(CaptionizerError):

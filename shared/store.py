@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,20 +19,23 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.batch_counts import BATCH_COUNTS_LUA
 from shared.errors import QueueUnavailable
 from shared.jobs import Job, JobStatus, sources_of
 from shared.keys import Keys
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set.
+# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set,
+# KEYS[5] the batch hashes' name prefix and KEYS[6] the ended-batches list (BATCH_COUNTS_LUA: an item's batch).
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
 # The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
 # script, so the API's /metrics never sees a job counted in two states; a job that leaves
 # `queued` leaves the set the orphan sweeper reads (worker.recovery).
-_TRANSITION_LUA = """
+_TRANSITION_LUA = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
@@ -55,10 +58,14 @@ if ARGV[2] ~= '' then
     if current then redis.call('HINCRBY', KEYS[3], 'current:' .. string.sub(current, 2, -2), -1) end
   end
   if ARGV[2] ~= '"queued"' then redis.call('ZREM', KEYS[4], ARGV[3]) end
+"""
+    + BATCH_COUNTS_LUA
+    + """
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
 """
+)
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -208,13 +215,36 @@ class JobStore:
         statuses = ",".join(sorted(only_if)) if only_if is not None else ""
         return await self._run(job_id, statuses, "", fields)
 
+    async def transition_many(
+        self, job_ids: Sequence[str], to_status: JobStatus, *, from_status: Iterable[JobStatus], **fields: Any
+    ) -> list[bool]:
+        """:meth:`transition` for many jobs in one pipeline (a batch's cancel); one outcome per id."""
+        allowed = ",".join(sorted(frozenset(from_status) & sources_of(to_status)))
+        args: list[str] = [allowed, json.dumps(str(to_status)), ""]
+        for name, value in encode_fields(fields).items():
+            args += [name, value]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
+                    args[2] = job_id
+                    await self._transition(keys=[*keys, *self._common_keys()], args=list(args), client=pipe)
+                results = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
+        return [bool(result) for result in results]
+
+    def _common_keys(self) -> list[str]:
+        # The keys a transition touches besides the job's own: the sweeper's set and its batch's names.
+        return [self.keys.queued_jobs(), self.keys.batch_prefix(), self.keys.batches_ended()]
+
     async def _run(self, job_id: str, statuses: str, new_status: str, fields: Mapping[str, Any]) -> bool:
         args: list[str] = [statuses, new_status, job_id]
         for name, value in encode_fields(fields).items():
             args += [name, value]
         try:
             keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
-            result = await self._transition(keys=[*keys, self.keys.queued_jobs()], args=args)
+            result = await self._transition(keys=[*keys, *self._common_keys()], args=args)
         except REDIS_ERRORS as exc:
             raise QueueUnavailable("the job store (Redis) cannot be reached") from exc
         return bool(result)
