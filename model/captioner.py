@@ -98,7 +98,6 @@ class Captioner:
         self.warmup_time_s = time.perf_counter() - started
         return self.warmup_time_s
 
-    @torch.inference_mode()
     def caption(
         self,
         images: Sequence[Image.Image],
@@ -119,30 +118,77 @@ class Captioner:
         _check_generation_args(max_new_tokens, num_beams, min_new_tokens)
         if not images:
             return []
-        prompt_ids, prompt_text = self._encode_prompt(prompt)
-        max_new_tokens = self._cap_new_tokens(max_new_tokens, len(prompt_ids))
-        pixel_values = self.processor.image_processor(
+        return self.generate_from_tensors(
+            self.preprocess(images), prompt, [max_new_tokens] * len(images), num_beams, min_new_tokens
+        )
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input for ``images`` (resized, normalised pixel values, float32 on the CPU).
+
+        Thread-safe and independent of the other images, so callers run it in parallel, one image
+        per call, and hand the rows to :meth:`generate_from_tensors` (``torch.cat`` joins them).
+        """
+        pixel_values: torch.Tensor = self.processor.image_processor(
             images=[to_rgb(image) for image in images], return_tensors="pt"
-        ).pixel_values.to(self.device, self.dtype, non_blocking=True)
+        ).pixel_values
+        return pixel_values
+
+    @torch.inference_mode()
+    def generate_from_tensors(
+        self,
+        pixel_values: torch.Tensor | Sequence[torch.Tensor],
+        prompt: str | None,
+        max_new_tokens: Sequence[int],
+        num_beams: int = 1,
+        min_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Caption preprocessed images (rows of :meth:`preprocess`), each within its own ``max_new_tokens``.
+
+        Rows with different token limits share one ``generate`` call run to the largest limit; each
+        row is then cut to its own. Greedy decoding (``num_beams=1``) picks every token from the ones
+        before it only, so a row cut at N tokens equals that row generated alone with N.
+
+        Raises:
+            ValueError: a generation argument is out of range, or the prompt fills every text position.
+        """
+        rows = pixel_values if isinstance(pixel_values, torch.Tensor) else torch.cat(list(pixel_values))
+        if len(max_new_tokens) != len(rows):
+            raise ValueError(f"{len(max_new_tokens)} token limits for {len(rows)} images")
+        if not len(rows):
+            return []
+        for limit in max_new_tokens:
+            _check_generation_args(limit, num_beams, min_new_tokens)
+        if num_beams > 1 and len(set(max_new_tokens)) > 1:
+            # Beam search is not prefix-consistent: a shorter limit changes which beam wins.
+            raise ValueError("rows with different max_new_tokens need greedy decoding (num_beams=1)")
+        prompt_ids, prompt_text = self._encode_prompt(prompt)
+        limits = [self._cap_new_tokens(limit, len(prompt_ids)) for limit in max_new_tokens]
         # The same prompt for the whole batch, so no row needs padding.
-        input_ids = torch.tensor([[self._bos_token_id, *prompt_ids]], device=self.device).repeat(len(images), 1)
+        input_ids = torch.tensor([[self._bos_token_id, *prompt_ids]], device=self.device).repeat(len(rows), 1)
         generated = self.model.generate(
-            pixel_values=pixel_values,
+            pixel_values=rows.to(self.device, self.dtype, non_blocking=True),
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=None if min_new_tokens is None else min(min_new_tokens, max_new_tokens),
+            max_new_tokens=max(limits),
+            min_new_tokens=None if min_new_tokens is None else min(min_new_tokens, min(limits)),
             num_beams=num_beams,
             do_sample=False,
         )
         # Without return_dict_in_generate, generate returns the token ids tensor itself.
         assert isinstance(generated, torch.Tensor)
-        texts = self.tokenizer.batch_decode(generated.cpu(), skip_special_tokens=True)
+        texts = self._decode_rows(generated, input_ids.shape[1], limits)
         captions = [_strip_prompt(text, prompt_text) for text in texts]
         # LitServe's guard: one output per input, or the caller would pair captions with the wrong jobs.
-        if len(captions) != len(images):
-            raise CaptionerError(f"generate returned {len(captions)} captions for {len(images)} images")
+        if len(captions) != len(rows):
+            raise CaptionerError(f"generate returned {len(captions)} captions for {len(rows)} images")
         return captions
+
+    def _decode_rows(self, generated: torch.Tensor, kept: int, limits: Sequence[int]) -> list[str]:
+        """Each row's text, cut after its own number of new tokens (the first ``kept`` are [CLS] and prompt)."""
+        rows = generated.cpu().tolist()
+        cut = [row[: kept + limit] for row, limit in zip(rows, limits, strict=True)]
+        texts: list[str] = self.tokenizer.batch_decode(cut, skip_special_tokens=True)
+        return texts
 
     def _cap_new_tokens(self, max_new_tokens: int, prompt_tokens: int) -> int:
         """``max_new_tokens``, lowered so [CLS], prompt and caption fit the checkpoint's text positions."""

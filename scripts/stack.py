@@ -118,8 +118,9 @@ class LocalStack:
         # while a batch only takes a little longer (`nice` execs, so the pid is the worker's).
         argv = [
             "nice", "-n", str(WORKER_NICENESS),
-            sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", self.keys.caption_queue(),
-            "--loglevel", "INFO",
+            sys.executable, "-m", "celery", "-A", self.worker_app, "worker",
+            # Interactive jobs first: the worker consumes its queues in this order (worker.tasks).
+            "-Q", f"{self.keys.caption_queue()},{self.keys.bulk_queue()}", "--loglevel", "INFO",
             "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         worker = self._start(name, argv)

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     # --- Model ------------------------------------------------------------------------
     model: str = Field(
         EMBEDDED_MODEL,
-        description="Model to load: 'embedded' (the small shipped model), a local checkpoint folder, or a Hugging Face id.",
+        description="Model to load: 'embedded' (the small shipped model), a local checkpoint folder, or a Hugging Face id "
+        "('null' and 'sleep:MS' are bench-only stand-ins, see bench/README.md).",
     )
     model_allow_download: bool = Field(
         False, description="Allow downloading `model` from the Hugging Face Hub when it is not a local folder."
@@ -106,6 +107,20 @@ class Settings(BaseSettings):
     )
     worker_heartbeat_s: int = Field(
         5, ge=1, description="How often a worker announces that its model is loaded, in seconds."
+    )
+    worker_threads: int = Field(
+        64,
+        ge=1,
+        description="Celery pool threads of a caption worker when `celery worker -c` is not given: each holds one "
+        "job or one batch chunk while it runs or waits, so jobs on slow image hosts cannot hold them all.",
+    )
+    prepare_threads: int = Field(
+        0, ge=0, description="Threads of a caption worker decoding and preparing images in parallel; 0: one per core."
+    )
+    bulk_items_in_hand: int = Field(
+        0,
+        ge=0,
+        description="Batch items a caption worker holds at once (fetching, waiting for the model); 0: three batches.",
     )
 
     # --- Image intake -----------------------------------------------------------------

@@ -34,11 +34,14 @@ class FakeCaptioner:
 
     name = "fake"
     device = "cpu"
+    load_time_s = 0.25
+    warmup_time_s = 0.0
 
     def __init__(self, *, fail_on: Callable[[Image.Image], bool] | None = None, held: bool = False) -> None:
         self.fail_on = fail_on
         self.batches: list[int] = []
         self.options: list[tuple[str | None, int]] = []
+        self.limits: list[list[int]] = []
         #: Cleared: every batch waits in ``caption`` until ``release()``.
         self.gate = threading.Event()
         self.started = threading.Event()
@@ -65,6 +68,20 @@ class FakeCaptioner:
         if self.fail_on is not None and any(self.fail_on(image) for image in images):
             raise ValueError("the fake model refuses this image")
         return [fake_caption(image, prompt) for image in images]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The images themselves: the fake captions from their size."""
+        return list(images)
+
+    def generate_from_tensors(
+        self, inputs: Sequence[Any], prompt: str | None, max_new_tokens: Sequence[int], num_beams: int = 1
+    ) -> list[str]:
+        """``caption`` of the rows (lists of images, as ``preprocess`` returns), to the largest token limit."""
+        images = [image for row in inputs for image in row]
+        captions = self.caption(images, prompt, max(max_new_tokens, default=30), num_beams)
+        #: The token limits of every batch, row by row.
+        self.limits.append(list(max_new_tokens))
+        return captions
 
 
 class FakeQueue:

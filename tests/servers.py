@@ -290,9 +290,49 @@ async def _lying_short(request: web.Request) -> web.StreamResponse:
     return web.Response()
 
 
+class Tarpit:
+    """Requests to ``/tarpit/{name}`` hang here until :meth:`release`; counts the ones open now and at most.
+
+    Its counters are written on the server's loop and read from tests' threads (ints: atomic reads).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._released = asyncio.Event()
+        #: Requests hanging now.
+        self.open = 0
+        #: The most requests that hung at once.
+        self.max_open = 0
+
+    def release(self) -> None:
+        """Answer every hanging request (and every later one) with the red circle."""
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    async def hold(self) -> None:
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            await self._released.wait()
+        finally:
+            self.open -= 1
+
+
+_TARPITS: web.AppKey[dict[str, Tarpit]] = web.AppKey("tarpits", dict)
+
+
+async def _tarpit(request: web.Request) -> web.StreamResponse:
+    """``/tarpit/NAME`` hangs before any header until the test releases tarpit NAME, then serves the red circle."""
+    tarpits = request.app[_TARPITS]
+    name = request.match_info["name"]
+    tarpit = tarpits.setdefault(name, Tarpit(asyncio.get_running_loop()))
+    await tarpit.hold()
+    return await _image_named("shape.png")
+
+
 def make_app() -> web.Application:
     """The hostile application; see each handler's docstring for what it does."""
     app = web.Application()
+    app[_TARPITS] = {}
     routes: dict[str, Handler] = {
         "/image/{name}": _image,
         "/status/{code}": _status,
@@ -307,6 +347,7 @@ def make_app() -> web.Application:
         "/declared-huge": _declared_huge,
         "/lying-long": _lying_long,
         "/lying-short": _lying_short,
+        "/tarpit/{name}": _tarpit,
     }
     for path, handler in routes.items():
         app.router.add_get(path, handler)
@@ -331,9 +372,21 @@ class HostileServer:
         self._thread = threading.Thread(target=self._serve, name="hostile-server", daemon=True)
         self._runner: web.AppRunner | None = None
 
-    def url(self, path: str) -> str:
-        """The absolute URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """The absolute URL of ``path`` on this server (``host``: another name for it, e.g. localhost)."""
+        return f"http://{host}:{self.port}{path}"
+
+    def tarpit(self, name: str) -> Tarpit:
+        """The tarpit behind ``/tarpit/NAME`` (made now if no request reached it yet)."""
+        assert self._runner is not None, "the server is not running"
+        tarpits = self._runner.app[_TARPITS]
+        if name not in tarpits:
+            made = asyncio.run_coroutine_threadsafe(self._make_tarpit(), self._loop).result(timeout=10)
+            tarpits.setdefault(name, made)
+        return tarpits[name]
+
+    async def _make_tarpit(self) -> Tarpit:
+        return Tarpit(asyncio.get_running_loop())
 
     def __enter__(self) -> HostileServer:
         hostile_images()  # build the images before serving, not inside the first request's timeout

@@ -30,6 +30,11 @@ HAS_EMBEDDED_MODEL = (EMBEDDED_MODEL_DIR / "config.json").is_file()
 needs_embedded_model = pytest.mark.skipif(not HAS_EMBEDDED_MODEL, reason="model/embedded is not trained yet")
 
 
+#: The test stack's caption worker: its batch size and its pool threads (messages it holds at once).
+STACK_BATCH_SIZE = 8
+STACK_WORKER_THREADS = 24
+
+
 @pytest.fixture(scope="session")
 def image_server() -> Iterator[HostileServer]:
     """Drawn shapes (``/image/shape.png`` is a red circle) and misbehaving routes, on a free port."""
@@ -82,6 +87,9 @@ def stack(
         "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
         # Long enough that a burst of jobs reliably shares a batch.
         "CAPTIONIZER_MAX_BATCH_WAIT_MS": "100",
+        "CAPTIONIZER_MAX_BATCH_SIZE": str(STACK_BATCH_SIZE),
+        # Fewer messages in hand than the default, so tests fill them: tests/integration/test_bulk.py.
+        "CAPTIONIZER_WORKER_THREADS": str(STACK_WORKER_THREADS),
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
     }
     stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=free_port())

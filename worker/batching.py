@@ -1,10 +1,17 @@
-"""Dynamic batching: images wait briefly in groups of equal options and are captioned together.
+"""Dynamic batching: prepared images wait briefly in groups of one prompt and are captioned together.
 
 A group runs as soon as it holds ``max_batch_size`` images or its oldest image has
 waited ``max_wait_s``, whichever is first. One batch generates at a time, in a
 dedicated thread, so the event loop keeps fetching the next batch's images while
 the current one generates. A batch whose generate call fails is retried one image
 at a time, so a bad image fails only its own job (LitServe fails the whole batch).
+
+Interactive images go first: among the groups ready to run, one holding an
+interactive image wins, and in a group interactive images take the batch's first
+places, so bulk work already in hand delays a single job by one batch at most.
+Groups are keyed by prompt only: jobs that differ in ``max_new_tokens`` share a
+batch, generated to the largest limit and cut per row (greedy decoding is
+prefix-consistent, see ``model.Captioner.generate_from_tensors``).
 """
 
 from __future__ import annotations
@@ -18,16 +25,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-from PIL import Image
+from typing import Any
 
 from shared.jobs import JobOptions
 from worker import metrics
 
 logger = logging.getLogger(__name__)
 
-#: Captions a batch of images that share options; returns one caption per image, in order.
-CaptionFn = Callable[[Sequence[Image.Image], JobOptions], list[str]]
+#: Captions a batch of prepared images (model inputs) sharing a prompt, each row within its own
+#: ``max_new_tokens``; returns one caption per row, in order.
+CaptionFn = Callable[[Sequence[Any], str | None, Sequence[int]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -44,23 +51,68 @@ class BatchResult:
 # eq=False: pending images are compared by identity (equality would compare pixels).
 @dataclass(eq=False)
 class _Pending:
-    image: Image.Image
+    inputs: Any
     options: JobOptions
     ready_at: float
+    interactive: bool
     future: asyncio.Future[BatchResult] = field(repr=False)
+
+
+class _Group:
+    """The images waiting for one prompt, interactive ones apart so they can go first; each deque oldest first."""
+
+    def __init__(self) -> None:
+        self.interactive: deque[_Pending] = deque()
+        self.bulk: deque[_Pending] = deque()
+
+    def __len__(self) -> int:
+        return len(self.interactive) + len(self.bulk)
+
+    def add(self, pending: _Pending) -> None:
+        (self.interactive if pending.interactive else self.bulk).append(pending)
+
+    def remove(self, pending: _Pending) -> None:
+        queue = self.interactive if pending.interactive else self.bulk
+        if pending in queue:
+            queue.remove(pending)
+
+    def oldest_at(self) -> float:
+        """When the group's oldest image became ready (the group must not be empty)."""
+        return min(queue[0].ready_at for queue in (self.interactive, self.bulk) if queue)
+
+    def rank(self) -> tuple[bool, float]:
+        """Sort key among ready groups: those with interactive images first, then the oldest."""
+        if self.interactive:
+            return (False, self.interactive[0].ready_at)
+        return (True, self.bulk[0].ready_at)
+
+    def take(self, count: int) -> list[_Pending]:
+        """Pop up to ``count`` images, interactive ones first."""
+        taken: list[_Pending] = []
+        for queue in (self.interactive, self.bulk):
+            while queue and len(taken) < count:
+                taken.append(queue.popleft())
+        return taken
+
+    def pending(self) -> list[_Pending]:
+        return [*self.interactive, *self.bulk]
 
 
 class Batcher:
     """Collects images from many jobs and captions them in batches, one batch at a time."""
 
-    def __init__(self, caption_fn: CaptionFn, *, max_batch_size: int, max_wait_s: float) -> None:
+    def __init__(
+        self, caption_fn: CaptionFn, *, max_batch_size: int, max_wait_s: float, merge_lengths: bool = True
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.caption_fn = caption_fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        # Insertion-ordered; each deque is oldest first.
-        self._groups: dict[JobOptions, deque[_Pending]] = {}
+        #: Whether jobs differing only in max_new_tokens share batches (greedy decoding only).
+        self.merge_lengths = merge_lengths
+        # By prompt: jobs that differ only in max_new_tokens share batches.
+        self._groups: dict[tuple[str | None, int | None], _Group] = {}
         self._changed = asyncio.Event()
         # One thread: the model runs one generate at a time, and it uses every core it is given.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
@@ -79,7 +131,7 @@ class Batcher:
                 await self._task
             self._task = None
         for group in self._groups.values():
-            for pending in group:
+            for pending in group.pending():
                 pending.future.cancel()
         self._groups.clear()
         self._executor.shutdown(wait=True)
@@ -89,11 +141,14 @@ class Batcher:
         """Images waiting for a batch."""
         return sum(len(group) for group in self._groups.values())
 
-    async def caption(self, image: Image.Image, options: JobOptions) -> BatchResult:
-        """Caption ``image`` in the next batch of its options; raises what its generate raised."""
+    async def caption(self, inputs: Any, options: JobOptions, *, interactive: bool = True) -> BatchResult:
+        """Caption one prepared image in a coming batch of its prompt; raises what its generate raised.
+
+        ``interactive`` images (single jobs) take places ahead of bulk ones (batch items).
+        """
         loop = asyncio.get_running_loop()
-        pending = _Pending(image, options, loop.time(), loop.create_future())
-        self._groups.setdefault(options, deque()).append(pending)
+        pending = _Pending(inputs, options, loop.time(), interactive, loop.create_future())
+        self._groups.setdefault(self._key(options), _Group()).add(pending)
         self._changed.set()
         try:
             return await pending.future
@@ -116,36 +171,35 @@ class Batcher:
                 await asyncio.wait_for(self._changed.wait(), self._next_due_in(now))
 
     def _take_ready_batch(self, now: float) -> list[_Pending]:
-        """Pop the batch to run now: the full or overdue group whose oldest image waited longest."""
+        """Pop the batch to run now, from a full or overdue group: one with interactive images, else the oldest."""
         ready = [
-            (group[0].ready_at, options)
-            for options, group in self._groups.items()
-            if len(group) >= self.max_batch_size or now - group[0].ready_at >= self.max_wait_s
+            (group.rank(), key)
+            for key, group in self._groups.items()
+            if len(group) >= self.max_batch_size or now - group.oldest_at() >= self.max_wait_s
         ]
         if not ready:
             return []
-        _, options = min(ready, key=lambda item: item[0])
-        group = self._groups[options]
-        batch = [group.popleft() for _ in range(min(self.max_batch_size, len(group)))]
-        if not group:
-            del self._groups[options]
+        _, key = min(ready, key=lambda item: item[0])
+        group = self._groups[key]
+        batch = group.take(self.max_batch_size)
+        if not len(group):
+            del self._groups[key]
         return batch
 
     def _next_due_in(self, now: float) -> float | None:
         """Seconds until the oldest waiting image is overdue, or None when nothing waits."""
         if not self._groups:
             return None
-        oldest = min(group[0].ready_at for group in self._groups.values())
+        oldest = min(group.oldest_at() for group in self._groups.values())
         return max(0.0, oldest + self.max_wait_s - now)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         batch_id = "batch_" + secrets.token_hex(6)
-        options = batch[0].options
         started = loop.time()
         began = time.perf_counter()
         try:
-            captions = await loop.run_in_executor(self._executor, self._caption_batch, batch, options)
+            captions = await loop.run_in_executor(self._executor, self._caption_batch, batch)
         except Exception as exc:
             await self._isolate_failure(batch, exc, batch_id)
             return
@@ -161,8 +215,13 @@ class Batcher:
             if not pending.future.done():
                 pending.future.set_result(result)
 
-    def _caption_batch(self, batch: list[_Pending], options: JobOptions) -> list[str]:
-        captions = self.caption_fn([pending.image for pending in batch], options)
+    def _caption_batch(self, batch: list[_Pending]) -> list[str]:
+        began_cpu = time.thread_time()
+        limits = [pending.options.max_new_tokens for pending in batch]
+        captions = self.caption_fn([pending.inputs for pending in batch], batch[0].options.prompt, limits)
+        # This thread is the serial path: with a model that computes elsewhere (an accelerator, or the
+        # bench's stand-ins), its CPU time is all the per-batch overhead no parallelism hides.
+        metrics.GENERATE_THREAD_CPU.inc(time.thread_time() - began_cpu)
         # LitServe's guard: one output per input, or captions would go to the wrong jobs.
         if len(captions) != len(batch):
             raise RuntimeError(f"the model returned {len(captions)} captions for {len(batch)} images")
@@ -182,8 +241,12 @@ class Batcher:
             await self._run_batch([pending])
 
     def _discard(self, pending: _Pending) -> None:
-        group = self._groups.get(pending.options)
-        if group is not None and pending in group:
+        key = self._key(pending.options)
+        group = self._groups.get(key)
+        if group is not None:
             group.remove(pending)
-            if not group:
-                del self._groups[pending.options]
+            if not len(group):
+                del self._groups[key]
+
+    def _key(self, options: JobOptions) -> tuple[str | None, int | None]:
+        return (options.prompt, None if self.merge_lengths else options.max_new_tokens)

@@ -16,9 +16,16 @@ def make_celery(settings: Settings) -> Celery:
     """The worker app: shared config, the caption task (model loaded at start), webhook delivery."""
     app = Celery("captionizer")
     app.conf.update(celery_config(settings))
-    # Reserve no more messages than the pool has threads: in-flight jobs stay bounded at two
-    # batches, and the rest stay in Redis for other workers (Celery "Prefetch limits").
+    # Reserve no more messages than the pool has threads (Celery "Prefetch limits"): the rest stay
+    # in Redis for other workers. -c, when given, sets the threads; else worker_threads.
     app.conf.worker_prefetch_multiplier = 1
+    app.conf.worker_concurrency = settings.worker_threads
+    # BRPOP names the consumed queues in -Q order on every fetch, instead of kombu's default
+    # round robin: a free pool thread takes an interactive job before the next batch chunk.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "queue_order_strategy": "priority",
+    }
     apply_worker_limits(app, settings)
     register_caption_task(app, settings)
     register_webhook_task(app, settings)

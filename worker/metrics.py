@@ -31,3 +31,7 @@ BATCH_GENERATE = Histogram("captionizer_batch_generate_seconds", "One batched ge
 BATCH_SIZE = Histogram("captionizer_batch_size", "Images captioned per generate call.", buckets=_BATCH_BUCKETS)
 MODEL_LOADED = Gauge("captionizer_worker_model_loaded", "1 once the model is loaded and warmed up.")
 MODEL_LOAD_SECONDS = Gauge("captionizer_model_load_seconds", "How long this worker took to load and warm up its model.")
+GENERATE_THREAD_CPU = Counter(
+    "captionizer_generate_thread_cpu_seconds",
+    "CPU time of the thread that calls the model, per batch call (stacking, generate, decoding the tokens).",
+)

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from PIL import Image
-
 from shared.errors import CaptionizerError, InternalError, JobTimedOut, UploadExpired, WorkerCrashed
 from shared.jobs import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
 from shared.settings import Settings
@@ -31,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: Downloads the image at a URL (``worker.intake.fetch_image_bytes`` bound to a session).
 FetchFn = Callable[[str], Awaitable[bytes]]
-#: Decodes image bytes (``worker.intake.decode_image`` bound to the settings); runs in a thread.
-DecodeFn = Callable[[bytes], Image.Image]
+#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise); runs in a
+#: worker thread, many at once, so nothing per image is left for the thread that calls the model.
+PrepareFn = Callable[[bytes], Any]
 #: Called after every status change, with the job after the change.
 EventFn = Callable[[Job, JobStatus], Awaitable[None]]
 
@@ -54,7 +53,7 @@ class JobRunner:
         batcher: Batcher,
         *,
         fetch: FetchFn,
-        decode: DecodeFn,
+        prepare: PrepareFn,
         model_name: str,
         on_event: EventFn,
         gate: DeliveryGate | None = None,
@@ -63,32 +62,38 @@ class JobRunner:
         self.store = store
         self.batcher = batcher
         self.fetch = fetch
-        self.decode = decode
+        self.prepare = prepare
         self.model_name = model_name
         self.on_event = on_event
         self.gate = gate or DeliveryGate()
 
-    async def run(self, job_id: str) -> JobStatus | None:
+    async def run(self, job_id: str, *, interactive: bool = True) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
 
         Raises:
             NotAdmittedError: a redelivered job found no moment alone in this worker in time.
         """
-        seen = await self.store.get(job_id)
+        return await self.run_seen(job_id, await self.store.get(job_id), interactive=interactive)
+
+    async def run_seen(self, job_id: str, seen: Job | None, *, interactive: bool) -> JobStatus | None:
+        """Like :meth:`run`, with the job's record already read (a chunk reads all of its jobs at once)."""
         # Already running: its last worker died (maybe of it), so it runs alone (worker.recovery).
         suspect = seen is not None and seen.status is JobStatus.RUNNING
         async with self.gate.admit(suspect=suspect, timeout_s=self.settings.job_time_limit_s):
-            return await self._run_admitted(job_id)
+            # A suspect waited for its turn: read it again. An ordinary job's status is re-checked
+            # by the transition to running anyway.
+            job = await self.store.get(job_id) if suspect else seen
+            return await self._run_admitted(job_id, job, interactive)
 
-    async def _run_admitted(self, job_id: str) -> JobStatus | None:
-        job = await self._start(job_id)
+    async def _run_admitted(self, job_id: str, seen: Job | None, interactive: bool) -> JobStatus | None:
+        job = await self._start(job_id, seen)
         if job is None or job.status is not JobStatus.RUNNING:
             return job.status if job is not None else None
         if job.attempts > self.settings.max_delivery_attempts:
             # Delivered again and again because its worker keeps dying: a poison job, stop here.
             return await self._fail(job, WorkerCrashed(f"the job's worker died {job.attempts - 1} times"))
         try:
-            done = await asyncio.wait_for(self._caption(job), self.settings.job_time_limit_s)
+            done = await asyncio.wait_for(self._caption(job, interactive), self.settings.job_time_limit_s)
         except CaptionizerError as exc:
             return await self._fail(job, exc)
         except TimeoutError:
@@ -98,9 +103,8 @@ class JobRunner:
             return await self._fail(job, InternalError(f"unexpected error; see the worker logs for {job.id}"))
         return await self._succeed(job, done)
 
-    async def _start(self, job_id: str) -> Job | None:
+    async def _start(self, job_id: str, job: Job | None) -> Job | None:
         """The job moved to running (or expired), or None when this delivery must not run it."""
-        job = await self.store.get(job_id)
         if job is None or job.status.is_final:
             logger.info("job skipped", extra={"job_id": job_id, "status": job.status if job else "missing"})
             return None
@@ -117,13 +121,14 @@ class JobRunner:
         await self.on_event(running, JobStatus.RUNNING)
         return running
 
-    async def _caption(self, job: Job) -> _Captioned:
+    async def _caption(self, job: Job, interactive: bool) -> _Captioned:
         began = time.perf_counter()
         data = await self._read_image(job)
-        # Decoding can take a while on big images: off the loop, which keeps fetching other jobs' images.
-        image = await asyncio.to_thread(self.decode, data)
+        # Off the loop, which keeps fetching other jobs' images, and off the model's thread: decoding
+        # and the processor run here, in parallel (Pillow and numpy release the GIL while they work).
+        inputs = await asyncio.to_thread(self.prepare, data)
         fetch_s = time.perf_counter() - began
-        result = await self.batcher.caption(image, job.options)
+        result = await self.batcher.caption(inputs, job.options, interactive=interactive)
         return _Captioned(result.caption, fetch_s, result)
 
     async def _read_image(self, job: Job) -> bytes:

@@ -12,34 +12,39 @@ Lost messages: kombu's Redis transport takes a message off the queue (BRPOP) bef
 records it as unacknowledged, so a worker killed in between, or an API killed between
 storing a job and queueing its task, leaves a job ``queued`` with no message anywhere.
 :class:`OrphanSweeper` finds such jobs (queued for a whole redelivery timeout, yet in
-neither the queue nor kombu's unacked hash) and queues their task again.
+neither queue nor kombu's unacked hash) and queues their task again: a batch item as a
+chunk of one on the bulk queue, a single job on the caption queue. Messages are read by
+decoding their body (a chunk names many jobs; Celery's ``argsrepr`` header is truncated).
+kombu's unacked hash stays the source for messages held by a worker that died: nothing
+else records them until kombu restores them, and a registry kept by the workers would
+vanish with the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
 from shared.errors import QueueUnavailable
-from shared.jobs import JobStatus
+from shared.jobs import Job, JobStatus
 from shared.store import REDIS_ERRORS, JobStore
 
 logger = logging.getLogger(__name__)
 
 #: The hash where kombu's Redis transport keeps the messages workers hold (its ``unacked_key`` option).
 KOMBU_UNACKED_KEY = "unacked"
-# Job ids appear in plain text in a message's headers (``id``, ``argsrepr``); base64 bodies
-# have no "_", so a match is always a real id.
-_JOB_ID = re.compile(rb"job_[A-Za-z0-9_-]{16,64}")
 
-#: Queues one job's caption task again.
-RequeueFn = Callable[[str], Awaitable[None]]
+#: Queues one job's task again (its caption task, or a chunk of one for a batch item).
+RequeueFn = Callable[[Job], Awaitable[None]]
 
 
 class NotAdmittedError(Exception):
@@ -119,7 +124,7 @@ class OrphanSweeper:
         self,
         store: JobStore,
         *,
-        queue_name: str,
+        queue_names: Sequence[str],
         requeue: RequeueFn,
         quiet_s: float,
         recheck_s: float = 1.0,
@@ -127,7 +132,7 @@ class OrphanSweeper:
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
-        self.queue_name = queue_name
+        self.queue_names = list(queue_names)
         self.requeue = requeue
         self.quiet_s = quiet_s
         self.recheck_s = recheck_s
@@ -147,7 +152,7 @@ class OrphanSweeper:
         for job_id in (job_id for job_id in candidates if job_id in missing):
             job = await self.store.get(job_id)
             if job is not None and job.status is JobStatus.QUEUED:
-                await self.requeue(job_id)
+                await self.requeue(job)
                 logger.warning("orphaned job queued again", extra={"job_id": job_id})
                 requeued.append(job_id)
             await self.store.mark_requeued(job_id, self.clock())
@@ -165,9 +170,31 @@ class OrphanSweeper:
                 logger.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
 
     async def _held_by_broker(self) -> set[str]:
-        """Ids of the jobs with a message in the queue or held (unacknowledged) by a worker, read atomically."""
+        """Ids of the jobs with a message in a queue or held (unacknowledged) by a worker, read atomically."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(self.queue_name, 0, -1)
+            for queue_name in self.queue_names:
+                pipe.lrange(queue_name, 0, -1)
             pipe.hvals(KOMBU_UNACKED_KEY)
-            waiting, held = await pipe.execute()
-        return {match.decode() for raw in [*waiting, *held] for match in _JOB_ID.findall(raw)}
+            *waiting, held = await pipe.execute()
+        return {job_id for raws in [*waiting, held] for raw in raws for job_id in job_ids_in_message(raw)}
+
+
+def job_ids_in_message(raw: bytes) -> list[str]:
+    """The job ids a task message names: a queued kombu message, or an unacked entry ``[message, exchange, key]``.
+
+    Celery's protocol 2 body is ``[args, kwargs, embed]``; the first argument is a job id (caption
+    task) or a list of them (chunk task). Anything else names no job.
+    """
+    try:
+        payload = json.loads(raw)
+        message = payload[0] if isinstance(payload, list) else payload
+        body: Any = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
+        return []
+    first = args[0] if isinstance(args, list) and args else None
+    if isinstance(first, str):
+        return [first]
+    return [job_id for job_id in first if isinstance(job_id, str)] if isinstance(first, list) else []

@@ -2,8 +2,10 @@
 
 The model is loaded once, when the process starts, and warmed up; then a heartbeat
 key says the worker is ready. Celery's pool threads hand job ids to the event loop
-thread (:meth:`CaptionRuntime.run_job`), where every job's I/O runs concurrently and
-the batcher gathers their images for the model.
+thread through one bridge (:meth:`CaptionRuntime.run_job`, :meth:`CaptionRuntime.run_chunk`),
+where every job's I/O runs concurrently. Decoding and the model's preprocessing run in
+the loop's thread pool (``prepare_threads``), and the batcher hands ready inputs to
+the one thread that calls the model.
 """
 
 from __future__ import annotations
@@ -16,23 +18,26 @@ import os
 import socket
 import threading
 from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from PIL import Image
 from redis.asyncio import Redis
 
 from shared.celery_config import visibility_timeout_s
-from shared.jobs import JobOptions, JobStatus, utc_now
-from shared.keys import CAPTION_TASK, Keys
+from shared.jobs import Job, JobStatus, utc_now
+from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import SendTask
 from worker import metrics
 from worker.batching import Batcher, CaptionFn
+from worker.chunks import ChunkRunner
 from worker.events import JobEventHook
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
-from worker.pipeline import JobRunner
+from worker.pipeline import JobRunner, PrepareFn
 from worker.recovery import OrphanSweeper
+from worker.standins import load_standin
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +49,29 @@ _STOP_TIMEOUT_S = 30.0
 
 
 class CaptionModel(Protocol):
-    """What the worker needs of ``model.Captioner`` (tests pass a fake)."""
+    """What the worker needs of ``model.Captioner`` (tests pass a fake, the bench a stand-in)."""
 
     name: str
     device: Any
+    #: Seconds to load the checkpoint, and to warm it up (measured once, by the model).
+    load_time_s: float
+    warmup_time_s: float
 
-    def caption(
-        self,
-        images: Sequence[Image.Image],
-        prompt: str | None = None,
-        max_new_tokens: int = 30,
-        num_beams: int = 1,
-        min_new_tokens: int | None = None,
-    ) -> list[str]: ...
+    def preprocess(self, images: Sequence[Image.Image]) -> Any:
+        """The model's input for ``images``, one row per image."""
+
+    def generate_from_tensors(
+        self, inputs: Sequence[Any], prompt: str | None, max_new_tokens: Sequence[int], num_beams: int = 1
+    ) -> list[str]:
+        """One caption per prepared row, each within its own token limit."""
 
 
 def load_captioner(settings: Settings) -> CaptionModel:
-    """Load and warm up the model ``settings.model`` names: the embedded one, a folder or a Hub id."""
+    """Load and warm up the model ``settings.model`` names: the embedded one, a folder, a Hub id, or a stand-in."""
+    standin = load_standin(settings.model)
+    if standin is not None:
+        logger.warning("bench-only stand-in model: captions are fixed text", extra={"model": standin.name})
+        return standin
     # Imported here so a process that never captions (the webhook worker) never imports torch.
     from model.captioner import EMBEDDED_MODEL_DIR, Captioner
 
@@ -77,14 +88,21 @@ def is_on_gpu(captioner: CaptionModel) -> bool:
 
 
 def caption_fn_for(captioner: CaptionModel, settings: Settings) -> CaptionFn:
-    """The batcher's view of the model: one call per batch of images sharing options."""
+    """The batcher's view of the model: one call per batch of prepared images sharing a prompt."""
 
-    def caption(images: Sequence[Image.Image], options: JobOptions) -> list[str]:
-        return captioner.caption(
-            images, prompt=options.prompt, max_new_tokens=options.max_new_tokens, num_beams=settings.num_beams
-        )
+    def caption(inputs: Sequence[Any], prompt: str | None, max_new_tokens: Sequence[int]) -> list[str]:
+        return captioner.generate_from_tensors(inputs, prompt, max_new_tokens, settings.num_beams)
 
     return caption
+
+
+def prepare_fn_for(captioner: CaptionModel, settings: Settings) -> PrepareFn:
+    """Bytes to the model's input for one image: decode (bounded), then the model's preprocessing."""
+
+    def prepare(data: bytes) -> Any:
+        return captioner.preprocess([decode_image(data, settings)])
+
+    return prepare
 
 
 class CaptionRuntime:
@@ -97,11 +115,14 @@ class CaptionRuntime:
         self.keys = Keys(settings.key_prefix)
         self.batch_size = settings.batch_size_for(on_gpu=is_on_gpu(captioner))
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        #: Seconds the model took to load and warm up (reported in the heartbeat, for /metrics).
-        self.model_load_s: float | None = None
         self._loop = asyncio.new_event_loop()
+        # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.pipeline).
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(settings.prepare_threads or os.cpu_count() or 1, thread_name_prefix="prepare")
+        )
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
+        self._chunks: ChunkRunner | None = None
         self._session: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -117,16 +138,24 @@ class CaptionRuntime:
         )
 
     def run_job(self, job_id: str) -> JobStatus | None:
-        """Run one delivery of a job on the runtime's loop; called from Celery's pool threads."""
+        """Run one delivery of an interactive job on the runtime's loop; called from Celery's pool threads."""
         if self._runner is None:
             raise RuntimeError("the caption runtime is not started")
-        future = asyncio.run_coroutine_threadsafe(self._runner.run(job_id), self._loop)
         # A delivery may wait its turn at the gate (worker.recovery) for up to one time limit, then run one.
-        return future.result(timeout=2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S)
+        return self._call(self._runner.run(job_id), timeout_s=2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S)
+
+    def run_chunk(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Run one delivery of a batch chunk (worker.chunks); called from Celery's pool threads."""
+        if self._chunks is None:
+            raise RuntimeError("the caption runtime is not started")
+        # Past the redelivery timeout the broker hands the chunk to another worker anyway.
+        return self._call(self._chunks.run(job_ids), timeout_s=visibility_timeout_s(self.settings))
 
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
         if not self._thread.is_alive():
+            if self._thread.ident is None and not self._loop.is_closed():
+                self._loop.close()  # never started
             return
         try:
             self._call(self._close(), timeout_s=_STOP_TIMEOUT_S)
@@ -138,6 +167,7 @@ class CaptionRuntime:
                 self._loop.close()
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """The one bridge from a Celery thread into the loop: run ``coro`` there and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout_s)
 
     async def _open(self) -> None:
@@ -149,15 +179,19 @@ class CaptionRuntime:
             caption_fn_for(self.captioner, self.settings),
             max_batch_size=self.batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            # Beam search is not prefix-consistent: only greedy decoding merges token limits.
+            merge_lengths=self.settings.num_beams == 1,
         )
         batcher.start()
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
-            decode=functools.partial(decode_image, settings=self.settings),
+            prepare=prepare_fn_for(self.captioner, self.settings),
             model_name=self.captioner.name,
             on_event=JobEventHook(store, self.send_task).on_job_event,
         )  # fmt: skip
+        in_hand = self.settings.bulk_items_in_hand or 3 * self.batch_size
+        self._chunks = ChunkRunner(self._runner, max_items_in_hand=in_hand)
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         self._sweeper = self._start_sweeper(store)
@@ -165,13 +199,20 @@ class CaptionRuntime:
     def _start_sweeper(self, store: JobStore) -> asyncio.Task[None]:
         """Look for jobs whose task message was lost, every half redelivery timeout (worker.recovery)."""
         quiet_s = visibility_timeout_s(self.settings)
-        sweeper = OrphanSweeper(store, queue_name=self.keys.caption_queue(), requeue=self._requeue, quiet_s=quiet_s)
+        queues = [self.keys.caption_queue(), self.keys.bulk_queue()]
+        sweeper = OrphanSweeper(store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s)
         lock = self.keys.orphan_sweep_lock()
         return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
 
-    async def _requeue(self, job_id: str) -> None:
+    async def _requeue(self, job: Job) -> None:
+        # A batch item goes back behind the interactive jobs, as a chunk of one.
+        args: list[Any]
+        if getattr(job, "batch_id", None):
+            name, args, queue = CAPTION_CHUNK_TASK, [[job.id]], self.keys.bulk_queue()
+        else:
+            name, args, queue = CAPTION_TASK, [job.id], self.keys.caption_queue()
         # Off the loop: Celery's publish blocks on the broker.
-        await asyncio.to_thread(self.send_task, CAPTION_TASK, args=[job_id], queue=self.keys.caption_queue())
+        await asyncio.to_thread(self.send_task, name, args=args, queue=queue)
 
     async def _close(self) -> None:
         for task in (self._heartbeat, self._sweeper):
@@ -196,7 +237,7 @@ class CaptionRuntime:
             "model": self.captioner.name,
             "device": str(self.captioner.device),
             "batch_size": self.batch_size,
-            "model_load_s": self.model_load_s,
+            "model_load_s": round(self.captioner.load_time_s + self.captioner.warmup_time_s, 3),
             "at": utc_now().isoformat(),
         }
         ttl_s = 3 * self.settings.worker_heartbeat_s

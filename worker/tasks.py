@@ -1,24 +1,32 @@
-"""The caption task, and the worker-process lifecycle that keeps the model resident for it.
+"""The caption and chunk tasks, and the worker-process lifecycle that keeps the model resident for them.
 
-A caption worker runs Celery's threads pool: each pool thread holds one job (one
-message, acknowledged late) and waits while the process's :class:`CaptionRuntime`
-fetches its image and captions it in a batch with the others. Twice the batch size
-in threads lets one batch gather and fetch while the previous one generates.
+A caption worker runs Celery's threads pool (``-P threads``; any other pool is refused
+at start, since the model and its event loop live in this one process): each pool
+thread holds one message, acknowledged late (a single job, or a chunk of a batch), and
+waits while the process's :class:`CaptionRuntime` runs it. ``-c`` (default
+``worker_threads``) is how many messages a worker holds: well above the batch size, so
+jobs waiting on slow image hosts leave threads for the others.
+
+Interactive jobs come first twice over: the worker consumes the caption queue before the
+bulk queue (``-Q captions,captions-bulk`` with kombu's ``queue_order_strategy="priority"``:
+BRPOP names the queues in that order), and the batcher gives their images a batch's
+first places (``worker.batching``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import click
 from celery import Celery, signals
 from celery.exceptions import Reject
 from prometheus_client import start_http_server
 
 from shared.errors import QueueUnavailable
-from shared.keys import CAPTION_TASK, Keys
+from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 from worker import metrics
 from worker.recovery import NotAdmittedError
@@ -26,8 +34,12 @@ from worker.runtime import CaptionModel, CaptionRuntime, load_captioner
 
 logger = logging.getLogger(__name__)
 
-#: Pool threads per batch: one batch generating, one gathering (fetch overlaps generate).
-THREADS_PER_BATCH = 2
+#: The only Celery pool a caption worker runs (``celery.concurrency`` alias).
+CAPTION_POOL = "threads"
+
+
+class UnsupportedPoolError(RuntimeError):
+    """A caption worker was started with a pool other than threads (it would fork the model away)."""
 
 
 class CaptionService:
@@ -42,18 +54,22 @@ class CaptionService:
         self.runtime: CaptionRuntime | None = None
 
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        """Load the model and size the pool, before the worker consumes anything (Celery ``worker_init``)."""
-        if Keys(self.settings.key_prefix).caption_queue() not in self.app.amqp.queues.consume_from:
+        """Load the model before the worker consumes anything (Celery ``worker_init``).
+
+        Raises:
+            UnsupportedPoolError: the worker was asked for a pool other than threads.
+        """
+        keys = Keys(self.settings.key_prefix)
+        consumed = self.app.amqp.queues.consume_from or {}
+        if keys.caption_queue() not in consumed and keys.bulk_queue() not in consumed:
             return  # e.g. the webhook worker: it must never load the model
-        began = time.perf_counter()
-        captioner = self.load_model(self.settings)
-        load_s = round(time.perf_counter() - began, 3)
-        metrics.MODEL_LOAD_SECONDS.set(load_s)
-        logger.info("model loaded", extra={"model": captioner.name, "duration_s": load_s})
-        runtime = CaptionRuntime(self.settings, self.app.send_task, captioner)
-        runtime.model_load_s = load_s
         if sender is not None:
-            _use_thread_pool(sender, THREADS_PER_BATCH * runtime.batch_size)
+            _require_thread_pool(sender)
+        _consume_interactive_first(self.app, keys)
+        captioner = self.load_model(self.settings)
+        # Measured once, by the model: loading and warming up.
+        metrics.MODEL_LOAD_SECONDS.set(captioner.load_time_s + captioner.warmup_time_s)
+        runtime = CaptionRuntime(self.settings, self.app.send_task, captioner)
         runtime.start()
         self.runtime = runtime
         if self.settings.worker_metrics_port:
@@ -66,32 +82,75 @@ class CaptionService:
             self.runtime = None
 
     def run(self, job_id: str) -> None:
-        """Body of the caption task."""
+        """Body of the caption task: one interactive job."""
+        with _requeue_when_unfinished(job_ids=[job_id]):
+            self._runtime().run_job(job_id)
+
+    def run_chunk(self, job_ids: list[str]) -> None:
+        """Body of the chunk task: the jobs of one chunk of a batch."""
+        if not isinstance(job_ids, list) or not all(isinstance(job_id, str) for job_id in job_ids):
+            # Acknowledged and dropped: a message no redelivery can make valid.
+            logger.error("malformed chunk message ignored", extra={"message_args": repr(job_ids)[:200]})
+            return
+        with _requeue_when_unfinished(job_ids=job_ids):
+            self._runtime().run_chunk(job_ids)
+
+    def _runtime(self) -> CaptionRuntime:
         if self.runtime is None:
-            # Only a worker that consumes the caption queue runs caption tasks; give it back.
+            # Only a worker that consumes the caption queues runs their tasks; give it back.
             raise Reject("this worker has no model loaded", requeue=True)
-        try:
-            self.runtime.run_job(job_id)
-        except QueueUnavailable as exc:
-            # Redis went away mid-job: put the message back rather than ack a job never recorded.
-            logger.error("job store unavailable; requeueing", extra={"job_id": job_id})
-            raise Reject(str(exc), requeue=True) from exc
-        except NotAdmittedError as exc:
-            # Redelivered jobs took this worker's turns for a whole time limit: let another worker try.
-            logger.warning("no turn to run the job; requeueing", extra={"job_id": job_id})
-            raise Reject(str(exc), requeue=True) from exc
+        return self.runtime
 
 
-def _use_thread_pool(worker: Any, concurrency: int) -> None:
+@contextlib.contextmanager
+def _requeue_when_unfinished(job_ids: list[str]) -> Iterator[None]:
+    """Put the message back (Reject, requeue) when its jobs could not all be recorded."""
+    try:
+        yield
+    except QueueUnavailable as exc:
+        # Redis went away mid-job: put the message back rather than ack jobs never recorded.
+        logger.error("job store unavailable; requeueing", extra={"job_ids": job_ids[:10]})
+        raise Reject(str(exc), requeue=True) from exc
+    except NotAdmittedError as exc:
+        # Redelivered jobs took this worker's turns for a whole time limit: let another worker try.
+        logger.warning("no turn to run the job; requeueing", extra={"job_ids": job_ids[:10]})
+        raise Reject(str(exc), requeue=True) from exc
+
+
+def _consume_interactive_first(app: Celery, keys: Keys) -> None:
+    """Consume the caption queue, then the bulk queue, then any other (``-Q captions`` alone gets both)."""
+    # With queue_order_strategy="priority" (worker.celery_app) the consumed queues' order is the
+    # order BRPOP names them in on every fetch, so the interactive queue must come first.
+    first = [keys.caption_queue(), keys.bulk_queue()]
+    others = [name for name in app.amqp.queues.consume_from if name not in first]
+    app.amqp.queues.select([*first, *others])
+    logger.info("caption worker queues", extra={"queues": [*first, *others]})
+
+
+def _require_thread_pool(worker: Any) -> None:
     # The model lives in this process, with an event loop thread that forked children would not
-    # have: the threads pool is part of the design, so it overrides -P and -c (Celery reads both
-    # after worker_init, when it builds the pool).
-    requested = (worker.pool_cls, worker.concurrency)
-    worker.pool_cls = "threads"
-    worker.concurrency = concurrency
-    logger.info(
-        "caption worker pool", extra={"pool": "threads", "concurrency": concurrency, "requested": str(requested)}
+    # have, so the threads pool is part of the design. Celery resolves -P after worker_init: here it
+    # is still the name from the command line, whose default ("prefork") is indistinguishable from
+    # an explicit -P prefork except by asking click where the value came from.
+    pool = worker.pool_cls if isinstance(worker.pool_cls, str) else getattr(worker.pool_cls, "__module__", "")
+    if pool == CAPTION_POOL or str(pool).endswith(".thread"):
+        return
+    if _is_pool_defaulted():
+        worker.pool_cls = CAPTION_POOL
+        logger.info("caption worker pool", extra={"pool": CAPTION_POOL, "concurrency": worker.concurrency})
+        return
+    raise UnsupportedPoolError(
+        f"a caption worker runs Celery's threads pool only (-P {CAPTION_POOL}), not {pool!r}: "
+        "its model and event loop live in the worker process"
     )
+
+
+def _is_pool_defaulted() -> bool:
+    """True when ``celery worker`` was given no -P (nor CELERY_POOL-style env), so threads is ours to pick."""
+    context = click.get_current_context(silent=True)
+    if context is None or "pool" not in context.params:
+        return True  # not started from the command line (tests, embedding): nobody asked for a pool
+    return context.get_parameter_source("pool") is click.core.ParameterSource.DEFAULT
 
 
 def _serve_metrics(port: int) -> None:
@@ -103,7 +162,7 @@ def _serve_metrics(port: int) -> None:
 
 
 def register_caption_task(app: Celery, settings: Settings, service: CaptionService | None = None) -> CaptionService:
-    """Register ``shared.keys.CAPTION_TASK`` on ``app`` and the signals that load the model for it."""
+    """Register ``CAPTION_TASK`` and ``CAPTION_CHUNK_TASK`` on ``app``, and the signals that load the model."""
     service = service or CaptionService(app, settings)
 
     # acks_late and reject_on_worker_lost come from shared.celery_config: a job's message is
@@ -111,6 +170,10 @@ def register_caption_task(app: Celery, settings: Settings, service: CaptionServi
     @app.task(name=CAPTION_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def caption(job_id: str) -> None:
         service.run(job_id)
+
+    @app.task(name=CAPTION_CHUNK_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    def caption_chunk(job_ids: list[str]) -> None:
+        service.run_chunk(job_ids)
 
     # weak=False: the handlers are bound methods that nothing else keeps alive.
     signals.worker_init.connect(service.on_worker_init, weak=False)

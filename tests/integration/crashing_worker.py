@@ -21,10 +21,10 @@ POISON_EXIT_CODE = 137
 _caption = pipeline.JobRunner._caption
 
 
-async def _caption_or_die(self: pipeline.JobRunner, job: Any) -> Any:
+async def _caption_or_die(self: pipeline.JobRunner, job: Any, *args: Any) -> Any:
     if job.prompt == POISON_PROMPT:
         os._exit(POISON_EXIT_CODE)
-    return await _caption(self, job)
+    return await _caption(self, job, *args)
 
 
 pipeline.JobRunner._caption = _caption_or_die  # type: ignore[method-assign]

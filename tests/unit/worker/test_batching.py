@@ -1,9 +1,10 @@
-"""Batcher: full batches run at once, partial ones after the wait, options never mix, bad images fail alone."""
+"""Batcher: full batches run at once, partial ones after the wait, prompts never mix, bad images fail alone,
+interactive images go first, and token limits share batches."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from PIL import Image
@@ -25,12 +26,14 @@ def run_with_batcher(
     *,
     max_batch_size: int = 4,
     max_wait_s: float = 0.01,
+    merge_lengths: bool = True,
 ) -> None:
     async def main() -> None:
-        def caption(images: list[Image.Image], options: JobOptions) -> list[str]:
-            return model.caption(images, prompt=options.prompt, max_new_tokens=options.max_new_tokens)
+        def caption(images: Sequence[Image.Image], prompt: str | None, limits: Sequence[int]) -> list[str]:
+            model.limits.append(list(limits))
+            return model.caption(list(images), prompt=prompt, max_new_tokens=max(limits))
 
-        batcher = Batcher(caption, max_batch_size=max_batch_size, max_wait_s=max_wait_s)
+        batcher = Batcher(caption, max_batch_size=max_batch_size, max_wait_s=max_wait_s, merge_lengths=merge_lengths)
         batcher.start()
         try:
             await asyncio.wait_for(scenario(batcher), timeout=20)
@@ -66,7 +69,7 @@ def test_a_partial_batch_runs_once_its_oldest_image_has_waited() -> None:
     assert model.batches == [3]
 
 
-def test_jobs_with_different_options_are_captioned_in_separate_batches() -> None:
+def test_jobs_with_different_prompts_are_captioned_in_separate_batches() -> None:
     model = FakeCaptioner()
     short, prompted = JobOptions(max_new_tokens=5), JobOptions(prompt="a photo of")
 
@@ -80,6 +83,68 @@ def test_jobs_with_different_options_are_captioned_in_separate_batches() -> None
     run_with_batcher(model, scenario)
     assert sorted(model.batches) == [1, 2]
     assert sorted(model.options, key=str) == sorted([(None, 5), ("a photo of", 30)], key=str)
+
+
+def test_jobs_differing_only_in_max_new_tokens_share_one_batch_with_their_own_limits() -> None:
+    model = FakeCaptioner()
+    limits = [5, 30, 12]
+
+    async def scenario(batcher: Batcher) -> None:
+        results = await asyncio.gather(*(batcher.caption(image(), JobOptions(max_new_tokens=n)) for n in limits))
+        assert len({r.batch_id for r in results}) == 1
+
+    run_with_batcher(model, scenario, max_batch_size=3, max_wait_s=3600)
+    assert model.batches == [3]
+    assert model.limits == [limits]
+
+
+def test_with_beam_search_token_limits_are_kept_in_separate_batches() -> None:
+    model = FakeCaptioner()
+
+    async def scenario(batcher: Batcher) -> None:
+        await asyncio.gather(*(batcher.caption(image(), JobOptions(max_new_tokens=n)) for n in (5, 30, 5)))
+
+    run_with_batcher(model, scenario, max_batch_size=3, merge_lengths=False)
+    assert sorted(model.limits) == [[5, 5], [30]]
+
+
+def test_interactive_images_take_the_first_places_of_the_next_batch() -> None:
+    model = FakeCaptioner(held=True)
+
+    async def scenario(batcher: Batcher) -> None:
+        first = asyncio.create_task(batcher.caption(image(1), DEFAULT, interactive=False))
+        await asyncio.to_thread(model.started.wait, 10)  # a bulk batch is generating
+        bulk = [asyncio.create_task(batcher.caption(image(10 + i), DEFAULT, interactive=False)) for i in range(4)]
+        await asyncio.sleep(0)
+        single = asyncio.create_task(batcher.caption(image(99), DEFAULT))
+        await asyncio.sleep(0)
+        model.release()
+        await first
+        # The single job arrived after four bulk images, yet is in the very next batch.
+        assert (await single).batch_id == (await bulk[0]).batch_id != (await bulk[3]).batch_id
+
+    run_with_batcher(model, scenario, max_batch_size=2, max_wait_s=0)
+    assert model.batches == [1, 2, 2, 1]
+
+
+def test_a_ready_group_with_an_interactive_image_runs_before_an_older_bulk_group() -> None:
+    model = FakeCaptioner(held=True)
+    prompted = JobOptions(prompt="q")
+
+    async def scenario(batcher: Batcher) -> None:
+        blocker = asyncio.create_task(batcher.caption(image(1), DEFAULT, interactive=False))
+        await asyncio.to_thread(model.started.wait, 10)
+        bulk = [asyncio.create_task(batcher.caption(image(), DEFAULT, interactive=False)) for _ in range(2)]
+        await asyncio.sleep(0)
+        single = asyncio.create_task(batcher.caption(image(), prompted))
+        await asyncio.sleep(0)
+        model.release()
+        await blocker
+        assert (await single).batch_id != (await bulk[0]).batch_id
+
+    run_with_batcher(model, scenario, max_batch_size=2, max_wait_s=0)
+    # After the blocker: the prompted group (interactive) went before the older bulk group.
+    assert [prompt for prompt, _ in model.options] == [None, "q", None]
 
 
 def test_a_bad_image_fails_only_its_own_job() -> None:
@@ -134,7 +199,7 @@ def test_a_caller_that_gives_up_leaves_the_batch() -> None:
 
 def test_more_captions_than_images_is_an_error_not_a_mismatch() -> None:
     async def main() -> None:
-        batcher = Batcher(lambda images, options: ["x"] * (len(images) + 1), max_batch_size=2, max_wait_s=0)
+        batcher = Batcher(lambda inputs, _, __: ["x"] * (len(inputs) + 1), max_batch_size=2, max_wait_s=0)
         batcher.start()
         try:
             with pytest.raises(RuntimeError, match="returned 2 captions for 1 images"):

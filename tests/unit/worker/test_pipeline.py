@@ -52,7 +52,12 @@ class Harness:
 
 
 def run(
-    scenario: Callable[[Harness], Awaitable[None]], *, model: FakeCaptioner | None = None, **settings: object
+    scenario: Callable[[Harness], Awaitable[None]],
+    *,
+    model: FakeCaptioner | None = None,
+    max_batch_size: int = 4,
+    max_wait_s: float = 0.005,
+    **settings: object,
 ) -> Harness:
     settings_obj = Settings(key_prefix="t", **settings)  # type: ignore[arg-type]
     model = model or FakeCaptioner()
@@ -73,9 +78,9 @@ def run(
     async def main() -> None:
         store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=600)
         batcher = Batcher(
-            lambda images, options: model.caption(images, options.prompt, options.max_new_tokens),
-            max_batch_size=4,
-            max_wait_s=0.005,
+            lambda images, prompt, limits: model.caption(list(images), prompt, max(limits)),
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
         )
         batcher.start()
 
@@ -83,7 +88,7 @@ def run(
             holder[0].events.append((job.id, status))
 
         runner = JobRunner(
-            settings_obj, store, batcher, fetch=fetch, decode=lambda data: decode_image(data, settings_obj),
+            settings_obj, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings_obj),
             model_name="fake", on_event=on_event,
         )  # fmt: skip
         holder.append(Harness(store, runner, model))
@@ -168,7 +173,8 @@ def test_one_failing_job_leaves_the_others_in_its_batch_alone() -> None:
         assert statuses == [JobStatus.SUCCEEDED] * 3 + [JobStatus.FAILED]
         assert {(await h.job(job.id)).timings.batch_size for job in good} == {3}
 
-    run(scenario)
+    # Only a full batch of the three good images can run: the bad one never reaches the batcher.
+    run(scenario, max_batch_size=3, max_wait_s=3600)
 
 
 def test_a_model_error_fails_only_the_image_that_caused_it() -> None:

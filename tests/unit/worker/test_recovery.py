@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from tests.fakes import FakeCaptioner
 from worker.batching import Batcher
 from worker.intake import decode_image
 from worker.pipeline import JobRunner
-from worker.recovery import KOMBU_UNACKED_KEY, DeliveryGate, NotAdmittedError, OrphanSweeper
+from worker.recovery import KOMBU_UNACKED_KEY, DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -124,7 +125,7 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
     async def scenario() -> None:
         store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=600)
         batcher = Batcher(
-            lambda images, options: model.caption(images), max_batch_size=8, max_wait_s=0.01
+            lambda images, prompt, limits: model.caption(list(images)), max_batch_size=8, max_wait_s=0.01
         )  # fmt: skip
         batcher.start()
 
@@ -135,7 +136,7 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
             pass
 
         runner = JobRunner(
-            settings, store, batcher, fetch=fetch, decode=lambda data: decode_image(data, settings),
+            settings, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings),
             model_name="fake", on_event=on_event,
         )  # fmt: skip
         for job_id in ("job_ordinary", "job_survivor"):
@@ -161,13 +162,20 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
 # --- the orphan sweeper ------------------------------------------------------------------
 
 
-def _message(job_id: str) -> bytes:
-    """A task message as kombu stores it (abridged): the job id in the headers, the body base64."""
-    headers = {"task": "captionizer.caption", "id": job_id, "argsrepr": f"['{job_id}']"}
-    return json.dumps({"body": "WyJqb2JfIl0=", "headers": headers}).encode()
+def _message(job_id: str | list[str]) -> bytes:
+    """A task message as kombu stores it (abridged): Celery's protocol 2 body ``[args, kwargs, embed]`` in base64.
+
+    A list of ids is a chunk message, whose ``argsrepr`` header Celery truncates.
+    """
+    task = "captionizer.caption_chunk" if isinstance(job_id, list) else "captionizer.caption"
+    headers = {"task": task, "id": "a-celery-task-id", "argsrepr": repr([job_id])[:40]}
+    body = base64.b64encode(json.dumps([[job_id], {}, {"callbacks": None}]).encode()).decode()
+    return json.dumps({"body": body, "headers": headers, "properties": {"body_encoding": "base64"}}).encode()
 
 
-def sweep_with(held: dict[str, str], ages_s: dict[str, float], statuses: dict[str, JobStatus]) -> list[str]:
+def sweep_with(
+    held: dict[str, str], ages_s: dict[str, float], statuses: dict[str, JobStatus], chunked: tuple[str, ...] = ()
+) -> list[str]:
     """Create jobs queued ``ages_s`` ago, put messages where ``held`` says (queue/unacked), sweep once."""
     requeued: list[str] = []
 
@@ -184,13 +192,17 @@ def sweep_with(held: dict[str, str], ages_s: dict[str, float], statuses: dict[st
                 await redis.lpush("t-captions", _message(job_id))
             else:
                 await redis.hset(KOMBU_UNACKED_KEY, f"tag-{job_id}", json.dumps([json.loads(_message(job_id)), "", ""]))
+        if chunked:
+            await redis.lpush("t-captions-bulk", _message(list(chunked)))
+            await redis.hset(KOMBU_UNACKED_KEY, "tag-webhook", b"not a task message")
 
-        async def requeue(job_id: str) -> None:
-            requeued.append(job_id)
+        async def requeue(job: Job) -> None:
+            requeued.append(job.id)
 
         sweeper = OrphanSweeper(
-            store, queue_name="t-captions", requeue=requeue, quiet_s=60, recheck_s=0, clock=lambda: now
-        )
+            store, queue_names=["t-captions", "t-captions-bulk"], requeue=requeue, quiet_s=60, recheck_s=0,
+            clock=lambda: now,
+        )  # fmt: skip
         assert await sweeper.sweep() == requeued
         # Queued again now: the next sweep leaves them alone for another quiet period.
         assert await sweeper.sweep() == []
@@ -209,6 +221,19 @@ JOB_IDS = [f"job_{letter * 22}" for letter in "abcdef"]
 def test_a_long_queued_job_with_no_message_anywhere_is_queued_again() -> None:
     lost, waiting, held = JOB_IDS[:3]
     assert sweep_with({waiting: "queue", held: "unacked"}, {lost: 120, waiting: 120, held: 120}, {}) == [lost]
+
+
+def test_every_job_of_a_chunk_waiting_in_the_bulk_queue_counts_as_held() -> None:
+    lost, *chunk = JOB_IDS
+    assert sweep_with({}, dict.fromkeys(JOB_IDS, 120.0), {}, chunked=tuple(chunk)) == [lost]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"[]", b"{}", b"not json", b'{"body": "!!!", "properties": {"body_encoding": "base64"}}', b'{"body": 3}'],
+)
+def test_a_message_that_is_not_a_task_names_no_job(raw: bytes) -> None:
+    assert job_ids_in_message(raw) == []
 
 
 def test_recent_and_no_longer_queued_jobs_are_left_alone() -> None:

@@ -1,0 +1,351 @@
+"""Bulk captioning end to end, with single jobs as the baseline measured in the same run. Prints JSON.
+
+``python -m bench.bulk --model null --items 5000`` starts redis-server, the API and one caption worker
+(``scripts.stack.LocalStack``) and a local image server (``bench.image_server``, its own process), then:
+
+1. **singles** (the baseline): ``--singles`` jobs through ``POST /v1/jobs`` and a long-poll each, from
+   ``--clients`` concurrent clients: jobs/s and CPU ms per job in the API, the worker and Redis;
+2. **bulk**: ``--items`` jobs of ``--image-size`` PNGs by URL, stored and sent as chunks of ``--chunk-size``
+   to the bulk queue through ``shared/`` (``scripts.chunks``, what the batch API does), while
+   ``--probe-rate`` single jobs per second are posted: items/s, CPU ms per item of every process
+   (from ``/proc/<pid>/stat``), the accelerator's busy fraction (generate time over wall time, from the
+   worker's metrics), the CPU of the thread that calls the model per image (the serial path), the
+   single jobs' start delay under bulk load (in ms and in model batches), and Redis bytes per item
+   (``MEMORY USAGE`` of the job records);
+3. **decode capacity**: how many of the same PNGs the machine decodes per second with one thread per
+   core, to compare with the simulated accelerator's capacity (``batch / MS``).
+
+``--model null`` does no compute (the pipeline's own ceiling); ``--model sleep:MS`` holds each batch MS
+ms with the GIL released (a simulated accelerator). Both are bench-only (``worker.standins``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis
+
+from bench.image_server import drawn_pngs
+from scripts.chunks import ChunkSender
+from scripts.processes import ManagedProcess, free_port
+from scripts.stack import REPO_ROOT, LocalStack
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.store import decode_job
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_POLL_S = 0.05
+DISTINCT_IMAGES = 16
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="null", help="null, sleep:MS, embedded or a checkpoint folder")
+    parser.add_argument("--items", type=int, default=5000, help="bulk items")
+    parser.add_argument("--singles", type=int, default=300, help="single jobs of the baseline")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the baseline")
+    parser.add_argument("--batch-size", type=int, default=32, help="the worker's max_batch_size")
+    parser.add_argument("--chunk-size", type=int, default=0, help="items per chunk message (0: the batch size)")
+    parser.add_argument("--probe-rate", type=float, default=4, help="single jobs per second posted under bulk load")
+    parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs, in pixels")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
+    return parser.parse_args(argv)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+class CpuMeter:
+    """CPU seconds each named process spent between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+
+    def per_item_ms(self, items: int) -> dict[str, float]:
+        spent = {name: process_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
+        return {name: round(1000 * seconds / items, 3) for name, seconds in spent.items()}
+
+
+def worker_metrics(port: int) -> dict[str, float]:
+    """The worker's Prometheus counters the bench reads (generate time, batches, model-thread CPU)."""
+    wanted = (
+        "captionizer_batch_generate_seconds_sum",
+        "captionizer_batch_generate_seconds_count",
+        "captionizer_generate_thread_cpu_seconds_total",
+    )
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            values[name] = float(value)
+    return values
+
+
+def succeeded_or_failed(redis: Redis, keys: Keys) -> int:
+    counts = {name.decode(): int(value) for name, value in redis.hgetall(keys.job_counts()).items()}
+    return counts.get("entered:succeeded", 0) + counts.get("entered:failed", 0)
+
+
+def wait_for_count(redis: Redis, keys: Keys, target: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while succeeded_or_failed(redis, keys) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {succeeded_or_failed(redis, keys)} of {target} jobs ended in {timeout_s} s")
+        time.sleep(_POLL_S)
+
+
+async def run_singles(api_url: str, urls: list[str], clients: int) -> list[str]:
+    """POST each URL as a job and long-poll it to its end, ``clients`` at a time; returns the job ids."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for url in urls:
+        queue.put_nowait(url)
+    ids: list[str] = []
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            url = queue.get_nowait()
+            posted = await http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5})
+            posted.raise_for_status()
+            ids.append(posted.json()["id"])
+            (await http.get(f"/v1/jobs/{ids[-1]}", params={"wait": 60})).raise_for_status()
+
+    async with httpx.AsyncClient(base_url=api_url, timeout=120) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+    return ids
+
+
+def post_probes(api_url: str, url: str, rate: float, stop: threading.Event) -> list[str]:
+    """POST one single job every 1/rate s until ``stop``; returns their ids."""
+    ids: list[str] = []
+    with httpx.Client(base_url=api_url, timeout=60) as http:
+        while not stop.wait(1 / rate):
+            response = http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5})
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+    return ids
+
+
+def start_delays_s(redis: Redis, keys: Keys, job_ids: list[str]) -> list[float]:
+    """started_at - created_at of each job (from its record)."""
+    delays = []
+    for job_id in job_ids:
+        job = decode_job(redis.hgetall(keys.job(job_id)))
+        if job.started_at is not None:
+            delays.append((job.started_at - job.created_at).total_seconds())
+    return delays
+
+
+def redis_bytes_per_item(redis: Redis, keys: Keys, job_ids: list[str]) -> float:
+    sample = job_ids[:: max(1, len(job_ids) // 200)]
+    sizes = [redis.memory_usage(keys.job(job_id)) or 0 for job_id in sample]
+    return round(statistics.fmean(sizes), 1)
+
+
+def decode_capacity(pngs: list[bytes], seconds: float = 3.0) -> float:
+    """Images/s the machine decodes (the worker's decode_image) with one thread per core."""
+    from worker.intake import decode_image
+
+    settings = Settings()
+    threads = os.cpu_count() or 1
+    done = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def decode_until(slot: int) -> None:
+        while time.monotonic() < deadline:
+            decode_image(pngs[done[slot] % len(pngs)], settings)
+            done[slot] += 1
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decode_until, range(threads)))
+    return round(sum(done) / (time.monotonic() - began), 1)
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_image_server(log_dir: Path, size_px: int) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.image_server", "--port", str(port), "--size", str(size_px)]
+    server = ManagedProcess("images", argv, log_path=log_dir / "images.log", env=dict(os.environ), cwd=REPO_ROOT)
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/img/0.png", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    server.wait_until(answers, timeout_s=60, what="serving images")
+    return server, base
+
+
+def stack_env(args: argparse.Namespace, image_port: str, metrics_port: int) -> dict[str, str]:
+    return {
+        "CAPTIONIZER_MODEL": args.model,
+        "CAPTIONIZER_MAX_BATCH_SIZE": str(args.batch_size),
+        "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
+        "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
+        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_port}",
+        "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
+        "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
+        "CAPTIONIZER_LOG_LEVEL": "WARNING",
+    }
+
+
+def run_bulk(
+    args: argparse.Namespace, stack: LocalStack, base: str, metrics_port: int, cpu: CpuMeter
+) -> dict[str, Any]:
+    """Phase 2: the items as chunks, single-job probes meanwhile; returns the bulk figures."""
+    redis = Redis.from_url(stack.redis_url)
+    sender = ChunkSender(stack.redis_url, stack.keys.prefix)
+    try:
+        began_store = time.perf_counter()
+        ids = sender.store([f"{base}/img/{n}.png" for n in range(args.items)], max_new_tokens=5)
+        store_s = time.perf_counter() - began_store
+        ended_before = succeeded_or_failed(redis, stack.keys)
+        metrics_before = worker_metrics(metrics_port)
+        stop = threading.Event()
+        probes: list[str] = []
+        prober = threading.Thread(
+            target=lambda: probes.extend(post_probes(stack.api_url, f"{base}/img/1.png", args.probe_rate, stop))
+        )
+        cpu.start()
+        began = time.perf_counter()
+        sender.send_chunks(ids, args.chunk_size or args.batch_size)
+        prober.start()
+        wait_for_count(redis, stack.keys, ended_before + args.items, timeout_s=1800)
+        wall_s = time.perf_counter() - began
+        per_item = cpu.per_item_ms(args.items)
+        stop.set()
+        prober.join()
+        metrics_after = worker_metrics(metrics_port)
+        wait_for_count(redis, stack.keys, ended_before + args.items + len(probes), timeout_s=120)
+        delays = start_delays_s(redis, stack.keys, probes)
+        return _bulk_figures(args, ids, wall_s, store_s, per_item, metrics_before, metrics_after, delays, redis, stack)
+    finally:
+        sender.close()
+        redis.close()
+
+
+def _bulk_figures(
+    args: argparse.Namespace, ids: list[str], wall_s: float, store_s: float, per_item: dict[str, float],
+    before: dict[str, float], after: dict[str, float], delays: list[float], redis: Redis, stack: LocalStack,
+) -> dict[str, Any]:  # fmt: skip
+    generate_s = after["captionizer_batch_generate_seconds_sum"] - before["captionizer_batch_generate_seconds_sum"]
+    batches = after["captionizer_batch_generate_seconds_count"] - before["captionizer_batch_generate_seconds_count"]
+    thread_cpu_s = (
+        after["captionizer_generate_thread_cpu_seconds_total"] - before["captionizer_generate_thread_cpu_seconds_total"]
+    )
+    batch_s = generate_s / batches if batches else None
+    p99 = _quantile(delays, 0.99)
+    statuses = {str(decode_job(redis.hgetall(stack.keys.job(job_id))).status) for job_id in ids[:: len(ids) // 50 or 1]}
+    return {
+        "items": args.items,
+        "items_per_s": round(args.items / wall_s, 1),
+        "wall_s": round(wall_s, 3),
+        "store_s": round(store_s, 3),
+        "cpu_ms_per_item": per_item,
+        "cpu_ms_per_item_total": round(sum(per_item.values()), 3),
+        "accelerator_busy_fraction": round(generate_s / wall_s, 3),
+        "batches": int(batches),
+        "mean_batch_ms": round(1000 * batch_s, 2) if batch_s else None,
+        "model_thread_cpu_ms_per_item": round(1000 * thread_cpu_s / args.items, 4),
+        "interactive_probes": len(delays),
+        "interactive_start_delay_ms": {
+            "p50": round(1000 * (_quantile(delays, 0.5) or 0), 1),
+            "p99": round(1000 * (p99 or 0), 1),
+            "max": round(1000 * max(delays, default=0), 1),
+        },
+        "interactive_p99_start_delay_in_batches": round(p99 / batch_s, 2) if p99 is not None and batch_s else None,
+        "redis_bytes_per_item": redis_bytes_per_item(redis, stack.keys, ids),
+        "sampled_item_statuses": sorted(statuses),
+    }
+
+
+def run_singles_phase(args: argparse.Namespace, stack: LocalStack, base: str, cpu: CpuMeter) -> dict[str, Any]:
+    """Phase 1, the baseline: single jobs through the API, POST and long-poll each."""
+    urls = [f"{base}/img/{n}.png" for n in range(args.singles)]
+    cpu.start()
+    began = time.perf_counter()
+    asyncio.run(run_singles(stack.api_url, urls, args.clients))
+    wall_s = time.perf_counter() - began
+    per_job = cpu.per_item_ms(args.singles)
+    busy = {name: ms for name, ms in per_job.items() if name != "images"}
+    return {
+        "jobs": args.singles,
+        "jobs_per_s": round(args.singles / wall_s, 1),
+        "cpu_ms_per_job": per_job,
+        "cpu_ms_per_job_api_worker_redis": round(sum(busy.values()), 3),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
+    metrics_port = free_port()
+    images, base = start_image_server(log_dir, args.image_size)
+    stack = LocalStack(log_dir, env=stack_env(args, base.rsplit(":", 1)[1], metrics_port), api_port=free_port(),
+                       webhooks=False)  # fmt: skip
+    try:
+        stack.start(timeout_s=300)
+        assert stack.api is not None and stack.worker is not None and stack.redis is not None
+        pids = {"api": stack.api.pid, "worker": stack.worker.pid, "redis": stack.redis.pid, "images": images.pid}
+        cpu = CpuMeter(pids)
+        singles = run_singles_phase(args, stack, base, cpu)
+        bulk = run_bulk(args, stack, base, metrics_port, cpu)
+    finally:
+        stack.stop()
+        images.stop()
+    pngs = drawn_pngs(args.image_size, DISTINCT_IMAGES)
+    capacity = decode_capacity(pngs)
+    report = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size or args.batch_size,
+        "image": f"{args.image_size}x{args.image_size} PNG by URL",
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+        "at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "baseline_singles": singles,
+        "bulk": bulk,
+        "decode_capacity_images_per_s": capacity,
+    }
+    if args.model.startswith("sleep:"):
+        batch_ms = float(args.model.split(":", 1)[1])
+        report["simulated_accelerator_images_per_s"] = round(args.batch_size / (batch_ms / 1000), 1)
+    print(json.dumps(report, indent=2))
+    if args.keep_logs:
+        print(f"logs: {log_dir}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

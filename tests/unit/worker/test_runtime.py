@@ -1,0 +1,150 @@
+"""CaptionRuntime: the model loader (stand-ins included), the batcher's and preparer's view of the model, the
+one bridge from Celery threads (jobs and chunks), bulk items in hand bounded, and orphans requeued where they belong."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
+from PIL import Image
+
+import worker.runtime
+from shared.jobs import Job, JobStatus
+from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
+from shared.settings import Settings
+from shared.store import JobStore
+from tests.fakes import FakeCaptioner, FakeQueue, fake_caption
+from worker.chunks import ItemsInHand
+from worker.runtime import CaptionRuntime, caption_fn_for, load_captioner, prepare_fn_for
+from worker.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
+    """Every Redis client the runtime makes talks to this fake server."""
+    fake = FakeServer()
+    monkeypatch.setattr(worker.runtime, "Redis", SimpleNamespace(from_url=lambda *a, **k: FakeRedis(server=fake)))
+    return fake
+
+
+def _png(width: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_null_stand_in_loads_without_torch_and_answers_a_fixed_caption() -> None:
+    model = load_captioner(Settings(model="null"))
+    assert isinstance(model, NullCaptioner) and model.name == "null"
+    assert (
+        model.generate_from_tensors(model.preprocess([Image.new("RGB", (4, 4))] * 3), None, [5] * 3)
+        == [STANDIN_CAPTION] * 3
+    )
+
+
+def test_the_sleep_stand_in_holds_each_batch_for_its_milliseconds() -> None:
+    model = load_captioner(Settings(model="sleep:2.5"))
+    assert isinstance(model, SleepCaptioner) and model.batch_ms == 2.5 and model.name == "sleep:2.5"
+
+
+@pytest.mark.parametrize("name", ["sleep:", "sleep:abc", "sleepy", "nullish"])
+def test_names_that_only_look_like_stand_ins_are_not_stand_ins(name: str) -> None:
+    from worker.standins import load_standin
+
+    assert load_standin(name) is None
+
+
+def test_the_batcher_sees_one_call_per_batch_with_each_row_s_limit() -> None:
+    model = FakeCaptioner()
+    caption = caption_fn_for(model, Settings())  # type: ignore[arg-type]
+    rows = [model.preprocess([Image.new("RGB", (w, 3))]) for w in (5, 6)]
+    assert caption(rows, "q", [3, 9]) == [fake_caption(Image.new("RGB", (w, 3)), "q") for w in (5, 6)]
+    assert model.limits == [[3, 9]] and model.batches == [2]
+
+
+def test_preparing_decodes_then_runs_the_model_s_preprocessing() -> None:
+    prepared = prepare_fn_for(FakeCaptioner(), Settings())(_png(30))  # type: ignore[arg-type]
+    assert [image.size for image in prepared] == [(30, 10)]
+
+
+def test_a_chunk_with_more_images_than_the_limit_enters_alone_and_the_next_waits() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=4)
+        await in_hand.enter(6)  # larger than the limit, but nothing else is in hand
+        waiting = asyncio.create_task(in_hand.enter(1))
+        await asyncio.sleep(0)
+        assert not waiting.done() and in_hand.count == 6
+        await in_hand.leave(6)
+        await asyncio.wait_for(waiting, 5)
+        assert in_hand.count == 1
+
+    asyncio.run(scenario())
+
+
+def test_jobs_and_chunks_run_from_other_threads_through_the_runtime(server: FakeServer) -> None:
+    settings = Settings(key_prefix="captionizer", worker_metrics_port=0, max_batch_size=4, bulk_items_in_hand=4)
+    model = FakeCaptioner()
+    runtime = CaptionRuntime(settings, FakeQueue().send_task, model)  # type: ignore[arg-type]
+    ids = [f"job_upload_{n}" for n in range(9)]
+    for n, job_id in enumerate(ids):
+        asyncio.run(_create(server, Job(id=job_id, source="upload", max_new_tokens=3 + n), _png(20 + n)))
+    runtime.start()
+    try:
+        results: list[Any] = []
+        chunks = [ids[0:4], ids[4:8]]
+        threads = [threading.Thread(target=lambda c=c: results.append(runtime.run_chunk(c))) for c in chunks]
+        threads.append(threading.Thread(target=lambda: results.append(runtime.run_job(ids[8]))))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(map(str, results)) == sorted(map(str, [[JobStatus.SUCCEEDED] * 4] * 2 + [JobStatus.SUCCEEDED]))
+        jobs = [asyncio.run(_get(server, job_id)) for job_id in ids]
+        assert all(job is not None and job.caption == fake_caption(Image.new("RGB", (20 + n, 10))) for n, job in
+                   enumerate(jobs))  # fmt: skip
+        # Four bulk images in hand at most: the second chunk began only once the first had ended.
+        first, second = sorted(([job for job in jobs[0:4]], [job for job in jobs[4:8]]), key=_first_start)
+        assert max(job.finished_at for job in first) <= min(job.started_at for job in second)  # type: ignore[union-attr,type-var]
+    finally:
+        runtime.stop()
+
+
+def test_an_orphaned_batch_item_goes_back_to_the_bulk_queue_as_a_chunk_of_one(server: FakeServer) -> None:
+    queue = FakeQueue()
+    runtime = CaptionRuntime(Settings(worker_metrics_port=0), queue.send_task, FakeCaptioner())  # type: ignore[arg-type]
+    item = SimpleNamespace(id="job_item", batch_id="bat_1")
+    single = Job(id="job_single")
+
+    async def scenario() -> None:
+        await runtime._requeue(item)  # type: ignore[arg-type]
+        await runtime._requeue(single)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        runtime.stop()
+    keys = Keys()
+    assert queue.sent == [
+        (CAPTION_CHUNK_TASK, [["job_item"]], keys.bulk_queue()),
+        (CAPTION_TASK, ["job_single"], keys.caption_queue()),
+    ]
+
+
+def _first_start(jobs: list[Any]) -> Any:
+    return min(job.started_at for job in jobs)
+
+
+async def _create(server: FakeServer, job: Job, data: bytes) -> None:
+    async with FakeRedis(server=server) as redis:
+        await JobStore(redis, Keys(), 600).create(job, upload=data)
+
+
+async def _get(server: FakeServer, job_id: str) -> Job | None:
+    async with FakeRedis(server=server) as redis:
+        return await JobStore(redis, Keys(), 600).get(job_id)
