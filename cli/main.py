@@ -19,7 +19,8 @@ import httpx
 
 from cli.alt_text import plan_page, read_page, splice_alts, write_page
 from cli.batch import BatchOptions, Outcome, caption_all, expand_inputs
-from cli.client import CaptionizerClient
+from cli.batches import caption_batch, print_batch_results, print_batch_status
+from cli.client import ApiError, CaptionizerClient
 from cli.progress import ProgressBar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,7 +60,7 @@ def run(
         transport=transport,
         max_connections=args.concurrency,
     )
-    command = _caption_command if args.command == "caption" else _alt_text_command
+    command = {"caption": _caption_command, "batch": _batch_command}.get(args.command, _alt_text_command)
     try:
         return asyncio.run(command(client, args, streams))
     except KeyboardInterrupt:
@@ -84,6 +85,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     caption.add_argument("--wait", action="store_true", help="wait for the captions (otherwise print the queued jobs)")
     caption.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     caption.add_argument("-r", "--recursive", action="store_true", help="also take images from subfolders")
+    batch = commands.add_parser("batch", parents=[common], help="a batch's status or results, by id")
+    batch.add_argument("action", choices=["status", "results"], help="status: counts as JSON; results: JSON lines")
+    batch.add_argument("batch_id", metavar="ID", help="the batch id (bat_…) that `caption DIR` printed")
     alt = commands.add_parser("alt-text", parents=[common], help="fill in missing alt attributes of an HTML page")
     alt.add_argument("page", type=Path, help="the HTML file")
     alt.add_argument(
@@ -145,16 +149,31 @@ async def _caption_command(client: CaptionizerClient, args: argparse.Namespace, 
     if not sources:
         streams.err.write("captionizer: error: no image files found in the folders given\n")
         return EXIT_USAGE
+    # A folder goes as one batch: a few requests and one poll a second, whatever its size.
+    is_folder = any(Path(text).is_dir() for text in args.inputs)
     async with client:
-        outcomes = await caption_all(
-            client, sources, _options(args, wait=args.wait), _progress(len(sources), args, streams)
-        )
+        options, progress = _options(args, wait=args.wait), _progress(len(sources), args, streams)
+        if is_folder:
+            outcomes = await caption_batch(client, sources, options, progress, streams.err)
+        else:
+            outcomes = await caption_all(client, sources, options, progress)
     if args.json:
         for outcome in outcomes:
             streams.out.write(json.dumps(outcome.as_json(), ensure_ascii=False) + "\n")
     else:
         streams.out.write(format_table(outcomes))
     return EXIT_OK if all(outcome.is_ok(waited=args.wait) for outcome in outcomes) else EXIT_FAILED
+
+
+async def _batch_command(client: CaptionizerClient, args: argparse.Namespace, streams: Streams) -> int:
+    async with client:
+        try:
+            if args.action == "status":
+                return await print_batch_status(client, args.batch_id, streams.out)
+            return await print_batch_results(client, args.batch_id, streams.out)
+        except ApiError as exc:
+            streams.err.write(f"captionizer: error: {exc.detail} ({exc.code})\n")
+            return EXIT_FAILED
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:

@@ -42,9 +42,10 @@ class FinishedResults(Protocol):
 
 
 def encode_rows(rows: Sequence[BatchItemResult]) -> bytes:
-    """Rows as compressed JSON arrays: ``[status, caption, ref, error_code, error_message]``; the index is implied."""
+    """Rows as compressed JSON arrays: ``[status, caption, ref, error]``; the index is implied."""
     packed = [
-        [str(row.status), row.caption, row.ref, row.error.code if row.error else None, _message(row)] for row in rows
+        [str(row.status), row.caption, row.ref, row.error.model_dump(mode="json") if row.error else None]
+        for row in rows
     ]
     return zlib.compress(json.dumps(packed, separators=(",", ":"), ensure_ascii=False).encode(), 6)
 
@@ -56,13 +57,9 @@ def decode_rows(batch_id: str, chunk: int, data: bytes) -> list[BatchItemResult]
     return [_row(batch_id, first + offset, fields) for offset, fields in enumerate(packed)]
 
 
-def _message(row: BatchItemResult) -> str | None:
-    return row.error.message if row.error else None
-
-
 def _row(batch_id: str, index: int, fields: list[Any]) -> BatchItemResult:
-    status, caption, ref, code, message = fields
-    error = JobErrorInfo(code=code, message=message or "") if code else None
+    status, caption, ref, error_fields = fields
+    error = JobErrorInfo.model_validate(error_fields) if error_fields else None
     return BatchItemResult(
         index=index, id=item_job_id(batch_id, index), ref=ref, status=JobStatus(status), caption=caption, error=error
     )

@@ -189,7 +189,7 @@ def test_compact_rows_round_trip() -> None:
             ref=None,
             status=JobStatus.FAILED,
             caption=None,
-            error=JobErrorInfo(code="fetch_failed", message="404"),
+            error=JobErrorInfo(code="fetch_failed", message="404", upstream_status=404),
         ),
     ]
     assert decode_rows(batch_id, 0, encode_rows(rows)) == rows
