@@ -82,29 +82,7 @@ class BatchSubmitter:
             TooManyItemsInFlight: the owner's items in flight would pass ``max_items_in_flight``.
             QueueUnavailable: Redis cannot be reached.
         """
-        self._check_count(request.items)
-        webhook_url = self._checked_url(request.webhook_url)
-        item_webhook_url = webhook_url if request.webhook_item_events else None
-        prepared = self.prepare(
-            request.items,
-            owner,
-            prompt=request.prompt,
-            max_new_tokens=request.max_new_tokens,
-            webhook_url=item_webhook_url,
-        )
-        now = utc_now()
-        batch = Batch(
-            id=new_batch_id(),
-            owner=owner,
-            total=len(request.items),
-            is_open=request.more_items,
-            prompt=prepared.jobs[0].prompt,
-            max_new_tokens=prepared.jobs[0].max_new_tokens,
-            webhook_url=webhook_url,
-            webhook_item_events=request.webhook_item_events,
-            created_at=now,
-            expires_at=now + timedelta(seconds=self.settings.job_ttl_s),
-        )
+        batch, prepared = self._new_batch(request, owner)
         if idempotency_key is None:
             await self._accept(batch, prepared)
             return batch
@@ -118,6 +96,32 @@ class BatchSubmitter:
             await self.idempotency.release(owner, idempotency_key, claim)
             raise
         return batch
+
+    def _new_batch(self, request: BatchCreate, owner: str) -> tuple[Batch, PreparedItems]:
+        self._check_count(request.items)
+        webhook_url = self._checked_url(request.webhook_url)
+        prepared = self.prepare(
+            request.items,
+            owner,
+            prompt=request.prompt,
+            max_new_tokens=request.max_new_tokens,
+            webhook_url=webhook_url if request.webhook_item_events else None,
+        )
+        now = utc_now()
+        batch = Batch(
+            id=new_batch_id(),
+            owner=owner,
+            total=len(request.items),
+            is_open=request.more_items,
+            # As checked: the server's default when none was given, a blank prompt as none.
+            prompt=prepared.jobs[0].prompt,
+            max_new_tokens=prepared.jobs[0].max_new_tokens,
+            webhook_url=webhook_url,
+            webhook_item_events=request.webhook_item_events,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.settings.job_ttl_s),
+        )
+        return batch, prepared
 
     async def append(self, batch: Batch, request: BatchItems) -> None:
         """Add items to an open batch; without ``more_items`` this closes it.
