@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "again, in seconds; unset means 3 x job_time_limit_s, at least 300. Must exceed job_time_limit_s.",
     )
     worker_max_memory_mb: int = Field(
-        0, ge=0, description="Resident memory (MiB) past which a worker child is replaced after its task; 0 disables."
+        0, ge=0, description="Resident memory (MiB) past which a worker restarts gracefully after its task; 0 disables."
     )
     worker_metrics_port: int = Field(
         9100, ge=0, le=65535, description="Port of a caption worker's Prometheus /metrics endpoint; 0 disables it."
@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     )
     prepare_threads: int = Field(
         0, ge=0, description="Threads of a caption worker decoding and preparing images in parallel; 0: one per core."
+    )
+    max_prompts_per_key: int = Field(
+        4,
+        ge=1,
+        description="Distinct prompts one API key may have waiting for the model at once in a caption worker; "
+        "its jobs with further prompts wait their turn, so they cannot split everyone's batches.",
     )
     bulk_items_in_hand: int = Field(
         0,

@@ -112,6 +112,8 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
 RELIABILITY_TIME_LIMIT_S = 10
 RELIABILITY_REDELIVERY_S = 12
 RELIABILITY_MAX_ATTEMPTS = 3
+#: Pool threads of the reliability stack's caption worker: messages it holds at once (test_lifecycle fills them).
+RELIABILITY_WORKER_THREADS = 16
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +137,7 @@ def reliability_stack(
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(RELIABILITY_TIME_LIMIT_S),
         "CAPTIONIZER_REDELIVERY_TIMEOUT_S": str(RELIABILITY_REDELIVERY_S),
         "CAPTIONIZER_MAX_DELIVERY_ATTEMPTS": str(RELIABILITY_MAX_ATTEMPTS),
+        "CAPTIONIZER_WORKER_THREADS": str(RELIABILITY_WORKER_THREADS),
         # A dead worker's heartbeat expires within 3 s, so /readyz follows it quickly.
         "CAPTIONIZER_WORKER_HEARTBEAT_S": "1",
     }

@@ -1,9 +1,9 @@
-"""The bounds a worker keeps: its memory ceiling, how it waits for Redis, and how long a pool child may take to start.
+"""The bounds a worker keeps: its memory ceiling and how it waits for Redis.
 
 Celery's own ``worker_max_memory_per_child`` and task time limits act only on the
-prefork pool (the parent replaces or kills a child process). A caption worker runs
-the threads pool, with its model in the one process, so both would be silently
-ignored. The per-job time limit is therefore kept by the pipeline itself
+prefork pool (the parent replaces or kills a child process). Every Captionizer worker
+runs the threads pool (the caption worker refuses any other, ``worker.tasks``), so
+neither is set here. The per-job time limit is therefore kept by the pipeline itself
 (``asyncio.wait_for`` with ``job_time_limit_s``, then ``job_timeout``), and the memory
 ceiling here: after each task the worker reads its resident memory and, past
 ``worker_max_memory_mb``, starts Celery's warm shutdown, so the jobs in hand finish
@@ -25,8 +25,6 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
-#: How long a prefork pool child may take to say it is up (Celery ``worker_proc_alive_timeout``, 4 s by default).
-POOL_CHILD_START_S = 120.0
 
 
 def resident_memory_mb() -> float | None:
@@ -58,13 +56,10 @@ class MemoryCeiling:
         self.read_memory_mb = read_memory_mb
         self.shut_down = shut_down
         self.tripped = False
-        # Made in the worker's main process: a prefork child (another pid) is left to Celery's own
-        # worker_max_memory_per_child, which replaces just that child.
-        self.main_pid = os.getpid()
 
     def check(self, **_: Any) -> bool:
         """After a task (Celery ``task_postrun``): True when the ceiling was passed and a restart asked for."""
-        if self.tripped or self.limit_mb <= 0 or os.getpid() != self.main_pid:
+        if self.tripped or self.limit_mb <= 0:
             return False
         used_mb = self.read_memory_mb()
         if used_mb is None or used_mb <= self.limit_mb:
@@ -88,13 +83,6 @@ def apply_worker_limits(app: Celery, settings: Settings) -> MemoryCeiling:
         # Running jobs keep running when the broker connection drops: their records live
         # in Redis too and are written once it is back; acks_late redelivers the rest.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        # Only the prefork pool has children to wait for. The caption worker loads its model
-        # in worker_init, in the main process and before any pool exists, so a slow load is
-        # never charged to a child; this still keeps a loaded host from killing slow-starting
-        # prefork children (the webhook worker's default pool).
-        worker_proc_alive_timeout=POOL_CHILD_START_S,
-        # Honoured by prefork pools only (in KiB); the threads pool gets MemoryCeiling below.
-        worker_max_memory_per_child=settings.worker_max_memory_mb * 1024 or None,
     )
     ceiling = MemoryCeiling(settings.worker_max_memory_mb)
     if settings.worker_max_memory_mb and resident_memory_mb() is None:

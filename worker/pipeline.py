@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from worker import metrics
 from worker.batching import Batcher, BatchResult
+from worker.prompts import PromptShares
 from worker.recovery import DeliveryGate
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class JobRunner:
         model_name: str,
         on_event: EventFn,
         gate: DeliveryGate | None = None,
+        prompts: PromptShares | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -66,6 +68,7 @@ class JobRunner:
         self.model_name = model_name
         self.on_event = on_event
         self.gate = gate or DeliveryGate()
+        self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
 
     async def run(self, job_id: str, *, interactive: bool = True) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
@@ -128,7 +131,9 @@ class JobRunner:
         # and the processor run here, in parallel (Pillow and numpy release the GIL while they work).
         inputs = await asyncio.to_thread(self.prepare, data)
         fetch_s = time.perf_counter() - began
-        result = await self.batcher.caption(inputs, job.options, interactive=interactive)
+        # A key with many distinct prompts waits here rather than splitting everyone's batches (worker.prompts).
+        async with self.prompts.hold(job.owner, job.options.prompt):
+            result = await self.batcher.caption(inputs, job.options, interactive=interactive)
         return _Captioned(result.caption, fetch_s, result)
 
     async def _read_image(self, job: Job) -> bytes:

@@ -10,9 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.jobs import JobStatus
 from tests.integration.chaos import Chaos, wait_until
 from tests.servers import HostileServer
+from tests.stack import RELIABILITY_WORKER_THREADS
 
-#: Slow jobs that fill every pool thread of the worker (twice its CPU batch size of 8).
-WORKER_SLOTS = 16
+#: Slow jobs that fill every pool thread of the worker.
+WORKER_SLOTS = RELIABILITY_WORKER_THREADS
 
 
 def occupy_worker(chaos: Chaos, image_server: HostileServer) -> list[str]:
