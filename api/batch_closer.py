@@ -59,6 +59,7 @@ class BatchCloser:
         self.batches = batches
         self.send_task = send_task
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         """Start closing batches in the background."""
@@ -66,24 +67,34 @@ class BatchCloser:
 
     async def stop(self) -> None:
         """Stop; a batch being closed stays on the closing list for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        # The flag as well as the cancel: redis-py turns a cancel that lands mid-command into a
+        # connection error, which the loop would take for Redis being down and carry on.
+        self._stopping.set()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     async def _run(self) -> None:
         await self._recover()
-        while True:
+        while not self._stopping.is_set():
             try:
                 if await self.close_next() is None:
-                    await asyncio.sleep(_POLL_S)
+                    await self._pause(_POLL_S)
             except REDIS_ERRORS:
-                logger.warning("batch closer cannot reach Redis; retrying")
-                await asyncio.sleep(_RETRY_AFTER_ERROR_S)
+                if not self._stopping.is_set():
+                    logger.warning("batch closer cannot reach Redis; retrying")
+                await self._pause(_RETRY_AFTER_ERROR_S)
             except Exception:
                 # One bad batch must not stop the loop for the others.
                 logger.exception("closing a batch failed")
-                await asyncio.sleep(_RETRY_AFTER_ERROR_S)
+                await self._pause(_RETRY_AFTER_ERROR_S)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when stop() is called."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _recover(self) -> None:
         # Batches an earlier API process was closing when it stopped go back on the ended list.
