@@ -10,17 +10,20 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.batch_closer import BatchCloser
+from api.batches import BatchSubmitter
 from api.job_events import JobEvents
 from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
 from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
-from api.routes import caption, health, jobs, limits, webhooks
+from api.routes import batches, caption, health, jobs, limits, webhooks
 from api.routes.docs import register_docs
 from api.routes.pages import register_pages
 from api.security import install_security
 from api.services import Services
 from api.submission import JobSubmitter
+from shared.batch_store import BatchStore
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
@@ -51,9 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.job_events.start()
+        services.batch_closer.start()
         try:
             yield
         finally:
+            await services.batch_closer.stop()
             await services.job_events.stop()
             services.queue.close()
             await events_redis.aclose()
@@ -76,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RateLimitHeadersMiddleware, policies=(services.rate_limiter, services.read_rate_limiter))
     install_security(app, settings)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(limits.router)
     app.include_router(caption.router)
     app.include_router(health.router)
@@ -98,6 +104,8 @@ def build_services(settings: Settings) -> Services:
     key_ring = KeyRing.from_settings(settings)
     if not len(key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
+    submitter = JobSubmitter(settings, store, queue)
+    batch_store = BatchStore(redis, keys, settings.job_ttl_s)
     return Services(
         settings=settings,
         keys=keys,
@@ -105,8 +113,11 @@ def build_services(settings: Settings) -> Services:
         store=store,
         queue=queue,
         job_events=JobEvents(events_redis, keys),
-        submitter=JobSubmitter(settings, store, queue),
+        submitter=submitter,
         key_ring=key_ring,
         rate_limiter=RateLimiter.from_settings(redis, settings),
         read_rate_limiter=RateLimiter.reads_from_settings(redis, settings),
+        batch_store=batch_store,
+        batch_submitter=BatchSubmitter(settings, submitter, store, batch_store, queue.send_task),
+        batch_closer=BatchCloser(redis, keys, batch_store, queue.send_task),
     )

@@ -13,10 +13,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
 from api.auth import ANONYMOUS_OWNER, Caller, check_same_origin
+from api.batches import BatchSubmitter
 from api.job_events import JobEvents
 from api.queue import TaskQueue
 from api.services import Services
 from api.submission import JobSubmitter
+from shared.batch_store import BatchStore
 from shared.errors import JobNotFound, Unauthorized
 from shared.jobs import Job
 from shared.keys import Keys
@@ -79,6 +81,16 @@ def get_submitter(services: AppServices) -> JobSubmitter:
     return services.submitter
 
 
+def get_batch_store(services: AppServices) -> BatchStore:
+    """Batch records, their counts and their compacted results."""
+    return services.batch_store
+
+
+def get_batch_submitter(services: AppServices) -> BatchSubmitter:
+    """Validates, stores, queues and cancels batches."""
+    return services.batch_submitter
+
+
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 AppKeys = Annotated[Keys, Depends(get_keys)]
 RedisClient = Annotated[Redis, Depends(get_redis)]
@@ -94,6 +106,8 @@ def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSecrets:
 WebhookSecretStore = Annotated[WebhookSecrets, Depends(get_webhook_secrets)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
 Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
+Batches = Annotated[BatchStore, Depends(get_batch_store)]
+BatchSubmitterDep = Annotated[BatchSubmitter, Depends(get_batch_submitter)]
 
 
 async def authenticate(
@@ -164,6 +178,7 @@ def check_job_id(job_id: str) -> str:
 
 
 async def get_owned_job(
+    services: AppServices,
     job_id: Annotated[str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The job's id, as POST answered it.")],
     caller: Reader,
     store: Store,
@@ -175,7 +190,11 @@ async def get_owned_job(
     would reveal, by timing, that it exists.
     """
     check_job_id(job_id)
-    return check_visible(await store.get(job_id), job_id, caller.owner)
+    job = await store.get(job_id)
+    if job is None:
+        # A batch item whose results were compacted when its batch ended (shared.batch_results).
+        job = await services.batch_store.read_item_job(job_id)
+    return check_visible(job, job_id, caller.owner)
 
 
 #: The job named in the path, already checked to belong to the caller.

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from api.auth import KeyRing
+from api.batch_closer import BatchCloser
+from api.batches import BatchSubmitter
 from api.job_events import JobEvents
 from api.queue import TaskQueue
 from api.ratelimit import RateLimiter
 from api.submission import JobSubmitter
+from shared.batch_store import BatchStore
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
@@ -33,3 +36,7 @@ class Services:
     rate_limiter: RateLimiter
     #: The read budget (reading and long-polling one's own jobs), apart so polling never spends the submit one.
     read_rate_limiter: RateLimiter
+    batch_store: BatchStore
+    batch_submitter: BatchSubmitter
+    #: Compacts the results of batches that ended and sends their webhooks (runs with the app's lifespan).
+    batch_closer: BatchCloser

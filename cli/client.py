@@ -212,6 +212,10 @@ class CaptionizerClient:
             job = await self.get_job(str(job["id"]), wait_s=min(poll_wait_s, max(left_s, 1.0)))
         return job
 
+    async def call(self, method: str, url: str, **kwargs: Any) -> JobJson:
+        """Any API request answering a JSON object (batches use it), with the same retries and errors."""
+        return await self._request(method, url, **kwargs)
+
     async def _request(self, method: str, url: str, **kwargs: Any) -> JobJson:
         """Send one request, retrying 429/503 that say when; 2xx JSON or :class:`ApiError`."""
         for attempt in range(self._retries + 1):

@@ -20,7 +20,8 @@ import httpx
 
 from cli.alt_text import plan_page, read_page, splice_alts, write_page
 from cli.batch import BatchOptions, Outcome, caption_all, expand_inputs
-from cli.client import CaptionizerClient
+from cli.batches import caption_batch, print_batch_results, print_batch_status
+from cli.client import ApiError, CaptionizerClient
 from cli.job_commands import add_job_commands, cancel_command, report_interrupted, status_command, version
 from cli.progress import ProgressBar
 
@@ -66,6 +67,7 @@ def run(
         "alt-text": _alt_text_command,
         "status": status_command,
         "cancel": cancel_command,
+        "batch": _batch_command,
     }[args.command]
     try:
         return asyncio.run(command(client, args, streams))
@@ -92,6 +94,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     caption.add_argument("--wait", action="store_true", help="wait for the captions (otherwise print the queued jobs)")
     caption.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     caption.add_argument("-r", "--recursive", action="store_true", help="also take images from subfolders")
+    batch = commands.add_parser("batch", parents=[common], help="a batch's status or results, by id")
+    batch.add_argument("action", choices=["status", "results"], help="status: counts as JSON; results: JSON lines")
+    batch.add_argument("batch_id", metavar="ID", help="the batch id (bat_…) that `caption DIR` printed")
     alt = commands.add_parser("alt-text", parents=[common], help="fill in missing alt attributes of an HTML page")
     alt.add_argument("page", type=Path, help="the HTML file")
     alt.add_argument(
@@ -170,16 +175,31 @@ async def _caption_command(client: CaptionizerClient, args: argparse.Namespace, 
         # A typo'd path is a usage error (exit 2, as documented), caught before anything is submitted.
         streams.err.write(f"captionizer: error: no such file or folder: {', '.join(missing)}\n")
         return EXIT_USAGE
+    # A folder goes as one batch: a few requests and one poll a second, whatever its size.
+    is_folder = any(Path(text).is_dir() for text in args.inputs)
     async with client:
-        outcomes = await caption_all(
-            client, sources, _options(args, wait=args.wait), _progress(len(sources), args, streams)
-        )
+        options, progress = _options(args, wait=args.wait), _progress(len(sources), args, streams)
+        if is_folder:
+            outcomes = await caption_batch(client, sources, options, progress, streams.err)
+        else:
+            outcomes = await caption_all(client, sources, options, progress)
     if args.json:
         for outcome in outcomes:
             streams.out.write(json.dumps(outcome.as_json(), ensure_ascii=False) + "\n")
     else:
         streams.out.write(format_table(outcomes))
     return EXIT_OK if all(outcome.is_ok(waited=args.wait) for outcome in outcomes) else EXIT_FAILED
+
+
+async def _batch_command(client: CaptionizerClient, args: argparse.Namespace, streams: Streams) -> int:
+    async with client:
+        try:
+            if args.action == "status":
+                return await print_batch_status(client, args.batch_id, streams.out)
+            return await print_batch_results(client, args.batch_id, streams.out)
+        except ApiError as exc:
+            streams.err.write(f"captionizer: error: {exc.detail} ({exc.code})\n")
+            return EXIT_FAILED
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:

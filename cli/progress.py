@@ -28,6 +28,11 @@ class ProgressBar:
         self.failed += int(failed)
         self.draw(force=self.done == self.total)
 
+    def update(self, done: int, failed: int) -> None:
+        """Set the counts (a batch reports them whole) and redraw."""
+        self.done, self.failed = done, failed
+        self.draw(force=self.done == self.total)
+
     def draw(self, *, force: bool = False) -> None:
         """Redraw the line now (or skip it if the last redraw was too recent)."""
         now_s = time.monotonic()

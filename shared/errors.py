@@ -6,14 +6,15 @@ The tree, one family per way a client handles the error::
     ├── InputError (4xx): fix the request before sending it again
     │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage,
     │   ├── ImageTooLarge, ImageCorrupt, TooManyPixels, ImageAspectRatio, PromptTooLong,
-    │   ├── IdempotencyConflict (422), JobNotFound,
+    │   ├── IdempotencyConflict (422), JobNotFound, BatchNotFound,
     │   └── Unauthorized, ForbiddenOrigin, CrossSiteRequest
     ├── FetchError (502/504): the image's own server failed; fix or retry that server
     │   └── FetchFailed, FetchTimeout
     ├── CapacityError (429/503/504): the same request may succeed later; wait ``Retry-After``
-    │   └── QueueUnavailable, QueueFull, OwnerQuotaExceeded, RateLimited, ModelNotReady, WaitTimedOut
+    │   └── QueueUnavailable, QueueFull, OwnerQuotaExceeded, RateLimited, TooManyItemsInFlight,
+    │       ModelNotReady, WaitTimedOut
     ├── ConflictError (409): the job's current state forbids this; read the job again
-    │   └── JobNotCancelable, JobEnded
+    │   └── JobNotCancelable, JobEnded, BatchClosed
     └── ServiceFault (500/504): our failure; it is logged under the job id
         └── InternalError, WorkerCrashed, JobTimedOut
 
@@ -168,6 +169,14 @@ class IdempotencyConflict(InputError):
     title = "Idempotency key reused with a different request"
 
 
+class BatchNotFound(InputError):
+    """No batch with this id is visible to the caller."""
+
+    code = "batch_not_found"
+    status = 404
+    title = "Batch not found"
+
+
 class JobNotFound(InputError):
     """No job with this id is visible to the caller."""
 
@@ -251,6 +260,14 @@ class RateLimited(CapacityError):
     title = "Too many requests"
 
 
+class TooManyItemsInFlight(CapacityError):
+    """The key already has ``max_items_in_flight`` batch items queued or running; retry after ``retry_after_s``."""
+
+    code = "too_many_items_in_flight"
+    status = 429
+    title = "Too many batch items in flight"
+
+
 class ModelNotReady(CapacityError):
     """No worker has its model loaded yet."""
 
@@ -275,6 +292,14 @@ class JobNotCancelable(ConflictError):
     code = "job_not_cancelable"
     status = 409
     title = "Job not cancelable"
+
+
+class BatchClosed(ConflictError):
+    """Items can no longer be added: the batch was submitted without ``more_items`` or was canceled."""
+
+    code = "batch_closed"
+    status = 409
+    title = "Batch closed"
 
 
 class JobEnded(ConflictError):

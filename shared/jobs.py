@@ -150,6 +150,8 @@ class Job(BaseModel):
     stage: str | None = Field(None, description="What the worker is doing now: fetching, decoding or captioning.")
     timings: JobTimings = Field(default_factory=JobTimings)
     webhook: WebhookState | None = None
+    batch_id: str | None = Field(None, description="The batch this job is an item of (shared.batches).")
+    ref: str | None = Field(None, description="The client's reference of a batch item.")
 
     @property
     def options(self) -> JobOptions:
@@ -233,6 +235,8 @@ class JobPublic(BaseModel):
     webhook_url: str | None
     webhook_events: list[WebhookEvent]
     webhook: WebhookState | None
+    batch_id: str | None = Field(None, description="The batch this job is an item of, if any.")
+    ref: str | None = Field(None, description="The client's reference of a batch item.")
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:

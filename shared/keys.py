@@ -80,6 +80,30 @@ class Keys:
         """Sorted set of one owner's recent job ids (score: creation time), for GET /v1/jobs."""
         return f"{self.prefix}:owner-jobs:{owner}"
 
+    def batch(self, batch_id: str) -> str:
+        """Hash holding one batch: its options, item total and counts per status (shared.batch_store)."""
+        return f"{self.batch_prefix()}{batch_id}"
+
+    def batch_prefix(self) -> str:
+        """What every batch hash's name starts with; the transition script appends the job's batch id."""
+        return f"{self.prefix}:batch:"
+
+    def batch_results(self, batch_id: str, chunk: int) -> str:
+        """One chunk of a finished batch's results, compacted (shared.batch_results)."""
+        return f"{self.prefix}:batch-results:{batch_id}:{chunk}"
+
+    def batches_ended(self) -> str:
+        """List of batch ids whose last item just ended, waiting for the API to close them."""
+        return f"{self.prefix}:batches-ended"
+
+    def batches_closing(self) -> str:
+        """List of batch ids an API process is closing now (moved from batches_ended, so none is lost)."""
+        return f"{self.prefix}:batches-closing"
+
+    def items_in_flight(self, owner: str) -> str:
+        """Counter of one owner's batch items not yet ended (the max_items_in_flight cap)."""
+        return f"{self.prefix}:items-in-flight:{owner}"
+
     def rate_limit(self, owner: str) -> str:
         """Token bucket of one API key."""
         return f"{self.prefix}:rate:{owner}"

@@ -67,6 +67,19 @@ class Settings(BaseSettings):
         "owner_quota_exceeded past it).",
     )
 
+    # --- Batches ----------------------------------------------------------------------
+    max_batch_items: int = Field(
+        10_000, ge=1, le=10_000, description="Most items one POST /v1/batches (or one append to a batch) may carry."
+    )
+    max_items_in_flight: int = Field(
+        20_000,
+        ge=1,
+        description="Batch items one API key may have queued or running at once; beyond it a batch answers 429.",
+    )
+    batch_chunk_items: int = Field(
+        32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
+    )
+
     # --- Model ------------------------------------------------------------------------
     model: str = Field(
         EMBEDDED_MODEL,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.batch_counts import BATCH_COUNTS_LUA
 from shared.errors import CapacityError, OwnerQuotaExceeded, QueueFull, QueueUnavailable
 from shared.jobs import Job, JobStatus, sources_of
 from shared.keys import Keys
@@ -29,7 +30,8 @@ from shared.keys import Keys
 logger = logging.getLogger(__name__)
 
 # KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set,
-# KEYS[5] queued jobs per owner, KEYS[6] pending upload bytes per owner (hashes, see _CREATE_LUA).
+# KEYS[5] queued jobs per owner, KEYS[6] pending upload bytes per owner (hashes, see _CREATE_LUA),
+# KEYS[7] the batch hashes' name prefix and KEYS[8] the ended-batches list (BATCH_COUNTS_LUA: an item's batch).
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 # `queued` leaves the set the orphan sweeper reads (worker.recovery). A job admitted against
 # its owner's shares gives them back here: its queue slot when it leaves `queued`, its upload
 # bytes when it ends; the markers are deleted so nothing is given back twice.
-_TRANSITION_LUA = """
+_TRANSITION_LUA = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
@@ -71,10 +74,14 @@ if ARGV[2] ~= '' then
     redis.call('HINCRBY', KEYS[6], owner, -uploaded)
     redis.call('HINCRBY', KEYS[6], '*', -uploaded)
   end
+"""
+    + BATCH_COUNTS_LUA
+    + """
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
 return 1
 """
+)
 
 # KEYS[1] job hash, KEYS[2] upload, KEYS[3] job counts, KEYS[4] queued-jobs set, KEYS[5] queued jobs
 # per owner, KEYS[6] pending upload bytes per owner ('*' holds the total). ARGV[1] job TTL s,
@@ -344,16 +351,33 @@ class JobStore:
         statuses = ",".join(sorted(only_if)) if only_if is not None else ""
         return await self._run(job_id, statuses, "", fields)
 
+    async def transition_many(
+        self, job_ids: Sequence[str], to_status: JobStatus, *, from_status: Iterable[JobStatus], **fields: Any
+    ) -> list[bool]:
+        """:meth:`transition` for many jobs in one pipeline (a batch's cancel); one outcome per id."""
+        allowed = ",".join(sorted(frozenset(from_status) & sources_of(to_status)))
+        args: list[str] = [allowed, json.dumps(str(to_status)), ""]
+        for name, value in encode_fields(fields).items():
+            args += [name, value]
+        with map_redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
+                    args[2] = job_id
+                    await self._transition(keys=[*keys, *self._common_keys()], args=list(args), client=pipe)
+                results = await pipe.execute()
+        return [bool(result) for result in results]
+
+    def _common_keys(self) -> list[str]:
+        # The keys a transition touches besides the job's own: the sweeper's set, the owners' shares
+        # and its batch's names (KEYS[4..8] of _TRANSITION_LUA).
+        return [self.keys.queued_jobs(), *self._share_keys(), self.keys.batch_prefix(), self.keys.batches_ended()]
+
     async def _run(self, job_id: str, statuses: str, new_status: str, fields: Mapping[str, Any]) -> bool:
         args: list[str] = [statuses, new_status, job_id]
         for name, value in encode_fields(fields).items():
             args += [name, value]
         with map_redis_errors():
-            keys = [
-                self.keys.job(job_id),
-                self.keys.job_events(job_id),
-                self.keys.job_counts(),
-                self.keys.queued_jobs(),
-            ]
-            result = await self._transition(keys=[*keys, *self._share_keys()], args=args)
+            keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
+            result = await self._transition(keys=[*keys, *self._common_keys()], args=args)
         return bool(result)

@@ -1,0 +1,283 @@
+"""Batch records in Redis: creating a batch and its item jobs in one pipeline, its counts, and its results.
+
+A batch is a hash: its options, ``total`` items, ``done`` items, a count per job
+status (``n:<status>``) and its timings (epoch seconds). Its items are ordinary job
+records (so ``/v1/jobs/{id}`` and the worker see jobs), whose ``batch_id`` lets
+:meth:`shared.store.JobStore.transition` keep the counts current
+(``shared.batch_counts``). Once a batch ends its results are compacted into
+:class:`shared.batch_results.FinishedResults` and the item records are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.batch_counts import CLOSE_BATCH_LUA, RESERVE_IN_FLIGHT_LUA
+from shared.batch_results import RESULTS_CHUNK_ITEMS, FinishedResults, RedisFinishedResults, chunk_of
+from shared.batches import Batch, BatchItemResult, item_job_id, parse_item_job_id
+from shared.errors import BatchClosed, BatchNotFound, QueueUnavailable
+from shared.jobs import Job, JobErrorInfo, JobStatus
+from shared.keys import Keys
+from shared.store import REDIS_ERRORS, encode_fields
+
+# KEYS[1] the batch hash; ARGV[1] items to add. Returns the first new index, -1 when the
+# batch is missing and -2 when it is closed to new items.
+_ALLOCATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'open') == 0 then return -2 end
+return redis.call('HINCRBY', KEYS[1], 'total', tonumber(ARGV[1])) - tonumber(ARGV[1])
+"""
+# The job fields a result shows, read with one HMGET per item.
+_RESULT_FIELDS = ("status", "caption", "error", "ref")
+# Commands per pipeline round trip when writing or reading many items.
+_PIPELINE_ITEMS = 1_000
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise QueueUnavailable("the batch store (Redis) cannot be reached") from exc
+
+
+def _epoch(value: datetime) -> str:
+    return f"{value.timestamp():.6f}"
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+class BatchStore:
+    """Reads and writes batches and their items' records; item statuses still change only in JobStore."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int, results: FinishedResults | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.results: FinishedResults = results or RedisFinishedResults(redis, keys)
+        self._reserve = redis.register_script(RESERVE_IN_FLIGHT_LUA)
+        self._allocate = redis.register_script(_ALLOCATE_LUA)
+        self._close = redis.register_script(CLOSE_BATCH_LUA)
+
+    async def reserve_in_flight(self, owner: str, count: int, cap: int) -> bool:
+        """Count ``count`` more items in flight for ``owner``; False (nothing counted) beyond ``cap``."""
+        with _redis_errors():
+            reserved = await self._reserve(keys=[self.keys.items_in_flight(owner)], args=[count, cap, self.ttl_s])
+        return int(reserved) >= 0
+
+    async def release_in_flight(self, owner: str, count: int) -> None:
+        """Undo a reservation whose items were never stored."""
+        with _redis_errors():
+            await self.redis.decrby(self.keys.items_in_flight(owner), count)
+
+    async def create(self, batch: Batch, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int) -> None:
+        """Store the batch and its first items (queued), in one transaction of a few round trips."""
+        fields: dict[str, Any] = {
+            "owner": batch.owner,
+            "total": batch.total,
+            "done": 0,
+            "prompt": json.dumps(batch.prompt),
+            "max_new_tokens": batch.max_new_tokens,
+            "webhook_url": json.dumps(batch.webhook_url),
+            "webhook_item_events": int(batch.webhook_item_events),
+            "created_at": _epoch(batch.created_at),
+            "expires_at": _epoch(batch.expires_at),
+            "inflight_key": self.keys.items_in_flight(batch.owner),
+            f"n:{JobStatus.QUEUED}": 0,
+        }
+        if batch.is_open:
+            fields["open"] = 1
+        key = self.keys.batch(batch.id)
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+                self._queue_items(pipe, batch.id, items, uploads, upload_ttl_s)
+                await pipe.execute()
+
+    async def allocate(self, batch_id: str, count: int) -> int:
+        """Reserve ``count`` indexes at the end of an open batch; returns the first.
+
+        Raises:
+            BatchNotFound: the batch is gone.
+            BatchClosed: the batch takes no more items.
+        """
+        with _redis_errors():
+            first = int(await self._allocate(keys=[self.keys.batch(batch_id)], args=[count]))
+        if first == -1:
+            raise BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
+        if first == -2:
+            raise BatchClosed("this batch takes no more items", batch_id=batch_id)
+        return first
+
+    async def add_items(
+        self, batch_id: str, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int
+    ) -> None:
+        """Store items whose indexes :meth:`allocate` reserved."""
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                self._queue_items(pipe, batch_id, items, uploads, upload_ttl_s)
+                await pipe.execute()
+
+    def _queue_items(
+        self, pipe: Any, batch_id: str, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int
+    ) -> None:
+        # What JobStore.create does per job, for many jobs in one pipeline; None fields are
+        # left out (Job's defaults fill them when read), which keeps each record small.
+        for job in items:
+            key = self.keys.job(job.id)
+            pipe.hset(key, mapping=encode_fields(job.model_dump(mode="json", exclude_none=True)))
+            pipe.expire(key, self.ttl_s)
+            if job.id in uploads:
+                pipe.set(self.keys.upload(job.id), uploads[job.id], ex=upload_ttl_s)
+        pipe.hincrby(self.keys.batch(batch_id), f"n:{JobStatus.QUEUED}", len(items))
+        pipe.hincrby(self.keys.job_counts(), f"entered:{JobStatus.QUEUED}", len(items))
+        pipe.hincrby(self.keys.job_counts(), f"current:{JobStatus.QUEUED}", len(items))
+        pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp() for job in items})
+
+    async def close(self, batch_id: str) -> bool:
+        """Take no more items; True when that ended the batch (every item had already ended)."""
+        with _redis_errors():
+            outcome = await self._close(keys=[self.keys.batch(batch_id), self.keys.batches_ended()], args=[batch_id])
+        return int(outcome) == 2
+
+    async def mark_canceled(self, batch_id: str, at: datetime) -> None:
+        """Record the cancel (the first one stands); the items themselves are canceled through JobStore."""
+        with _redis_errors():
+            await self.redis.hsetnx(self.keys.batch(batch_id), "canceled_at", _epoch(at))  # type: ignore[misc]
+
+    async def get(self, batch_id: str) -> Batch | None:
+        """The batch, or None when it does not exist (or has expired)."""
+        with _redis_errors():
+            raw = await self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[misc]
+        return _decode_batch(batch_id, raw) if raw else None
+
+    async def read_results(self, batch: Batch, start: int, limit: int) -> list[BatchItemResult]:
+        """Items ``start`` to ``start + limit`` (fewer at the end), from the compacted store or the job records."""
+        stop = min(batch.total, start + limit)
+        if start >= stop:
+            return []
+        if batch.is_compacted:
+            chunks = await self._load_chunks(batch.id, range(chunk_of(start), chunk_of(stop - 1) + 1))
+            found = [row for chunk in sorted(chunks) for row in chunks[chunk]]
+            return [row for row in found if start <= row.index < stop]
+        rows = await self._read_live(batch.id, range(start, stop))
+        if any(row is None for row in rows):
+            # Compacted since ``batch`` was read (its records are gone): read the compacted copy.
+            current = await self.get(batch.id)
+            if current is not None and current.is_compacted:
+                return await self.read_results(current, start, limit)
+        return [row or _queued_row(batch.id, index) for index, row in zip(range(start, stop), rows, strict=True)]
+
+    async def _load_chunks(self, batch_id: str, chunks: range) -> dict[int, list[BatchItemResult]]:
+        with _redis_errors():
+            return await self.results.load_chunks(batch_id, list(chunks))
+
+    async def _read_live(self, batch_id: str, indexes: range) -> list[BatchItemResult | None]:
+        with _redis_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    pipe.hmget(self.keys.job(item_job_id(batch_id, index)), list(_RESULT_FIELDS))
+                raws = await pipe.execute()
+        return [_live_row(batch_id, index, raw) for index, raw in zip(indexes, raws, strict=True)]
+
+    async def compact(self, batch: Batch) -> None:
+        """Move a finished batch's results into the finished-results store, then drop its item records.
+
+        Idempotent: a batch closed twice (an API restarted mid-way) is compacted again from
+        what is left, and one already compacted is left alone.
+        """
+        if batch.is_compacted:
+            return
+        ttl_s = max(1, int(batch.expires_at.timestamp() - datetime.now(UTC).timestamp()))
+        for first in range(0, batch.total, RESULTS_CHUNK_ITEMS):
+            indexes = range(first, min(batch.total, first + RESULTS_CHUNK_ITEMS))
+            live = await self._read_live(batch.id, indexes)
+            rows = [row or _queued_row(batch.id, index) for index, row in zip(indexes, live, strict=True)]
+            with _redis_errors():
+                await self.results.save_chunk(batch.id, chunk_of(first), rows, ttl_s)
+        with _redis_errors():
+            await self.redis.hset(self.keys.batch(batch.id), "compacted", "1")  # type: ignore[misc]
+            for first in range(0, batch.total, _PIPELINE_ITEMS):
+                ids = [item_job_id(batch.id, i) for i in range(first, min(batch.total, first + _PIPELINE_ITEMS))]
+                await self.redis.delete(*(self.keys.job(i) for i in ids), *(self.keys.upload(i) for i in ids))
+
+    async def read_item_job(self, job_id: str) -> Job | None:
+        """An item's job rebuilt from its batch's compacted results, or None (not an item, or gone)."""
+        parsed = parse_item_job_id(job_id)
+        if parsed is None:
+            return None
+        batch_id, index = parsed
+        batch = await self.get(batch_id)
+        if batch is None or not batch.is_compacted or index >= batch.total:
+            return None
+        rows = await self.read_results(batch, index, 1)
+        if not rows:
+            return None
+        row = rows[0]
+        return Job(
+            id=job_id,
+            owner=batch.owner,
+            status=row.status,
+            source="url",
+            prompt=batch.prompt,
+            max_new_tokens=batch.max_new_tokens,
+            created_at=batch.created_at,
+            finished_at=batch.finished_at,
+            caption=row.caption,
+            error=row.error,
+            batch_id=batch_id,
+            ref=row.ref,
+        )
+
+
+def _live_row(batch_id: str, index: int, raw: Sequence[bytes | None]) -> BatchItemResult | None:
+    status, caption, error, ref = (json.loads(value) if value is not None else None for value in raw)
+    if status is None:
+        return None
+    return BatchItemResult(
+        index=index,
+        id=item_job_id(batch_id, index),
+        ref=ref,
+        status=JobStatus(status),
+        caption=caption,
+        error=JobErrorInfo.model_validate(error) if error else None,
+    )
+
+
+def _queued_row(batch_id: str, index: int) -> BatchItemResult:
+    # A record not written yet (an append in progress) reads as queued.
+    return BatchItemResult(
+        index=index, id=item_job_id(batch_id, index), ref=None, status=JobStatus.QUEUED, caption=None, error=None
+    )
+
+
+def _decode_batch(batch_id: str, raw: Mapping[bytes, bytes]) -> Batch:
+    data = {name.decode(): value.decode() for name, value in raw.items()}
+    counts = {JobStatus(name[2:]): int(value) for name, value in data.items() if name.startswith("n:")}
+    return Batch(
+        id=batch_id,
+        owner=data["owner"],
+        total=int(data["total"]),
+        is_open="open" in data,
+        counts=counts,
+        done=int(data.get("done", 0)),
+        prompt=json.loads(data.get("prompt", "null")),
+        max_new_tokens=int(data["max_new_tokens"]),
+        webhook_url=json.loads(data.get("webhook_url", "null")),
+        webhook_item_events=data.get("webhook_item_events") == "1",
+        created_at=datetime.fromtimestamp(float(data["created_at"]), UTC),
+        started_at=_when(data.get("started_at")),
+        finished_at=_when(data.get("finished_at")),
+        canceled_at=_when(data.get("canceled_at")),
+        expires_at=datetime.fromtimestamp(float(data["expires_at"]), UTC),
+        is_compacted="compacted" in data,
+    )

@@ -1,0 +1,147 @@
+"""Batches on the real stack (redis-server, Celery workers, uvicorn): lifecycle, results, cancel, limits, webhook.
+
+Every wait is on the batch's own state, with a deadline; nothing waits on a sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from scripts.stack import LocalStack
+from shared.batches import item_job_id
+from tests.integration.chaos import wait_until
+from tests.integration.webhook_receiver import WebhookReceiver
+from tests.servers import HostileServer
+
+_DEADLINE_S = 120
+
+
+@pytest.fixture
+def redis(stack: LocalStack) -> Iterator[Redis]:
+    client = Redis.from_url(stack.redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def batch_of(api: httpx.Client, batch_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/batches/{batch_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for_status(api: httpx.Client, batch_id: str, *statuses: str) -> dict[str, Any]:
+    wait_until(
+        lambda: batch_of(api, batch_id)["status"] in statuses,
+        timeout_s=_DEADLINE_S,
+        what=lambda: f"batch {statuses}, now {batch_of(api, batch_id)}",
+    )
+    return batch_of(api, batch_id)
+
+
+def all_pages(api: httpx.Client, results_url: str, limit: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+        page = api.get(results_url, params=params).json()
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def test_a_batch_runs_to_the_end_with_counts_pages_ndjson_and_compacted_results(
+    api: httpx.Client, image_server: HostileServer, redis: Redis, stack: LocalStack
+) -> None:
+    with httpx.Client() as plain:
+        inline = base64.b64encode(plain.get(image_server.url("/image/shape.png")).content).decode()
+    items: list[dict[str, str]] = [
+        {"image_url": image_server.url("/image/shape.png"), "ref": f"url-{i}"} for i in range(10)
+    ]
+    items += [
+        {"image_url": image_server.url("/status/404"), "ref": "missing"},
+        {"image_base64": inline, "ref": "inline"},
+    ]
+
+    response = api.post("/v1/batches", json={"items": items, "max_new_tokens": 12})
+
+    assert response.status_code == 202, response.text
+    batch = wait_for_status(api, response.json()["id"], "completed")
+    assert batch["counts"]["succeeded"] == 11 and batch["counts"]["failed"] == 1
+    assert batch["done"] == 12 and batch["progress"] == 1.0
+    assert batch["started_at"] is not None and batch["finished_at"] >= batch["started_at"]
+    paged = all_pages(api, batch["results_url"], limit=5)
+    assert [item["ref"] for item in paged] == [item["ref"] for item in items]
+    assert [item["index"] for item in paged] == list(range(12))
+    missing = paged[10]
+    assert missing["status"] == "failed" and missing["error"]["code"] == "fetch_failed"
+    assert all(item["caption"] for i, item in enumerate(paged) if i != 10)
+    streamed = api.get(batch["results_url"], headers={"Accept": "application/x-ndjson"})
+    assert streamed.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in streamed.text.splitlines()] == paged
+    # The API compacts the results once the batch has ended; items stay readable as jobs.
+    first_record = stack.keys.job(item_job_id(batch["id"], 0))
+    wait_until(lambda: redis.exists(first_record) == 0, timeout_s=_DEADLINE_S, what="item records compacted")
+    assert all_pages(api, batch["results_url"], limit=1000) == paged
+    job = api.get(f"/v1/jobs/{item_job_id(batch['id'], 11)}").json()
+    assert job["status"] == "succeeded" and job["ref"] == "inline" and job["caption"] == paged[11]["caption"]
+
+
+def test_cancel_ends_every_waiting_item_once_and_the_worker_goes_on(
+    api: httpx.Client, image_server: HostileServer
+) -> None:
+    tarpit = image_server.tarpit("batch-cancel")
+    items = [{"image_url": image_server.url("/tarpit/batch-cancel")} for _ in range(40)]
+    batch_id = api.post("/v1/batches", json={"items": items}).json()["id"]
+    try:
+        wait_until(lambda: tarpit.open >= 1, timeout_s=_DEADLINE_S, what="an item fetching from the tarpit")
+        canceled = api.post(f"/v1/batches/{batch_id}/cancel").json()
+    finally:
+        tarpit.release()
+    assert canceled["status"] == "canceled" and canceled["counts"]["canceled"] == 40 and canceled["done"] == 40
+    # The worker still serves: a fresh batch completes.
+    fresh = api.post("/v1/batches", json={"items": [{"image_url": image_server.url("/image/shape.png")}]})
+    assert wait_for_status(api, fresh.json()["id"], "completed")["counts"]["succeeded"] == 1
+    # Items running when canceled stay canceled: their late captions were dropped.
+    assert batch_of(api, batch_id)["counts"]["canceled"] == 40
+
+
+def test_limits_answer_with_exact_codes_on_the_real_api(api: httpx.Client, image_server: HostileServer) -> None:
+    url = image_server.url("/image/shape.png")
+    too_many = api.post("/v1/batches", json={"items": [{"image_url": url}] * 10_001})
+    assert too_many.status_code == 422 and too_many.json()["code"] == "invalid_request"
+    empty = api.post("/v1/batches", json={"items": []})
+    assert empty.status_code == 422 and empty.json()["code"] == "invalid_request"
+    huge = api.post("/v1/batches", json={"items": [{"image_base64": "A" * (16 * 1024 * 1024)}]})
+    assert huge.status_code == 413 and huge.json()["code"] == "upload_too_large"
+    assert api.get("/v1/batches/bat_AAAAAAAAAAAAAAAAAAAAAA").json()["code"] == "batch_not_found"
+
+
+def test_idempotent_resubmission_and_the_batch_webhook(
+    api: httpx.Client, image_server: HostileServer, webhook_receiver: WebhookReceiver
+) -> None:
+    webhook_receiver.reset()
+    body = {"items": [{"image_url": image_server.url("/image/shape.png")}] * 3, "webhook_url": webhook_receiver.url}
+    first = api.post("/v1/batches", json=body, headers={"Idempotency-Key": "integration-batch"})
+    again = api.post("/v1/batches", json=body, headers={"Idempotency-Key": "integration-batch"})
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    batch_id = first.json()["id"]
+    wait_for_status(api, batch_id, "completed")
+
+    def batch_events() -> list[dict[str, Any]]:
+        return [r.payload for r in webhook_receiver.received if r.payload and r.payload["type"].startswith("batch.")]
+
+    webhook_receiver.wait_for(lambda: len(batch_events()) >= 1, deadline_s=_DEADLINE_S)
+    event = batch_events()[0]
+    assert event["type"] == "batch.completed" and event["data"]["id"] == batch_id
+    assert event["data"]["counts"]["succeeded"] == 3 and event["data"]["total"] == 3

@@ -1,0 +1,154 @@
+"""POST/GET /v1/batches over fakeredis: limits with their exact codes, chunks on the bulk queue, owners, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.auth import hash_key
+from shared.batches import item_job_id
+from shared.jobs import JobStatus
+from shared.keys import CAPTION_CHUNK_TASK
+from shared.settings import Settings
+from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.test_jobs import png_bytes
+
+KEY_A, KEY_B = "cap_batch-tests-key-a", "cap_batch-tests-key-b"
+
+
+@pytest.fixture
+def api_settings() -> Settings:
+    """Two keys, small chunks and a small in-flight cap, so limits are cheap to reach."""
+    return Settings(
+        api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
+        rate_limit_per_minute=0,
+        key_prefix="captionizer-test",
+        max_upload_bytes=64 * 1024,
+        max_request_bytes=2 * 1024 * 1024,
+        batch_chunk_items=4,
+        max_items_in_flight=20,
+    )
+
+
+def auth(key: str = KEY_A) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def urls(count: int) -> list[dict[str, str]]:
+    return [{"image_url": f"https://example.com/{i}.png", "ref": f"img-{i}"} for i in range(count)]
+
+
+def test_a_batch_is_stored_queued_in_chunks_and_located(client: TestClient, api_harness: ApiHarness) -> None:
+    response = client.post("/v1/batches", json={"items": urls(10), "max_new_tokens": 12}, headers=auth())
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/batches/{body['id']}" == body["url"]
+    assert body["status"] == "running" and body["total"] == 10 and body["counts"]["queued"] == 10
+    assert body["progress"] == 0 and body["max_new_tokens"] == 12
+    chunks = [args[0] for name, args, queue in api_harness.queue.sent if name == CAPTION_CHUNK_TASK]
+    assert [len(chunk) for chunk in chunks] == [4, 4, 2]
+    assert {queue for _, _, queue in api_harness.queue.sent} == {"captionizer-test-captions-bulk"}
+    assert chunks[0][0] == item_job_id(body["id"], 0)
+    job = client.get(f"/v1/jobs/{chunks[2][1]}", headers=auth()).json()
+    assert job["batch_id"] == body["id"] and job["ref"] == "img-9" and job["status"] == "queued"
+    page = client.get(f"{body['results_url']}?limit=3", headers=auth()).json()
+    assert [item["ref"] for item in page["items"]] == ["img-0", "img-1", "img-2"] and page["next_cursor"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("items", "status", "code"),
+    [
+        ([], 422, "invalid_request"),
+        (urls(10_001), 422, "invalid_request"),
+        ([{"image_url": "https://example.com/a.png", "image_base64": "aGk="}], 422, "invalid_request"),
+        ([{"image_url": "https://example.com/a.png", "ref": "r" * 257}], 422, "invalid_request"),
+        ([{"image_url": "https://example.com/a.png", "extra": 1}], 422, "invalid_request"),
+        ([{"image_url": "http://169.254.169.254/latest/meta-data"}], 400, "url_not_allowed"),
+        ([{"image_base64": base64.b64encode(b"not an image").decode()}], 415, "not_an_image"),
+    ],
+    ids=["empty", "10001-items", "two-images", "long-ref", "unknown-field", "metadata-url", "not-an-image"],
+)
+def test_bad_batches_are_refused_whole(
+    client: TestClient, api_harness: ApiHarness, items: list[dict[str, object]], status: int, code: str
+) -> None:
+    response = client.post("/v1/batches", json={"items": urls(2) + items if items else []}, headers=auth())
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+    assert api_harness.queue.sent == []
+
+
+def test_an_inline_image_over_the_upload_limit_is_413_and_names_the_item(client: TestClient) -> None:
+    big = base64.b64encode(png_bytes() + b"\0" * (64 * 1024)).decode()
+    small = base64.b64encode(png_bytes()).decode()
+    response = client.post(
+        "/v1/batches", json={"items": [{"image_base64": small}, {"image_base64": big}]}, headers=auth()
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "upload_too_large" and response.json()["detail"].startswith("items[1]: ")
+
+
+def test_a_body_over_the_request_limit_is_413_before_parsing(client: TestClient) -> None:
+    huge = [{"image_base64": "A" * (1024 * 1024)} for _ in range(3)]
+    response = client.post("/v1/batches", json={"items": huge}, headers=auth())
+    assert response.status_code == 413 and response.json()["code"] == "upload_too_large"
+
+
+def test_the_items_in_flight_cap_answers_429_with_retry_after(client: TestClient, api_harness: ApiHarness) -> None:
+    assert client.post("/v1/batches", json={"items": urls(15)}, headers=auth()).status_code == 202
+    refused = client.post("/v1/batches", json={"items": urls(6)}, headers=auth())
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_items_in_flight"
+    assert int(refused.headers["retry-after"]) >= 1
+    # Another key has its own cap.
+    assert client.post("/v1/batches", json={"items": urls(6)}, headers=auth(KEY_B)).status_code == 202
+
+
+def test_another_keys_batch_and_items_answer_404(client: TestClient) -> None:
+    batch = client.post("/v1/batches", json={"items": urls(2)}, headers=auth()).json()
+    for path in (batch["url"], batch["results_url"], f"/v1/jobs/{item_job_id(batch['id'], 0)}"):
+        response = client.get(path, headers=auth(KEY_B))
+        assert response.status_code == 404, path
+    assert client.post(f"{batch['url']}/cancel", headers=auth(KEY_B)).json()["code"] == "batch_not_found"
+    assert client.get("/v1/batches/bat_nope", headers=auth()).json()["code"] == "batch_not_found"
+
+
+def test_idempotency_key_replays_the_batch_and_refuses_another_body(
+    client: TestClient, api_harness: ApiHarness
+) -> None:
+    headers = {**auth(), "Idempotency-Key": "batch-1"}
+    first = client.post("/v1/batches", json={"items": urls(3)}, headers=headers)
+    again = client.post("/v1/batches", json={"items": urls(3)}, headers=headers)
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    assert len(api_harness.queue.sent) == 1
+    other = client.post("/v1/batches", json={"items": urls(4)}, headers=headers)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_conflict"
+
+
+def test_an_open_batch_takes_appends_until_closed(client: TestClient) -> None:
+    batch = client.post("/v1/batches", json={"items": urls(2), "more_items": True}, headers=auth()).json()
+    assert batch["status"] == "open"
+    more = client.post(f"{batch['url']}/items", json={"items": urls(3)}, headers=auth())
+    assert more.status_code == 202 and more.json()["total"] == 5 and more.json()["status"] == "running"
+    refused = client.post(f"{batch['url']}/items", json={"items": urls(1)}, headers=auth())
+    assert refused.status_code == 409 and refused.json()["code"] == "batch_closed"
+    job = client.get(f"/v1/jobs/{item_job_id(batch['id'], 4)}", headers=auth()).json()
+    assert job["ref"] == "img-2"
+
+
+def test_cancel_ends_every_item_not_yet_ended(client: TestClient, api_harness: ApiHarness) -> None:
+    batch = client.post("/v1/batches", json={"items": urls(5)}, headers=auth()).json()
+
+    async def finish_first() -> None:
+        store = api_harness.store()
+        first = item_job_id(batch["id"], 0)
+        assert await store.transition(first, JobStatus.RUNNING)
+        assert await store.transition(first, JobStatus.SUCCEEDED, caption="a cat")
+
+    asyncio.run(finish_first())
+    canceled = client.post(f"{batch['url']}/cancel", headers=auth()).json()
+    assert canceled["status"] == "canceled" and canceled["counts"]["canceled"] == 4
+    assert canceled["counts"]["succeeded"] == 1 and canceled["finished_at"] is not None
+    again = client.post(f"{batch['url']}/cancel", headers=auth())
+    assert again.status_code == 200 and again.json()["counts"] == canceled["counts"]

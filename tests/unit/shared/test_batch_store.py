@@ -1,0 +1,195 @@
+"""BatchStore over fakeredis: item counts follow JobStore.transition, the batch ends once, results compact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import fakeredis.aioredis
+import pytest
+
+from shared.batch_results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
+from shared.batch_store import BatchStore
+from shared.batches import (
+    Batch,
+    BatchItemResult,
+    BatchState,
+    item_job_id,
+    new_batch_id,
+    parse_item_job_id,
+)
+from shared.errors import BatchClosed
+from shared.jobs import Job, JobErrorInfo, JobStatus, utc_now
+from shared.keys import Keys
+from shared.store import JobStore
+
+KEYS = Keys("t")
+Scenario = Callable[[BatchStore, JobStore, fakeredis.aioredis.FakeRedis], Awaitable[None]]
+
+
+def run(scenario: Scenario) -> None:
+    async def main() -> None:
+        redis = fakeredis.aioredis.FakeRedis()
+        await scenario(BatchStore(redis, KEYS, ttl_s=3600), JobStore(redis, KEYS, ttl_s=3600), redis)
+
+    asyncio.run(main())
+
+
+async def make_batch(batches: BatchStore, total: int, *, is_open: bool = False, owner: str = "o") -> Batch:
+    now = utc_now()
+    batch = Batch(
+        id=new_batch_id(),
+        owner=owner,
+        total=total,
+        is_open=is_open,
+        max_new_tokens=12,
+        created_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    items = [
+        Job(
+            id=item_job_id(batch.id, i), owner=owner, image_url=f"https://e.com/{i}.png", batch_id=batch.id, ref=f"r{i}"
+        )
+        for i in range(total)
+    ]
+    assert await batches.reserve_in_flight(owner, total, cap=100_000)
+    await batches.create(batch, items, {}, upload_ttl_s=60)
+    return batch
+
+
+async def finish(jobs: JobStore, job_id: str, caption: str = "a cat") -> None:
+    assert await jobs.transition(job_id, JobStatus.RUNNING)
+    assert await jobs.transition(job_id, JobStatus.SUCCEEDED, caption=caption, finished_at=utc_now())
+
+
+def test_item_ids_carry_their_batch_and_never_look_like_single_jobs() -> None:
+    batch_id = new_batch_id()
+    assert parse_item_job_id(item_job_id(batch_id, 9_999)) == (batch_id, 9_999)
+    assert parse_item_job_id("job_" + "A" * 22) is None  # a single job's id
+    assert parse_item_job_id(item_job_id(batch_id, 1) + "x") is None
+    assert parse_item_job_id("job_" + "A" * 22 + "_01") is None  # no leading zeros: one id per index
+
+
+def test_counts_follow_every_transition_and_the_last_item_ends_the_batch_once() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        batch = await make_batch(batches, 3)
+        first, second, third = (item_job_id(batch.id, i) for i in range(3))
+        assert await jobs.transition(first, JobStatus.RUNNING)
+        running = await batches.get(batch.id)
+        assert running is not None and running.started_at is not None
+        assert running.counts[JobStatus.QUEUED] == 2 and running.counts[JobStatus.RUNNING] == 1
+        assert await jobs.transition(first, JobStatus.SUCCEEDED, caption="x")
+        assert await jobs.transition(second, JobStatus.FAILED, error=JobErrorInfo(code="fetch_failed", message="404"))
+        # A duplicate delivery changes nothing.
+        assert not await jobs.transition(first, JobStatus.SUCCEEDED, caption="y")
+        assert await redis.llen(KEYS.batches_ended()) == 0
+        await finish(jobs, third)
+        ended = await batches.get(batch.id)
+        assert ended is not None and ended.state is BatchState.COMPLETED and ended.done == 3
+        assert ended.counts == {
+            JobStatus.QUEUED: 0,
+            JobStatus.RUNNING: 0,
+            JobStatus.SUCCEEDED: 2,
+            JobStatus.FAILED: 1,
+        }
+        assert await redis.lrange(KEYS.batches_ended(), 0, -1) == [batch.id.encode()]
+        assert int(await redis.get(KEYS.items_in_flight("o"))) == 0
+
+    run(scenario)
+
+
+def test_an_open_batch_ends_only_when_closed_and_append_refuses_a_closed_batch() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        batch = await make_batch(batches, 1, is_open=True)
+        await finish(jobs, item_job_id(batch.id, 0))
+        still_open = await batches.get(batch.id)
+        assert still_open is not None and still_open.state is BatchState.OPEN
+        assert await batches.allocate(batch.id, 5) == 1
+        assert (await batches.get(batch.id)).total == 6  # type: ignore[union-attr]
+        assert not await batches.close(batch.id)  # five items still to end
+        with pytest.raises(BatchClosed):
+            await batches.allocate(batch.id, 1)
+
+    run(scenario)
+
+
+def test_closing_a_batch_whose_items_have_all_ended_ends_it() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        batch = await make_batch(batches, 2, is_open=True)
+        for index in range(2):
+            await finish(jobs, item_job_id(batch.id, index))
+        assert await batches.close(batch.id)
+        assert await redis.llen(KEYS.batches_ended()) == 1
+
+    run(scenario)
+
+
+def test_in_flight_reservations_stop_at_the_cap() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        assert await batches.reserve_in_flight("o", 8, cap=10)
+        assert not await batches.reserve_in_flight("o", 3, cap=10)
+        assert await batches.reserve_in_flight("o", 2, cap=10)
+        await batches.release_in_flight("o", 10)
+        assert await batches.reserve_in_flight("o", 10, cap=10)
+
+    run(scenario)
+
+
+def test_results_page_live_then_from_the_compacted_copy_and_jobs_are_rebuilt() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        total = RESULTS_CHUNK_ITEMS + 7
+        batch = await make_batch(batches, total)
+        for index in range(total):
+            await finish(jobs, item_job_id(batch.id, index), caption=f"caption {index}")
+        live = await batches.read_results(batch, RESULTS_CHUNK_ITEMS - 2, 5)
+        ended = await batches.get(batch.id)
+        assert ended is not None
+        await batches.compact(ended)
+        assert await redis.exists(KEYS.job(item_job_id(batch.id, 0))) == 0
+        compacted = await batches.get(batch.id)
+        assert compacted is not None and compacted.is_compacted
+        assert await batches.read_results(compacted, RESULTS_CHUNK_ITEMS - 2, 5) == live
+        assert [row.caption for row in live] == [f"caption {i}" for i in range(total - 9, total - 4)]
+        # A page read with the batch as it was before compaction still finds the results.
+        assert await batches.read_results(batch, RESULTS_CHUNK_ITEMS - 2, 5) == live
+        job = await batches.read_item_job(item_job_id(batch.id, total - 1))
+        assert job is not None and job.caption == f"caption {total - 1}" and job.ref == f"r{total - 1}"
+        assert job.owner == "o" and job.status is JobStatus.SUCCEEDED
+
+    run(scenario)
+
+
+def test_cancel_many_counts_each_item_once() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        batch = await make_batch(batches, 4)
+        await finish(jobs, item_job_id(batch.id, 0))
+        assert await jobs.transition(item_job_id(batch.id, 1), JobStatus.RUNNING)
+        ids = [item_job_id(batch.id, i) for i in range(4)]
+        outcomes = await jobs.transition_many(
+            ids, JobStatus.CANCELED, from_status=[JobStatus.QUEUED, JobStatus.RUNNING]
+        )
+        assert outcomes == [False, True, True, True]
+        ended = await batches.get(batch.id)
+        assert ended is not None and ended.done == 4
+        assert ended.counts[JobStatus.CANCELED] == 3 and ended.counts[JobStatus.RUNNING] == 0
+
+    run(scenario)
+
+
+def test_compact_rows_round_trip() -> None:
+    batch_id = new_batch_id()
+    rows = [
+        BatchItemResult(
+            index=0, id=item_job_id(batch_id, 0), ref="é", status=JobStatus.SUCCEEDED, caption="x", error=None
+        ),
+        BatchItemResult(
+            index=1,
+            id=item_job_id(batch_id, 1),
+            ref=None,
+            status=JobStatus.FAILED,
+            caption=None,
+            error=JobErrorInfo(code="fetch_failed", message="404", upstream_status=404),
+        ),
+    ]
+    assert decode_rows(batch_id, 0, encode_rows(rows)) == rows
