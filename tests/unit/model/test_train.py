@@ -50,10 +50,10 @@ def test_processor_keeps_a_shape_at_the_far_end_of_a_wide_image() -> None:
 def test_training_pixels_are_what_the_processor_gives() -> None:
     processor = train.build_processor()
     pixels, captions = train.draw_pixels(processor, 5, 6)
-    images, expected = shapes.draw_varied_batch(random.Random(5), 6)
+    images, expected = shapes.draw_varied_batch(random.Random(5), 6, max_side=train.TRAINING_MAX_SIDE)
     assert captions == expected
     direct = processor.image_processor(images=images, return_tensors="pt").pixel_values
-    assert torch.allclose(train.normalise(processor, pixels), direct, atol=1e-5)
+    assert torch.allclose(train.normalise(processor, torch.from_numpy(pixels)), direct, atol=1e-5)
 
 
 def test_training_set_is_the_same_whatever_the_number_of_processes(monkeypatch: pytest.MonkeyPatch) -> None:
