@@ -74,7 +74,9 @@ def build_processor() -> GitProcessor:
     extent is at least 60 % and small when it is at most 40 %.
     """
     image_processor = CLIPImageProcessor(
-        size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE}, do_center_crop=False
+        size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},
+        crop_size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},  # unused; not CLIP's 224
+        do_center_crop=False,
     )
     return GitProcessor(image_processor=image_processor, tokenizer=build_tokenizer())  # type: ignore[no-untyped-call]
 
