@@ -49,7 +49,7 @@ MODEL_IMAGE_SIZE = 48
 TRAIN_SEED = 1234
 DEFAULT_STEPS = 800
 #: Drawings in the training set (drawn once, then sampled with replacement and mirrored).
-DEFAULT_DRAWINGS = 16_000
+DEFAULT_DRAWINGS = 24_000
 PEAK_LEARNING_RATE = 1e-3
 #: Longest side training draws an image at (see ``shapes.draw_varied_batch``).
 TRAINING_MAX_SIDE = 256

@@ -16,7 +16,7 @@ from model import Captioner, evaluate, shapes, train
 HELD_OUT_SEED = 20240
 HELD_OUT_COUNT = 120
 #: Floors a little below what the committed checkpoint scores on these sets (README, "The model").
-FLOORS = {"held_out": 0.9, "independent": 0.9, "jpeg": 0.9}
+FLOORS = {"held_out": 0.95, "independent": 0.92, "jpeg": 0.92}
 
 
 def test_tokenizer_vocabulary_round_trips_through_from_pretrained(tmp_path: Path) -> None:
