@@ -10,6 +10,7 @@ those saved as JPEG (``model.evaluate``). Figures and commands: README, "The mod
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import logging
@@ -17,11 +18,16 @@ import multiprocessing
 import random
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import distributed
+from torch.multiprocessing.spawn import spawn
 from transformers import (
     BertTokenizer,
     CLIPImageProcessor,
@@ -41,14 +47,15 @@ logger = logging.getLogger(__name__)
 MODEL_IMAGE_SIZE = 48
 #: Seed of the training set; evaluation defaults to others so its images are unseen.
 TRAIN_SEED = 1234
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 800
 #: Drawings in the training set (drawn once, then sampled with replacement and mirrored).
-DEFAULT_DRAWINGS = 12_000
+DEFAULT_DRAWINGS = 24_000
 PEAK_LEARNING_RATE = 1e-3
+#: Longest side training draws an image at (see ``shapes.draw_varied_batch``).
+TRAINING_MAX_SIDE = 256
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 _CHUNK = 500  # drawings per seed: the unit of work the drawing processes share
-_RENDER_SIDE = 256  # longest side training draws at; see shapes.draw_varied_batch
 
 
 def build_tokenizer() -> BertTokenizer:
@@ -67,7 +74,9 @@ def build_processor() -> GitProcessor:
     extent is at least 60 % and small when it is at most 40 %.
     """
     image_processor = CLIPImageProcessor(
-        size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE}, do_center_crop=False
+        size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},
+        crop_size={"height": MODEL_IMAGE_SIZE, "width": MODEL_IMAGE_SIZE},  # unused; not CLIP's 224
+        do_center_crop=False,
     )
     return GitProcessor(image_processor=image_processor, tokenizer=build_tokenizer())  # type: ignore[no-untyped-call]
 
@@ -108,12 +117,13 @@ def build_model(tokenizer: BertTokenizer) -> GitForCausalLM:
     return model
 
 
-def draw_pixels(processor: GitProcessor, seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
+def draw_pixels(processor: GitProcessor, seed: int, count: int) -> tuple[np.ndarray, list[str]]:
     """``count`` drawings from ``seed``, resized as the processor resizes them, as uint8 ``(N, 3, S, S)``."""
-    images, captions = shapes.draw_varied_batch(random.Random(seed), count, max_side=_RENDER_SIDE)
-    # Resized only: normalising later, in float, turns 12 KB of bytes per drawing into 48 KB.
-    resized = processor.image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")
-    return resized.pixel_values.round().clamp(0, 255).to(torch.uint8), captions
+    images, captions = shapes.draw_varied_batch(random.Random(seed), count, max_side=TRAINING_MAX_SIDE)
+    # Resized only: normalising later, in float, turns 7 KB of bytes per drawing into 28 KB. NumPy, not
+    # torch, in the drawing processes: torch's thread pool does not survive a fork.
+    resized = processor.image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")
+    return np.clip(np.rint(resized.pixel_values), 0, 255).astype(np.uint8), captions
 
 
 def build_dataset(processor: GitProcessor, count: int, seed: int, processes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,9 +131,13 @@ def build_dataset(processor: GitProcessor, count: int, seed: int, processes: int
     chunks = [
         (seed * 1_000_003 + index, min(_CHUNK, count - start)) for index, start in enumerate(range(0, count, _CHUNK))
     ]
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        drawn = pool.starmap(functools.partial(draw_pixels, processor), chunks)
-    pixels = torch.cat([chunk_pixels for chunk_pixels, _ in drawn])
+    draw = functools.partial(draw_pixels, processor)
+    if processes == 1:
+        drawn = [draw(*chunk) for chunk in chunks]
+    else:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            drawn = pool.starmap(draw, chunks)
+    pixels = torch.from_numpy(np.concatenate([chunk_pixels for chunk_pixels, _ in drawn]))
     captions = [caption for _, chunk_captions in drawn for caption in chunk_captions]
     # Every caption has the same number of words, so no row needs padding.
     input_ids = processor.tokenizer(captions, padding=True, return_tensors="pt").input_ids
@@ -145,37 +159,98 @@ def train(
     seed: int = TRAIN_SEED,
     drawings: int = DEFAULT_DRAWINGS,
     processes: int = 2,
+    init_from: Path | None = None,
 ) -> tuple[GitForCausalLM, GitProcessor]:
-    """Train a fresh model on a fixed deterministic set of drawings (mirrored at random); returns it in eval mode."""
+    """Train on a fixed deterministic set of drawings (mirrored at random); returns the model in eval mode.
+
+    Args:
+        processes: draw the set, then train on shares of each batch (averaging gradients), in this many
+            processes; the result is deterministic for a given number.
+        init_from: start from this checkpoint's weights (same config) rather than from scratch.
+    """
+    if batch_size % processes:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of processes {processes}")
     torch.manual_seed(seed)
     processor = build_processor()
     started = time.perf_counter()
     pixels, input_ids = build_dataset(processor, drawings, seed, processes)
     logger.info("drew %d training images in %.1f s", len(pixels), time.perf_counter() - started)
     model = build_model(processor.tokenizer)
+    if init_from is not None:
+        model.load_state_dict(GitForCausalLM.from_pretrained(init_from).state_dict())
+    run = _Run(processor, pixels, input_ids, steps, batch_size, seed)
+    if processes == 1:
+        fit(model, run)
+    else:
+        # Spawned, not forked: a fork after torch has started its thread pool can hang the child.
+        with tempfile.TemporaryDirectory() as folder:
+            spawn(_fit_share, args=(processes, folder, model, run), nprocs=processes)  # type: ignore[no-untyped-call]
+            model.load_state_dict(torch.load(Path(folder) / "weights.pt"))
+    model.train(False)
+    return model, processor
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every training process needs: the drawn set and the schedule."""
+
+    processor: GitProcessor
+    pixels: torch.Tensor
+    input_ids: torch.Tensor
+    steps: int
+    batch_size: int
+    seed: int
+
+
+def fit(model: GitForCausalLM, run: _Run, rank: int = 0, world: int = 1) -> None:
+    """Optimise ``model`` in place; process ``rank`` of ``world`` takes every ``world``-th row of each batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LEARNING_RATE, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=PEAK_LEARNING_RATE, total_steps=steps, pct_start=0.1
+        optimizer, max_lr=PEAK_LEARNING_RATE, total_steps=run.steps, pct_start=0.1
     )
-    order = torch.Generator().manual_seed(seed)
+    order = torch.Generator().manual_seed(run.seed)  # the same batches in every process
     model.train()
-    for step in range(steps):
-        rows = torch.randint(len(pixels), (batch_size,), generator=order)
-        batch = normalise(processor, pixels[rows])
+    for step in range(run.steps):
+        rows = torch.randint(len(run.pixels), (run.batch_size,), generator=order)
         # A mirrored drawing has the same caption: every shape is upright and left-right symmetric.
-        mirrored = torch.rand(batch_size, generator=order) < 0.5
+        mirrored = (torch.rand(run.batch_size, generator=order) < 0.5)[rank::world]
+        batch = normalise(run.processor, run.pixels[rows[rank::world]])
         batch[mirrored] = batch[mirrored].flip(-1)
-        labels = input_ids[rows]
+        labels = run.input_ids[rows[rank::world]]
         loss = model(input_ids=labels, pixel_values=batch, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == steps - 1:
-            logger.info("step %d/%d loss %.4f", step, steps, loss.item())
-    model.train(False)
-    return model, processor
+        if rank == 0 and (step % 100 == 0 or step == run.steps - 1):
+            logger.info("step %d/%d loss %.4f", step, run.steps, loss.item())
+
+
+def _fit_share(rank: int, world: int, folder: str, model: GitForCausalLM, run: _Run) -> None:
+    """One training process: its own copy of the model, gradients averaged with the others' every step."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(1)
+    distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        model = copy.deepcopy(model)  # the parent's tensors arrive in shared memory
+        fit(model, run, rank, world)
+        if rank == 0:
+            torch.save(model.state_dict(), Path(folder) / "weights.pt")
+    finally:
+        distributed.destroy_process_group()
+
+
+def _average_gradients(model: GitForCausalLM, world: int) -> None:
+    grads = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+    flat = torch.cat([grad.flatten() for grad in grads])
+    distributed.all_reduce(flat)
+    flat /= world
+    sizes = [grad.numel() for grad in grads]
+    for grad, averaged in zip(grads, torch.split(flat, sizes), strict=True):
+        grad.copy_(averaged.view_as(grad))
 
 
 def save(model: GitForCausalLM, processor: GitProcessor, out: Path) -> None:
@@ -193,7 +268,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=64, help="drawings per step")
     parser.add_argument("--drawings", type=int, default=DEFAULT_DRAWINGS, help="drawings in the training set")
-    parser.add_argument("--processes", type=int, default=2, help="processes that draw the training set")
+    parser.add_argument("--processes", type=int, default=2, help="processes that draw and train")
+    parser.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     parser.add_argument("--evaluate", action="store_true", help="only measure the checkpoint in --out")
     parser.add_argument("--n", type=int, default=500, help="drawings in each evaluation set")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the evaluation sets")
@@ -209,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.evaluate:
         started, cpu_started = time.perf_counter(), _cpu_seconds()
         model, processor = train(
-            steps=args.steps, batch_size=args.batch_size, drawings=args.drawings, processes=args.processes
+            steps=args.steps,
+            batch_size=args.batch_size,
+            drawings=args.drawings,
+            processes=args.processes,
+            init_from=args.init_from,
         )
         report["train_wall_s"] = round(time.perf_counter() - started, 1)
         report["train_cpu_s"] = round(_cpu_seconds() - cpu_started, 1)

@@ -14,7 +14,8 @@ from model import reference_drawings, shapes
 def _shape_pixels(pixels: np.ndarray) -> np.ndarray:
     # Far from both backgrounds' extremes in some channel and not grey: the fill, not the backdrop.
     spread = pixels.max(axis=2).astype(int) - pixels.min(axis=2).astype(int)
-    return spread > 60
+    mask: np.ndarray = spread > 60
+    return mask
 
 
 def test_drawer_shares_no_code_with_the_trainers_drawer() -> None:
