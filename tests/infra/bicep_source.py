@@ -1,11 +1,10 @@
 """A small reader of Bicep source: declarations and object literals, for the infra tests.
 
-No Bicep compiler runs offline, so the tests read the templates themselves. This parser
-understands what our templates use: ``param``/``var``/``resource``/``module``/``output``
-declarations with decorators, object and array literals (keys in order), strings with
-``${}`` interpolation, ``if (...)`` conditions and ``[for ...]`` loops. Any other expression
-is kept as its source text (:class:`Expr`) and can be resolved through vars, module params
-and module outputs with :meth:`BicepProject.resolve`. ``.bicepparam`` files parse too.
+No Bicep compiler runs offline, and pycep-parser (checkov's) reads a string literal and a name
+reference as the same JSON string and does not read ``.bicepparam`` files, so the checks that
+follow values through modules read the templates here. Literals become Python values (objects
+keep their key order); any other expression stays source text (:class:`Expr`), which
+:meth:`BicepProject.resolve` follows through vars, module params and module outputs.
 """
 
 from __future__ import annotations
@@ -13,26 +12,30 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"\d+(\.\d+)?")
-_PUNCT2 = ("==", "!=", "<=", ">=", "&&", "||", "??", "?.", "=>", "::", ".?")
-_OPEN = {"(": ")", "[": "]", "{": "}"}
-_CLOSE = set(_OPEN.values())
+_STRING_PART = r"\\.|\$\{(?:[^{}'\n]|'(?:\\.|[^'\\\n])*')*\}|\$(?!\{)|[^'\\\n$]"
+_TOKEN = re.compile(
+    rf"(?P<blank>[ \t\r]+|//[^\n]*|/\*.*?\*/)|(?P<nl>\n)|(?P<str>'''.*?'''|'(?:{_STRING_PART})*')"
+    r"|(?P<num>\d+(?:\.\d+)?)|(?P<ident>[A-Za-z_]\w*)|(?P<punct>[=!<>]=|=>|&&|\|\||\?\?|[^'\w\s])",
+    re.DOTALL,
+)
+_OPEN, _CLOSE = {"(", "[", "{"}, {")", "]", "}"}
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_KEYWORDS = {"true": True, "false": False, "null": None}
+#: Top-level statements no check reads.
+_SKIPPED = {"targetScope", "metadata", "type", "func", "import", "extension", "assert"}
 
 
 class BicepSyntaxError(ValueError):
     """The source is not Bicep this reader understands."""
 
 
-@dataclass(frozen=True)
-class Token:
-    kind: str  # ident, num, str, punct, nl
+class Token(NamedTuple):
+    kind: str  # nl, str, num, ident, punct
     text: str
     start: int
     end: int
-    value: Any = None  # str tokens: the literal text, or None when interpolated
 
 
 @dataclass(frozen=True)
@@ -43,62 +46,47 @@ class Expr:
 
 
 @dataclass(frozen=True)
-class Cond:
-    """``if (condition) body`` on a resource or module."""
-
-    condition: str
-    body: Any
-
-
-@dataclass(frozen=True)
 class ForLoop:
-    """``[for item in items: body]``."""
+    """``[for ... : body]``: the body stands for every item."""
 
-    header: str
     body: Any
 
 
 @dataclass
 class Param:
     name: str
-    type: str
     default: Any
     decorators: dict[str, list[Any]]
-    line: int
+
+
+#: The default of a param declared without one.
+NO_DEFAULT: Any = object()
 
 
 @dataclass
-class Resource:
+class Declaration:
+    """A ``resource`` or ``module``; an ``if (...)`` condition is dropped, its body kept."""
+
     symbol: str
+    body: Any
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        if not isinstance(self.body, dict):
+            raise BicepSyntaxError(f"{self.symbol}: body is not an object literal")
+        return self.body
+
+
+@dataclass
+class Resource(Declaration):
     type: str
     api_version: str
     existing: bool
-    body: Any
-    decorators: dict[str, list[Any]]
-    line: int
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        """The object literal under the condition, if any."""
-        body = self.body.body if isinstance(self.body, Cond) else self.body
-        if not isinstance(body, dict):
-            raise BicepSyntaxError(f"resource {self.symbol}: body is not an object literal")
-        return body
 
 
 @dataclass
-class Module:
-    symbol: str
+class Module(Declaration):
     path: str
-    body: Any
-    line: int
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        body = self.body.body if isinstance(self.body, Cond) else self.body
-        if not isinstance(body, dict):
-            raise BicepSyntaxError(f"module {self.symbol}: body is not an object literal")
-        return body
 
 
 @dataclass
@@ -115,99 +103,40 @@ class BicepFile:
     assignments: dict[str, Any] = field(default_factory=dict)
 
 
-def tokenize(text: str) -> list[Token]:
-    """Split Bicep source into tokens; comments are dropped, newlines kept."""
-    tokens: list[Token] = []
-    i = 0
+def _tokenize(text: str) -> list[Token]:
+    """Bicep source as tokens; blanks and comments dropped, newlines kept (they end statements)."""
+    tokens, i = [], 0
     while i < len(text):
-        token, i = _next_token(text, i)
-        if token is not None:
-            tokens.append(token)
+        match = _TOKEN.match(text, i)
+        if match is None:
+            line = text.count("\n", 0, i) + 1
+            raise BicepSyntaxError(f"line {line}: unreadable source (an unterminated string?)")
+        assert match.lastgroup is not None
+        if match.lastgroup != "blank":
+            tokens.append(Token(match.lastgroup, match.group(), i, match.end()))
+        i = match.end()
     return tokens
 
 
-def _next_token(text: str, i: int) -> tuple[Token | None, int]:
-    """The token at offset ``i`` (None for blanks and comments) and the offset after it."""
-    ch = text[i]
-    if ch in " \t\r":
-        return None, i + 1
-    if ch == "\n":
-        return Token("nl", ch, i, i + 1), i + 1
-    if text.startswith("//", i):
-        end = text.find("\n", i)
-        return None, end if end >= 0 else len(text)
-    if text.startswith("/*", i):
-        end = text.find("*/", i + 2)
-        if end < 0:
-            raise BicepSyntaxError(f"unterminated comment at offset {i}")
-        return None, end + 2
-    if ch == "'":
-        return _string_token(text, i)
-    for kind, pattern in (("num", _NUMBER), ("ident", _IDENT)):
-        if match := pattern.match(text, i):
-            return Token(kind, match.group(), i, match.end()), match.end()
-    size = 2 if text[i : i + 2] in _PUNCT2 else 1
-    return Token("punct", text[i : i + size], i, i + size), i + size
-
-
-def _string_token(text: str, start: int) -> tuple[Token, int]:
-    if text.startswith("'''", start):
-        end = text.find("'''", start + 3)
-        if end < 0:
-            raise BicepSyntaxError(f"unterminated multi-line string at offset {start}")
-        return Token("str", text[start : end + 3], start, end + 3, text[start + 3 : end]), end + 3
-    end, value = _scan_string(text, start)
-    return Token("str", text[start:end], start, end, value), end
-
-
-def _scan_string(text: str, start: int) -> tuple[int, str | None]:
-    """End offset of the string at ``start`` and its value (None when it interpolates)."""
-    out: list[str] = []
-    interpolated = False
-    i = start + 1
-    escapes = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", "$": "$"}
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            out.append(escapes.get(text[i + 1], text[i + 1]))
-            i += 2
-        elif ch == "'":
-            return i + 1, None if interpolated else "".join(out)
-        elif text.startswith("${", i):
-            interpolated = True
-            i = _skip_interpolation(text, i + 2)
-        elif ch == "\n":
-            break
-        else:
-            out.append(ch)
-            i += 1
-    raise BicepSyntaxError(f"unterminated string at offset {start}")
-
-
-def _skip_interpolation(text: str, i: int) -> int:
-    depth = 1
-    while i < len(text) and depth:
-        if text[i] == "'":
-            i, _ = _scan_string(text, i)
-            continue
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        i += 1
-    if depth:
-        raise BicepSyntaxError("unterminated ${...}")
-    return i
+def _string_value(token: Token) -> str | None:
+    """The value of a string token, or None when it interpolates ``${...}``."""
+    if token.text.startswith("'''"):
+        return token.text[3:-3]
+    parts = re.findall(r"\\.|\$\{|[^\\$]+|\$", token.text[1:-1])
+    if "${" in parts:
+        return None
+    return "".join(_ESCAPES.get(part[1], part[1]) if part.startswith("\\") else part for part in parts)
 
 
 class _Parser:
-    def __init__(self, text: str, path: Path) -> None:
-        self.text = text
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.tokens = tokenize(text)
+        self.text = path.read_text(encoding="utf-8")
+        self.tokens = _tokenize(self.text)
         self.pos = 0
 
-    # --- token helpers ---------------------------------------------------------------------
-    def peek(self, offset: int = 0) -> Token | None:
-        index = self.pos + offset
-        return self.tokens[index] if index < len(self.tokens) else None
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
 
     def next(self) -> Token:
         token = self.peek()
@@ -216,299 +145,192 @@ class _Parser:
         self.pos += 1
         return token
 
-    def expect(self, text: str) -> Token:
-        token = self.next()
-        if token.text != text:
-            raise self.error(f"expected {text!r}, found {token.text!r}", token)
-        return token
-
-    def at(self, text: str) -> bool:
+    def at(self, *texts: str) -> bool:
         token = self.peek()
-        return token is not None and token.text == text and token.kind != "str"
+        return token is not None and token.kind != "str" and token.text in texts
 
-    def skip_newlines(self) -> None:
-        while (token := self.peek()) is not None and token.kind == "nl":
+    def expect(self, text: str) -> None:
+        if not self.at(text):
+            raise self.error(f"expected {text!r}")
+        self.pos += 1
+
+    def skip(self, *texts: str) -> None:
+        while self.at(*texts):
             self.pos += 1
 
-    def line_of(self, token: Token) -> int:
-        return self.text.count("\n", 0, token.start) + 1
+    def error(self, message: str) -> BicepSyntaxError:
+        token = self.peek()
+        line = self.text.count("\n", 0, token.start) + 1 if token else "end"
+        return BicepSyntaxError(f"{self.path}:{line}: {message}, found {token.text if token else 'nothing'!r}")
 
-    def error(self, message: str, token: Token | None = None) -> BicepSyntaxError:
-        token = token or self.peek()
-        where = f"{self.path}:{self.line_of(token)}" if token else str(self.path)
-        return BicepSyntaxError(f"{where}: {message}")
+    def scan(self, *stops: str) -> list[Token]:
+        """The tokens before the first of ``stops`` outside brackets (or before the end)."""
+        start, depth = self.pos, 0
+        while (token := self.peek()) is not None:
+            if token.kind != "str":
+                if depth == 0 and token.text in stops:
+                    break
+                depth += (token.text in _OPEN) - (token.text in _CLOSE)
+            self.pos += 1
+        return self.tokens[start : self.pos]
+
+    def end_of(self, closer: str) -> bool:
+        """Past separators: True (and consumed) at ``closer``, False before another item."""
+        self.skip("\n", ",")
+        if self.at(closer):
+            self.pos += 1
+            return True
+        return False
 
     # --- values -------------------------------------------------------------------------------
     def value(self) -> Any:
-        token = self.peek()
-        if token is None:
-            raise self.error("expected a value")
-        if token.text == "{" and token.kind == "punct":
-            return self.object()
-        if token.text == "[" and token.kind == "punct":
-            following = self.peek(1)
-            if following is not None and following.text == "for":
-                return self.for_loop()
-            return self.array()
-        if token.text == "if" and (after := self.peek(1)) is not None and after.text == "(":
-            self.next()
-            condition = self.balanced("(")
-            return Cond(condition, self.value())
-        return self.expression()
+        if self.at("{"):
+            return self.object_literal()
+        if self.at("["):
+            return self.array_literal()
+        if self.at("if"):  # if (condition) body: the checks read the body
+            self.pos += 1
+            self.expect("(")
+            self.scan(")")
+            self.expect(")")
+            return self.value()
+        return self.literal(self.scan("\n", ",", ")", "]", "}"))
 
-    def object(self) -> dict[str, Any]:
+    def object_literal(self) -> dict[str, Any]:
         self.expect("{")
         result: dict[str, Any] = {}
-        while True:
-            self.skip_newlines()
-            if self.at(","):
-                self.next()
-                continue
-            if self.at("}"):
-                self.next()
-                return result
-            key_token = self.next()
-            if key_token.kind == "ident":
-                key = key_token.text
-            elif key_token.kind == "str":
-                key = key_token.value if key_token.value is not None else key_token.text
-            else:
-                raise self.error(f"expected a property name, found {key_token.text!r}", key_token)
+        while not self.end_of("}"):
+            key = self.next()
+            if key.kind not in {"ident", "str"}:
+                raise self.error("expected a property name")
+            # An interpolated key ('${identityId}') is kept as its source text.
+            name = key.text if key.kind == "ident" else _string_value(key) or key.text
+            if name in result:
+                raise self.error(f"duplicate property {name!r}")
             self.expect(":")
-            if key in result:
-                raise self.error(f"duplicate property {key!r}", key_token)
-            result[key] = self.value()
+            result[name] = self.value()
+        return result
 
-    def array(self) -> list[Any]:
+    def array_literal(self) -> list[Any] | ForLoop:
         self.expect("[")
-        result: list[Any] = []
-        while True:
-            self.skip_newlines()
-            if self.at(","):
-                self.next()
-                continue
-            if self.at("]"):
-                self.next()
-                return result
-            result.append(self.value())
+        if self.at("for"):
+            self.scan(":")
+            self.expect(":")
+            self.skip("\n")
+            loop = ForLoop(self.value())
+            if not self.end_of("]"):
+                raise self.error("expected the end of the for loop")
+            return loop
+        items = []
+        while not self.end_of("]"):
+            items.append(self.value())
+        return items
 
-    def for_loop(self) -> ForLoop:
-        self.expect("[")
-        self.expect("for")
-        start = self.peek()
-        depth = 0
-        while True:
-            token = self.next()
-            depth += 1 if token.text in _OPEN else -1 if token.text in _CLOSE else 0
-            if token.text == ":" and depth == 0:
-                break
-        assert start is not None
-        header = self.text[start.start : token.start].strip()
-        self.skip_newlines()
-        body = self.value()
-        self.skip_newlines()
-        self.expect("]")
-        return ForLoop(header, body)
-
-    def balanced(self, opener: str) -> str:
-        """Consume ``(...)`` and return its inner source text."""
-        first = self.expect(opener)
-        depth = 1
-        while depth:
-            token = self.next()
-            if token.text in _OPEN:
-                depth += 1
-            elif token.text in _CLOSE:
-                depth -= 1
-        return self.text[first.end : token.start].strip()
-
-    def expression(self) -> Any:
-        """Tokens up to the end of the line (or , } ] ) at depth 0), as a literal or an Expr."""
-        start = self.pos
-        depth = 0
-        while (token := self.peek()) is not None:
-            if depth == 0 and (token.kind == "nl" or (token.kind == "punct" and token.text in {",", "}", "]", ")"})):
-                break
-            if token.kind == "punct" and token.text in _OPEN:
-                depth += 1
-            elif token.kind == "punct" and token.text in _CLOSE:
-                depth -= 1
-            self.pos += 1
-        parts = self.tokens[start : self.pos]
+    def literal(self, parts: list[Token]) -> Any:
+        """A string, number, true/false/null as Python; anything else as an :class:`Expr`."""
         if not parts:
-            raise self.error("expected an expression")
-        return _literal(parts, self.text)
+            raise self.error("expected a value")
+        texts = [part.text for part in parts]
+        if len(parts) == 1 and parts[0].kind == "str" and (value := _string_value(parts[0])) is not None:
+            return value
+        number = "".join(texts)
+        if parts[-1].kind == "num" and re.fullmatch(r"-?[\d.]+", number):
+            return float(number) if "." in number else int(number)
+        if len(parts) == 1 and parts[0].kind == "ident" and texts[0] in _KEYWORDS:
+            return _KEYWORDS[texts[0]]
+        return Expr(self.text[parts[0].start : parts[-1].end])
 
     # --- declarations ---------------------------------------------------------------------
-    def decorators(self) -> dict[str, list[Any]]:
-        found: dict[str, list[Any]] = {}
-        while self.at("@"):
-            self.next()
-            name = self.next().text
-            while self.at("."):  # sys.description
-                self.next()
-                name = self.next().text
-            args: list[Any] = []
-            if self.at("("):
-                self.next()
-                while not self.at(")"):
-                    self.skip_newlines()
-                    if self.at(","):
-                        self.next()
-                        continue
-                    if self.at(")"):
-                        break
-                    args.append(self.value())
-                    self.skip_newlines()
-                self.expect(")")
-            found[name] = args
-            self.skip_newlines()
-        return found
-
-    def type_text(self) -> str:
-        start = self.peek()
-        depth = 0
-        while (token := self.peek()) is not None:
-            if depth == 0 and (token.kind == "nl" or token.text == "="):
-                break
-            depth += 1 if token.text in _OPEN else -1 if token.text in _CLOSE else 0
-            self.pos += 1
-        assert start is not None
-        end = self.tokens[self.pos - 1]
-        return self.text[start.start : end.end]
-
-    def skip_statement(self) -> None:
-        depth = 0
-        while (token := self.peek()) is not None:
-            if depth == 0 and token.kind == "nl":
-                return
-            depth += 1 if token.text in _OPEN else -1 if token.text in _CLOSE else 0
-            self.pos += 1
-
     def parse(self) -> BicepFile:
         result = BicepFile(self.path, self.text)
+        handlers = {"param": self.param, "var": self.var, "output": self.output}
+        handlers |= {"resource": self.resource, "module": self.module, "using": self.using}
         while True:
-            self.skip_newlines()
+            self.skip("\n")
             if self.peek() is None:
                 return result
             decorators = self.decorators()
-            keyword = self.next()
-            line = self.line_of(keyword)
-            if keyword.text in {"param", "resource"}:
-                getattr(self, keyword.text)(result, decorators, line)
-            elif keyword.text in {"var", "module", "output", "using"}:
-                getattr(self, f"_{keyword.text}")(result, line)
-            elif keyword.text in {"targetScope", "metadata", "type", "func", "import", "extension", "assert"}:
-                self.skip_statement()
+            keyword = self.next().text
+            if keyword in handlers:
+                handlers[keyword](result, decorators)
+            elif keyword in _SKIPPED:
+                self.scan("\n")
             else:
-                raise self.error(f"unexpected {keyword.text!r} at the top level", keyword)
-            token = self.peek()
-            if token is not None and token.kind != "nl":
-                raise self.error(f"expected the end of the line, found {token.text!r}", token)
+                raise self.error(f"unexpected {keyword!r} at the top level")
+            if self.peek() is not None and not self.at("\n"):
+                raise self.error("expected the end of the line")
 
-    def _var(self, result: BicepFile, line: int) -> None:
+    def decorators(self) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        while self.at("@"):
+            self.pos += 1
+            name = self.scan("(", "\n")[-1].text  # the last part of sys.description
+            args = []
+            if self.at("("):
+                self.pos += 1
+                while not self.end_of(")"):
+                    args.append(self.value())
+            found[name] = args
+            self.skip("\n")
+        return found
+
+    def param(self, result: BicepFile, decorators: dict[str, list[Any]]) -> None:
+        name = self.next().text
+        if self.path.suffix == ".bicepparam":
+            self.expect("=")
+            result.assignments[name] = self.value()
+            return
+        self.scan("=", "\n")  # the type
+        default = NO_DEFAULT
+        if self.at("="):
+            self.pos += 1
+            default = self.value()
+        result.params[name] = Param(name, default, decorators)
+
+    def var(self, result: BicepFile, _: object) -> None:
         name = self.next().text
         self.expect("=")
         result.vars[name] = self.value()
 
-    def _module(self, result: BicepFile, line: int) -> None:
-        symbol = self.next().text
-        path = self.next().value
-        self.expect("=")
-        result.modules[symbol] = Module(symbol, path, self.value(), line)
-
-    def _output(self, result: BicepFile, line: int) -> None:
+    def output(self, result: BicepFile, _: object) -> None:
         name = self.next().text
-        self.type_text()
+        self.scan("=")  # the type
         self.expect("=")
         result.outputs[name] = self.value()
 
-    def _using(self, result: BicepFile, line: int) -> None:
-        result.using = self.next().value
+    def using(self, result: BicepFile, _: object) -> None:
+        result.using = _string_value(self.next())
 
-    def param(self, result: BicepFile, decorators: dict[str, list[Any]], line: int) -> None:
-        name = self.next().text
-        if result.path.suffix == ".bicepparam":
-            self.expect("=")
-            result.assignments[name] = self.value()
-            return
-        type_text = self.type_text()
-        default: Any = _NO_DEFAULT
-        if self.at("="):
-            self.next()
-            default = self.value()
-        result.params[name] = Param(name, type_text, default, decorators, line)
-
-    def resource(self, result: BicepFile, decorators: dict[str, list[Any]], line: int) -> None:
+    def resource(self, result: BicepFile, _: object) -> None:
         symbol = self.next().text
-        type_token = self.next()
-        if type_token.kind != "str" or type_token.value is None or "@" not in type_token.value:
-            raise self.error("expected 'Type@apiVersion'", type_token)
-        resource_type, api_version = type_token.value.split("@", 1)
+        declared = _string_value(self.next()) or ""
+        if "@" not in declared:
+            raise self.error("expected 'Type@apiVersion'")
+        resource_type, api_version = declared.split("@", 1)
         existing = self.at("existing")
-        if existing:
-            self.next()
+        self.skip("existing")
         self.expect("=")
-        body = self.value()
-        result.resources[symbol] = Resource(symbol, resource_type, api_version, existing, body, decorators, line)
+        result.resources[symbol] = Resource(symbol, self.value(), resource_type, api_version, existing)
 
-
-_KEYWORD_LITERALS = {"true": True, "false": False, "null": None}
-
-
-def _literal(parts: list[Token], text: str) -> Any:
-    """A one-token string, number, true/false/null as Python; anything else as an Expr."""
-    if len(parts) == 1:
-        only = parts[0]
-        if only.kind == "str" and only.value is not None:
-            return only.value
-        if only.kind == "num":
-            return float(only.text) if "." in only.text else int(only.text)
-        if only.kind == "ident" and only.text in _KEYWORD_LITERALS:
-            return _KEYWORD_LITERALS[only.text]
-    if len(parts) == 2 and parts[0].text == "-" and parts[1].kind == "num":
-        return -int(parts[1].text)
-    return Expr(text[parts[0].start : parts[-1].end])
-
-
-class _NoDefault:
-    def __repr__(self) -> str:
-        return "<no default>"
-
-
-#: The default of a param declared without one.
-_NO_DEFAULT = _NoDefault()
-NO_DEFAULT = _NO_DEFAULT
-
-
-def parse_file(path: Path) -> BicepFile:
-    """Parse one .bicep or .bicepparam file."""
-    return _Parser(path.read_text(encoding="utf-8"), path).parse()
+    def module(self, result: BicepFile, _: object) -> None:
+        symbol = self.next().text
+        path = _string_value(self.next()) or ""
+        self.expect("=")
+        result.modules[symbol] = Module(symbol, self.value(), path)
 
 
 class BicepProject:
     """Every Bicep file under a folder, with references resolved across modules."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.files = {path: parse_file(path) for path in sorted(root.rglob("*.bicep"))}
-        self.param_files = {path: parse_file(path) for path in sorted(root.rglob("*.bicepparam"))}
+        self.files = {path: _Parser(path).parse() for path in sorted(root.resolve().rglob("*.bicep"))}
+        self.param_files = {path: _Parser(path).parse() for path in sorted(root.resolve().rglob("*.bicepparam"))}
 
     def module_target(self, owner: BicepFile, module: Module) -> BicepFile:
         path = (owner.path.parent / module.path).resolve()
-        for candidate, parsed in self.files.items():
-            if candidate.resolve() == path:
-                return parsed
-        raise KeyError(f"{owner.path}: module {module.symbol} points at missing {module.path}")
-
-    def callers(self, target: BicepFile) -> list[tuple[BicepFile, Module]]:
-        """The module declarations that deploy ``target``."""
-        return [
-            (owner, module)
-            for owner in self.files.values()
-            for module in owner.modules.values()
-            if self.module_target(owner, module) is target
-        ]
+        if path not in self.files:
+            raise KeyError(f"{owner.path}: module {module.symbol} points at missing {module.path}")
+        return self.files[path]
 
     def resources(self, resource_type: str | None = None) -> list[tuple[BicepFile, Resource]]:
         """Every declared (not ``existing``) resource, optionally of one type (case-insensitive)."""
@@ -529,21 +351,26 @@ class BicepProject:
         if depth > 20 or not isinstance(value, Expr):
             return owner, value
         text = value.text.strip()
-        if _IDENT.fullmatch(text):
-            if text in owner.vars:
-                return self.resolve(owner, owner.vars[text], depth + 1)
-            if text in owner.params:
-                callers = self.callers(owner)
-                if len(callers) == 1:
-                    caller, module = callers[0]
-                    passed = module.properties.get("params", {})
-                    if isinstance(passed, dict) and text in passed:
-                        return self.resolve(caller, passed[text], depth + 1)
-                return owner, owner.params[text]
-        if match := re.fullmatch(r"([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)", text):
+        if text in owner.vars:
+            return self.resolve(owner, owner.vars[text], depth + 1)
+        if text in owner.params:
+            callers = self.callers(owner)
+            passed = callers[0][1].properties.get("params", {}) if len(callers) == 1 else {}
+            if isinstance(passed, dict) and text in passed:
+                return self.resolve(callers[0][0], passed[text], depth + 1)
+            return owner, owner.params[text]
+        if match := re.fullmatch(r"(\w+)\.outputs\.(\w+)", text):
             module = owner.modules.get(match[1])
-            if module is not None:
-                target = self.module_target(owner, module)
-                if match[2] in target.outputs:
-                    return self.resolve(target, target.outputs[match[2]], depth + 1)
+            target = self.module_target(owner, module) if module else None
+            if target is not None and match[2] in target.outputs:
+                return self.resolve(target, target.outputs[match[2]], depth + 1)
         return owner, value
+
+    def callers(self, target: BicepFile) -> list[tuple[BicepFile, Module]]:
+        """The module declarations that deploy ``target``."""
+        return [
+            (owner, module)
+            for owner in self.files.values()
+            for module in owner.modules.values()
+            if self.module_target(owner, module) is target
+        ]

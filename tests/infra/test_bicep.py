@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bicep_source import NO_DEFAULT, BicepFile, BicepProject, Cond, Expr, ForLoop, Param, Resource
+from bicep_source import NO_DEFAULT, BicepFile, BicepProject, Expr, ForLoop, Param, Resource
 from dockerfile_source import parse_dockerfile
 from infra_toolbox import INFRA_DIR, REPO_ROOT, InfraTools, run_tool
 
@@ -133,8 +133,6 @@ def _check_value(
 ) -> list[str]:
     """Problems of one value against one SDK type description."""
     owner, value = bicep.resolve(owner, value)
-    if isinstance(value, Cond):
-        value = value.body
     if isinstance(value, Param):
         return []  # a parameter of the top-level template: its shape is not visible here
     if isinstance(value, Expr):
