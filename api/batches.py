@@ -21,7 +21,8 @@ from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys
 from api.submission import JobSubmitter
 from shared.batch_store import BatchStore
 from shared.batches import Batch, BatchCreate, BatchItemCreate, BatchItems, item_job_id, new_batch_id
-from shared.errors import CaptionizerError, InvalidRequest, QueueUnavailable, TooManyItemsInFlight
+from shared.error_families import CaptionizerError
+from shared.errors import InvalidRequest, QueueUnavailable, TooManyItemsInFlight
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, utc_now
 from shared.keys import CAPTION_CHUNK_TASK
 from shared.settings import Settings

@@ -14,7 +14,8 @@ from api.queue import TaskQueue
 from shared.errors import InvalidRequest, QueueUnavailable
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, new_job_id, utc_now
 from shared.settings import Settings
-from shared.store import JobStore, OwnerShares
+from shared.shares import OwnerShares
+from shared.store import JobStore
 from shared.uploads import check_upload, decode_base64_upload
 from shared.urls import validate_url
 
