@@ -88,15 +88,10 @@ class BatchSubmitter:
             await self._accept(batch, prepared)
             return batch
         fingerprint = hashlib.sha256(b"batch\x00" + request.model_dump_json().encode()).hexdigest()
-        claim = await self.idempotency.claim(owner, idempotency_key, batch.id, fingerprint)
-        if not claim.is_new:
-            return await self._replayed(claim.job_id, owner)
-        try:
-            await self._accept(batch, prepared)
-        except Exception:
-            await self.idempotency.release(owner, idempotency_key, claim)
-            raise
-        return batch
+        replayed = await self.idempotency.accept_once(
+            owner, idempotency_key, batch.id, fingerprint, lambda: self._accept(batch, prepared)
+        )
+        return batch if replayed is None else await self._replayed(replayed, owner)
 
     def _new_batch(self, request: BatchCreate, owner: str) -> tuple[Batch, PreparedItems]:
         self._check_count(request.items)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -81,6 +82,26 @@ class IdempotencyKeys:
             if existing is not None:
                 return self._replay(existing, fingerprint)
         raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
+
+    async def accept_once(
+        self, owner: str, key: str, job_id: str, fingerprint: str, accept: Callable[[], Awaitable[None]]
+    ) -> str | None:
+        """Run ``accept`` if this request claims ``key``; returns None then, else the id the key already stands for.
+
+        Raises:
+            IdempotencyConflict: the key was used with another request body.
+            QueueUnavailable: Redis cannot be reached.
+        """
+        claim = await self.claim(owner, key, job_id, fingerprint)
+        if not claim.is_new:
+            return claim.job_id
+        try:
+            await accept()
+        except Exception:
+            # Never accepted: a retry with the same key must get a fresh chance, not this failure.
+            await self.release(owner, key, claim)
+            raise
+        return None
 
     async def release(self, owner: str, key: str, claim: Claim) -> None:
         """Forget a claim whose job was never accepted, so a retry with the same key starts afresh."""

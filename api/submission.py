@@ -71,16 +71,11 @@ class JobSubmitter:
         if idempotency_key is None:
             await self._accept(job, upload)
             return job
-        claim = await self.idempotency.claim(owner, idempotency_key, job.id, request_fingerprint(request, upload))
-        if not claim.is_new:
-            return await self._replayed(claim.job_id, owner)
-        try:
-            await self._accept(job, upload)
-        except Exception:
-            # Never accepted: a retry with the same key must get a fresh chance, not this failure.
-            await self.idempotency.release(owner, idempotency_key, claim)
-            raise
-        return job
+        fingerprint = request_fingerprint(request, upload)
+        replayed = await self.idempotency.accept_once(
+            owner, idempotency_key, job.id, fingerprint, lambda: self._accept(job, upload)
+        )
+        return job if replayed is None else await self._replayed(replayed, owner)
 
     async def _accept(self, job: Job, upload: bytes | None) -> None:
         await check_queue_room(self.store.redis, self.store.keys, self.settings.max_queue_depth)
