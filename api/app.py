@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -49,6 +49,32 @@ def create_app(settings: Settings) -> FastAPI:
         ValueError: ``api_key_hashes_file`` holds something that is not a digest.
     """
     services = build_services(settings)
+    # docs_url/redoc_url off: FastAPI's pages load from a CDN; register_docs serves them offline.
+    app = FastAPI(
+        title="Captionizer",
+        version="0.1.0",
+        description=_DESCRIPTION,
+        lifespan=_lifespan(services),
+        generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
+    )
+    # The one thing put on app.state; api.deps is the only reader.
+    app.state.services = services
+    install_problem_handlers(app)
+    # Innermost of the middlewares: answers refused by the outer ones (413, 403) spent no budget.
+    app.add_middleware(RateLimitHeadersMiddleware, policies=(services.rate_limiter, services.read_rate_limiter))
+    install_security(app, settings)
+    for module in (jobs, batches, limits, caption, health, webhooks):
+        app.include_router(module.router)
+    register_pages(app)
+    register_docs(app)
+    install_openapi(app, max_wait_s=settings.max_wait_s)
+    return app
+
+
+def _lifespan(services: Services) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the background listeners with the app, and close every client when it stops."""
     events_redis = services.job_events.redis
 
     @asynccontextmanager
@@ -64,32 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
             await events_redis.aclose()
             await services.redis.aclose()
 
-    # docs_url/redoc_url off: FastAPI's pages load from a CDN; register_docs serves them offline.
-    app = FastAPI(
-        title="Captionizer",
-        version="0.1.0",
-        description=_DESCRIPTION,
-        lifespan=lifespan,
-        generate_unique_id_function=operation_id,
-        docs_url=None,
-        redoc_url=None,
-    )
-    # The one thing put on app.state; api.deps is the only reader.
-    app.state.services = services
-    install_problem_handlers(app)
-    # Innermost of the middlewares: answers refused by the outer ones (413, 403) spent no budget.
-    app.add_middleware(RateLimitHeadersMiddleware, policies=(services.rate_limiter, services.read_rate_limiter))
-    install_security(app, settings)
-    app.include_router(jobs.router)
-    app.include_router(batches.router)
-    app.include_router(limits.router)
-    app.include_router(caption.router)
-    app.include_router(health.router)
-    app.include_router(webhooks.router)
-    register_pages(app)
-    register_docs(app)
-    install_openapi(app, max_wait_s=settings.max_wait_s)
-    return app
+    return lifespan
 
 
 def build_services(settings: Settings) -> Services:

@@ -18,7 +18,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import CaptionizerError, CrossSiteRequest, QueueUnavailable, RateLimited, Unauthorized
+from shared.error_families import CaptionizerError
+from shared.errors import CrossSiteRequest, QueueUnavailable, RateLimited, Unauthorized
 from shared.settings import Settings
 
 #: Owner of every job made without a key (only when ``allow_anonymous`` is on).

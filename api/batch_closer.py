@@ -15,6 +15,7 @@ import logging
 
 from redis.asyncio import Redis
 
+from shared.background import BackgroundTask
 from shared.batch_store import BatchStore
 from shared.batches import Batch, BatchPublic
 from shared.jobs import utc_now
@@ -58,23 +59,21 @@ class BatchCloser:
         self.keys = keys
         self.batches = batches
         self.send_task = send_task
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask("batch-closer", self._run)
         self._stopping = asyncio.Event()
 
     def start(self) -> None:
         """Start closing batches in the background."""
-        self._task = asyncio.create_task(self._run(), name="batch-closer")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop; a batch being closed stays on the closing list for the next start."""
-        if self._task is None:
+        if not self._loop.started:
             return
         # The flag as well as the cancel: redis-py turns a cancel that lands mid-command into a
         # connection error, which the loop would take for Redis being down and carry on.
         self._stopping.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await self._loop.stop()
 
     async def _run(self) -> None:
         await self._recover()

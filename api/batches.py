@@ -8,7 +8,6 @@ per message (``CAPTION_CHUNK_TASK``), so a 10,000-item batch costs a few round t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -17,11 +16,12 @@ from datetime import timedelta
 import anyio.to_thread
 from kombu.exceptions import KombuError
 
-from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys
+from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys, read_replayed
 from api.submission import JobSubmitter
 from shared.batch_store import BatchStore
 from shared.batches import Batch, BatchCreate, BatchItemCreate, BatchItems, item_job_id, new_batch_id
-from shared.errors import CaptionizerError, InvalidRequest, QueueUnavailable, TooManyItemsInFlight
+from shared.error_families import CaptionizerError
+from shared.errors import InvalidRequest, QueueUnavailable, TooManyItemsInFlight
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, utc_now
 from shared.keys import CAPTION_CHUNK_TASK
 from shared.settings import Settings
@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: Retry-After of too_many_items_in_flight: long enough for a worker to finish a few chunks.
 IN_FLIGHT_RETRY_AFTER_S = 30
-# A replay that finds no batch yet waits this long in all for the first request to store it.
-_REPLAY_POLLS = 40
-_REPLAY_POLL_INTERVAL_S = 0.05
 # Items canceled per pipeline.
 _CANCEL_PIPELINE_ITEMS = 1_000
 
@@ -87,15 +84,12 @@ class BatchSubmitter:
             await self._accept(batch, prepared)
             return batch
         fingerprint = hashlib.sha256(b"batch\x00" + request.model_dump_json().encode()).hexdigest()
-        claim = await self.idempotency.claim(owner, idempotency_key, batch.id, fingerprint)
-        if not claim.is_new:
-            return await self._replayed(claim.job_id, owner)
-        try:
-            await self._accept(batch, prepared)
-        except Exception:
-            await self.idempotency.release(owner, idempotency_key, claim)
-            raise
-        return batch
+        replayed = await self.idempotency.accept_once(
+            owner, idempotency_key, batch.id, fingerprint, lambda: self._accept(batch, prepared)
+        )
+        if replayed is None:
+            return batch
+        return await read_replayed(self.batches.get, replayed, owner, id_field="batch_id")
 
     def _new_batch(self, request: BatchCreate, owner: str) -> tuple[Batch, PreparedItems]:
         self._check_count(request.items)
@@ -248,15 +242,6 @@ class BatchSubmitter:
             )
         except QueueUnavailable:
             logger.warning("could not mark unqueued batch items failed", extra={"items": len(job_ids)})
-
-    async def _replayed(self, batch_id: str, owner: str) -> Batch:
-        for _ in range(_REPLAY_POLLS):
-            batch = await self.batches.get(batch_id)
-            if batch is not None and batch.owner == owner:
-                logger.info("idempotent replay", extra={"batch_id": batch_id, "owner": owner})
-                return batch
-            await asyncio.sleep(_REPLAY_POLL_INTERVAL_S)
-        raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
 
     async def cancel(self, batch: Batch) -> None:
         """Cancel every item not yet ended and close the batch; a batch that has ended stays as it is."""

@@ -9,10 +9,13 @@ and stored as digests, so a key of any shape makes a bounded Redis key name.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
 
@@ -28,6 +31,10 @@ IDEMPOTENCY_TTL_S = 86_400
 #: Printable ASCII without spaces, as Stripe's keys and the IETF draft's UUIDs are (checked by the route).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
+# A replay that finds nothing stored yet waits this long in all for the first request to store it.
+_REPLAY_POLLS = 40
+_REPLAY_POLL_INTERVAL_S = 0.05
+
 # KEYS[1] the claim. ARGV[1] the value this request wrote: delete only our own claim,
 # so a slow failing request never frees a claim someone else made since.
 _RELEASE_LUA = """
@@ -42,6 +49,35 @@ def request_fingerprint(request: JobCreate, upload: bytes | None) -> str:
     if upload is not None:
         digest.update(b"\x00upload\x00" + hashlib.sha256(upload).digest())
     return digest.hexdigest()
+
+
+class Owned(Protocol):
+    """A job or a batch: what an idempotency key stands for."""
+
+    @property
+    def owner(self) -> str: ...
+
+
+_Owned = TypeVar("_Owned", bound=Owned)
+
+
+async def read_replayed(
+    read: Callable[[str], Awaitable[_Owned | None]], resource_id: str, owner: str, *, id_field: str
+) -> _Owned:
+    """What an earlier request with the same key made; it may still be storing it, so wait a moment.
+
+    ``id_field`` names the id in the log record (``job_id``, ``batch_id``).
+
+    Raises:
+        QueueUnavailable: it is still not there (the first request is slow, or failed and released the key).
+    """
+    for _ in range(_REPLAY_POLLS):
+        found = await read(resource_id)
+        if found is not None and found.owner == owner:
+            logger.info("idempotent replay", extra={id_field: resource_id, "owner": owner})
+            return found
+        await asyncio.sleep(_REPLAY_POLL_INTERVAL_S)
+    raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
 
 
 @dataclass(frozen=True)
@@ -81,6 +117,26 @@ class IdempotencyKeys:
             if existing is not None:
                 return self._replay(existing, fingerprint)
         raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
+
+    async def accept_once(
+        self, owner: str, key: str, job_id: str, fingerprint: str, accept: Callable[[], Awaitable[None]]
+    ) -> str | None:
+        """Run ``accept`` if this request claims ``key``; returns None then, else the id the key already stands for.
+
+        Raises:
+            IdempotencyConflict: the key was used with another request body.
+            QueueUnavailable: Redis cannot be reached.
+        """
+        claim = await self.claim(owner, key, job_id, fingerprint)
+        if not claim.is_new:
+            return claim.job_id
+        try:
+            await accept()
+        except Exception:
+            # Never accepted: a retry with the same key must get a fresh chance, not this failure.
+            await self.release(owner, key, claim)
+            raise
+        return None
 
     async def release(self, owner: str, key: str, claim: Claim) -> None:
         """Forget a claim whose job was never accepted, so a retry with the same key starts afresh."""

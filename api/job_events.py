@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from redis.asyncio import Redis
 
+from shared.background import BackgroundTask
 from shared.jobs import Job
 from shared.keys import Keys
 from shared.store import REDIS_ERRORS, JobStore
@@ -31,22 +32,17 @@ class JobEvents:
         self.keys = keys
         self.reconnect_delay_s = reconnect_delay_s
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._listener = BackgroundTask("job-events-listener", self._listen)
         #: Set while the subscription is live (for readiness and tests).
         self.subscribed = asyncio.Event()
 
     def start(self) -> None:
         """Start listening in the background (call from the running event loop)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="job-events-listener")
+        self._listener.start()
 
     async def stop(self) -> None:
         """Stop listening and wake every waiter so it answers with what it has."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.stop()
         self._wake_all()
 
     @contextlib.contextmanager

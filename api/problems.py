@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import CLASSES_BY_CODE, CaptionizerError, InternalError, InvalidRequest
+from shared.error_codes import CLASSES_BY_CODE
+from shared.error_families import CaptionizerError
+from shared.errors import InternalError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import problem_response
-from shared.errors import CaptionizerError, ForbiddenOrigin, UploadTooLarge
+from shared.error_families import CaptionizerError
+from shared.errors import ForbiddenOrigin, UploadTooLarge
 from shared.settings import Settings
 
 #: Paths the platform's probes call directly, not through Front Door; they reveal nothing.

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from datetime import timedelta
 
 from api.backlog import check_queue_room
-from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys, request_fingerprint
+from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys, read_replayed, request_fingerprint
 from api.model_limits import check_prompt_against_model
 from api.queue import TaskQueue
 from shared.errors import InvalidRequest, QueueUnavailable
 from shared.jobs import Job, JobCreate, JobErrorInfo, JobStatus, new_job_id, utc_now
 from shared.settings import Settings
-from shared.store import JobStore, OwnerShares
+from shared.shares import OwnerShares
+from shared.store import JobStore
 from shared.uploads import check_upload, decode_base64_upload
 from shared.urls import validate_url
 
 logger = logging.getLogger(__name__)
-
-# A replay that finds no job yet waits this long in all for the first request to store it.
-_REPLAY_POLLS = 40
-_REPLAY_POLL_INTERVAL_S = 0.05
 
 
 def owner_shares(settings: Settings) -> OwnerShares:
@@ -70,16 +66,11 @@ class JobSubmitter:
         if idempotency_key is None:
             await self._accept(job, upload)
             return job
-        claim = await self.idempotency.claim(owner, idempotency_key, job.id, request_fingerprint(request, upload))
-        if not claim.is_new:
-            return await self._replayed(claim.job_id, owner)
-        try:
-            await self._accept(job, upload)
-        except Exception:
-            # Never accepted: a retry with the same key must get a fresh chance, not this failure.
-            await self.idempotency.release(owner, idempotency_key, claim)
-            raise
-        return job
+        fingerprint = request_fingerprint(request, upload)
+        replayed = await self.idempotency.accept_once(
+            owner, idempotency_key, job.id, fingerprint, lambda: self._accept(job, upload)
+        )
+        return job if replayed is None else await read_replayed(self.store.get, replayed, owner, id_field="job_id")
 
     async def _accept(self, job: Job, upload: bytes | None) -> None:
         await check_queue_room(self.store.redis, self.store.keys, self.settings.max_queue_depth)
@@ -90,16 +81,6 @@ class JobSubmitter:
             await self._fail_unqueued(job, exc)
             raise
         logger.info("job queued", extra={"job_id": job.id, "owner": job.owner, "source": job.source})
-
-    async def _replayed(self, job_id: str, owner: str) -> Job:
-        """The job an earlier request with the same key made; it may still be storing it, so wait a moment."""
-        for _ in range(_REPLAY_POLLS):
-            job = await self.store.get(job_id)
-            if job is not None and job.owner == owner:
-                logger.info("idempotent replay", extra={"job_id": job_id, "owner": owner})
-                return job
-            await asyncio.sleep(_REPLAY_POLL_INTERVAL_S)
-        raise QueueUnavailable("a request with this Idempotency-Key is still being processed; retry it")
 
     def build_job(self, request: JobCreate, owner: str, *, has_file: bool) -> Job:
         """The job record for ``request`` (``has_file``: a multipart file came with it).

@@ -5,10 +5,9 @@ with ``--batch-sizes 16,32,64,128,256`` it also times ``Captioner.generate_from_
 CUDA at each batch size (images already preprocessed: the accelerator's own rate) and the CPU
 preprocessing rate of one thread, and prints JSON. Used by ``bench/gpu.sh``.
 
-The model is ``GitConfig()``'s defaults (git-base: ViT-B/16 at 224 px, 6-layer decoder, BERT vocabulary
-size) with no end token, so every caption is exactly ``--new-tokens`` long. Its processor is CLIP's at
-224 px, as git-base's; its tokenizer is the embedded model's (ids it does not know decode to nothing,
-which changes no compute).
+The model is :mod:`model.standin`'s (git-base: ViT-B/16 at 224 px, 6-layer decoder, BERT vocabulary
+size, CLIP's processor at 224 px, random weights of seed 0) with no end token, so every caption is
+exactly ``--new-tokens`` long.
 """
 
 from __future__ import annotations
@@ -20,27 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
 from model import Captioner, shapes
-from model.captioner import EMBEDDED_MODEL_DIR
-
-#: git-base's processor: CLIP's resize to 224 (bicubic), centre crop, CLIP mean and std.
-_SIDE_PX = 224
-
-
-def save_git_base_standin(folder: Path) -> Path:
-    """Save git-base's architecture, random weights (seed 0), with a 224 px CLIP processor, to ``folder``."""
-    torch.manual_seed(0)
-    model = GitForCausalLM(GitConfig())
-    model.generation_config.eos_token_id = None  # every caption runs to max_new_tokens: fixed work
-    model.save_pretrained(folder)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": _SIDE_PX}, crop_size={"height": _SIDE_PX, "width": _SIDE_PX}, resample=3
-    )
-    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR, local_files_only=True)
-    GitProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+from model.standin import build_standin
 
 
 def time_generate(captioner: Captioner, batch_size: int, new_tokens: int, repeats: int) -> float:
@@ -76,7 +57,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    save_git_base_standin(args.folder)
+    build_standin(args.folder)
     if not args.batch_sizes:
         return
     captioner = Captioner.load(args.folder, device="cuda", dtype="float16", warmup=True)

@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import GitForCausalLM
 
 from model import Captioner, shapes
-from model.captioner import resolve_device, resolve_dtype
+from model.checkpoints import resolve_device, resolve_dtype
 from model.standin import build_config, build_processor
 
 # Photo-like input size, so the processor's resize costs what it costs in production.

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM
+from transformers import GitForCausalLM
 
+from model.checkpoints import load_checkpoint, resolve_device, resolve_dtype
 from model.errors import CaptionerError, ModelLoadError, PromptTooLongError
 from model.images import to_rgb
 
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 #: folder, users see it by its name; the service's setting for it is ``shared.settings.EMBEDDED_MODEL``.
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
 
-_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # "owner/name" or "name" as the Hub spells repository ids; anything else can only be a folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WARMUP_IMAGE_SIDE = 8
@@ -81,7 +81,7 @@ class Captioner:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         started = time.perf_counter()
-        model, processor = _load_checkpoint(source, torch_device, torch_dtype, local_files_only=not allow_download)
+        model, processor = load_checkpoint(source, torch_device, torch_dtype, local_files_only=not allow_download)
         captioner = cls(model, processor, name=name)
         captioner.load_time_s = time.perf_counter() - started
         if warmup:
@@ -154,15 +154,9 @@ class Captioner:
             ValueError: a generation argument is out of range, or the prompt fills every text position.
         """
         rows = pixel_values if isinstance(pixel_values, torch.Tensor) else torch.cat(list(pixel_values))
-        if len(max_new_tokens) != len(rows):
-            raise ValueError(f"{len(max_new_tokens)} token limits for {len(rows)} images")
+        _check_row_limits(len(rows), max_new_tokens, num_beams, min_new_tokens)
         if not len(rows):
             return []
-        for limit in max_new_tokens:
-            _check_generation_args(limit, num_beams, min_new_tokens)
-        if num_beams > 1 and len(set(max_new_tokens)) > 1:
-            # Beam search is not prefix-consistent: a shorter limit changes which beam wins.
-            raise ValueError("rows with different max_new_tokens need greedy decoding (num_beams=1)")
         prompt_ids, prompt_text = self._encode_prompt(prompt)
         limits = [self._cap_new_tokens(limit, len(prompt_ids)) for limit in max_new_tokens]
         # The same prompt for the whole batch, so no row needs padding.
@@ -227,29 +221,6 @@ def input_size_px(image_processor: Any) -> int:
     raise ModelLoadError("the checkpoint's image processor declares no input size")
 
 
-def resolve_device(device: str) -> torch.device:
-    """Pick the device for ``"auto"`` (CUDA, else Apple MPS, else CPU) or parse an explicit one."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}") from exc
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Pick the weights' dtype: for ``"auto"`` float16 on CUDA (half the memory, tensor cores), else float32."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
-
-
 def _resolve_source(path_or_hub_id: str | Path | None) -> tuple[str, str]:
     """Return what to pass to ``from_pretrained`` and the name users see."""
     path = EMBEDDED_MODEL_DIR if path_or_hub_id is None else Path(path_or_hub_id).expanduser()
@@ -258,28 +229,6 @@ def _resolve_source(path_or_hub_id: str | Path | None) -> tuple[str, str]:
     if isinstance(path_or_hub_id, str) and _HUB_ID.match(path_or_hub_id) and not path.exists():
         return path_or_hub_id, path_or_hub_id
     raise ModelLoadError(f"model folder {str(path)!r} does not exist or is not a folder")
-
-
-def _load_checkpoint(
-    source: str, device: torch.device, dtype: torch.dtype, *, local_files_only: bool
-) -> tuple[GitForCausalLM, Any]:
-    try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only)  # type: ignore[no-untyped-call]
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_files_only, dtype=dtype)
-    # transformers signals a broken checkpoint with OSError, ValueError, KeyError, safetensors'
-    # SafetensorError or RuntimeError (shape mismatch) depending on which file is wrong; all mean the same here.
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
-    if not isinstance(model, GitForCausalLM):
-        raise ModelLoadError(f"{source!r} holds a {model.config.model_type!r} model, not a GIT captioner")
-    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
-        raise ModelLoadError(f"{source!r} has no tokenizer or image processor")
-    try:
-        model.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to() types its args oddly
-    except (RuntimeError, AssertionError) as exc:  # torch asserts when CUDA is absent from the build
-        raise ModelLoadError(f"cannot place model from {source!r} on {device}: {exc}") from exc
-    model.train(False)  # eval mode: no dropout
-    return model, processor
 
 
 def _bos_token_id(model: GitForCausalLM, tokenizer: Any) -> int:
@@ -315,3 +264,13 @@ def _check_generation_args(max_new_tokens: int, num_beams: int, min_new_tokens: 
         raise ValueError(f"num_beams must be at least 1, got {num_beams}")
     if min_new_tokens is not None and not 0 <= min_new_tokens <= max_new_tokens:
         raise ValueError(f"min_new_tokens must be within 0..max_new_tokens, got {min_new_tokens}")
+
+
+def _check_row_limits(rows: int, max_new_tokens: Sequence[int], num_beams: int, min_new_tokens: int | None) -> None:
+    if len(max_new_tokens) != rows:
+        raise ValueError(f"{len(max_new_tokens)} token limits for {rows} images")
+    for limit in max_new_tokens:
+        _check_generation_args(limit, num_beams, min_new_tokens)
+    if num_beams > 1 and len(set(max_new_tokens)) > 1:
+        # Beam search is not prefix-consistent: a shorter limit changes which beam wins.
+        raise ValueError("rows with different max_new_tokens need greedy decoding (num_beams=1)")

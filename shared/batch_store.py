@@ -11,8 +11,7 @@ records (so ``/v1/jobs/{id}`` and the worker see jobs), whose ``batch_id`` lets
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +20,13 @@ from redis.asyncio import Redis
 from shared.batch_counts import CLOSE_BATCH_LUA, RESERVE_IN_FLIGHT_LUA
 from shared.batch_results import RESULTS_CHUNK_ITEMS, FinishedResults, RedisFinishedResults, chunk_of
 from shared.batches import Batch, BatchItemResult, item_job_id, parse_item_job_id
-from shared.errors import BatchClosed, BatchNotFound, QueueUnavailable
+from shared.errors import BatchClosed, BatchNotFound
 from shared.jobs import Job, JobErrorInfo, JobStatus
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS, encode_fields
+from shared.store import encode_fields, map_redis_errors
+
+# How QueueUnavailable names this store.
+_WHAT = "the batch store (Redis)"
 
 # KEYS[1] the batch hash; ARGV[1] items to add. Returns the first new index, -1 when the
 # batch is missing and -2 when it is closed to new items.
@@ -37,14 +39,6 @@ return redis.call('HINCRBY', KEYS[1], 'total', tonumber(ARGV[1])) - tonumber(ARG
 _RESULT_FIELDS = ("status", "caption", "error", "ref")
 # Commands per pipeline round trip when writing or reading many items.
 _PIPELINE_ITEMS = 1_000
-
-
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except REDIS_ERRORS as exc:
-        raise QueueUnavailable("the batch store (Redis) cannot be reached") from exc
 
 
 def _epoch(value: datetime) -> str:
@@ -69,13 +63,13 @@ class BatchStore:
 
     async def reserve_in_flight(self, owner: str, count: int, cap: int) -> bool:
         """Count ``count`` more items in flight for ``owner``; False (nothing counted) beyond ``cap``."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             reserved = await self._reserve(keys=[self.keys.items_in_flight(owner)], args=[count, cap, self.ttl_s])
         return int(reserved) >= 0
 
     async def release_in_flight(self, owner: str, count: int) -> None:
         """Undo a reservation whose items were never stored."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             await self.redis.decrby(self.keys.items_in_flight(owner), count)
 
     async def create(self, batch: Batch, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int) -> None:
@@ -96,7 +90,7 @@ class BatchStore:
         if batch.is_open:
             fields["open"] = 1
         key = self.keys.batch(batch.id)
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
@@ -110,7 +104,7 @@ class BatchStore:
             BatchNotFound: the batch is gone.
             BatchClosed: the batch takes no more items.
         """
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             first = int(await self._allocate(keys=[self.keys.batch(batch_id)], args=[count]))
         if first == -1:
             raise BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
@@ -122,7 +116,7 @@ class BatchStore:
         self, batch_id: str, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int
     ) -> None:
         """Store items whose indexes :meth:`allocate` reserved."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             async with self.redis.pipeline(transaction=True) as pipe:
                 self._queue_items(pipe, batch_id, items, uploads, upload_ttl_s)
                 await pipe.execute()
@@ -145,18 +139,18 @@ class BatchStore:
 
     async def close(self, batch_id: str) -> bool:
         """Take no more items; True when that ended the batch (every item had already ended)."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             outcome = await self._close(keys=[self.keys.batch(batch_id), self.keys.batches_ended()], args=[batch_id])
         return int(outcome) == 2
 
     async def mark_canceled(self, batch_id: str, at: datetime) -> None:
         """Record the cancel (the first one stands); the items themselves are canceled through JobStore."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             await self.redis.hsetnx(self.keys.batch(batch_id), "canceled_at", _epoch(at))  # type: ignore[misc]
 
     async def get(self, batch_id: str) -> Batch | None:
         """The batch, or None when it does not exist (or has expired)."""
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             raw = await self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[misc]
         return _decode_batch(batch_id, raw) if raw else None
 
@@ -178,11 +172,11 @@ class BatchStore:
         return [row or _queued_row(batch.id, index) for index, row in zip(range(start, stop), rows, strict=True)]
 
     async def _load_chunks(self, batch_id: str, chunks: range) -> dict[int, list[BatchItemResult]]:
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             return await self.results.load_chunks(batch_id, list(chunks))
 
     async def _read_live(self, batch_id: str, indexes: range) -> list[BatchItemResult | None]:
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for index in indexes:
                     pipe.hmget(self.keys.job(item_job_id(batch_id, index)), list(_RESULT_FIELDS))
@@ -202,9 +196,9 @@ class BatchStore:
             indexes = range(first, min(batch.total, first + RESULTS_CHUNK_ITEMS))
             live = await self._read_live(batch.id, indexes)
             rows = [row or _queued_row(batch.id, index) for index, row in zip(indexes, live, strict=True)]
-            with _redis_errors():
+            with map_redis_errors(_WHAT):
                 await self.results.save_chunk(batch.id, chunk_of(first), rows, ttl_s)
-        with _redis_errors():
+        with map_redis_errors(_WHAT):
             await self.redis.hset(self.keys.batch(batch.id), "compacted", "1")  # type: ignore[misc]
             for first in range(0, batch.total, _PIPELINE_ITEMS):
                 ids = [item_job_id(batch.id, i) for i in range(first, min(batch.total, first + _PIPELINE_ITEMS))]

@@ -1,76 +1,14 @@
-"""Typed errors shared by the API and the workers, each with a stable code.
+"""Typed errors shared by the API and the workers: one class per stable ``code``.
 
-The tree, one family per way a client handles the error::
-
-    CaptionizerError
-    ├── InputError (4xx): fix the request before sending it again
-    │   ├── InvalidRequest, UrlNotAllowed, UploadTooLarge, UnsupportedMediaType, UploadExpired, NotAnImage,
-    │   ├── ImageTooLarge, ImageCorrupt, TooManyPixels, ImageAspectRatio, PromptTooLong,
-    │   ├── IdempotencyConflict (422), JobNotFound, BatchNotFound,
-    │   └── Unauthorized, ForbiddenOrigin, CrossSiteRequest
-    ├── FetchError (502/504): the image's own server failed; fix or retry that server
-    │   └── FetchFailed, FetchTimeout
-    ├── CapacityError (429/503/504): the same request may succeed later; wait ``Retry-After``
-    │   └── QueueUnavailable, QueueFull, OwnerQuotaExceeded, RateLimited, TooManyItemsInFlight,
-    │       ModelNotReady, WaitTimedOut
-    ├── ConflictError (409): the job's current state forbids this; read the job again
-    │   └── JobNotCancelable, JobEnded, BatchClosed
-    └── ServiceFault (500/504): our failure; it is logged under the job id
-        └── InternalError, WorkerCrashed, JobTimedOut
-
-Families have no code and are never raised; each code belongs to exactly one class.
-Codes are part of the public API: never rename one. The API maps every
-CaptionizerError to an RFC 9457 problem response in one place
+Each class belongs to one family of :mod:`shared.error_families` (how a client handles it);
+:mod:`shared.error_codes` finds a class by its code. Codes are part of the public API: never
+rename one. The API maps every CaptionizerError to an RFC 9457 problem response in one place
 (``api/problems.py``); the worker records ``code`` and ``message`` on the job.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-
-class CaptionizerError(Exception):
-    """Base of every error Captionizer raises on purpose."""
-
-    code: ClassVar[str]
-    status: ClassVar[int]
-    title: ClassVar[str]
-
-    def __init__(self, message: str | None = None, **extra: Any) -> None:
-        if not is_concrete(type(self)):
-            raise TypeError(f"{type(self).__name__} is a family of errors; raise one of its classes")
-        self.message = message or self.title
-        #: Extra members for the problem body (e.g. ``upstream_status``).
-        self.extra = extra
-        super().__init__(self.message)
-
-
-class InputError(CaptionizerError):
-    """The request, or the image it names, cannot be served as sent: the caller must change it."""
-
-
-class FetchError(CaptionizerError):
-    """The image's server failed to deliver it (an upstream failure, not ours and not the request's)."""
-
-
-class CapacityError(CaptionizerError):
-    """The service cannot take this request now; the same request may succeed after ``retry_after_s``."""
-
-    #: Retry-After (seconds) when the raiser names none; None sends no Retry-After.
-    default_retry_after_s: ClassVar[int | None] = 5
-
-    def __init__(self, message: str | None = None, **extra: Any) -> None:
-        if self.default_retry_after_s is not None:
-            extra.setdefault("retry_after_s", self.default_retry_after_s)
-        super().__init__(message, **extra)
-
-
-class ConflictError(CaptionizerError):
-    """The job's current state does not allow what was asked (409)."""
-
-
-class ServiceFault(CaptionizerError):
-    """Something failed on our side; the details are in the logs."""
+from shared.error_families import CapacityError, ConflictError, FetchError, InputError, ServiceFault
 
 
 class InvalidRequest(InputError):
@@ -332,43 +270,3 @@ class JobTimedOut(ServiceFault):
     code = "job_timeout"
     status = 504
     title = "Job timed out"
-
-
-#: The families, one per way of handling an error; every concrete class is in exactly one.
-FAMILIES: tuple[type[CaptionizerError], ...] = (InputError, FetchError, CapacityError, ConflictError, ServiceFault)
-
-
-def is_concrete(cls: type[CaptionizerError]) -> bool:
-    """True for a class with its own code (raised), False for a family (only caught)."""
-    return hasattr(cls, "code")
-
-
-def all_error_classes() -> list[type[CaptionizerError]]:
-    """Every concrete error class (those with a code), for documentation and the code lookup."""
-    seen: list[type[CaptionizerError]] = []
-    pending: list[type[CaptionizerError]] = [CaptionizerError]
-    while pending:
-        cls = pending.pop()
-        if is_concrete(cls):
-            seen.append(cls)
-        pending.extend(cls.__subclasses__())
-    return seen
-
-
-def _classes_by_code(classes: list[type[CaptionizerError]]) -> dict[str, type[CaptionizerError]]:
-    """Each code's class; a code claimed twice is a bug, caught when this module loads."""
-    by_code: dict[str, type[CaptionizerError]] = {}
-    for cls in classes:
-        if cls.code in by_code:
-            raise TypeError(f"{cls.__name__} reuses the code {cls.code!r} of {by_code[cls.code].__name__}")
-        by_code[cls.code] = cls
-    return by_code
-
-
-#: Each code's class, built once; the lookup cannot depend on the order of a class walk.
-CLASSES_BY_CODE: dict[str, type[CaptionizerError]] = _classes_by_code(all_error_classes())
-
-
-def error_for_code(code: str, message: str, **extra: Any) -> CaptionizerError:
-    """Rebuild the error a job recorded (by its code), so the API can answer with its status; unknown codes are internal."""
-    return CLASSES_BY_CODE.get(code, InternalError)(message, **extra)

@@ -13,7 +13,6 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,113 +21,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.batch_counts import BATCH_COUNTS_LUA
-from shared.errors import CapacityError, OwnerQuotaExceeded, QueueFull, QueueUnavailable
+from shared.errors import QueueUnavailable
+from shared.job_scripts import CREATE_LUA, TRANSITION_LUA
 from shared.jobs import Job, JobStatus, sources_of
 from shared.keys import Keys
+from shared.shares import OwnerShares, share_refusal
 
 logger = logging.getLogger(__name__)
-
-# KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set,
-# KEYS[5] queued jobs per owner, KEYS[6] pending upload bytes per owner (hashes, see _CREATE_LUA),
-# KEYS[7] the batch hashes' name prefix and KEYS[8] the ended-batches list (BATCH_COUNTS_LUA: an item's batch).
-# ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
-# status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
-# Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
-# The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
-# script, so the API's /metrics never sees a job counted in two states; a job that leaves
-# `queued` leaves the set the orphan sweeper reads (worker.recovery). A job admitted against
-# its owner's shares gives them back here: its queue slot when it leaves `queued`, its upload
-# bytes when it ends; the markers are deleted so nothing is given back twice.
-_TRANSITION_LUA = (
-    """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local current = redis.call('HGET', KEYS[1], 'status')
-if ARGV[1] ~= '' then
-  local allowed = false
-  for s in string.gmatch(ARGV[1], '[^,]+') do
-    if current == '"' .. s .. '"' then allowed = true break end
-  end
-  if not allowed then return 0 end
-end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2])
-  if ARGV[2] == '"running"' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-  if current == ARGV[2] then
-    redis.call('HINCRBY', KEYS[3], 'redelivered', 1)
-  else
-    local to = string.sub(ARGV[2], 2, -2)
-    redis.call('HINCRBY', KEYS[3], 'entered:' .. to, 1)
-    redis.call('HINCRBY', KEYS[3], 'current:' .. to, 1)
-    if current then redis.call('HINCRBY', KEYS[3], 'current:' .. string.sub(current, 2, -2), -1) end
-  end
-  if ARGV[2] ~= '"queued"' then redis.call('ZREM', KEYS[4], ARGV[3]) end
-  local owner = string.sub(redis.call('HGET', KEYS[1], 'owner') or '""', 2, -2)
-  if ARGV[2] ~= '"queued"' and redis.call('HDEL', KEYS[1], 'share_queued') == 1 then
-    redis.call('HINCRBY', KEYS[5], owner, -1)
-  end
-  local uploaded = tonumber(redis.call('HGET', KEYS[1], 'share_upload_bytes'))
-  if uploaded and ARGV[2] ~= '"queued"' and ARGV[2] ~= '"running"' then
-    redis.call('HDEL', KEYS[1], 'share_upload_bytes')
-    redis.call('HINCRBY', KEYS[6], owner, -uploaded)
-    redis.call('HINCRBY', KEYS[6], '*', -uploaded)
-  end
-"""
-    + BATCH_COUNTS_LUA
-    + """
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
-end
-return 1
-"""
-)
-
-# KEYS[1] job hash, KEYS[2] upload, KEYS[3] job counts, KEYS[4] queued-jobs set, KEYS[5] queued jobs
-# per owner, KEYS[6] pending upload bytes per owner ('*' holds the total). ARGV[1] job TTL s,
-# ARGV[2] upload TTL s, ARGV[3] owner, ARGV[4] status, ARGV[5] job id, ARGV[6] queued-at (epoch s),
-# ARGV[7] the upload ('' = none), ARGV[8] most queued jobs per owner, ARGV[9] most upload bytes per
-# owner, ARGV[10] most upload bytes in all (0 = no limit), ARGV[11..] field/value pairs (JSON values).
-# KEYS[7] the owner's job index (sorted set, score: created at).
-# Returns {0} when stored, else {1|2|3, what the owner or everyone holds}: 1 the owner's queue share,
-# 2 its upload share, 3 the total upload budget. Checking and counting in one script means
-# concurrent requests of one key can never pass its share together.
-_CREATE_LUA = """
-local upload_bytes = string.len(ARGV[7])
-local max_queued, max_owner_bytes, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local limited = max_queued > 0 or max_owner_bytes > 0 or max_bytes > 0
-if limited and ARGV[4] == 'queued' then
-  local queued = tonumber(redis.call('HGET', KEYS[5], ARGV[3]) or '0')
-  if max_queued > 0 and queued >= max_queued then return {1, queued} end
-end
-if limited and upload_bytes > 0 then
-  local held = tonumber(redis.call('HGET', KEYS[6], ARGV[3]) or '0')
-  if max_owner_bytes > 0 and held + upload_bytes > max_owner_bytes then return {2, held} end
-  local total = tonumber(redis.call('HGET', KEYS[6], '*') or '0')
-  if max_bytes > 0 and total + upload_bytes > max_bytes then return {3, total} end
-end
-for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if upload_bytes > 0 then redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[2]) end
-redis.call('HINCRBY', KEYS[3], 'entered:' .. ARGV[4], 1)
-redis.call('HINCRBY', KEYS[3], 'current:' .. ARGV[4], 1)
-if ARGV[4] == 'queued' then
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
-  if limited then
-    redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
-    redis.call('HSET', KEYS[1], 'share_queued', '1')
-  end
-end
-if limited and upload_bytes > 0 then
-  redis.call('HINCRBY', KEYS[6], ARGV[3], upload_bytes)
-  redis.call('HINCRBY', KEYS[6], '*', upload_bytes)
-  redis.call('HSET', KEYS[1], 'share_upload_bytes', upload_bytes)
-end
--- The owner's newest-first index (GET /v1/jobs); entries older than any record go in the same breath.
-redis.call('ZADD', KEYS[7], ARGV[6], ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', tonumber(ARGV[6]) - tonumber(ARGV[1]))
-redis.call('EXPIRE', KEYS[7], ARGV[1])
-return {0, 0}
-"""
 
 #: Redis failures that pass: unreachable, too slow, or full. Under ``noeviction`` a full Redis
 #: refuses every write with "OOM command not allowed" (redis-py's OutOfMemoryError) until memory is freed.
@@ -168,20 +67,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a job record")
 
 
-def _share_refusal(reason: int, held: int, limits: OwnerShares) -> CapacityError:
-    if reason == 1:
-        return OwnerQuotaExceeded(
-            f"this key already has {held} jobs queued, its share of the queue ({limits.max_queued_jobs}); "
-            "retry once some have started"
-        )
-    if reason == 2:
-        return OwnerQuotaExceeded(
-            f"this key's uploads waiting in the queue already take {held} bytes of its {limits.max_upload_bytes}; "
-            "retry once some jobs have ended"
-        )
-    return QueueFull(f"uploads waiting in the queue already take {held} bytes, the most this service keeps")
-
-
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
     """Build a Job from the hash Redis returned."""
     data = {_text(name): json.loads(_text(value)) for name, value in raw.items()}
@@ -192,18 +77,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True)
-class OwnerShares:
-    """How much of the service one owner (API key) may hold at once; 0 is no limit."""
-
-    #: Jobs of one owner waiting in ``queued``.
-    max_queued_jobs: int = 0
-    #: Uploaded image bytes of one owner waiting in Redis for their jobs to end.
-    max_upload_bytes: int = 0
-    #: Uploaded image bytes of every owner together.
-    max_total_upload_bytes: int = 0
-
-
 class JobStore:
     """Reads and writes job records; the only writer of a job's status."""
 
@@ -211,8 +84,8 @@ class JobStore:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
-        self._transition = redis.register_script(_TRANSITION_LUA)
-        self._create = redis.register_script(_CREATE_LUA)
+        self._transition = redis.register_script(TRANSITION_LUA)
+        self._create = redis.register_script(CREATE_LUA)
 
     async def create(
         self, job: Job, *, upload: bytes | None = None, upload_ttl_s: int = 3_600, shares: OwnerShares | None = None
@@ -239,7 +112,7 @@ class JobStore:
                 keys=[*keys, *self._share_keys(), self.keys.owner_jobs(job.owner)], args=args
             )
         if refused:
-            raise _share_refusal(int(refused), int(held), limits)
+            raise share_refusal(int(refused), int(held), limits)
 
     def _share_keys(self) -> list[str]:
         return [self.keys.owner_queued_jobs(), self.keys.owner_upload_bytes()]
@@ -370,7 +243,7 @@ class JobStore:
 
     def _common_keys(self) -> list[str]:
         # The keys a transition touches besides the job's own: the sweeper's set, the owners' shares
-        # and its batch's names (KEYS[4..8] of _TRANSITION_LUA).
+        # and its batch's names (KEYS[4..8] of TRANSITION_LUA).
         return [self.keys.queued_jobs(), *self._share_keys(), self.keys.batch_prefix(), self.keys.batches_ended()]
 
     async def _run(self, job_id: str, statuses: str, new_status: str, fields: Mapping[str, Any]) -> bool:

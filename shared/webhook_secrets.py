@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 
 from shared.errors import QueueUnavailable
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
+from shared.store import map_redis_errors
 
+# How QueueUnavailable names this store.
+_WHAT = "the secret store (Redis)"
 #: Standard Webhooks secrets are ``whsec_`` and the base64 of the key bytes.
 SECRET_PREFIX = "whsec_"
 # 24 random bytes (192 bits): the size Svix and Replicate hand out.
@@ -53,31 +55,25 @@ class WebhookSecrets:
             QueueUnavailable: Redis cannot be reached.
         """
         key = self.keys.webhook_secret(owner)
-        try:
+        with map_redis_errors(_WHAT):
             # NX: of two first uses racing, one secret wins and both return it.
             await self.redis.set(key, new_secret(), nx=True)
             value = await self.redis.get(key)
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the secret store (Redis) cannot be reached") from exc
         return _text(value)
 
     async def rotate(self, owner: str) -> str:
         """Replace the owner's secret; the replaced one keeps signing for ``grace_s``. Returns the new one."""
         secret = new_secret()
         keys = [self.keys.webhook_secret(owner), self.keys.webhook_secret_previous(owner)]
-        try:
+        with map_redis_errors(_WHAT):
             await self._rotate(keys=keys, args=[secret, self.grace_s])
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the secret store (Redis) cannot be reached") from exc
         return secret
 
     async def signing_secrets(self, owner: str) -> list[str]:
         """Every secret that signs the owner's deliveries now: the current one, then any still in grace."""
         current = await self.current(owner)
-        try:
+        with map_redis_errors(_WHAT):
             previous = await self.redis.get(self.keys.webhook_secret_previous(owner))
-        except REDIS_ERRORS as exc:
-            raise QueueUnavailable("the secret store (Redis) cannot be reached") from exc
         return [current] if previous is None else [current, _text(previous)]
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.background import BackgroundTask
 from shared.jobs import JobOptions
 from worker import metrics
 
@@ -116,20 +117,15 @@ class Batcher:
         self._changed = asyncio.Event()
         # One thread: the model runs one generate at a time, and it uses every core it is given.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask("batcher", self._run)
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="batcher")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop batching; images still waiting get CancelledError."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         for group in self._groups.values():
             for pending in group.pending():
                 pending.future.cancel()

@@ -8,7 +8,7 @@ from shared.celery_config import celery_config
 from shared.settings import Settings
 from worker.limits import apply_worker_limits
 from worker.tasks import register_caption_task
-from worker.webhooks import install_retry_mover, register_webhook_task
+from worker.webhook_tasks import install_retry_mover, register_webhook_task
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.errors import CaptionizerError, InternalError, JobTimedOut, UploadExpired, WorkerCrashed
+from shared.error_families import CaptionizerError
+from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrashed
 from shared.jobs import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
 from shared.settings import Settings
 from shared.store import JobStore

@@ -1,74 +1,38 @@
-"""Delivering webhook events: sign with the owner's secrets, POST once, record the attempt, schedule the retry.
+"""Delivering webhook events: one attempt per call, recorded on the job, with its retry scheduled.
 
-Runs only in the light webhook worker (``celery -A worker worker -Q webhooks``),
-which never loads the model, so a slow receiver never holds a GPU worker. What to
-deliver and when (retries, each key's share of deliveries) is decided in
-:mod:`shared.webhooks`; the POST goes through :mod:`worker.egress`'s SSRF guard.
+Runs only in the light webhook worker (``celery -A worker worker -Q webhooks``, wired in
+:mod:`worker.webhook_tasks`), which never loads the model, so a slow receiver never holds a
+GPU worker. What to deliver and when (retries, each key's share of deliveries) is decided in
+:mod:`shared.webhooks`; the signed POST itself is :mod:`worker.webhook_requests`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-import aiohttp
-from celery import Celery, signals
-from celery.exceptions import Reject
-from redis.asyncio import Redis
-from standardwebhooks import Webhook
-
-from shared.errors import QueueUnavailable, UrlNotAllowed
+from shared.errors import UrlNotAllowed
 from shared.jobs import WebhookState
-from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
-from shared.store import REDIS_ERRORS, JobStore
+from shared.store import JobStore
 from shared.urls import validate_url
 from shared.webhook_secrets import WebhookSecrets
-from shared.webhooks import DeliverySlots, RetryMover, RetrySchedule, WebhookDelivery, is_final_event
-from worker.egress import make_egress_session
+from shared.webhooks import DeliverySlots, RetrySchedule, WebhookDelivery, is_final_event
+from worker.webhook_requests import AttemptResult, SessionFactory, make_webhook_session, post_delivery, sign_headers
 
 logger = logging.getLogger(__name__)
 
-#: Makes the aiohttp session for one delivery; the egress guard's connect-time SSRF checks apply.
-SessionFactory = Callable[[Settings], aiohttp.ClientSession]
-
-#: Sent with every delivery, so receivers can tell our requests apart in their logs.
-USER_AGENT = "Captionizer-Webhooks/0.1"
-#: What a delivery held back by its key's share (``webhook_max_concurrent_per_key``) reports.
-DEFERRED = "deferred"
 # A delivery held back by its key's share is queued again this much later (the mover polls each second).
 _DEFER_S = 1.0
-# Bounded: network errors can carry long messages, and the record is in every GET of the job.
-_MAX_ERROR_CHARS = 200
 # Each retry's delay is its configured value times a factor in this range, so
 # receivers that failed together are not retried in lockstep (AWS "Exponential
 # Backoff And Jitter").
 _JITTER = (0.8, 1.2)
-
-
-def sign_headers(secrets: Sequence[str], webhook_id: str, timestamp: datetime, body: str) -> dict[str, str]:
-    """Standard Webhooks headers for one attempt, signed with every secret.
-
-    Several ``v1,<base64>`` signatures go space-separated in one header, as the
-    specification prescribes for secret rotation; a receiver accepts any match.
-    """
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": webhook_id,
-        "webhook-timestamp": str(int(timestamp.timestamp())),
-    }
-    signatures = [Webhook(secret).sign(webhook_id, timestamp, body) for secret in secrets]
-    if signatures:
-        headers["webhook-signature"] = " ".join(signatures)
-    return headers
 
 
 def retry_delay_s(attempt: int, delays_s: Sequence[float], rng: random.Random) -> float | None:
@@ -76,59 +40,6 @@ def retry_delay_s(attempt: int, delays_s: Sequence[float], rng: random.Random) -
     if attempt > len(delays_s):
         return None
     return delays_s[attempt - 1] * rng.uniform(*_JITTER)
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one POST came to: a status code, or an error before any answer."""
-
-    status_code: int | None = None
-    error: str | None = None
-    #: The URL was refused by the SSRF checks; retrying would only be refused again.
-    refused: bool = False
-
-    @property
-    def is_success(self) -> bool:
-        """True for any 2xx answer."""
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-    @property
-    def is_gone(self) -> bool:
-        """True for 410 Gone: the receiver asks us to stop."""
-        return self.status_code == 410
-
-
-async def post_delivery(
-    session: aiohttp.ClientSession, delivery: WebhookDelivery, headers: dict[str, str], timeout_s: float
-) -> AttemptResult:
-    """POST the delivery once and report what happened; never raises for network trouble."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    try:
-        # Redirects are not followed: a receiver's Location would skip the checks
-        # its URL passed at submit, and Standard Webhooks senders don't follow them.
-        async with session.post(
-            delivery.url, data=delivery.body.encode(), headers=headers, timeout=timeout, allow_redirects=False
-        ) as response:
-            return AttemptResult(status_code=response.status, error=None if response.ok else f"HTTP {response.status}")
-    except UrlNotAllowed as exc:
-        return AttemptResult(error=f"url_not_allowed: {exc.message}", refused=True)
-    except TimeoutError:
-        return AttemptResult(error=f"timed out after {timeout_s:g} s")
-    except aiohttp.ClientError as exc:
-        refusal = _find_refusal(exc)
-        if refusal is not None:
-            return AttemptResult(error=f"url_not_allowed: {refusal.message}", refused=True)
-        return AttemptResult(error=f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS])
-
-
-def _find_refusal(exc: BaseException) -> UrlNotAllowed | None:
-    """The SSRF refusal aiohttp may have wrapped (a resolver's error becomes a connector error)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, UrlNotAllowed):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def next_state(
@@ -161,14 +72,6 @@ def may_take_record(current: WebhookState | None, delivery: WebhookDelivery) -> 
     if current is None or current.webhook_id in (None, delivery.webhook_id):
         return True
     return is_final_event(delivery.event) and not is_final_event(current.event or "")
-
-
-def make_webhook_session(settings: Settings) -> aiohttp.ClientSession:
-    """The egress-guarded session one delivery POSTs through."""
-    headers = {"user-agent": USER_AGENT, "accept": "*/*"}
-    return make_egress_session(
-        settings, headers=headers, timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s)
-    )
 
 
 @dataclass
@@ -290,87 +193,3 @@ def _log_attempt(delivery: WebhookDelivery, state: WebhookState) -> None:
             "next_attempt_at": state.next_attempt_at.isoformat() if state.next_attempt_at else None,
         },
     )
-
-
-class _Runtime(threading.local):
-    """One event loop and Redis client per worker thread, reused across tasks.
-
-    Thread-local so the same code serves the prefork pool (one thread per child)
-    and the threads pool; made lazily, after the fork, never in the parent.
-    """
-
-    runner: asyncio.Runner | None = None
-    deliverer: WebhookDeliverer | None = None
-
-
-_runtime = _Runtime()
-
-
-def _deliverer_for(settings: Settings) -> tuple[asyncio.Runner, WebhookDeliverer]:
-    if _runtime.runner is None or _runtime.deliverer is None or _runtime.deliverer.settings is not settings:
-        runner = asyncio.Runner()
-        # The client binds to the loop that first uses it, so it is made inside it.
-        redis = runner.run(_make_redis(settings))
-        keys = Keys(settings.key_prefix)
-        store = JobStore(redis, keys, settings.job_ttl_s)
-        _runtime.runner, _runtime.deliverer = runner, WebhookDeliverer(settings, store, RetrySchedule(redis, keys))
-    return _runtime.runner, _runtime.deliverer
-
-
-async def _make_redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url)
-
-
-def deliver_webhook(settings: Settings, payload: dict[str, Any]) -> str:
-    """Body of the Celery task: one attempt at one delivery; returns the outcome."""
-    delivery = WebhookDelivery.model_validate(payload)
-    runner, deliverer = _deliverer_for(settings)
-    try:
-        state = runner.run(deliverer.deliver(delivery))
-        return DEFERRED if state is None else state.status
-    except (QueueUnavailable, *REDIS_ERRORS) as exc:
-        # Redis away mid-attempt: put the message back rather than ack an attempt whose
-        # retry could not be scheduled; the repeat carries the same webhook-id.
-        logger.error("webhook store unavailable; requeueing", extra={"job_id": delivery.job_id})
-        raise Reject(str(exc), requeue=True) from exc
-
-
-def register_webhook_task(app: Celery, settings: Settings) -> None:
-    """Register the delivery task (``shared.keys.WEBHOOK_TASK``) on a Celery app."""
-
-    # acks_late (from celery_config): a worker killed mid-attempt redelivers it,
-    # with the same webhook-id, so the receiver can drop the duplicate.
-    @app.task(name=WEBHOOK_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
-    def _deliver(payload: dict[str, Any]) -> str:
-        return deliver_webhook(settings, payload)
-
-
-def is_consuming(app: Celery, queue: str) -> bool:
-    """True when this worker process consumes ``queue`` (``celery worker -Q ...``)."""
-    return queue in app.amqp.queues.consume_from
-
-
-def install_retry_mover(app: Celery, settings: Settings) -> None:
-    """Run a :class:`~shared.webhooks.RetryMover` in each worker that consumes the webhook queue.
-
-    Started on ``worker_ready``, in the worker's main process, once the queues
-    from ``-Q`` are known; caption-only workers never start one.
-    """
-    keys = Keys(settings.key_prefix)
-    movers: list[RetryMover] = []
-
-    def _start(sender: Any = None, **_: Any) -> None:
-        if is_consuming(app, keys.webhook_queue()):
-            mover = RetryMover(settings.redis_url, keys, app.send_task)
-            mover.start()
-            movers.append(mover)
-            # scripts/stack.py waits for this line: the worker now consumes the webhook queue.
-            logger.info("webhook retry mover started", extra={"queue": keys.webhook_queue()})
-
-    def _stop(**_: Any) -> None:
-        while movers:
-            movers.pop().stop()
-
-    # weak=False: the handlers are closures that nothing else keeps alive.
-    signals.worker_ready.connect(_start, weak=False)
-    signals.worker_shutdown.connect(_stop, weak=False)

@@ -16,7 +16,8 @@ from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
 from api.problems import problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
-from shared.errors import JobEnded, WaitTimedOut, error_for_code
+from shared.error_codes import error_for_code
+from shared.errors import JobEnded, WaitTimedOut
 from shared.jobs import JobCreate, JobStatus
 
 # Authenticated and rate-limited like the job routes; those problems are documented once here.

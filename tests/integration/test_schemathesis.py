@@ -7,15 +7,8 @@ requests carry a valid key (the checks also send them without one).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,8 +20,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.auth import hash_key
+from scripts.processes import free_port
+from scripts.stack import LocalStack
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "cap_schemathesis-0123456789abcdefghijklmnopqrstuvwxyz"
 #: Generated requests per mode (positive and negative), spread over every operation.
 MAX_EXAMPLES = 200
@@ -36,53 +30,10 @@ MAX_EXAMPLES = 200
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _is_listening(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-
-
-def _wait_until(ready: Any, what: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
-        with contextlib.suppress(OSError, httpx.HTTPError):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready after {deadline_s} s")
-
-
-@contextlib.contextmanager
-def _process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` in its own process group and kill the group on the way out."""
-    process = subprocess.Popen(
-        args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
+def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """uvicorn serving ``api.main:create_app_from_env`` with its own redis-server, keys required, no rate limit."""
-    redis_port, api_port = _free_port(), _free_port()
-    redis_server = shutil.which("redis-server") or pytest.fail("redis-server is not installed")
-    redis_args = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CAPTIONIZER_")}
-    env |= {
-        "CAPTIONIZER_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    env = {
         "CAPTIONIZER_API_KEY_HASHES": hash_key(API_KEY),
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
         # No worker runs here: GET /caption gives up at once with its documented 504.
@@ -92,22 +43,13 @@ def api_url() -> Iterator[str]:
         # ...and /readyz answers 200 without one, so the fuzzer sees its success schema too.
         "CAPTIONIZER_READY_REQUIRES_WORKER": "false",
     }
-    uvicorn = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "api.main:create_app_from_env",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(api_port),
-    ]
-    with _process(redis_args) as redis_process, _process([*uvicorn, "--no-access-log"], env) as api_process:
-        url = f"http://127.0.0.1:{api_port}"
-        _wait_until(lambda: _is_listening(redis_port), "redis", 10, redis_process)
-        _wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, "uvicorn", 60, api_process)
-        yield url
+    stack = LocalStack(tmp_path_factory.mktemp("schemathesis-logs"), env=env, api_port=free_port(), webhooks=False)
+    try:
+        stack.start_redis()
+        stack.start_api()
+        yield stack.api_url
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from PIL import Image, ImageChops
 from api.problems import PROBLEM_CODES
 from api.routes.pages import SAMPLES_DIR
 from scripts.samples import SAMPLES, draw_sample
-from shared.errors import all_error_classes
+from shared.error_codes import all_error_classes
 from shared.settings import Settings
 from shared.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
 from tests.conftest import REPO_ROOT

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from model import EMBEDDED_MODEL_DIR, Captioner, ModelLoadError, shapes
-from model.captioner import resolve_device, resolve_dtype
+from model.checkpoints import resolve_device, resolve_dtype
 from model.standin import build_standin
 from shared.settings import EMBEDDED_MODEL
 

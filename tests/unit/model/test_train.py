@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from model import EMBEDDED_MODEL_DIR, Captioner, evaluate, shapes, train
+from model import EMBEDDED_MODEL_DIR, Captioner, embedded_architecture, evaluate, shapes, train
 
 # Neither the training set's seeds nor the evaluation default: a third, fixed held-out set.
 HELD_OUT_SEED = 20240
@@ -20,7 +20,7 @@ FLOORS = {"held_out": 0.95, "independent": 0.92, "jpeg": 0.92}
 
 
 def test_tokenizer_vocabulary_round_trips_through_from_pretrained(tmp_path: Path) -> None:
-    processor = train.build_processor()
+    processor = embedded_architecture.build_processor()
     processor.save_pretrained(tmp_path)
     reloaded = AutoProcessor.from_pretrained(tmp_path, local_files_only=True)
     assert reloaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
@@ -30,25 +30,32 @@ def test_tokenizer_vocabulary_round_trips_through_from_pretrained(tmp_path: Path
 
 
 def test_processor_resizes_any_image_to_the_model_square() -> None:
-    processor = train.build_processor()
+    processor = embedded_architecture.build_processor()
     images, _ = shapes.draw_varied_batch(random.Random(0), 4)
     pixel_values = processor.image_processor(images=images, return_tensors="pt").pixel_values
-    assert tuple(pixel_values.shape) == (4, 3, train.MODEL_IMAGE_SIZE, train.MODEL_IMAGE_SIZE)
+    assert tuple(pixel_values.shape) == (
+        4,
+        3,
+        embedded_architecture.MODEL_IMAGE_SIZE,
+        embedded_architecture.MODEL_IMAGE_SIZE,
+    )
 
 
 def test_processor_keeps_a_shape_at_the_far_end_of_a_wide_image() -> None:
     # A centre crop would cut a 3:1 image to its middle third and lose this square.
     image = Image.new("RGB", (300, 100), (255, 255, 255))
     image.paste((220, 30, 30), (250, 10, 290, 50))
-    pixels = train.build_processor().image_processor(images=[image], return_tensors="pt").pixel_values[0]
+    pixels = (
+        embedded_architecture.build_processor().image_processor(images=[image], return_tensors="pt").pixel_values[0]
+    )
     red_columns = (pixels[0] - pixels[2] > 1.0).any(dim=0).nonzero().flatten()
-    side = train.MODEL_IMAGE_SIZE
+    side = embedded_architecture.MODEL_IMAGE_SIZE
     assert len(red_columns) > 0 and red_columns.min() >= side * 250 // 300 - 1
     assert red_columns.max() <= side * 290 // 300 + 1
 
 
 def test_training_pixels_are_what_the_processor_gives() -> None:
-    processor = train.build_processor()
+    processor = embedded_architecture.build_processor()
     pixels, captions = train.draw_pixels(processor, 5, 6)
     images, expected = shapes.draw_varied_batch(random.Random(5), 6, max_side=train.TRAINING_MAX_SIDE)
     assert captions == expected
@@ -58,25 +65,25 @@ def test_training_pixels_are_what_the_processor_gives() -> None:
 
 def test_training_set_is_the_same_whatever_the_number_of_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train, "_CHUNK", 4)
-    processor = train.build_processor()
+    processor = embedded_architecture.build_processor()
     one_pixels, one_ids = train.build_dataset(processor, 10, seed=3, processes=1)
     two_pixels, two_ids = train.build_dataset(processor, 10, seed=3, processes=2)
     other_pixels, _ = train.build_dataset(processor, 10, seed=4, processes=1)
-    assert one_pixels.shape == (10, 3, train.MODEL_IMAGE_SIZE, train.MODEL_IMAGE_SIZE)
+    assert one_pixels.shape == (10, 3, embedded_architecture.MODEL_IMAGE_SIZE, embedded_architecture.MODEL_IMAGE_SIZE)
     assert torch.equal(one_pixels, two_pixels) and torch.equal(one_ids, two_ids)
     assert not torch.equal(one_pixels, other_pixels)
 
 
 def test_model_generation_config_starts_with_cls_and_stops_at_sep() -> None:
-    tokenizer = train.build_tokenizer()
-    model = train.build_model(tokenizer)
+    tokenizer = embedded_architecture.build_tokenizer()
+    model = embedded_architecture.build_model(tokenizer)
     assert model.generation_config.bos_token_id == tokenizer.cls_token_id
     assert model.generation_config.eos_token_id == tokenizer.sep_token_id
-    assert model.config.vision_config.image_size == train.MODEL_IMAGE_SIZE
+    assert model.config.vision_config.image_size == embedded_architecture.MODEL_IMAGE_SIZE
 
 
 def test_model_weights_fit_the_ten_megabyte_budget() -> None:
-    model = train.build_model(train.build_tokenizer())
+    model = embedded_architecture.build_model(embedded_architecture.build_tokenizer())
     assert sum(parameter.numel() * parameter.element_size() for parameter in model.parameters()) <= 10_000_000
     assert (EMBEDDED_MODEL_DIR / "model.safetensors").stat().st_size <= 10_000_000
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import errors
-from shared.errors import (
+from shared import error_codes, errors
+from shared.error_codes import all_error_classes, error_for_code
+from shared.error_families import (
     FAMILIES,
     CapacityError,
     CaptionizerError,
@@ -16,8 +17,6 @@ from shared.errors import (
     FetchError,
     InputError,
     ServiceFault,
-    all_error_classes,
-    error_for_code,
 )
 from shared.jobs import ALLOWED_TRANSITIONS, FINAL_STATUSES, Job, JobPublic, JobStatus, new_job_id
 
@@ -43,13 +42,13 @@ _PUBLISHED = {
 
 def test_every_published_code_keeps_its_status() -> None:
     for code, status in _PUBLISHED.items():
-        assert errors.CLASSES_BY_CODE[code].status == status, code
+        assert error_codes.CLASSES_BY_CODE[code].status == status, code
 
 
 def test_each_code_has_exactly_one_class() -> None:
     classes = all_error_classes()
     assert len({cls.code for cls in classes}) == len(classes)
-    assert set(errors.CLASSES_BY_CODE.values()) == set(classes)
+    assert set(error_codes.CLASSES_BY_CODE.values()) == set(classes)
 
 
 def test_a_second_class_with_a_taken_code_is_refused() -> None:
@@ -59,7 +58,7 @@ def test_a_second_class_with_a_taken_code_is_refused() -> None:
         title = "x"
 
     with pytest.raises(TypeError, match="reuses the code 'job_not_found'"):
-        errors._classes_by_code([errors.JobNotFound, Impostor])
+        error_codes._classes_by_code([errors.JobNotFound, Impostor])
 
 
 @pytest.mark.parametrize("cls", all_error_classes(), ids=lambda cls: cls.code)

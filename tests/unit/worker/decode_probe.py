@@ -25,7 +25,7 @@ from transformers import CLIPImageProcessorPil
 
 from model.captioner import input_size_px
 from model.images import shrink_image, to_rgb
-from shared.errors import CaptionizerError
+from shared.error_families import CaptionizerError
 from shared.settings import Settings
 from worker.intake import DECODE_SIDE_FACTOR, decode_image
 

@@ -19,7 +19,8 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image, ImageFile
 
-from shared.errors import CaptionizerError, FetchFailed
+from shared.error_families import CaptionizerError
+from shared.errors import FetchFailed
 from shared.settings import Settings
 from tests.servers import BLUE, GREEN, RED, WHITE, HostileServer, hostile_images
 from worker.egress import GuardedResolver

@@ -22,8 +22,9 @@ from shared.settings import Settings
 from shared.store import JobStore
 from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
 from tests.fakes import scheduled_retries
-from worker import webhooks
-from worker.webhooks import AttemptResult, WebhookDeliverer, next_state, retry_delay_s, sign_headers
+from worker import webhook_tasks
+from worker.webhook_requests import AttemptResult, sign_headers
+from worker.webhooks import WebhookDeliverer, next_state, retry_delay_s
 
 SECRET_OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_NEW = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -313,9 +314,9 @@ def test_redis_trouble_puts_the_attempt_back_on_the_queue(
 
     delivery = build_delivery(make_job(), JobStatus.SUCCEEDED, datetime.now(UTC))
     with asyncio.Runner() as runner:
-        monkeypatch.setattr(webhooks, "_deliverer_for", lambda _settings: (runner, StoreDown()))
+        monkeypatch.setattr(webhook_tasks, "_deliverer_for", lambda _settings: (runner, StoreDown()))
         with pytest.raises(Reject) as rejected:
-            webhooks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
+            webhook_tasks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
     assert rejected.value.requeue is True
 
 
