@@ -32,7 +32,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
 from tests.fakes import scheduled_retries
-from tests.integration.webhook_receiver import HANG, NEW_SECRET, OLD_SECRET, WebhookReceiver
+from tests.integration.webhook_receiver import HANG, HOLD, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
 from tests.stack import TENANT_A_KEY, TENANT_B_KEY, WEBHOOKS_PER_KEY, log_of
 from worker.egress import make_egress_session
@@ -296,17 +296,26 @@ def test_a_finished_job_is_delivered_signed(
 def test_the_webhook_worker_retries_a_failing_receiver(
     api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
 ) -> None:
-    job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for(503))
+    # The first attempt gets 503; the retry is held by the receiver until the test has read the record.
+    job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for(503, HOLD))
     wait_for_end(api, job_id)
-    # The retry is scheduled 1 s (±20%) out and moved onto the queue by the worker's retry mover.
+    receiver.wait_for(lambda: len(receiver.for_job(job_id)) == 2, deadline_s=WAIT_S)
+    # While the retry is in flight the record still carries the due time the worker scheduled it for.
+    held = wait_for_webhook(api, job_id, {"delivering"})
+    assert held["attempts"] == 1 and held["last_status_code"] == 503 and held["next_attempt_at"], held
+    due_s = datetime.fromisoformat(held["next_attempt_at"]).timestamp()
+    first, retry = receiver.for_job(job_id)
+    # Due one delay (1 s, -20% jitter at most) after the failed attempt, and not sent before it was due.
+    first_delay_s = float(stack.env["CAPTIONIZER_WEBHOOK_RETRY_DELAYS_S"].split(",")[0])
+    assert due_s >= first.at_epoch_s + 0.8 * first_delay_s
+    assert retry.at_epoch_s >= due_s
+    receiver.release_hangs()
     record = wait_for_webhook(api, job_id, {"delivered", "failed"})
     assert (record["status"], record["attempts"], record["last_status_code"]) == ("delivered", 2, 200), log_of(
         stack, "webhooks"
     )
-    requests = receiver.for_job(job_id)
-    assert [r.answer for r in requests] == ["503", "200"]
-    assert len({r.headers["webhook-id"] for r in requests}) == 1
-    assert requests[1].at_s - requests[0].at_s >= 0.8
+    assert [r.answer for r in receiver.for_job(job_id)] == ["503", HOLD]
+    assert first.headers["webhook-id"] == retry.headers["webhook-id"]
 
 
 def test_captions_keep_their_pace_while_a_receiver_hangs(
