@@ -323,23 +323,23 @@ def test_captions_keep_their_pace_while_a_receiver_hangs(
 ) -> None:
     image_url = image_server.url("/image/shape.png")
 
-    def caption_in_waves(waves: int = 3, jobs_per_wave: int = 8, **extra: object) -> tuple[float, list[str]]:
+    def caption_in_waves(waves: int = 3, jobs_per_wave: int = 8, **extra: object) -> list[str]:
         # Waves, each submitted when the last has ended: the deliveries the first waves leave
         # hanging are in flight while the later waves are captioned.
-        started_s, ids = time.monotonic(), []
+        ids: list[str] = []
         for _ in range(waves):
             wave = [submit(api, image_url=image_url, **extra) for _ in range(jobs_per_wave)]
             assert all(wait_for_end(api, job_id)["status"] == "succeeded" for job_id in wave)
             ids += wave
-        return time.monotonic() - started_s, ids
+        return ids
 
     # Every wave ends while earlier waves' deliveries hang. That deliveries never take caption threads is
     # structural, not a matter of speed: test_monitoring.py checks which queues each worker consumes.
-    _, ids = caption_in_waves(webhook_url=receiver.url_for(then=HANG), webhook_events=["running"])
+    ids = caption_in_waves(webhook_url=receiver.url_for(then=HANG), webhook_events=["running"])
     # The receiver was holding deliveries of these jobs while they were captioned.
     held = [r for job_id in ids for r in receiver.for_job(job_id)]
     assert held and {r.answer for r in held} == {HANG}
-    receiver.wait_for(lambda: receiver.hanging > 0, deadline_s=10)
+    receiver.wait_for(lambda: receiver.hanging > 0, deadline_s=WAIT_S)
     receiver.release_hangs()
     # Drain: released deliveries end `gone` (or `failed` if their retries ran out first), so no held
     # webhook thread outlives this test.

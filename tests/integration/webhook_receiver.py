@@ -117,8 +117,8 @@ class WebhookReceiver:
 
     def start(self) -> None:
         self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the webhook receiver did not start within 10 s")
+        if not self._ready.wait(60):
+            raise RuntimeError("the webhook receiver did not start within 60 s")
 
     def stop(self) -> None:
         self.release_hangs()
