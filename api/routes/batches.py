@@ -104,7 +104,7 @@ async def append_items(
 @router.get(
     "/{batch_id}",
     summary="Read a batch: counts per status, progress and timings",
-    responses=problem_responses(errors.BatchNotFound, errors.QueueUnavailable),
+    responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
 async def read_batch(batch: OwnedBatch) -> BatchPublic:
     """The batch as it is now."""
@@ -149,7 +149,7 @@ async def read_results(
     "/{batch_id}/cancel",
     summary="Cancel a batch",
     response_description="The batch: its items not yet ended are canceled; one already ended stays as it is.",
-    responses=problem_responses(errors.BatchNotFound, errors.QueueUnavailable),
+    responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
 async def cancel_batch(batch: OwnedBatch, submitter: BatchSubmitterDep, batches: Batches) -> BatchPublic:
     """Cancel every queued or running item and close the batch to new items."""
