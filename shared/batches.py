@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.jobs import JobErrorInfo, JobStatus
+from shared.jobs import MAX_NEW_TOKENS, JobErrorInfo, JobStatus
 
 #: The most items one request may carry, whatever ``max_batch_items`` says (the schema's maxItems).
 MAX_BATCH_ITEMS = 10_000
@@ -119,7 +119,9 @@ class BatchCreate(BatchItems):
     )
 
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="Text GIT continues, for every item.")
-    max_new_tokens: int | None = Field(None, ge=1, description="Longest caption, in tokens, for every item.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS, description="Longest caption, in tokens, for every item."
+    )
     webhook_url: str | None = Field(
         None, max_length=2048, description="URL that receives a signed POST (batch.completed or batch.canceled)."
     )

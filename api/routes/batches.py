@@ -6,11 +6,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.auth import CALLER_ERRORS
-from api.deps import Batches, BatchSubmitterDep, CurrentCaller
+from api.deps import MAX_JOB_ID_PATH_CHARS, Batches, BatchSubmitterDep, CurrentCaller
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
 from api.problems import problem_responses
 from api.security import EDGE_ERRORS
@@ -38,7 +38,13 @@ _SUBMIT_ERRORS = (
 )
 
 
-async def get_owned_batch(batch_id: str, caller: CurrentCaller, batches: Batches) -> Batch:
+async def get_owned_batch(
+    batch_id: Annotated[
+        str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
+    ],
+    caller: CurrentCaller,
+    batches: Batches,
+) -> Batch:
     """The path's batch if the caller owns it, else 404 ``batch_not_found`` (never 403: ids stay secret)."""
     if not is_batch_id(batch_id):
         raise BatchNotFound(f"no batch {batch_id[:80]}", batch_id=batch_id[:80])
@@ -68,6 +74,7 @@ async def create_batch(
         str | None,
         Header(
             alias="Idempotency-Key",
+            max_length=255,
             pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Any unique string: the same key and body within 24 h return the same batch, queued once.",
         ),
@@ -97,7 +104,7 @@ async def append_items(
 @router.get(
     "/{batch_id}",
     summary="Read a batch: counts per status, progress and timings",
-    responses=problem_responses(errors.BatchNotFound, errors.QueueUnavailable),
+    responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
 async def read_batch(batch: OwnedBatch) -> BatchPublic:
     """The batch as it is now."""
@@ -118,7 +125,10 @@ async def read_results(
     batch: OwnedBatch,
     batches: Batches,
     cursor: Annotated[
-        str | None, Query(pattern=r"^[0-9]{1,9}$", description="next_cursor of the previous page; absent: the start.")
+        str | None,
+        Query(
+            max_length=9, pattern=r"^[0-9]{1,9}$", description="next_cursor of the previous page; absent: the start."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ITEMS, description="Results per page.")] = 100,
 ) -> BatchResultsPage | Response:
@@ -139,7 +149,7 @@ async def read_results(
     "/{batch_id}/cancel",
     summary="Cancel a batch",
     response_description="The batch: its items not yet ended are canceled; one already ended stays as it is.",
-    responses=problem_responses(errors.BatchNotFound, errors.QueueUnavailable),
+    responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
 async def cancel_batch(batch: OwnedBatch, submitter: BatchSubmitterDep, batches: Batches) -> BatchPublic:
     """Cancel every queued or running item and close the batch to new items."""

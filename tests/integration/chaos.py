@@ -99,7 +99,7 @@ class Chaos:
         """SIGKILL the caption worker's whole process group (rq's kill_worker), and wait for it to be gone."""
         worker = self.worker()
         worker.signal_group(signal.SIGKILL)
-        wait_until(lambda: not worker.is_running(), timeout_s=10, what="the killed worker to exit")
+        wait_until(lambda: not worker.is_running(), timeout_s=60, what="the killed worker to exit")
 
     def start_worker(self) -> ManagedProcess:
         """Start a caption worker and wait for its heartbeat."""

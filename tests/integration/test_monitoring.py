@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,28 +85,41 @@ def task_events(stack: LocalStack) -> Iterator[list[dict[str, Any]]]:
     """Every event the stack's processes send while the test runs, received as Flower receives them."""
     app = Celery(broker=stack.redis_url)
     events: list[dict[str, Any]] = []
-    listening = threading.Event()
+    # Set once the queue is bound, or once the thread has failed: the waiter wakes either way.
+    settled = threading.Event()
+    failures: list[BaseException] = []
     receivers: list[Any] = []
 
     def capture() -> None:
-        with app.connection() as connection:
-            receiver = app.events.Receiver(connection, handlers={"*": events.append})
-            # kombu's ConsumerMixin hook: the queue is bound, so no event sent from now on is missed.
-            receiver.on_consume_ready = lambda *args, **kwargs: listening.set()
-            receivers.append(receiver)
-            # Returns once should_stop is set (it re-checks it at least every second).
-            receiver.capture(limit=None, timeout=None, wakeup=False)
+        try:
+            with app.connection() as connection:
+                receiver = app.events.Receiver(connection, handlers={"*": events.append})
+                # kombu's ConsumerMixin hook: the queue is bound, so no event sent from now on is missed.
+                receiver.on_consume_ready = lambda *args, **kwargs: settled.set()
+                receivers.append(receiver)
+                # Returns once should_stop is set (it re-checks it at least every second).
+                receiver.capture(limit=None, timeout=None, wakeup=False)
+        except BaseException as error:  # reported by the test, not lost as a thread's unhandled exception
+            failures.append(error)
+        finally:
+            settled.set()
+
+    def failure() -> str:
+        return "".join(traceback.format_exception(failures[0])) if failures else "no exception"
 
     thread = threading.Thread(target=capture, name="event-capture", daemon=True)
     thread.start()
     try:
-        assert listening.wait(DEADLINE_S), "the event receiver never started"
+        assert settled.wait(DEADLINE_S), "the event receiver neither started nor failed"
+        assert not failures and thread.is_alive(), f"the event receiver failed: {failure()}"
         yield events
+        assert not failures, f"the event receiver failed during the test: {failure()}"
     finally:
         for receiver in receivers:
             receiver.should_stop = True
         thread.join(DEADLINE_S)
         app.close()
+    assert not thread.is_alive(), "the event receiver did not stop"
 
 
 def test_task_events_and_heartbeats_reach_a_monitor(

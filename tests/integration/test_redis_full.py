@@ -45,7 +45,9 @@ def _env(**extra: str) -> dict[str, str]:
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, LocalStack]]:
     """Redis and two APIs on it, no worker: one without a rate limit (every route reaches the store), one with."""
     logs = tmp_path_factory.mktemp("redis-full")
-    open_api = LocalStack(logs / "open", env=_env(CAPTIONIZER_RATE_LIMIT_PER_MINUTE="0"), api_port=free_port())
+    # No rate limit on the open one, for reads (their own budget) as well as submissions.
+    no_limits = _env(CAPTIONIZER_RATE_LIMIT_PER_MINUTE="0", CAPTIONIZER_RATE_LIMIT_READS_PER_MINUTE="0")
+    open_api = LocalStack(logs / "open", env=no_limits, api_port=free_port())
     try:
         open_api.start_redis()
         metered = LocalStack(

@@ -25,6 +25,8 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 #: Scripted answer that holds the request until :meth:`WebhookReceiver.release_hangs` (then 410).
 HANG = "hang"
+#: Scripted answer that holds the request like HANG, then answers 200 once released.
+HOLD = "hold"
 #: Signing secrets of the test stack: the receiver knows only the newer one (rotation in progress).
 OLD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEW_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -41,7 +43,8 @@ class Received:
     #: The verified, parsed payload; None when the signature did not verify.
     payload: dict[str, Any] | None
     answer: str
-    at_s: float
+    #: Wall-clock arrival (epoch seconds): comparable with the due times the worker records.
+    at_epoch_s: float
 
 
 class WebhookReceiver:
@@ -77,9 +80,9 @@ class WebhookReceiver:
         except WebhookVerificationError:
             payload = None
         answer = self._scripted_answer(request, headers.get("webhook-id", ""))
-        self.received.append(Received(headers, body, payload, answer, time.monotonic()))
-        if answer == HANG:
-            return await self._hang()
+        self.received.append(Received(headers, body, payload, answer, time.time()))
+        if answer in (HANG, HOLD):
+            return await self._hang(200 if answer == HOLD else 410)
         return web.Response(status=int(answer))
 
     def _scripted_answer(self, request: web.Request, webhook_id: str) -> str:
@@ -87,15 +90,15 @@ class WebhookReceiver:
         attempt = sum(1 for r in self.received if r.headers.get("webhook-id") == webhook_id)
         return answers[attempt] if attempt < len(answers) else request.query.get("then", "200")
 
-    async def _hang(self) -> web.Response:
+    async def _hang(self, then: int) -> web.Response:
         self.hanging += 1
         self.peak_hanging = max(self.peak_hanging, self.hanging)
         try:
             await self._released.wait()
         finally:
             self.hanging -= 1
-        # Gone: the released deliveries stop instead of coming back to hang again.
-        return web.Response(status=410)
+        # HANG: gone, so the released deliveries stop instead of coming back to hang again.
+        return web.Response(status=then)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -114,8 +117,8 @@ class WebhookReceiver:
 
     def start(self) -> None:
         self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the webhook receiver did not start within 10 s")
+        if not self._ready.wait(60):
+            raise RuntimeError("the webhook receiver did not start within 60 s")
 
     def stop(self) -> None:
         self.release_hangs()
@@ -123,7 +126,7 @@ class WebhookReceiver:
         self._thread.join(10)
 
     def release_hangs(self) -> None:
-        """Answer every held request, and every later ``HANG``, with 410 at once."""
+        """Answer every held request, and every later ``HANG``/``HOLD``, at once (410/200)."""
         self._loop.call_soon_threadsafe(self._released.set)
 
     def reset(self) -> None:

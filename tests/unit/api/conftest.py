@@ -54,7 +54,7 @@ def redis_server_url() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_port(port, deadline_s=10)
+        _wait_for_port(port, deadline_s=60)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.kill()
