@@ -78,6 +78,9 @@ def test_ctrl_c_prints_the_submitted_jobs_which_status_and_cancel_then_find(
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As from a terminal: a test run started in the background (`pytest ... &`) ignores SIGINT,
+        # and the CLI would inherit that, never see the Ctrl-C and wait for its job to fail.
+        preexec_fn=_sigint_as_default,
     )
     try:
         job_id = _job_the_cli_follows(redis, stack, read_bucket, before)
@@ -117,6 +120,10 @@ def test_the_cli_offers_the_formats_the_server_accepts(stack: LocalStack, api: h
     (tmp_path / "pics" / "scan.tif").write_bytes(b"II*\x00")
     result = run_cli(stack, "caption", str(tmp_path / "pics"), "--json")
     assert [row["input"] for row in json_rows(result)] == [str(tmp_path / "pics" / "a.png")]
+
+
+def _sigint_as_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _job_the_cli_follows(redis: Redis, stack: LocalStack, read_bucket: str, before: object) -> str:
