@@ -36,8 +36,8 @@ def test_no_code_reads_outside_the_repository() -> None:
 
 def test_the_pattern_catches_the_old_spellings() -> None:
     for line in (
-        'GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "shared" / "git-base-textcaps"',
-        'DIR = Path(__file__).resolve().parents[3] / ".." / "shared" / "git-base-textcaps"',
+        f'GIT_BASE_FILES = Path(__file__).resolve().parents[2] / "{_SIBLING}" / "git-base-textcaps"',
+        f'DIR = Path(__file__).resolve().parents[3] / ".." / "{_SIBLING}" / "git-base-textcaps"',
         f"cp -r ../{_SIBLING}/git-base-textcaps /models",
         f"MODEL_DIR=/work/{_SIBLING}/git-base-textcaps",
     ):
