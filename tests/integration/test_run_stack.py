@@ -82,9 +82,13 @@ class RunningStack:
         self.log_path = tmp_path / "run.log"
 
     def wait_ready(self) -> set[int]:
-        """Wait until the API answers; return every process the stack runs."""
+        """Wait until the API answers and the banner is printed in full; return every process the stack runs."""
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.port}/readyz") or self.shell.poll() is not None,
                    START_DEADLINE_S, "the API answering")  # fmt: skip
+        # The banner comes after the API answers (it asks the API for the local webhook secret): its
+        # last line, naming the Redis in use, says run_stack has finished starting.
+        wait_until(lambda: "inspect active" in self.log_path.read_text() or self.shell.poll() is not None,
+                   START_DEADLINE_S, "the banner printed")  # fmt: skip
         assert self.shell.poll() is None, self.log_path.read_text()[-3000:]
         processes = descendants(self.shell.pid)
         # run_stack itself, redis-server, the caption worker, the webhook worker and uvicorn.
