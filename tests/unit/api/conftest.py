@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
+import redis
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis as FakeAsyncRedis
 from fastapi import FastAPI
@@ -59,6 +60,17 @@ def redis_server_url() -> Iterator[str]:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def fresh_redis_url(redis_server_url: str) -> str:
+    """The session's redis-server, emptied for this test."""
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server_url
 
 
 # --- the job API over fakeredis (no broker, no worker) -------------------------------------

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from api.app import create_app
 from api.auth import hash_key, owner_of
@@ -25,15 +24,9 @@ Step = Callable[[httpx.AsyncClient, JobStore], Any]
 
 
 @pytest.fixture
-def settings(redis_server_url: str) -> Settings:
-    async def flush() -> None:
-        redis = Redis.from_url(redis_server_url)
-        await redis.flushdb()
-        await redis.aclose()
-
-    asyncio.run(flush())
+def settings(fresh_redis_url: str) -> Settings:
     return Settings(
-        redis_url=redis_server_url,
+        redis_url=fresh_redis_url,
         key_prefix=PREFIX,
         api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
         rate_limit_per_minute=0,

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from api.app import create_app
 from api.auth import hash_key
@@ -25,17 +24,10 @@ Step = Callable[[httpx.AsyncClient], Any]
 
 
 @pytest.fixture
-def make_settings(redis_server_url: str) -> Callable[..., Settings]:
-    async def flush() -> None:
-        redis = Redis.from_url(redis_server_url)
-        await redis.flushdb()
-        await redis.aclose()
-
-    asyncio.run(flush())
-
+def make_settings(fresh_redis_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "redis_url": redis_server_url,
+            "redis_url": fresh_redis_url,
             "key_prefix": "captionizer-polling",
             "api_key_hashes": [hash_key(KEY)],
         }

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.app import create_app
@@ -27,19 +26,12 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(redis_server_url: str) -> SettingsFactory:
+def make_settings(fresh_redis_url: str) -> SettingsFactory:
     """Settings for an app on the session's redis-server (flushed first), with two keys and no rate limit."""
-
-    async def flush() -> None:
-        redis = Redis.from_url(redis_server_url)
-        await redis.flushdb()
-        await redis.aclose()
-
-    asyncio.run(flush())
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "redis_url": redis_server_url,
+            "redis_url": fresh_redis_url,
             "key_prefix": "captionizer-security",
             "api_key_hashes": [hash_key(KEY_A), hash_key(KEY_B)],
             "rate_limit_per_minute": 0,
