@@ -159,6 +159,7 @@ class Settings(BaseSettings):
     )
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to connect to an image server, in seconds.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total timeout to download one image, in seconds.")
+    max_fetches_per_key: int = Field(32, ge=0, description="Image fetches a worker runs at once per API key; 0: no cap")
     max_redirects: int = Field(
         3, ge=0, description="Most redirects followed when fetching an image; each hop is checked again."
     )

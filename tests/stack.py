@@ -41,6 +41,9 @@ needs_embedded_model = pytest.mark.skipif(not HAS_EMBEDDED_MODEL, reason="model/
 #: The test stack's caption worker: its batch size and its pool threads (messages it holds at once).
 STACK_BATCH_SIZE = 8
 STACK_WORKER_THREADS = 24
+#: Image fetches one key may have in progress in the test stack's worker: under the 8 per host, so tests
+#: can tell the two fences apart (tests/integration/test_bulk.py).
+STACK_FETCHES_PER_KEY = 6
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +105,7 @@ def stack(
         "CAPTIONIZER_MAX_BATCH_SIZE": str(STACK_BATCH_SIZE),
         # Fewer messages in hand than the default, so tests fill them: tests/integration/test_bulk.py.
         "CAPTIONIZER_WORKER_THREADS": str(STACK_WORKER_THREADS),
+        "CAPTIONIZER_MAX_FETCHES_PER_KEY": str(STACK_FETCHES_PER_KEY),
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
     }
     stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=api_port)

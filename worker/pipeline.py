@@ -24,6 +24,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from worker import metrics
 from worker.batching import Batcher, BatchResult
+from worker.fetch_shares import FetchShares
 from worker.prompts import PromptShares
 from worker.recovery import DeliveryGate
 
@@ -60,6 +61,7 @@ class JobRunner:
         on_event: EventFn,
         gate: DeliveryGate | None = None,
         prompts: PromptShares | None = None,
+        fetches: FetchShares | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -70,6 +72,7 @@ class JobRunner:
         self.on_event = on_event
         self.gate = gate or DeliveryGate()
         self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
+        self.fetches = fetches or FetchShares(settings.max_fetches_per_key)
 
     async def run(self, job_id: str, *, interactive: bool = True) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
@@ -145,7 +148,9 @@ class JobRunner:
             return data
         if job.image_url is None:
             raise InternalError("the job has neither an image URL nor an upload")
-        return await self.fetch(job.image_url)
+        # A key with images on slow hosts waits for its own fetches, never holds all of them (worker.fetch_shares).
+        async with self.fetches.hold(job.owner):
+            return await self.fetch(job.image_url)
 
     async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:
         finished_at = utc_now()

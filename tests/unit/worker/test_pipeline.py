@@ -269,3 +269,26 @@ def test_a_job_past_its_time_limit_fails_with_job_timeout() -> None:
         assert error is not None and error.code == "job_timeout"
 
     run(scenario, job_time_limit_s=1)
+
+
+def test_a_key_on_a_hanging_host_holds_only_its_fetch_share_and_another_key_s_job_goes_on() -> None:
+    async def scenario(h: Harness) -> None:
+        greedy = [
+            await h.add(id=f"job_greedy_{i}", owner="greedy", image_url=f"http://slow.test/hang-{i}.png")
+            for i in range(5)
+        ]
+        runs = [asyncio.create_task(h.runner.run(job.id)) for job in greedy]
+        while len(h.fetched) < 2:  # the loop runs each job up to its fetch
+            await asyncio.sleep(0)
+        polite = await h.add(id="job_polite", owner="polite")
+        assert await h.runner.run(polite.id) is JobStatus.SUCCEEDED
+        # Every greedy job is running, yet only its key's share of them is fetching; the rest wait their turn.
+        assert {(await h.job(job.id)).status for job in greedy} == {JobStatus.RUNNING}
+        assert len([url for url in h.fetched if "hang" in url]) == 2 and len(h.fetched) == 3
+        assert h.runner.fetches.fetches_of("greedy") == 2
+        for task in runs:
+            task.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        assert h.runner.fetches.fetches_of("greedy") == 0
+
+    run(scenario, max_fetches_per_key=2)
