@@ -34,7 +34,7 @@ _FAILED = ("failed", "canceled", "expired")
 
 @dataclass
 class BatchRun:
-    """The batch being submitted, so an interrupted run can say which one it was."""
+    """The batch being submitted, and the sources that could not be (files that failed to read)."""
 
     batch_id: str | None = None
     outcomes: list[Outcome] = field(default_factory=list)
@@ -82,6 +82,8 @@ async def submit_batch(
         if run.batch_id is None:
             body.update(_options(options))
             run.batch_id = str((await client.call("POST", "/v1/batches", json=body))["id"])
+            # From here on Ctrl-C names the batch (cli.job_commands.report_interrupted): it goes on without us.
+            client.submitted_batches.append(run.batch_id)
         else:
             await client.call("POST", f"/v1/batches/{run.batch_id}/items", json=body)
         sent.extend(group)
@@ -138,10 +140,6 @@ async def caption_batch(
         results = await read_results(client, run.batch_id)
     except ApiError as exc:
         return run.outcomes + [Outcome(source, error=exc) for source in sources if not _has(run, source)]
-    except asyncio.CancelledError:
-        if run.batch_id is not None:
-            err.write(f"\nbatch {run.batch_id} goes on; resume with: captionizer batch status {run.batch_id}\n")
-        raise
     by_source = {source: Outcome(source, job=_job_of(source, row)) for source, row in zip(sent, results, strict=False)}
     failed = {outcome.source: outcome for outcome in run.outcomes}
     return [by_source.get(source) or failed.get(source) or Outcome(source) for source in sources]

@@ -112,6 +112,8 @@ class CaptionizerClient:
         self._timeout_s = timeout_s
         #: Ids of the jobs this client has submitted, in order (printed when the user interrupts).
         self.submitted: list[str] = []
+        #: Ids of the batches this client has created (``caption DIR``), likewise.
+        self.submitted_batches: list[str] = []
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
             headers=headers,

@@ -102,10 +102,14 @@ def _line(job: Mapping[str, object]) -> str:
 
 
 def report_interrupted(client: CaptionizerClient, err: TextIO) -> None:
-    """After Ctrl-C: the jobs already submitted (they go on), and how to find them again."""
+    """After Ctrl-C: the jobs and batches already submitted (they go on), and how to find them again."""
     err.write("\ninterrupted\n")
+    for batch_id in client.submitted_batches:
+        err.write(f"batch {batch_id} goes on without this command; pick it up again with:\n")
+        err.write(f"  captionizer batch status {batch_id}\n  captionizer batch results {batch_id}\n")
     if not client.submitted:
-        err.write("no job was submitted\n")
+        if not client.submitted_batches:
+            err.write("no job was submitted\n")
         return
     err.write(f"{len(client.submitted)} job(s) were submitted and go on without this command:\n")
     for job_id in client.submitted:

@@ -33,15 +33,26 @@ def live(api: httpx.Client, stack: LocalStack) -> Iterator[LocalStack]:
     yield stack
 
 
-def run_cli(stack: LocalStack, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``captionizer ARGS`` against the stack; stdout and stderr are captured as text."""
+def cli_env(stack: LocalStack) -> dict[str, str]:
+    """The environment ``captionizer`` runs in against ``stack``: its API's URL, this checkout's ``cli``."""
     assert CLI.is_file(), f"{CLI} is missing: `pip install -e .` installs the console script"
     env = {name: value for name, value in os.environ.items() if not name.startswith("CAPTIONIZER_")}
     env["CAPTIONIZER_API_URL"] = stack.api_url
     # The console script imports `cli` from wherever the shared venv was installed; test this checkout's.
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
+
+
+def run_cli(stack: LocalStack, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``captionizer ARGS`` against the stack; stdout and stderr are captured as text."""
     return subprocess.run(
-        [str(CLI), *args], capture_output=True, text=True, timeout=_CLI_TIMEOUT_S, env=env, cwd=cwd, check=False
+        [str(CLI), *args],
+        capture_output=True,
+        text=True,
+        timeout=_CLI_TIMEOUT_S,
+        env=cli_env(stack),
+        cwd=cwd,
+        check=False,
     )
 
 

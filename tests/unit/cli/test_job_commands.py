@@ -126,3 +126,16 @@ def test_ctrl_c_report_lists_the_submitted_jobs() -> None:
         "  job_a",
         "  job_b",
     ]
+
+
+def test_ctrl_c_report_names_the_batch_and_the_commands_that_pick_it_up() -> None:
+    client = CaptionizerClient("http://api.test")
+    client.submitted_batches.append("bat_AAAAAAAAAAAAAAAAAAAAAA")
+    err = io.StringIO()
+    report_interrupted(client, err)
+    assert err.getvalue().splitlines()[1:] == [
+        "interrupted",
+        "batch bat_AAAAAAAAAAAAAAAAAAAAAA goes on without this command; pick it up again with:",
+        "  captionizer batch status bat_AAAAAAAAAAAAAAAAAAAAAA",
+        "  captionizer batch results bat_AAAAAAAAAAAAAAAAAAAAAA",
+    ]
