@@ -24,6 +24,7 @@ class FetchShares:
             raise ValueError("max_fetches_per_key must be 0 (no limit) or more")
         self.max_fetches_per_key = max_fetches_per_key
         self._held: Counter[str] = Counter()
+        self._waiting = 0
         self._changed = asyncio.Condition()
 
     def fetches_of(self, owner: str) -> int:
@@ -33,20 +34,27 @@ class FetchShares:
     @contextlib.asynccontextmanager
     async def hold(self, owner: str) -> AsyncIterator[None]:
         """Wait for room among ``owner``'s downloads, and hold one while the block runs (the download)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._fits(owner))
-            self._held[owner] += 1
+        # Within its share a fetch takes no lock and never yields: one loop thread counts, so this is atomic.
+        if not self._fits(owner):
+            async with self._changed:
+                self._waiting += 1
+                try:
+                    await self._changed.wait_for(lambda: self._fits(owner))
+                finally:
+                    self._waiting -= 1
+        self._held[owner] += 1
         try:
             yield
         finally:
-            # Shielded: a job canceled (or timed out) mid-download must still give its share back.
-            await asyncio.shield(self._release(owner))
-
-    async def _release(self, owner: str) -> None:
-        async with self._changed:
             self._held[owner] -= 1
             if not self._held[owner]:
                 del self._held[owner]
+            if self._waiting:
+                # Shielded: a fetch canceled (or timed out) here must still wake the next one.
+                await asyncio.shield(self._wake_waiters())
+
+    async def _wake_waiters(self) -> None:
+        async with self._changed:
             self._changed.notify_all()
 
     def _fits(self, owner: str) -> bool:
