@@ -64,6 +64,14 @@ class Keys:
         """Lock held by the one caption worker sweeping for orphaned jobs this round."""
         return f"{self.prefix}:orphan-sweep"
 
+    def held_jobs(self, holder: str) -> str:
+        """Sorted set of the job ids one caption worker process holds a message for (score: written at, epoch s)."""
+        return f"{self.prefix}:held-jobs:{holder}"
+
+    def job_holders(self) -> str:
+        """Sorted set of caption worker processes with a held-jobs set (score: their last write, epoch s)."""
+        return f"{self.prefix}:job-holders"
+
     def webhook_outcomes(self) -> str:
         """Hash counting webhook attempts by outcome (delivered, retrying, failed, gone), for /metrics."""
         return f"{self.prefix}:webhook-outcomes"
