@@ -1,9 +1,10 @@
-"""Closing ended batches: compacting their results and queueing their webhook, in the API process.
+"""Closing ended batches and compacting ended results chunks, in the API process.
 
-The item that ends a batch pushes its id on a list (``shared.batch_counts``); one API
-process takes it with ``LMOVE`` onto a closing list and removes it only when done, so
-an API killed mid-way leaves it to be closed again at the next start (closing twice is
-harmless: compaction is idempotent and the webhook's id is derived from the batch).
+The item that ends a batch pushes its id on a list, and the item that ends a results
+chunk pushes ``<batch_id>:<chunk>`` on another (``shared.batch_counts``). One API process
+takes each entry with ``LMOVE`` onto a working list and removes it only when done, so an
+API killed mid-way leaves it to be done again at the next start (twice is harmless:
+compaction is idempotent and the webhook's id is derived from the batch).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def batch_delivery(batch: Batch) -> WebhookDelivery:
 
 
 class BatchCloser:
-    """Takes ended batches off the Redis list, one at a time, while the app runs."""
+    """Takes ended results chunks and ended batches off their Redis lists, one at a time, while the app runs."""
 
     def __init__(self, redis: Redis, keys: Keys, batches: BatchStore, send_task: SendTask) -> None:
         self.redis = redis
@@ -79,7 +80,8 @@ class BatchCloser:
         await self._recover()
         while not self._stopping.is_set():
             try:
-                if await self.close_next() is None:
+                compacted = await self.compact_next()
+                if await self.close_next() is None and compacted is None:
                     await self._pause(_POLL_S)
             except REDIS_ERRORS:
                 if not self._stopping.is_set():
@@ -96,10 +98,30 @@ class BatchCloser:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _recover(self) -> None:
-        # Batches an earlier API process was closing when it stopped go back on the ended list.
+        # What an earlier API process was doing when it stopped goes back on its list.
+        pairs = [
+            (self.keys.batches_closing(), self.keys.batches_ended()),
+            (self.keys.result_chunks_compacting(), self.keys.result_chunks_ended()),
+        ]
         with contextlib.suppress(*REDIS_ERRORS):
-            while await self.redis.lmove(self.keys.batches_closing(), self.keys.batches_ended(), "RIGHT", "LEFT"):
-                pass
+            for working, waiting in pairs:
+                while await self.redis.lmove(working, waiting, "RIGHT", "LEFT"):
+                    pass
+
+    async def compact_next(self) -> str | None:
+        """Compact the next results chunk whose items have all ended, if there is one; its entry, or None."""
+        raw = await self.redis.lmove(
+            self.keys.result_chunks_ended(), self.keys.result_chunks_compacting(), "LEFT", "RIGHT"
+        )
+        if raw is None:
+            return None
+        entry = raw.decode() if isinstance(raw, bytes) else str(raw)
+        batch_id, _, chunk = entry.rpartition(":")
+        batch = await self.batches.get(batch_id) if chunk.isdigit() else None
+        if batch is not None:
+            await self.batches.compact_chunk(batch, int(chunk))
+        await self.redis.lrem(self.keys.result_chunks_compacting(), 1, raw)  # type: ignore[misc]
+        return entry
 
     async def close_next(self) -> str | None:
         """Close the next ended batch, if there is one; its id, or None."""

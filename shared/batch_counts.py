@@ -4,11 +4,19 @@ It runs inside :meth:`shared.store.JobStore.transition`'s script, so an item's s
 and its batch's counts change in one atomic step, whichever process moves the item
 (a worker finishing it, the API canceling it). It expects the transition script's
 locals: ``current`` (the old status, JSON-encoded, or false), ``ARGV[2]`` (the new
-status, JSON-encoded), ``KEYS[1]`` (the job hash), ``KEYS[7]`` (the batch hash
-names' prefix) and ``KEYS[8]`` (the list of ended batches the API closes).
+status, JSON-encoded), ``ARGV[3]`` (the job id), ``KEYS[1]`` (the job hash), ``KEYS[7]``
+(the batch hash names' prefix), ``KEYS[8]`` (the list of ended batches the API closes)
+and ``KEYS[9]`` (the list of results chunks the API compacts).
+
+It also counts each results chunk's ended items (``e:<chunk>``): the item that ends the
+last of a chunk's ``RESULTS_CHUNK_ITEMS`` lists ``<batch_id>:<chunk>`` for compaction
+(``shared.item_results``), so a running batch's finished results leave their job records
+chunk by chunk. The batch's last chunk, usually partial, is compacted when the batch ends.
 """
 
 from __future__ import annotations
+
+from shared.batch_results import RESULTS_CHUNK_ITEMS
 
 #: The statuses an item never leaves, as the Lua table below spells them.
 _FINAL_LUA_TABLE = "{succeeded=true, failed=true, canceled=true, expired=true}"
@@ -33,6 +41,14 @@ BATCH_COUNTS_LUA = f"""
       if final[to] and not final[from] then
         local in_flight = redis.call('HGET', batch, 'inflight_key')
         if in_flight then redis.call('DECR', in_flight) end
+        local index = tonumber(string.match(ARGV[3], '_(%d+)$'))
+        if index then
+          local chunk = math.floor(index / {RESULTS_CHUNK_ITEMS})
+          if redis.call('HINCRBY', batch, 'e:' .. chunk, 1) == {RESULTS_CHUNK_ITEMS} then
+            redis.call('HDEL', batch, 'e:' .. chunk)
+            redis.call('RPUSH', KEYS[9], batch_id .. ':' .. chunk)
+          end
+        end
         local done = redis.call('HINCRBY', batch, 'done', 1)
         local total = tonumber(redis.call('HGET', batch, 'total') or '0')
         if done >= total and redis.call('HEXISTS', batch, 'open') == 0 then

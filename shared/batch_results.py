@@ -1,10 +1,11 @@
-"""Where a finished batch's results live: one interface, and its compact Redis implementation.
+"""Where finished batch results live: one interface, and its compact Redis implementation.
 
-While a batch runs, each item's result is on its job record (about 1.5 KB of Redis
-each). When the batch ends, the API compacts them: every ``RESULTS_CHUNK_ITEMS``
-items become one record of zlib-compressed JSON rows, and the job records go. A
-blob or table store can take finished results over by implementing
-:class:`FinishedResults`; nothing else reads them.
+While an item runs, its result is on its job record (about 1.5 KB of Redis). Once every
+item of a results chunk (``RESULTS_CHUNK_ITEMS`` consecutive items) has ended, while the
+batch still runs, or when the batch ends, the API compacts the chunk: one record of
+zlib-compressed JSON rows, and the job records go (``shared.item_results``). A blob or
+table store can take finished results over by implementing :class:`FinishedResults`;
+nothing else reads them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def chunk_of(index: int) -> int:
 
 
 class FinishedResults(Protocol):
-    """Stores a finished batch's results, one chunk of ``RESULTS_CHUNK_ITEMS`` items at a time."""
+    """Stores finished batch results, one chunk of ``RESULTS_CHUNK_ITEMS`` items at a time."""
 
     async def save_chunk(self, batch_id: str, chunk: int, rows: Sequence[BatchItemResult], ttl_s: int) -> None:
         """Store chunk ``chunk`` (items ``chunk * RESULTS_CHUNK_ITEMS`` onwards), kept for ``ttl_s``."""

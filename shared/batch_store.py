@@ -4,8 +4,9 @@ A batch is a hash: its options, ``total`` items, ``done`` items, a count per job
 status (``n:<status>``) and its timings (epoch seconds). Its items are ordinary job
 records (so ``/v1/jobs/{id}`` and the worker see jobs), whose ``batch_id`` lets
 :meth:`shared.store.JobStore.transition` keep the counts current
-(``shared.batch_counts``). Once a batch ends its results are compacted into
-:class:`shared.batch_results.FinishedResults` and the item records are deleted.
+(``shared.batch_counts``). As each results chunk's items all end, and when the batch
+ends, their results are compacted into :class:`shared.batch_results.FinishedResults`
+and the item records are deleted (``shared.item_results``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared.batch_counts import CLOSE_BATCH_LUA, RESERVE_IN_FLIGHT_LUA
-from shared.batch_results import RESULTS_CHUNK_ITEMS, FinishedResults, RedisFinishedResults, chunk_of
-from shared.batches import Batch, BatchItemResult, item_job_id, parse_item_job_id
+from shared.batch_results import FinishedResults, RedisFinishedResults
+from shared.batches import Batch, BatchItemResult, parse_item_job_id
 from shared.errors import BatchClosed, BatchNotFound
-from shared.jobs import Job, JobErrorInfo, JobStatus
+from shared.item_results import ItemResults
+from shared.jobs import Job, JobStatus
 from shared.keys import Keys
 from shared.store import encode_fields, map_redis_errors
 
@@ -35,10 +37,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'open') == 0 then return -2 end
 return redis.call('HINCRBY', KEYS[1], 'total', tonumber(ARGV[1])) - tonumber(ARGV[1])
 """
-# The job fields a result shows, read with one HMGET per item.
-_RESULT_FIELDS = ("status", "caption", "error", "ref")
-# Commands per pipeline round trip when writing or reading many items.
-_PIPELINE_ITEMS = 1_000
 
 
 def _epoch(value: datetime) -> str:
@@ -57,6 +55,7 @@ class BatchStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self.results: FinishedResults = results or RedisFinishedResults(redis, keys)
+        self.item_results = ItemResults(redis, keys, self.results, self.get)
         self._reserve = redis.register_script(RESERVE_IN_FLIGHT_LUA)
         self._allocate = redis.register_script(_ALLOCATE_LUA)
         self._close = redis.register_script(CLOSE_BATCH_LUA)
@@ -155,103 +154,23 @@ class BatchStore:
         return _decode_batch(batch_id, raw) if raw else None
 
     async def read_results(self, batch: Batch, start: int, limit: int) -> list[BatchItemResult]:
-        """Items ``start`` to ``start + limit`` (fewer at the end), from the compacted store or the job records."""
-        stop = min(batch.total, start + limit)
-        if start >= stop:
-            return []
-        if batch.is_compacted:
-            chunks = await self._load_chunks(batch.id, range(chunk_of(start), chunk_of(stop - 1) + 1))
-            found = [row for chunk in sorted(chunks) for row in chunks[chunk]]
-            return [row for row in found if start <= row.index < stop]
-        rows = await self._read_live(batch.id, range(start, stop))
-        if any(row is None for row in rows):
-            # Compacted since ``batch`` was read (its records are gone): read the compacted copy.
-            current = await self.get(batch.id)
-            if current is not None and current.is_compacted:
-                return await self.read_results(current, start, limit)
-        return [row or _queued_row(batch.id, index) for index, row in zip(range(start, stop), rows, strict=True)]
+        """Items ``start`` to ``start + limit`` (fewer at the end), compacted or live (``shared.item_results``)."""
+        return await self.item_results.read(batch, start, limit)
 
-    async def _load_chunks(self, batch_id: str, chunks: range) -> dict[int, list[BatchItemResult]]:
-        with map_redis_errors(_WHAT):
-            return await self.results.load_chunks(batch_id, list(chunks))
-
-    async def _read_live(self, batch_id: str, indexes: range) -> list[BatchItemResult | None]:
-        with map_redis_errors(_WHAT):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    pipe.hmget(self.keys.job(item_job_id(batch_id, index)), list(_RESULT_FIELDS))
-                raws = await pipe.execute()
-        return [_live_row(batch_id, index, raw) for index, raw in zip(indexes, raws, strict=True)]
+    async def compact_chunk(self, batch: Batch, chunk: int) -> bool:
+        """Compact one results chunk whose items have all ended; True when this call did it."""
+        return await self.item_results.compact_chunk(batch, chunk)
 
     async def compact(self, batch: Batch) -> None:
-        """Move a finished batch's results into the finished-results store, then drop its item records.
-
-        Idempotent: a batch closed twice (an API restarted mid-way) is compacted again from
-        what is left, and one already compacted is left alone.
-        """
-        if batch.is_compacted:
-            return
-        ttl_s = max(1, int(batch.expires_at.timestamp() - datetime.now(UTC).timestamp()))
-        for first in range(0, batch.total, RESULTS_CHUNK_ITEMS):
-            indexes = range(first, min(batch.total, first + RESULTS_CHUNK_ITEMS))
-            live = await self._read_live(batch.id, indexes)
-            rows = [row or _queued_row(batch.id, index) for index, row in zip(indexes, live, strict=True)]
-            with map_redis_errors(_WHAT):
-                await self.results.save_chunk(batch.id, chunk_of(first), rows, ttl_s)
-        with map_redis_errors(_WHAT):
-            await self.redis.hset(self.keys.batch(batch.id), "compacted", "1")  # type: ignore[misc]
-            for first in range(0, batch.total, _PIPELINE_ITEMS):
-                ids = [item_job_id(batch.id, i) for i in range(first, min(batch.total, first + _PIPELINE_ITEMS))]
-                await self.redis.delete(*(self.keys.job(i) for i in ids), *(self.keys.upload(i) for i in ids))
+        """Compact an ended batch's remaining results and drop its item records (idempotent)."""
+        await self.item_results.compact(batch)
 
     async def read_item_job(self, job_id: str) -> Job | None:
-        """An item's job rebuilt from its batch's compacted results, or None (not an item, or gone)."""
+        """An item's job rebuilt from its batch's compacted results, or None (not an item, not compacted, or gone)."""
         parsed = parse_item_job_id(job_id)
         if parsed is None:
             return None
-        batch_id, index = parsed
-        batch = await self.get(batch_id)
-        if batch is None or not batch.is_compacted or index >= batch.total:
-            return None
-        rows = await self.read_results(batch, index, 1)
-        if not rows:
-            return None
-        row = rows[0]
-        return Job(
-            id=job_id,
-            owner=batch.owner,
-            status=row.status,
-            source="url",
-            prompt=batch.prompt,
-            max_new_tokens=batch.max_new_tokens,
-            created_at=batch.created_at,
-            finished_at=batch.finished_at,
-            caption=row.caption,
-            error=row.error,
-            batch_id=batch_id,
-            ref=row.ref,
-        )
-
-
-def _live_row(batch_id: str, index: int, raw: Sequence[bytes | None]) -> BatchItemResult | None:
-    status, caption, error, ref = (json.loads(value) if value is not None else None for value in raw)
-    if status is None:
-        return None
-    return BatchItemResult(
-        index=index,
-        id=item_job_id(batch_id, index),
-        ref=ref,
-        status=JobStatus(status),
-        caption=caption,
-        error=JobErrorInfo.model_validate(error) if error else None,
-    )
-
-
-def _queued_row(batch_id: str, index: int) -> BatchItemResult:
-    # A record not written yet (an append in progress) reads as queued.
-    return BatchItemResult(
-        index=index, id=item_job_id(batch_id, index), ref=None, status=JobStatus.QUEUED, caption=None, error=None
-    )
+        return await self.item_results.read_item_job(await self.get(parsed[0]), job_id)
 
 
 def _decode_batch(batch_id: str, raw: Mapping[bytes, bytes]) -> Batch:
@@ -274,4 +193,5 @@ def _decode_batch(batch_id: str, raw: Mapping[bytes, bytes]) -> Batch:
         canceled_at=_when(data.get("canceled_at")),
         expires_at=datetime.fromtimestamp(float(data["expires_at"]), UTC),
         is_compacted="compacted" in data,
+        compacted_chunks=frozenset(int(name[2:]) for name in data if name.startswith("k:")),
     )

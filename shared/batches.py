@@ -148,7 +148,14 @@ class Batch(BaseModel):
     finished_at: datetime | None = None
     canceled_at: datetime | None = None
     expires_at: datetime
+    #: Every results chunk compacted (the batch ended and was closed).
     is_compacted: bool = False
+    #: Results chunks compacted while the batch ran (``shared.item_results``).
+    compacted_chunks: frozenset[int] = frozenset()
+
+    def is_chunk_compacted(self, chunk: int) -> bool:
+        """True when results chunk ``chunk`` lives in the finished-results store, not on job records."""
+        return self.is_compacted or chunk in self.compacted_chunks
 
     @property
     def state(self) -> BatchState:

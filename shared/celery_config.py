@@ -25,14 +25,28 @@ def visibility_timeout_s(settings: Settings) -> int:
     return max(3 * settings.job_time_limit_s, 300)
 
 
+def _restore_interval_s(timeout_s: int) -> int:
+    # kombu sweeps for messages past their visibility timeout every interval x throttle
+    # seconds (10 x 10 by default): sweep every tenth of the timeout instead, so a dead
+    # worker's jobs come back within 1.1 x redelivery_timeout_s.
+    return max(1, min(30, timeout_s // 10))
+
+
+def restored_within_s(settings: Settings) -> int:
+    """How long after a worker took a message kombu has surely put it back, unless acknowledged first.
+
+    The visibility timeout, plus two of kombu's restore sweeps (one to come round, one of slack).
+    It holds for live and dead workers alike: kombu restores by age, not by who holds the message.
+    """
+    timeout_s = visibility_timeout_s(settings)
+    return timeout_s + 2 * _restore_interval_s(timeout_s)
+
+
 def _broker_transport_options(settings: Settings) -> dict[str, Any]:
     timeout_s = visibility_timeout_s(settings)
     return {
         "visibility_timeout": timeout_s,
-        # kombu sweeps for messages past their visibility timeout every interval x throttle
-        # seconds (10 x 10 by default): sweep every tenth of the timeout instead, so a dead
-        # worker's jobs come back within 1.1 x redelivery_timeout_s.
-        "unacked_restore_interval": max(1, min(30, timeout_s // 10)),
+        "unacked_restore_interval": _restore_interval_s(timeout_s),
         "unacked_restore_throttle": 1,
     }
 

@@ -10,7 +10,8 @@ from shared.batch_counts import BATCH_COUNTS_LUA
 
 # KEYS[1] job hash, KEYS[2] events channel, KEYS[3] the job counts hash, KEYS[4] the queued-jobs set,
 # KEYS[5] queued jobs per owner, KEYS[6] pending upload bytes per owner (hashes, see CREATE_LUA),
-# KEYS[7] the batch hashes' name prefix and KEYS[8] the ended-batches list (BATCH_COUNTS_LUA: an item's batch).
+# KEYS[7] the batch hashes' name prefix, KEYS[8] the ended-batches list and KEYS[9] the list of results
+# chunks to compact (BATCH_COUNTS_LUA: an item's batch).
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.

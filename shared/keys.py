@@ -64,6 +64,14 @@ class Keys:
         """Lock held by the one caption worker sweeping for orphaned jobs this round."""
         return f"{self.prefix}:orphan-sweep"
 
+    def held_jobs(self, holder: str) -> str:
+        """Sorted set of the job ids one caption worker process holds a message for (score: written at, epoch s)."""
+        return f"{self.prefix}:held-jobs:{holder}"
+
+    def job_holders(self) -> str:
+        """Sorted set of caption worker processes with a held-jobs set (score: their last write, epoch s)."""
+        return f"{self.prefix}:job-holders"
+
     def webhook_outcomes(self) -> str:
         """Hash counting webhook attempts by outcome (delivered, retrying, failed, gone), for /metrics."""
         return f"{self.prefix}:webhook-outcomes"
@@ -89,7 +97,7 @@ class Keys:
         return f"{self.prefix}:batch:"
 
     def batch_results(self, batch_id: str, chunk: int) -> str:
-        """One chunk of a finished batch's results, compacted (shared.batch_results)."""
+        """One results chunk of a batch, compacted once its items have all ended (shared.batch_results)."""
         return f"{self.prefix}:batch-results:{batch_id}:{chunk}"
 
     def batches_ended(self) -> str:
@@ -99,6 +107,14 @@ class Keys:
     def batches_closing(self) -> str:
         """List of batch ids an API process is closing now (moved from batches_ended, so none is lost)."""
         return f"{self.prefix}:batches-closing"
+
+    def result_chunks_ended(self) -> str:
+        """List of ``<batch_id>:<chunk>`` whose items have all ended, waiting for the API to compact them."""
+        return f"{self.prefix}:result-chunks-ended"
+
+    def result_chunks_compacting(self) -> str:
+        """List of results chunks an API process is compacting now (moved from result_chunks_ended)."""
+        return f"{self.prefix}:result-chunks-compacting"
 
     def items_in_flight(self, owner: str) -> str:
         """Counter of one owner's batch items not yet ended (the max_items_in_flight cap)."""

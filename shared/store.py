@@ -243,8 +243,9 @@ class JobStore:
 
     def _common_keys(self) -> list[str]:
         # The keys a transition touches besides the job's own: the sweeper's set, the owners' shares
-        # and its batch's names (KEYS[4..8] of TRANSITION_LUA).
-        return [self.keys.queued_jobs(), *self._share_keys(), self.keys.batch_prefix(), self.keys.batches_ended()]
+        # and its batch's names (KEYS[4..9] of TRANSITION_LUA).
+        batch_keys = [self.keys.batch_prefix(), self.keys.batches_ended(), self.keys.result_chunks_ended()]
+        return [self.keys.queued_jobs(), *self._share_keys(), *batch_keys]
 
     async def _run(self, job_id: str, statuses: str, new_status: str, fields: Mapping[str, Any]) -> bool:
         args: list[str] = [statuses, new_status, job_id]

@@ -1,12 +1,17 @@
-"""Fixtures for every layer: a clean environment, explicit settings, markers from paths."""
+"""Fixtures for every layer: a clean environment, explicit settings, markers from paths, a throwaway redis-server."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from shared.settings import Settings
 
@@ -46,3 +51,52 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def settings() -> Settings:
     """Settings for a test: anonymous access, private networks allowed, no real secrets."""
     return Settings(allow_anonymous=True, allow_private_networks=True, key_prefix="captionizer-test")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s} s")
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A throwaway redis-server on a free port (no persistence), killed at the end of the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, deadline_s=60)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def fresh_redis_url(redis_server_url: str) -> str:
+    """The session's redis-server, emptied for this test."""
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server_url

@@ -12,12 +12,12 @@ Lost messages: kombu's Redis transport takes a message off the queue (BRPOP) bef
 records it as unacknowledged, so a worker killed in between, or an API killed between
 storing a job and queueing its task, leaves a job ``queued`` with no message anywhere.
 :class:`OrphanSweeper` finds such jobs (queued for a whole redelivery timeout, yet in
-neither queue nor kombu's unacked hash) and queues their task again: a batch item as a
-chunk of one on the bulk queue, a single job on the caption queue. Messages are read by
-decoding their body (a chunk names many jobs; Celery's ``argsrepr`` header is truncated).
-kombu's unacked hash stays the source for messages held by a worker that died: nothing
-else records them until kombu restores them, and a registry kept by the workers would
-vanish with the worker.
+no queue and vouched for by no entry of the running-jobs registry, ``worker.running_jobs``)
+and queues their task again: a batch item as a chunk of one on the bulk queue, a single
+job on the caption queue. Queued messages are read by decoding their body (a chunk names
+many jobs; Celery's ``argsrepr`` header is truncated). kombu's internal ``unacked`` hash is
+not read: a dead worker's registry entries vouch for its jobs until kombu has restored
+their messages, which is all the unacked hash told.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ from redis.asyncio import Redis
 from shared.errors import QueueUnavailable
 from shared.jobs import Job, JobStatus
 from shared.store import REDIS_ERRORS, JobStore
+from worker.running_jobs import read_vouched
 
 logger = logging.getLogger(__name__)
 
-#: The hash where kombu's Redis transport keeps the messages workers hold (its ``unacked_key`` option).
-KOMBU_UNACKED_KEY = "unacked"
+#: How long the sweeper waits before it looks again for jobs it found nowhere: far longer than a message
+#: takes from the queue into a task body and the registry's next write (``FLUSH_INTERVAL_S``).
+RECHECK_S = 2.0
 
 #: Queues one job's task again (its caption task, or a chunk of one for a batch item).
 RequeueFn = Callable[[Job], Awaitable[None]]
@@ -127,7 +129,8 @@ class OrphanSweeper:
         queue_names: Sequence[str],
         requeue: RequeueFn,
         quiet_s: float,
-        recheck_s: float = 1.0,
+        vouch_s: float,
+        recheck_s: float = RECHECK_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -135,19 +138,21 @@ class OrphanSweeper:
         self.queue_names = list(queue_names)
         self.requeue = requeue
         self.quiet_s = quiet_s
+        self.vouch_s = vouch_s
         self.recheck_s = recheck_s
         self.clock = clock
+        self.started_s = clock()
 
     async def sweep(self) -> list[str]:
         """One round: queue again every job queued ``quiet_s`` ago whose message no longer exists; returns their ids."""
         candidates = await self.store.queued_before(self.clock() - self.quiet_s)
         if not candidates:
             return []
-        missing = set(candidates) - await self._held_by_broker()
+        missing = set(candidates) - await self._accounted_for()
         if missing:
-            # A message on its way from Redis to a live worker is recorded within moments: look again.
+            # A message on its way from the queue into a task body is in neither for a moment: look again.
             await asyncio.sleep(self.recheck_s)
-            missing -= await self._held_by_broker()
+            missing -= await self._accounted_for()
         requeued = []
         for job_id in (job_id for job_id in candidates if job_id in missing):
             job = await self.store.get(job_id)
@@ -169,18 +174,30 @@ class OrphanSweeper:
             except (QueueUnavailable, *REDIS_ERRORS):
                 logger.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
 
-    async def _held_by_broker(self) -> set[str]:
-        """Ids of the jobs with a message in a queue or held (unacknowledged) by a worker, read atomically."""
+    async def _accounted_for(self) -> set[str]:
+        """Ids of the jobs with a message in a queue, or vouched for by the running-jobs registry."""
+        # Queues first, in the order messages travel (a task takes its message from a queue, then holds
+        # it); one caught between the two reads is seen by the second look, ``recheck_s`` later.
         async with self.redis.pipeline(transaction=True) as pipe:
             for queue_name in self.queue_names:
                 pipe.lrange(queue_name, 0, -1)
-            pipe.hvals(KOMBU_UNACKED_KEY)
-            *waiting, held = await pipe.execute()
-        return {job_id for raws in [*waiting, held] for raw in raws for job_id in job_ids_in_message(raw)}
+            waiting = await pipe.execute()
+        vouched = await read_vouched(self.redis, self.store.keys, since_s=self._vouching_since())
+        return vouched | {job_id for raws in waiting for raw in raws for job_id in job_ids_in_message(raw)}
+
+    def _vouching_since(self) -> float:
+        """Registry entries written since then still vouch for their job: kombu may not have restored its message.
+
+        ``vouch_s`` assumes kombu sweeps all along, but only running consumers sweep: after every
+        worker was down, an old entry may name a message nobody has restored yet. So until this
+        process, whose own consumer sweeps, has run for ``vouch_s``, every entry vouches.
+        """
+        since_s = self.clock() - self.vouch_s
+        return since_s if since_s >= self.started_s else float("-inf")
 
 
 def job_ids_in_message(raw: bytes) -> list[str]:
-    """The job ids a task message names: a queued kombu message, or an unacked entry ``[message, exchange, key]``.
+    """The job ids a task message names: a kombu message as queued, or wrapped as ``[message, exchange, key]``.
 
     Celery's protocol 2 body is ``[args, kwargs, embed]``; the first argument is a job id (caption
     task) or a list of them (chunk task). Anything else names no job.

@@ -14,9 +14,10 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import socket
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -24,7 +25,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from model.errors import PromptTooLongError
-from shared.celery_config import visibility_timeout_s
+from shared.celery_config import restored_within_s, visibility_timeout_s
 from shared.errors import PromptTooLong
 from shared.heartbeats import WorkerHeartbeats
 from shared.jobs import Job, JobStatus, utc_now
@@ -39,6 +40,7 @@ from worker.chunks import ChunkRunner
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 from worker.pipeline import JobRunner, PrepareFn
 from worker.recovery import OrphanSweeper
+from worker.running_jobs import RunningJobs
 from worker.standins import load_standin
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class CaptionRuntime:
         self._session: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._running: RunningJobs | None = None
 
     def start(self) -> None:
         """Open connections, start batching and the heartbeat (the model is already loaded)."""
@@ -153,14 +156,17 @@ class CaptionRuntime:
         if self._runner is None:
             raise RuntimeError("the caption runtime is not started")
         # A delivery may wait its turn at the gate (worker.recovery) for up to one time limit, then run one.
-        return self._call(self._runner.run(job_id), timeout_s=2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S)
+        timeout_s = 2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S
+        return self._call(self._holding([job_id], self._runner.run(job_id)), timeout_s=timeout_s)
 
     def run_chunk(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
         """Run one delivery of a batch chunk (worker.chunks); called from Celery's pool threads."""
         if self._chunks is None:
             raise RuntimeError("the caption runtime is not started")
         # Past the redelivery timeout the broker hands the chunk to another worker anyway.
-        return self._call(self._chunks.run(job_ids), timeout_s=visibility_timeout_s(self.settings))
+        return self._call(
+            self._holding(job_ids, self._chunks.run(job_ids)), timeout_s=visibility_timeout_s(self.settings)
+        )
 
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
@@ -180,6 +186,13 @@ class CaptionRuntime:
     def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
         """The one bridge from a Celery thread into the loop: run ``coro`` there and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout_s)
+
+    async def _holding(self, job_ids: Sequence[str], delivery: Awaitable[T]) -> T:
+        """Run one delivery with its jobs in the running-jobs registry (worker.running_jobs)."""
+        if self._running is None:
+            raise RuntimeError("the caption runtime is not started")
+        with self._running.holding(job_ids):
+            return await delivery
 
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
@@ -205,13 +218,16 @@ class CaptionRuntime:
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=in_hand)
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
+        holder = f"{self.worker_id}:{secrets.token_hex(4)}"
+        self._running = RunningJobs(redis, self.keys, holder, vouch_s=restored_within_s(self.settings))
         self._sweeper = self._start_sweeper(store)
 
     def _start_sweeper(self, store: JobStore) -> asyncio.Task[None]:
         """Look for jobs whose task message was lost, every half redelivery timeout (worker.recovery)."""
         quiet_s = visibility_timeout_s(self.settings)
         queues = [self.keys.caption_queue(), self.keys.bulk_queue()]
-        sweeper = OrphanSweeper(store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s)
+        vouch_s = restored_within_s(self.settings)
+        sweeper = OrphanSweeper(store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s, vouch_s=vouch_s)
         lock = self.keys.orphan_sweep_lock()
         return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
 
@@ -237,6 +253,8 @@ class CaptionRuntime:
             await WorkerHeartbeats(redis, self.keys).remove(self.worker_id)
         except REDIS_ERRORS:
             logger.warning("could not remove the heartbeat", extra={"worker_id": self.worker_id})
+        if self._running is not None:
+            await self._running.close()
         await self._runner.batcher.stop()
         await self._session.close()
         await redis.aclose()

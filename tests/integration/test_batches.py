@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 
 from scripts.stack import LocalStack
+from shared.batch_results import RESULTS_CHUNK_ITEMS
 from shared.batches import item_job_id
 from tests.integration.chaos import wait_until
 from tests.integration.webhook_receiver import WebhookReceiver
@@ -95,6 +96,32 @@ def test_a_batch_runs_to_the_end_with_counts_pages_ndjson_and_compacted_results(
     assert all_pages(api, batch["results_url"], limit=1000) == paged
     job = api.get(f"/v1/jobs/{item_job_id(batch['id'], 11)}").json()
     assert job["status"] == "succeeded" and job["ref"] == "inline" and job["caption"] == paged[11]["caption"]
+
+
+def test_a_running_batch_compacts_each_results_chunk_as_its_last_item_ends(
+    api: httpx.Client, image_server: HostileServer, redis: Redis, stack: LocalStack
+) -> None:
+    tarpit = image_server.tarpit("batch-compact")
+    items = [{"image_url": image_server.url("/image/shape.png"), "ref": f"r{i}"} for i in range(RESULTS_CHUNK_ITEMS)]
+    items.append({"image_url": image_server.url("/tarpit/batch-compact"), "ref": "held"})
+    batch_id = api.post("/v1/batches", json={"items": items, "max_new_tokens": 8}).json()["id"]
+    try:
+        # Results chunk 0 ends while item 500 hangs: its records go, the batch still runs.
+        first_record = stack.keys.job(item_job_id(batch_id, 0))
+        wait_until(lambda: redis.exists(first_record) == 0, timeout_s=_DEADLINE_S, what="chunk 0 compacted")
+        running = batch_of(api, batch_id)
+        assert running["status"] == "running" and running["counts"]["succeeded"] == RESULTS_CHUNK_ITEMS
+        paged = all_pages(api, running["results_url"], limit=300)
+        assert [item["ref"] for item in paged] == [item["ref"] for item in items]
+        assert all(item["caption"] for item in paged[:-1]) and paged[-1]["status"] in ("queued", "running")
+        streamed = api.get(running["results_url"], headers={"Accept": "application/x-ndjson"})
+        assert [json.loads(line) for line in streamed.text.splitlines()] == paged
+        job = api.get(f"/v1/jobs/{item_job_id(batch_id, 7)}").json()
+        assert job["status"] == "succeeded" and job["ref"] == "r7" and job["caption"] == paged[7]["caption"]
+    finally:
+        tarpit.release()
+    ended = wait_for_status(api, batch_id, "completed")
+    assert ended["counts"]["succeeded"] == RESULTS_CHUNK_ITEMS + 1 and ended["done"] == RESULTS_CHUNK_ITEMS + 1
 
 
 def test_cancel_ends_every_waiting_item_once_and_the_worker_goes_on(

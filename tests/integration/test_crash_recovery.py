@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import pytest
+from redis.asyncio import Redis as AsyncRedis
 
 from scripts.chunks import ChunkSender
-from shared.jobs import JobStatus
+from shared.celery_config import restored_within_s, visibility_timeout_s
+from shared.jobs import Job, JobStatus, utc_now
+from shared.settings import Settings
+from shared.store import JobStore
 from tests.integration.chaos import Chaos, wait_until
 from tests.integration.crashing_worker import POISON_PROMPT
 from tests.servers import HostileServer, Tarpit
-from tests.stack import RELIABILITY_MAX_ATTEMPTS
+from tests.stack import (
+    RELIABILITY_MAX_ATTEMPTS,
+    RELIABILITY_REDELIVERY_S,
+    RELIABILITY_TIME_LIMIT_S,
+    RELIABILITY_WORKER_THREADS,
+)
+from worker.recovery import OrphanSweeper
 
 pytestmark = pytest.mark.slow
 
@@ -111,5 +123,91 @@ def test_every_chunk_item_ends_once_through_two_worker_kills_mid_chunk(
         assert jobs[chunk[0]].attempts == 2
         assert all(jobs[job_id].attempts == 1 for job_id in chunk[1:])
     assert chaos.job_counts()["entered:succeeded"] == len(job_ids)
+    ended = Counter(record["job_id"] for record in chaos.log_events("worker", "job ended"))
+    assert max(ended[job_id] for job_id in job_ids) == 1
+
+
+def held_in_registry(chaos: Chaos) -> set[str]:
+    """Every job id some caption worker's running-jobs registry names (worker.running_jobs)."""
+    keys = chaos.stack.keys
+    holders = [holder.decode() for holder in chaos.redis.zrange(keys.job_holders(), 0, -1)]
+    return {job_id.decode() for holder in holders for job_id in chaos.redis.zrange(keys.held_jobs(holder), 0, -1)}
+
+
+def sweep_now(chaos: Chaos) -> set[str]:
+    """One orphan sweep round, as a caption worker of this stack runs it, now; the ids it would queue again."""
+    settings = Settings(
+        redis_url=chaos.stack.redis_url,
+        key_prefix=chaos.stack.keys.prefix,
+        job_time_limit_s=RELIABILITY_TIME_LIMIT_S,
+        redelivery_timeout_s=RELIABILITY_REDELIVERY_S,
+    )
+    found: set[str] = set()
+
+    async def record(job: Job) -> None:
+        found.add(job.id)
+
+    async def sweep() -> None:
+        redis = AsyncRedis.from_url(chaos.stack.redis_url)
+        try:
+            keys = chaos.stack.keys
+            sweeper = OrphanSweeper(
+                JobStore(redis, keys, settings.job_ttl_s),
+                queue_names=[keys.caption_queue(), keys.bulk_queue()],
+                requeue=record,
+                quiet_s=visibility_timeout_s(settings),
+                vouch_s=restored_within_s(settings),
+                recheck_s=0.5,  # ten registry writes apart; the tarpit's jobs time out after 10 s
+            )
+            sweeper.started_s -= 3_600  # a sweeper long up: only the entries' age counts
+            await sweeper.sweep()
+        finally:
+            await redis.aclose()
+
+    asyncio.run(sweep())
+    return found
+
+
+def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_again(
+    chaos: Chaos, image_server: HostileServer
+) -> None:
+    run = uuid.uuid4().hex
+    tarpit = image_server.tarpit(run)
+    shape = image_server.url("/image/shape.png")
+    sender = ChunkSender(chaos.stack.redis_url, chaos.stack.keys.prefix)
+    # Queued a minute ago, as a backlog would have them: older than the redelivery timeout (12 s) before
+    # a worker even takes them, so a sweep looks at them while their messages are held.
+    backlog = {"created_at": utc_now() - timedelta(seconds=60)}
+    try:
+        # Three chunks hang at the tarpit and fill the bulk images in hand (3 x 8); the other pool
+        # threads hold a chunk each whose jobs wait, still queued, for room.
+        hanging = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(3)]
+        waiting = sender.store([shape] * 8 * (RELIABILITY_WORKER_THREADS - 3), **backlog)
+        sender.send_chunks([job_id for chunk in hanging for job_id in chunk] + waiting, chunk_size=8)
+        with chaos.supervise():
+            wait_until(
+                lambda: tarpit.open == 3 and set(waiting) <= held_in_registry(chaos),
+                timeout_s=90,
+                what="every pool thread holding a chunk, three at the tarpit",
+            )
+            # Stored, never queued: an API killed between storing a job and sending its task.
+            lost = sender.store([shape], **backlog)
+            # Held by a live worker, then by a dead one whose messages kombu has not restored yet: the
+            # registry accounts for the waiting jobs both times, so only the lost job is an orphan.
+            assert sweep_now(chaos) <= set(lost)
+            chaos.kill_worker()
+            assert chaos.count_in(waiting, "queued") == len(waiting)  # held, not started, when the worker died
+            assert sweep_now(chaos) <= set(lost)
+            tarpit.release()
+            job_ids = [*lost, *(job_id for chunk in hanging for job_id in chunk), *waiting]
+            jobs = chaos.wait_all_final(job_ids, timeout_s=150)
+    finally:
+        sender.close()
+    # The workers' own sweeps queued only the lost job again; every waiting job ran once, after kombu put
+    # its chunk back.
+    requeued = {record["job_id"] for record in chaos.log_events("worker", "orphaned job queued again")} & set(job_ids)
+    assert requeued == set(lost)
+    assert all(jobs[job_id].status is JobStatus.SUCCEEDED and jobs[job_id].attempts == 1 for job_id in waiting)
+    assert jobs[lost[0]].status is JobStatus.SUCCEEDED
     ended = Counter(record["job_id"] for record in chaos.log_events("worker", "job ended"))
     assert max(ended[job_id] for job_id in job_ids) == 1

@@ -1,17 +1,12 @@
-"""Fixtures for the API unit tests: a redis-server for the rate limiter's Lua, and the job API over fakeredis."""
+"""Fixtures for the API unit tests: the job API over fakeredis (a real redis-server: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
-import redis
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis as FakeAsyncRedis
 from fastapi import FastAPI
@@ -22,56 +17,6 @@ from shared.keys import Keys
 from shared.settings import Settings
 from shared.store import JobStore
 from tests.fakes import FakeQueue
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s} s")
-
-
-@pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
-    """A throwaway redis-server on a free port (no persistence), killed at the end of the session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, deadline_s=60)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def fresh_redis_url(redis_server_url: str) -> str:
-    """The session's redis-server, emptied for this test."""
-    client = redis.Redis.from_url(redis_server_url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return redis_server_url
-
 
 # --- the job API over fakeredis (no broker, no worker) -------------------------------------
 

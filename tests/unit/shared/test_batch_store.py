@@ -9,6 +9,7 @@ from datetime import timedelta
 import fakeredis.aioredis
 import pytest
 
+from api.batch_closer import BatchCloser
 from shared.batch_results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
 from shared.batch_store import BatchStore
 from shared.batches import (
@@ -193,3 +194,71 @@ def test_compact_rows_round_trip() -> None:
         ),
     ]
     assert decode_rows(batch_id, 0, encode_rows(rows)) == rows
+
+
+def test_a_results_chunk_is_listed_once_when_its_last_item_ends_and_compacts_while_the_batch_runs() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        total = 2 * RESULTS_CHUNK_ITEMS + 3
+        batch = await make_batch(batches, total)
+        # Chunk 1 ends first, out of order; one of its items is canceled rather than captioned.
+        for index in range(RESULTS_CHUNK_ITEMS + 1, 2 * RESULTS_CHUNK_ITEMS):
+            await finish(jobs, item_job_id(batch.id, index), caption=f"caption {index}")
+        assert await redis.llen(KEYS.result_chunks_ended()) == 0
+        last = item_job_id(batch.id, RESULTS_CHUNK_ITEMS)
+        assert await jobs.transition(last, JobStatus.CANCELED)
+        assert await redis.lrange(KEYS.result_chunks_ended(), 0, -1) == [f"{batch.id}:1".encode()]
+        before = await batches.read_results(batch, RESULTS_CHUNK_ITEMS - 2, 5)
+        assert await batches.compact_chunk(batch, 1)
+        assert not await batches.compact_chunk(batch, 1)  # its records are gone: another process did it
+        running = await batches.get(batch.id)
+        assert running is not None and running.state is BatchState.RUNNING
+        assert running.compacted_chunks == frozenset({1}) and not running.is_compacted
+        assert await redis.exists(KEYS.job(last)) == 0
+        assert await redis.exists(KEYS.job(item_job_id(batch.id, 0))) == 1
+        # A page across a live chunk and a compacted one, read with the batch as it was before, and as it is.
+        assert await batches.read_results(batch, RESULTS_CHUNK_ITEMS - 2, 5) == before
+        assert await batches.read_results(running, RESULTS_CHUNK_ITEMS - 2, 5) == before
+        assert [row.status for row in before] == [JobStatus.QUEUED] * 2 + [JobStatus.CANCELED] + [
+            JobStatus.SUCCEEDED
+        ] * 2
+        job = await batches.read_item_job(item_job_id(batch.id, RESULTS_CHUNK_ITEMS + 1))
+        assert job is not None and job.caption == f"caption {RESULTS_CHUNK_ITEMS + 1}" and job.finished_at is None
+        assert await batches.read_item_job(item_job_id(batch.id, 0)) is None  # live: the job record answers
+        # The batch ends: the other chunks are compacted then, and chunk 1 is not written twice.
+        for index in [*range(RESULTS_CHUNK_ITEMS), *range(2 * RESULTS_CHUNK_ITEMS, total)]:
+            await finish(jobs, item_job_id(batch.id, index), caption=f"caption {index}")
+        assert await redis.lrange(KEYS.result_chunks_ended(), 0, -1) == [f"{batch.id}:{c}".encode() for c in (1, 0)]
+        ended = await batches.get(batch.id)
+        assert ended is not None and ended.finished_at is not None
+        await batches.compact(ended)
+        compacted = await batches.get(batch.id)
+        assert compacted is not None and compacted.is_compacted
+        rows = await batches.read_results(compacted, 0, total)
+        assert [row.index for row in rows] == list(range(total))
+        assert rows[RESULTS_CHUNK_ITEMS].status is JobStatus.CANCELED
+        assert all(row.caption == f"caption {row.index}" for row in rows if row.index != RESULTS_CHUNK_ITEMS)
+        assert not [key async for key in redis.scan_iter(match=KEYS.job("*"))]
+
+    run(scenario)
+
+
+def test_the_closer_compacts_listed_chunks_and_picks_up_what_a_dead_api_left() -> None:
+    async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
+        batch = await make_batch(batches, RESULTS_CHUNK_ITEMS + 1)
+        for index in range(RESULTS_CHUNK_ITEMS):
+            await finish(jobs, item_job_id(batch.id, index))
+        # An earlier API process took the entry and died before compacting it.
+        await redis.lmove(KEYS.result_chunks_ended(), KEYS.result_chunks_compacting(), "LEFT", "RIGHT")
+        await redis.rpush(KEYS.result_chunks_ended(), "bat_gone:0", "not an entry")
+        closer = BatchCloser(redis, KEYS, batches, send_task=lambda *args, **kwargs: None)
+        await closer._recover()
+        assert await closer.compact_next() == f"{batch.id}:0"
+        assert await closer.compact_next() == "bat_gone:0"
+        assert await closer.compact_next() == "not an entry"
+        assert await closer.compact_next() is None
+        assert await redis.llen(KEYS.result_chunks_compacting()) == 0
+        current = await batches.get(batch.id)
+        assert current is not None and current.compacted_chunks == frozenset({0})
+        assert await redis.exists(KEYS.job(item_job_id(batch.id, 0))) == 0
+
+    run(scenario)

@@ -1,4 +1,4 @@
-"""The delivery gate: ordinary jobs share the worker, a redelivered (suspect) job runs alone."""
+"""The delivery gate (a redelivered, suspect job runs alone) and the orphan sweep over queues and the registry."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tests.fakes import FakeCaptioner
 from worker.batching import Batcher
 from worker.intake import decode_image
 from worker.pipeline import JobRunner
-from worker.recovery import KOMBU_UNACKED_KEY, DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
+from worker.recovery import DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
+from worker.running_jobs import RunningJobs
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -173,10 +174,22 @@ def _message(job_id: str | list[str]) -> bytes:
     return json.dumps({"body": body, "headers": headers, "properties": {"body_encoding": "base64"}}).encode()
 
 
+#: The sweeper's quiet period and the registry's vouching period in these tests (redelivery timeout 60 s).
+QUIET_S, VOUCH_S = 60.0, 72.0
+
+
 def sweep_with(
-    held: dict[str, str], ages_s: dict[str, float], statuses: dict[str, JobStatus], chunked: tuple[str, ...] = ()
+    held: dict[str, str],
+    ages_s: dict[str, float],
+    statuses: dict[str, JobStatus],
+    chunked: tuple[str, ...] = (),
+    up_s: float = 3_600,
 ) -> list[str]:
-    """Create jobs queued ``ages_s`` ago, put messages where ``held`` says (queue/unacked), sweep once."""
+    """Create jobs queued ``ages_s`` ago, put them where ``held`` says, sweep once with a sweeper up ``up_s``.
+
+    ``held`` values: ``queue`` (a message waiting), ``worker`` (held by a worker now), or
+    ``held:<s>`` (an entry written that many seconds ago by a worker that then died).
+    """
     requeued: list[str] = []
 
     async def scenario() -> None:
@@ -191,24 +204,32 @@ def sweep_with(
             if where == "queue":
                 await redis.lpush("t-captions", _message(job_id))
             else:
-                await redis.hset(KOMBU_UNACKED_KEY, f"tag-{job_id}", json.dumps([json.loads(_message(job_id)), "", ""]))
+                written = _fixed(now - float(where.partition(":")[2] or 0))
+                registry = RunningJobs(redis, Keys("t"), f"host:1:{job_id}", vouch_s=VOUCH_S, clock=written)
+                registry.hold([job_id])
+                await registry.flush()
         if chunked:
             await redis.lpush("t-captions-bulk", _message(list(chunked)))
-            await redis.hset(KOMBU_UNACKED_KEY, "tag-webhook", b"not a task message")
+            await redis.lpush("t-captions-bulk", b"not a task message")
 
         async def requeue(job: Job) -> None:
             requeued.append(job.id)
 
         sweeper = OrphanSweeper(
-            store, queue_names=["t-captions", "t-captions-bulk"], requeue=requeue, quiet_s=60, recheck_s=0,
-            clock=lambda: now,
+            store, queue_names=["t-captions", "t-captions-bulk"], requeue=requeue, quiet_s=QUIET_S, vouch_s=VOUCH_S,
+            recheck_s=0, clock=lambda: now,
         )  # fmt: skip
+        sweeper.started_s = now - up_s
         assert await sweeper.sweep() == requeued
         # Queued again now: the next sweep leaves them alone for another quiet period.
         assert await sweeper.sweep() == []
 
     run(scenario)
     return requeued
+
+
+def _fixed(epoch_s: float) -> Callable[[], float]:
+    return lambda: epoch_s
 
 
 def _at(epoch_s: float) -> datetime:
@@ -220,7 +241,20 @@ JOB_IDS = [f"job_{letter * 22}" for letter in "abcdef"]
 
 def test_a_long_queued_job_with_no_message_anywhere_is_queued_again() -> None:
     lost, waiting, held = JOB_IDS[:3]
-    assert sweep_with({waiting: "queue", held: "unacked"}, {lost: 120, waiting: 120, held: 120}, {}) == [lost]
+    assert sweep_with({waiting: "queue", held: "worker"}, {lost: 120, waiting: 120, held: 120}, {}) == [lost]
+
+
+def test_a_dead_workers_jobs_are_left_to_kombu_until_it_has_restored_them() -> None:
+    restoring, restored_then_lost = JOB_IDS[:2]
+    # Held 70 s ago: kombu may not have restored it yet. Held 80 s ago: kombu has, so it is lost again.
+    held = {restoring: "held:70", restored_then_lost: "held:80"}
+    assert sweep_with(held, {restoring: 300, restored_then_lost: 300}, {}) == [restored_then_lost]
+
+
+def test_a_sweeper_up_for_less_than_the_vouching_time_trusts_every_entry() -> None:
+    # Every worker was down, so nobody has restored the old message yet; this worker's kombu will.
+    old, lost = JOB_IDS[:2]
+    assert sweep_with({old: "held:3000"}, {old: 3600, lost: 3600}, {}, up_s=VOUCH_S - 1) == [lost]
 
 
 def test_every_job_of_a_chunk_waiting_in_the_bulk_queue_counts_as_held() -> None:
