@@ -12,7 +12,8 @@
    worker's metrics), the CPU of the thread that calls the model per image (the serial path), the
    single jobs' start delay under bulk load (in ms and in model batches), and Redis bytes per item
    (``MEMORY USAGE`` of the job records);
-3. **decode capacity**: how many of the same PNGs the machine decodes per second with one thread per
+3. **decode capacity**: how many of the same PNGs the machine decodes and preprocesses per second (the worker's prepare
+   function) with one thread per
    core, to compare with the simulated accelerator's capacity (``batch / MS``).
 
 ``--model null`` does no compute (the pipeline's own ceiling); ``--model sleep:MS`` holds each batch MS
@@ -164,23 +165,24 @@ def redis_bytes_per_item(redis: Redis, keys: Keys, job_ids: list[str]) -> float:
     return round(statistics.fmean(sizes), 1)
 
 
-def decode_capacity(pngs: list[bytes], seconds: float = 3.0) -> float:
-    """Images/s the machine decodes (the worker's decode_image) with one thread per core."""
-    from worker.intake import decode_image
+def decode_capacity(pngs: list[bytes], model: str, seconds: float = 3.0) -> float:
+    """Images/s the machine prepares (the worker's decode + the model's preprocessing) with one thread per core."""
+    from worker.runtime import load_captioner, prepare_fn_for
 
-    settings = Settings()
+    settings = Settings(model=model)
+    prepare = prepare_fn_for(load_captioner(settings), settings)
     threads = os.cpu_count() or 1
     done = [0] * threads
     deadline = time.monotonic() + seconds
 
-    def decode_until(slot: int) -> None:
+    def prepare_until(slot: int) -> None:
         while time.monotonic() < deadline:
-            decode_image(pngs[done[slot] % len(pngs)], settings)
+            prepare(pngs[done[slot] % len(pngs)])
             done[slot] += 1
 
     began = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode_until, range(threads)))
+        list(pool.map(prepare_until, range(threads)))
     return round(sum(done) / (time.monotonic() - began), 1)
 
 
@@ -326,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stack.stop()
         images.stop()
     pngs = drawn_pngs(args.image_size, DISTINCT_IMAGES)
-    capacity = decode_capacity(pngs)
+    capacity = decode_capacity(pngs, args.model)
     report = {
         "model": args.model,
         "batch_size": args.batch_size,
