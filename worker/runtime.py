@@ -37,6 +37,7 @@ from worker import metrics
 from worker.batching import Batcher, CaptionFn
 from worker.chunks import ChunkRunner
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
+from worker.job_writes import CoalescingJobStore
 from worker.pipeline import JobRunner, PrepareFn
 from worker.recovery import OrphanSweeper
 from worker.standins import load_standin
@@ -184,7 +185,7 @@ class CaptionRuntime:
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
         redis = Redis.from_url(self.settings.redis_url)
-        store = JobStore(redis, self.keys, self.settings.job_ttl_s)
+        store = CoalescingJobStore(redis, self.keys, self.settings.job_ttl_s)
         session = make_fetch_session(self.settings)
         batcher = Batcher(
             caption_fn_for(self.captioner, self.settings),
