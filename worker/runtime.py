@@ -139,6 +139,11 @@ class CaptionRuntime:
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
+    @property
+    def items_in_hand(self) -> int:
+        """Bulk images this worker holds at once (worker.chunks): ``bulk_items_in_hand``, else three batches."""
+        return self.settings.bulk_items_in_hand or 3 * self.batch_size
+
     def start(self) -> None:
         """Open connections, start batching and the heartbeat (the model is already loaded)."""
         self._thread.start()
@@ -202,8 +207,7 @@ class CaptionRuntime:
             model_name=self.captioner.name,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
-        in_hand = self.settings.bulk_items_in_hand or 3 * self.batch_size
-        self._chunks = ChunkRunner(self._runner, max_items_in_hand=in_hand)
+        self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         self._sweeper = self._start_sweeper(store)
