@@ -61,9 +61,10 @@ def _request(task_id: str, name: str = CAPTION_CHUNK_TASK) -> Any:
     return SimpleNamespace(id=task_id, name=name)
 
 
-def test_the_share_fills_the_images_in_hand_plus_one_and_leaves_a_thread() -> None:
-    assert max_chunks_held(items_in_hand=96, batch_size=32, pool_threads=64) == 4
-    assert max_chunks_held(items_in_hand=100, batch_size=32, pool_threads=64) == 5
+def test_the_share_is_four_times_the_chunks_in_hand_with_a_quarter_of_the_threads_spare() -> None:
+    assert max_chunks_held(items_in_hand=96, batch_size=32, pool_threads=64) == 12
+    assert max_chunks_held(items_in_hand=100, batch_size=32, pool_threads=64) == 16
+    assert max_chunks_held(items_in_hand=96, batch_size=32, pool_threads=8) == 6
     assert max_chunks_held(items_in_hand=96, batch_size=32, pool_threads=3) == 2
     assert max_chunks_held(items_in_hand=96, batch_size=32, pool_threads=1) == 1
     with pytest.raises(ValueError, match="at least one chunk"):
