@@ -46,7 +46,11 @@ class CoalescingJobStore(JobStore):
     async def _send(self, calls: list[_Call]) -> None:
         try:
             results = await self._run_all(calls)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            for _, _, future in calls:
+                future.cancel()  # the loop is closing: so do the callers
+            raise
+        except Exception as exc:  # each caller gets the error (its map_redis_errors makes it QueueUnavailable)
             for _, _, future in calls:
                 if not future.done():
                     future.set_exception(exc)
