@@ -13,8 +13,8 @@ late, and a chunk not taken is simply still in its queue.
 The count is kept in Celery's consumer thread (the one that receives messages and owns the broker
 channel): a chunk counts from ``task_received``, and stops counting once it has run
 (``task_postrun``) or was revoked. Consuming is switched off there too, before the consumer asks Redis
-for its next message; the end of a chunk, seen in a pool thread, is handed to that thread with the
-event loop's thread-safe ``call_soon``.
+for its next message; the end of a chunk, seen in a pool thread, is handed to the consumer thread
+through its event loop's thread-safe ``call_soon`` (kombu's hub).
 """
 
 from __future__ import annotations
