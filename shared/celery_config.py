@@ -74,8 +74,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": _broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-        # Task events (sent, received, started, succeeded...) and the workers' heartbeats are what
-        # Flower and `celery events` show; without them Flower lists no tasks (docs/reliability.md).
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events (sent, received, started, succeeded...) are what Flower and `celery events` list;
+        # they are opt-in: publishing them cost 1 ms of a worker's CPU per single job, a fifth (bench/README.md).
+        # Flower turns workers' on by itself (its enable_events option); heartbeats are sent either way.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
     }

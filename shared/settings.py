@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(500, ge=1, description="Longest text prompt a job may give, in characters.")
 
     # --- Worker -----------------------------------------------------------------------
+    task_events: bool = Field(False, description="Send Celery task events (Flower's task list): ~1 ms CPU per job.")
     max_batch_size: int | None = Field(
         None, ge=1, le=256, description="Most jobs captioned in one generate call; unset means 16 on GPU and 8 on CPU."
     )

@@ -69,8 +69,14 @@ def _json_default(value: Any) -> Any:
 
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
     """Build a Job from the hash Redis returned."""
-    data = {_text(name): json.loads(_text(value)) for name, value in raw.items()}
-    return Job.model_validate(data)
+    # Every value is JSON already, and the names are ours (plain words): one document for pydantic's
+    # own parser costs a fifth of a json.loads per field, and the worker reads every bulk item's record.
+    fields = b",".join(b'"%s":%s' % (_bytes(name), _bytes(value)) for name, value in raw.items())
+    return Job.model_validate_json(b"{" + fields + b"}")
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _text(value: bytes | str) -> str:
@@ -253,5 +259,9 @@ class JobStore:
             args += [name, value]
         with map_redis_errors():
             keys = [self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_counts()]
-            result = await self._transition(keys=[*keys, *self._common_keys()], args=args)
+            result = await self._eval_transition([*keys, *self._common_keys()], args)
         return bool(result)
+
+    async def _eval_transition(self, keys: list[str], args: list[str]) -> Any:
+        """Run TRANSITION_LUA once (``worker.job_writes`` sends many of them in one round trip instead)."""
+        return await self._transition(keys=keys, args=args)

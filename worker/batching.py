@@ -163,8 +163,10 @@ class Batcher:
             if batch:
                 await self._run_batch(batch)
                 continue
+            # asyncio.timeout, not wait_for: no task per wait (this loop turns once per batch or two).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._next_due_in(now))
+                async with asyncio.timeout(self._next_due_in(now)):
+                    await self._changed.wait()
 
     def _take_ready_batch(self, now: float) -> list[_Pending]:
         """Pop the batch to run now, from a full or overdue group: one with interactive images, else the oldest."""

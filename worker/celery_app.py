@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.celery_config import celery_config
 from shared.settings import Settings
+from worker.broker_clients import ReuseBrokerClients
 from worker.limits import apply_worker_limits
 from worker.tasks import register_caption_task
 from worker.webhook_tasks import install_retry_mover, register_webhook_task
@@ -25,6 +26,8 @@ def make_celery(settings: Settings) -> Celery:
         **app.conf.broker_transport_options,
         "queue_order_strategy": "priority",
     }
+    # kombu builds a redis-py client per acknowledgement otherwise (worker.broker_clients).
+    app.steps["consumer"].add(ReuseBrokerClients)
     apply_worker_limits(app, settings)
     register_caption_task(app, settings)
     register_webhook_task(app, settings)

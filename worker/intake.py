@@ -110,9 +110,8 @@ async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: 
     current, last_status = url, 0
     for _ in range(settings.max_redirects + 1):
         current = checked_url(current, settings)
-        async with session.get(
-            current, allow_redirects=False, timeout=_client_timeout(settings), headers=REQUEST_HEADERS
-        ) as response:
+        # The session's own headers and timeout apply (make_fetch_session): passing them again costs a merge per request.
+        async with session.get(current, allow_redirects=False) as response:
             location = _redirect_location(response)
             if location is None:
                 return await _read_body(response, settings.max_image_bytes)

@@ -4,7 +4,7 @@ Celery's own ``worker_max_memory_per_child`` and task time limits act only on th
 prefork pool (the parent replaces or kills a child process). Every Captionizer worker
 runs the threads pool (the caption worker refuses any other, ``worker.tasks``), so
 neither is set here. The per-job time limit is therefore kept by the pipeline itself
-(``asyncio.wait_for`` with ``job_time_limit_s``, then ``job_timeout``), and the memory
+(``asyncio.timeout`` with ``job_time_limit_s``, then ``job_timeout``), and the memory
 ceiling here: after each task the worker reads its resident memory and, past
 ``worker_max_memory_mb``, starts Celery's warm shutdown, so the jobs in hand finish
 and its supervisor (compose ``restart:``, Container Apps) starts a fresh process.

@@ -100,7 +100,9 @@ class JobRunner:
             # Delivered again and again because its worker keeps dying: a poison job, stop here.
             return await self._fail(job, WorkerCrashed(f"the job's worker died {job.attempts - 1} times"))
         try:
-            done = await asyncio.wait_for(self._caption(job, interactive), self.settings.job_time_limit_s)
+            # asyncio.timeout, not wait_for: the job runs in this task, without a task of its own per job.
+            async with asyncio.timeout(self.settings.job_time_limit_s):
+                done = await self._caption(job, interactive)
         except CaptionizerError as exc:
             return await self._fail(job, exc)
         except TimeoutError:

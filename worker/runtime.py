@@ -38,6 +38,7 @@ from worker import metrics
 from worker.batching import Batcher, CaptionFn
 from worker.chunks import ChunkRunner
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
+from worker.job_writes import CoalescingJobStore
 from worker.pipeline import JobRunner, PrepareFn
 from worker.recovery import OrphanSweeper
 from worker.running_jobs import RunningJobs
@@ -141,6 +142,11 @@ class CaptionRuntime:
         self._sweeper: asyncio.Task[None] | None = None
         self._running: RunningJobs | None = None
 
+    @property
+    def items_in_hand(self) -> int:
+        """Bulk images this worker holds at once (worker.chunks): ``bulk_items_in_hand``, else three batches."""
+        return self.settings.bulk_items_in_hand or 3 * self.batch_size
+
     def start(self) -> None:
         """Open connections, start batching and the heartbeat (the model is already loaded)."""
         self._thread.start()
@@ -197,7 +203,7 @@ class CaptionRuntime:
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
         redis = Redis.from_url(self.settings.redis_url)
-        store = JobStore(redis, self.keys, self.settings.job_ttl_s)
+        store = CoalescingJobStore(redis, self.keys, self.settings.job_ttl_s)
         session = make_fetch_session(self.settings)
         batcher = Batcher(
             caption_fn_for(self.captioner, self.settings),
@@ -214,8 +220,7 @@ class CaptionRuntime:
             model_name=self.captioner.name,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
-        in_hand = self.settings.bulk_items_in_hand or 3 * self.batch_size
-        self._chunks = ChunkRunner(self._runner, max_items_in_hand=in_hand)
+        self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         holder = f"{self.worker_id}:{secrets.token_hex(4)}"

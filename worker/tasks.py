@@ -29,6 +29,7 @@ from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 from worker import metrics
+from worker.bulk_flow import BulkFlow, max_chunks_held
 from worker.recovery import NotAdmittedError
 from worker.runtime import CaptionModel, CaptionRuntime, load_captioner
 
@@ -56,6 +57,7 @@ class CaptionService:
         self.settings = settings
         self.load_model = load_model
         self.runtime: CaptionRuntime | None = None
+        self.bulk_flow: BulkFlow | None = None
 
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
         """Load the model before the worker consumes anything (Celery ``worker_init``).
@@ -76,11 +78,23 @@ class CaptionService:
         runtime = CaptionRuntime(self.settings, self.app.send_task, captioner)
         runtime.start()
         self.runtime = runtime
+        self._hold_few_chunks(runtime, getattr(sender, "concurrency", None) or self.settings.worker_threads)
         if self.settings.worker_metrics_port:
             _serve_metrics(self.settings.worker_metrics_port)
 
+    def _hold_few_chunks(self, runtime: CaptionRuntime, pool_threads: int) -> None:
+        """Keep pool threads free for single jobs under bulk load (worker.bulk_flow)."""
+        limit = max_chunks_held(items_in_hand=runtime.items_in_hand, batch_size=runtime.batch_size,
+                                pool_threads=pool_threads)  # fmt: skip
+        self.bulk_flow = BulkFlow(Keys(self.settings.key_prefix).bulk_queue(), max_chunks=limit)
+        self.bulk_flow.connect()
+        logger.info("bulk flow", extra={"max_chunks_held": limit, "pool_threads": pool_threads})
+
     def on_worker_shutdown(self, **_: Any) -> None:
         """Stop the runtime after the pool has finished its running jobs (Celery ``worker_shutdown``)."""
+        if self.bulk_flow is not None:
+            self.bulk_flow.disconnect()
+            self.bulk_flow = None
         if self.runtime is not None:
             self.runtime.stop()
             self.runtime = None

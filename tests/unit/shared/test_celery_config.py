@@ -29,3 +29,10 @@ def test_a_redelivery_timeout_within_the_job_time_limit_is_refused() -> None:
 def test_tasks_are_acknowledged_late_and_requeued_when_their_worker_is_lost() -> None:
     config = celery_config(Settings())
     assert config["task_acks_late"] is True and config["task_reject_on_worker_lost"] is True
+
+
+def test_task_events_are_off_unless_asked_for() -> None:
+    assert celery_config(Settings())["worker_send_task_events"] is False
+    assert celery_config(Settings())["task_send_sent_event"] is False
+    on = celery_config(Settings(task_events=True))
+    assert on["worker_send_task_events"] is True and on["task_send_sent_event"] is True
