@@ -101,7 +101,7 @@ def build_services(settings: Settings) -> Services:
     )
     events_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
     store = JobStore(redis, keys, settings.job_ttl_s)
-    queue = TaskQueue(settings)
+    queue = TaskQueue(settings, redis)
     key_ring = KeyRing.from_settings(settings)
     if not len(key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")

@@ -167,6 +167,7 @@ def redis_bytes_per_item(redis: Redis, keys: Keys, job_ids: list[str]) -> float:
 def decode_capacity(pngs: list[bytes], seconds: float = 3.0) -> float:
     """Images/s the machine decodes (the worker's decode_image) with one thread per core."""
     from worker.intake import decode_image
+    from worker.standins import NullCaptioner
 
     settings = Settings()
     threads = os.cpu_count() or 1
@@ -175,7 +176,7 @@ def decode_capacity(pngs: list[bytes], seconds: float = 3.0) -> float:
 
     def decode_until(slot: int) -> None:
         while time.monotonic() < deadline:
-            decode_image(pngs[done[slot] % len(pngs)], settings)
+            decode_image(pngs[done[slot] % len(pngs)], settings, model_input_px=NullCaptioner.input_size_px)
             done[slot] += 1
 
     began = time.monotonic()
@@ -216,6 +217,8 @@ def stack_env(args: argparse.Namespace, image_port: str, metrics_port: int) -> d
         "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
         "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_port}",
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
+        # The baseline long-polls more jobs than the default read burst allows.
+        "CAPTIONIZER_RATE_LIMIT_READS_PER_MINUTE": "0",
         "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
         "CAPTIONIZER_LOG_LEVEL": "WARNING",
     }
