@@ -25,6 +25,18 @@ logger = logging.getLogger(__name__)
 # kombu's Redis transport: a queue's bindings, and the separator of a binding's fields (Channel._queue_bind).
 _BINDING_KEYS = ("_kombu.binding.{}", "_kombu.binding_permanent.{}")
 _BINDING_SEP = "\x06\x16"
+# KEYS[1] the queue (a list), KEYS[2] the task-sent events channel, KEYS[3] and KEYS[4] the queue's bindings.
+# ARGV[1] the message, ARGV[2] the event, ARGV[3] the binding to declare ('' = declared already).
+# One script: one reply to parse, and a Redis that refuses the task (full) publishes no event for it.
+_PUBLISH_TASK_LUA = """
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class TaskQueue:
@@ -40,6 +52,7 @@ class TaskQueue:
         self._event_topic = event_topic(int(redis.connection_pool.connection_kwargs.get("db", 0)))
         # kombu declares a queue (its bindings) on a connection's first publish; so do we, once per process.
         self._declared = False
+        self._publish = redis.register_script(_PUBLISH_TASK_LUA)
         # set_as_current=False: this client must not become the process's default app.
         self.celery = Celery("captionizer-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
@@ -74,16 +87,10 @@ class TaskQueue:
         event = task_sent_event(
             CAPTION_TASK, job_id, [job_id], queue, hostname=self._origin, clock=self.celery.clock.forward()
         )
-        # One transaction: a Redis that refuses the task (full) publishes no event for it either.
+        binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
+        keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
         with map_redis_errors("the task queue (Redis)"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                if not self._declared:
-                    binding = _BINDING_SEP.join([queue, "", queue])
-                    for key in _BINDING_KEYS:
-                        pipe.sadd(key.format(queue), binding)
-                pipe.lpush(queue, message)
-                pipe.publish(self._event_topic, event)
-                await pipe.execute()
+            await self._publish(keys=keys, args=[message, event, binding])
         self._declared = True
 
     def close(self) -> None:

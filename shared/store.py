@@ -9,6 +9,7 @@ channel, which the API's long-poll listens to.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -81,6 +82,7 @@ def decode_job(raw: Mapping[bytes | str, bytes | str]) -> Job:
     return Job.model_validate_json(b"{" + members + b"}")
 
 
+@functools.lru_cache(maxsize=256)  # a record's field names are few and always the same
 def _json_name(name: bytes | str) -> bytes:
     return _FIELD_ENCODER.encode(_text(name)).encode()
 

@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.auth import CALLER_ERRORS
 from api.cancellation import cancel_job
 from api.deps import (
-    AppServices,
     CurrentCaller,
     EventsPosition,
     OwnedJob,
@@ -20,6 +19,7 @@ from api.deps import (
     Reader,
     Store,
     check_visible,
+    services_of,
 )
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
 from api.job_events import JobEvents, Position
@@ -135,7 +135,6 @@ async def create_job(
     request: Request,
     response: Response,
     caller: CurrentCaller,
-    services: AppServices,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -158,7 +157,8 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Queue an image for captioning: JSON with ``image_url`` or ``image_base64``, or multipart with ``file``."""
-    # One AppServices rather than a dependency per service: FastAPI resolves each on every request.
+    # The services from the request, not as dependencies: FastAPI resolves each one on every request.
+    services = services_of(request)
     body, upload = await _read_submission(request, services.settings)
     # Taken before the job exists (or, replayed, is read): a later end is one the listener sees.
     since = services.job_events.position()
@@ -211,17 +211,19 @@ async def list_own_jobs(
     responses=problem_responses(errors.JobNotFound, errors.Unauthorized, errors.QueueUnavailable),
 )
 async def read_job(
+    request: Request,
     job: OwnedJob,
-    caller: Reader,
-    services: AppServices,
     since: EventsPosition,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_PARAM_S, description=_WAIT_DESCRIPTION, examples=[30])] = 0,
 ) -> JobPublic:
     """The job as it is now, or as soon as it ends when ``wait`` is given."""
     if wait > 0 and not job.status.is_final:
+        # The services from the request, not as dependencies: FastAPI resolves each one on every request.
+        services = services_of(request)
         wait_s = min(wait, services.settings.max_wait_s)
         waited = await services.job_events.wait_until_final(services.store, job.id, wait_s, seen=job, since=since)
-        job = check_visible(waited, job.id, caller.owner)
+        # OwnedJob checked the job is the caller's.
+        job = check_visible(waited, job.id, job.owner)
     return JobPublic.from_job(job)
 
 
