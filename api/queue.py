@@ -48,7 +48,6 @@ class TaskQueue:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.keys = Keys(settings.key_prefix)
         self.redis = redis
-        self._origin = node_name()
         self._event_topic = event_topic(int(redis.connection_pool.connection_kwargs.get("db", 0)))
         # kombu declares a queue (its bindings) on a connection's first publish; so do we, once per process.
         self._declared = False
@@ -81,12 +80,11 @@ class TaskQueue:
             QueueUnavailable: Redis cannot be reached, or is full.
         """
         queue = self.keys.caption_queue()
-        message = task_message(
-            CAPTION_TASK, job_id, [job_id], queue, origin=self._origin, reply_to=self.celery.thread_oid
-        )
-        event = task_sent_event(
-            CAPTION_TASK, job_id, [job_id], queue, hostname=self._origin, clock=self.celery.clock.forward()
-        )
+        # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
+        origin = node_name()
+        message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
+        clock = self.celery.clock.forward()
+        event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
         binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
         keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
         with map_redis_errors("the task queue (Redis)"):
