@@ -15,6 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import DataError
 from redis.utils import HIREDIS_AVAILABLE
 
 # redis-py's own connection classes (what a redis://, rediss:// or unix:// URL selects); any other
@@ -22,13 +23,18 @@ from redis.utils import HIREDIS_AVAILABLE
 _REDIS_PY_CONNECTIONS = (Connection, SSLConnection, UnixDomainSocketConnection)
 
 
-class _HiredisPacking:
+class _HiredisPacking(AbstractConnection):
     """Mixin: ``pack_command`` (and so pipelines' ``pack_commands``) by hiredis."""
 
     _serializer = HiredisRespSerializer()
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
+        try:
+            packed: list[bytes] = self._serializer.pack(*args)
+        except DataError:
+            # hiredis takes str, bytes, int and float only; redis-py's own packer takes a little more
+            # (int subclasses, memoryviews) and words its refusals its own way: it decides.
+            return super().pack_command(*args)
         return packed
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, ConnectionPool
+from redis.exceptions import DataError
 
 from shared.redis_packing import pack_with_hiredis
 
@@ -48,3 +50,16 @@ def test_a_client_of_another_connection_class_is_left_alone() -> None:
 
     other = Redis(connection_pool=ConnectionPool(connection_class=Other))
     assert pack_with_hiredis(other).connection_pool.connection_class is Other
+
+
+def test_what_hiredis_refuses_is_packed_by_redis_py() -> None:
+    class Count(int):
+        pass
+
+    client = pack_with_hiredis(Redis.from_url("redis://127.0.0.1:1/0"))
+    connection = client.connection_pool.make_connection()
+    plain = Connection()
+    for args in (("SET", "k", Count(3)), ("SET", "k", 1.5, "x"), ("CONFIG GET", "maxmemory")):
+        assert b"".join(connection.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    with pytest.raises(DataError):
+        connection.pack_command("SET", "k", None)
