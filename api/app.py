@@ -25,6 +25,7 @@ from api.services import Services
 from api.submission import JobSubmitter
 from shared.batch_store import BatchStore
 from shared.keys import Keys
+from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
 from shared.store import JobStore
 
@@ -96,12 +97,16 @@ def _lifespan(services: Services) -> Callable[[FastAPI], AbstractAsyncContextMan
 def build_services(settings: Settings) -> Services:
     """The clients and components of one app; nothing connects until first used."""
     keys = Keys(settings.key_prefix)
-    redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S, socket_timeout=_REDIS_COMMAND_TIMEOUT_S
+    redis = pack_with_hiredis(
+        Redis.from_url(
+            settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S, socket_timeout=_REDIS_COMMAND_TIMEOUT_S
+        )
     )
-    events_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
+    events_redis = pack_with_hiredis(
+        Redis.from_url(settings.redis_url, socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S)
+    )
     store = JobStore(redis, keys, settings.job_ttl_s)
-    queue = TaskQueue(settings)
+    queue = TaskQueue(settings, redis)
     key_ring = KeyRing.from_settings(settings)
     if not len(key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from api.auth import ANONYMOUS_OWNER, Caller, check_same_origin
 from api.batches import BatchSubmitter
-from api.job_events import JobEvents
+from api.job_events import JobEvents, Position
 from api.queue import TaskQueue
 from api.services import Services
 from api.submission import JobSubmitter
@@ -37,58 +37,66 @@ MAX_JOB_ID_PATH_CHARS = 1024
 _bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def get_services(request: Request) -> Services:
-    """The services ``create_app`` built for this app."""
+def services_of(request: Request) -> Services:
+    """The services ``create_app`` built for the request's app."""
     services: Services = request.app.state.services
     return services
+
+
+# Every dependency here is ``async def`` although none awaits, and takes the request rather than
+# AppServices: FastAPI runs a plain ``def`` dependency in a worker thread, and resolves each
+# sub-dependency on every request, which together cost more CPU than the request's own work.
+async def get_services(request: Request) -> Services:
+    """The services ``create_app`` built for this app."""
+    return services_of(request)
 
 
 AppServices = Annotated[Services, Depends(get_services)]
 
 
-def get_app_settings(services: AppServices) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
-    return services.settings
+    return services_of(request).settings
 
 
-def get_keys(services: AppServices) -> Keys:
+async def get_keys(request: Request) -> Keys:
     """Redis key names under the app's prefix."""
-    return services.keys
+    return services_of(request).keys
 
 
-def get_redis(services: AppServices) -> Redis:
+async def get_redis(request: Request) -> Redis:
     """The app's Redis client (for probes and metrics; jobs go through the store)."""
-    return services.redis
+    return services_of(request).redis
 
 
-def get_store(services: AppServices) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     """The job store over the app's Redis client."""
-    return services.store
+    return services_of(request).store
 
 
-def get_queue(services: AppServices) -> TaskQueue:
+async def get_queue(request: Request) -> TaskQueue:
     """The Celery client that publishes tasks."""
-    return services.queue
+    return services_of(request).queue
 
 
-def get_job_events(services: AppServices) -> JobEvents:
+async def get_job_events(request: Request) -> JobEvents:
     """The process's job-events listener (for long-polls)."""
-    return services.job_events
+    return services_of(request).job_events
 
 
-def get_submitter(services: AppServices) -> JobSubmitter:
+async def get_submitter(request: Request) -> JobSubmitter:
     """Validates, stores and queues new jobs."""
-    return services.submitter
+    return services_of(request).submitter
 
 
-def get_batch_store(services: AppServices) -> BatchStore:
+async def get_batch_store(request: Request) -> BatchStore:
     """Batch records, their counts and their compacted results."""
-    return services.batch_store
+    return services_of(request).batch_store
 
 
-def get_batch_submitter(services: AppServices) -> BatchSubmitter:
+async def get_batch_submitter(request: Request) -> BatchSubmitter:
     """Validates, stores, queues and cancels batches."""
-    return services.batch_submitter
+    return services_of(request).batch_submitter
 
 
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
@@ -98,7 +106,7 @@ Store = Annotated[JobStore, Depends(get_store)]
 Queue = Annotated[TaskQueue, Depends(get_queue)]
 
 
-def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSecrets:
+async def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSecrets:
     """Every owner's webhook signing secrets, in the job store's Redis."""
     return WebhookSecrets(store.redis, store.keys, settings.webhook_secret_grace_s)
 
@@ -110,12 +118,12 @@ Batches = Annotated[BatchStore, Depends(get_batch_store)]
 BatchSubmitterDep = Annotated[BatchSubmitter, Depends(get_batch_submitter)]
 
 
-async def authenticate(
-    request: Request,
-    services: AppServices,
-    _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-) -> Caller:
-    """The caller, or 401 ``unauthorized``; without a key, 403 ``cross_site_request`` for other sites' pages."""
+#: The bearer scheme as a dependency: it documents the scheme; the key itself is read by :func:`_authenticated`.
+BearerDocumented = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)]
+
+
+def _authenticated(request: Request) -> Caller:
+    services = services_of(request)
     values = request.headers.getlist("authorization")
     if len(values) > 1:
         # Two credentials are ambiguous: proxies and apps may each pick a different one.
@@ -127,9 +135,14 @@ async def authenticate(
     return caller
 
 
-async def require_caller(
-    request: Request, caller: Annotated[Caller, Depends(authenticate)], services: AppServices
-) -> Caller:
+async def authenticate(request: Request, _documented: BearerDocumented) -> Caller:
+    """The caller, or 401 ``unauthorized``; without a key, 403 ``cross_site_request`` for other sites' pages."""
+    return _authenticated(request)
+
+
+# require_caller and require_reader authenticate by a plain call, not through the authenticate
+# dependency: FastAPI resolves every dependency of every request, at a cost comparable to the check.
+async def require_caller(request: Request, _documented: BearerDocumented) -> Caller:
     """The caller, authenticated and within its submit budget (for the job API).
 
     Raises:
@@ -137,13 +150,12 @@ async def require_caller(
         CrossSiteRequest: 403 ``cross_site_request``.
         RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
     """
-    await services.rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
+    caller = _authenticated(request)
+    await services_of(request).rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
     return caller
 
 
-async def require_reader(
-    request: Request, caller: Annotated[Caller, Depends(authenticate)], services: AppServices
-) -> Caller:
+async def require_reader(request: Request, _documented: BearerDocumented) -> Caller:
     """The caller, authenticated and within its read budget (not the submit one): for reading its own jobs.
 
     Raises:
@@ -151,7 +163,8 @@ async def require_reader(
         CrossSiteRequest: 403 ``cross_site_request``.
         RateLimited: 429 ``rate_limited`` with ``retry_after_s``.
     """
-    await services.read_rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
+    caller = _authenticated(request)
+    await services_of(request).read_rate_limiter.check(caller.owner, request.scope.setdefault("state", {}))
     return caller
 
 
@@ -177,20 +190,31 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+async def get_events_position(request: Request) -> Position | None:
+    """The job-events listener's position, taken once per request (FastAPI caches it) before the job is read."""
+    return services_of(request).job_events.position()
+
+
+#: Where the job-events listener was before the request read its job: a long-poll passes it on, to skip a re-read.
+EventsPosition = Annotated[Position | None, Depends(get_events_position)]
+
+
 async def get_owned_job(
-    services: AppServices,
+    request: Request,
     job_id: Annotated[str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The job's id, as POST answered it.")],
     caller: Reader,
-    store: Store,
+    _since: EventsPosition,
 ) -> Job:
     """The path's job if the caller owns it, else 404 ``job_not_found`` (OWASP API1:2023, BOLA).
 
     Every ``/v1/jobs/{job_id}`` route takes its job through this one dependency, so none can
     forget the owner check, and it runs before any long-poll: waiting on another key's job
-    would reveal, by timing, that it exists.
+    would reveal, by timing, that it exists. ``_since`` is only taken here, before the read; a route
+    that long-polls gets the same (cached) value.
     """
     check_job_id(job_id)
-    job = await store.get(job_id)
+    services = services_of(request)
+    job = await services.store.get(job_id)
     if job is None:
         # A batch item whose results were compacted when its batch ended (shared.batch_results).
         job = await services.batch_store.read_item_job(job_id)

@@ -1,16 +1,20 @@
-"""The API's side of the Celery queue: it sends tasks by name and never imports the worker."""
+"""The API's side of the Celery queue: it sends tasks by name and never imports the worker.
+
+Caption tasks, one per job, are written directly in Celery's own format (:mod:`api.task_messages`) by
+the app's asyncio Redis client; every other task (webhooks, batch chunks) goes through Celery's
+``send_task``.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import anyio.to_thread
 from celery import Celery
-from kombu.exceptions import KombuError
+from redis.asyncio import Redis
 
+from api.task_messages import event_topic, node_name, task_message, task_sent_event
 from shared.celery_config import celery_config
-from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import Settings
 from shared.store import map_redis_errors
@@ -18,11 +22,36 @@ from shared.store import map_redis_errors
 logger = logging.getLogger(__name__)
 
 
-class TaskQueue:
-    """Publishes caption tasks (and, for ``shared.webhooks``, any task) by name."""
+# kombu's Redis transport: a queue's bindings, and the separator of a binding's fields (Channel._queue_bind).
+_BINDING_KEYS = ("_kombu.binding.{}", "_kombu.binding_permanent.{}")
+_BINDING_SEP = "\x06\x16"
+# KEYS[1] the queue (a list), KEYS[2] the task-sent events channel, KEYS[3] and KEYS[4] the queue's bindings.
+# ARGV[1] the message, ARGV[2] the event, ARGV[3] the binding to declare ('' = declared already).
+# One script: one reply to parse, and a Redis that refuses the task (full) publishes no event for it.
+_PUBLISH_TASK_LUA = """
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return 1
+"""
 
-    def __init__(self, settings: Settings) -> None:
+
+class TaskQueue:
+    """Publishes caption tasks (and, for ``shared.webhooks``, any task) by name.
+
+    ``redis`` (the app's asyncio client, which its owner closes) carries the caption tasks.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
         self.keys = Keys(settings.key_prefix)
+        self.redis = redis
+        self._event_topic = event_topic(int(redis.connection_pool.connection_kwargs.get("db", 0)))
+        # kombu declares a queue (its bindings) on a connection's first publish; so do we, once per process.
+        self._declared = False
+        self._publish = redis.register_script(_PUBLISH_TASK_LUA)
         # set_as_current=False: this client must not become the process's default app.
         self.celery = Celery("captionizer-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
@@ -43,17 +72,24 @@ class TaskQueue:
         return self.celery.send_task(name, args=args, queue=queue, argsrepr=argsrepr)
 
     async def enqueue_caption(self, job_id: str) -> None:
-        """Queue the caption task of ``job_id``, off the event loop (kombu's publish blocks)."""
-        try:
-            with map_redis_errors("the task queue (Redis)"):
-                await anyio.to_thread.run_sync(self._send_caption, job_id)
-        except KombuError as exc:
-            # kombu wraps the broker's errors (a full Redis's OOM included) in its OperationalError.
-            raise QueueUnavailable("the task queue (Redis) cannot be reached") from exc
+        """Queue the caption task of ``job_id`` and publish its ``task-sent`` event, in one round trip.
 
-    def _send_caption(self, job_id: str) -> None:
-        # The task id is the job id, so broker-side traces name the job.
-        self.celery.send_task(CAPTION_TASK, args=[job_id], task_id=job_id, queue=self.keys.caption_queue())
+        The task id is the job id, so broker-side traces name the job.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached, or is full.
+        """
+        queue = self.keys.caption_queue()
+        # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
+        origin = node_name()
+        message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
+        clock = self.celery.clock.forward()
+        event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
+        binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
+        keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
+        with map_redis_errors("the task queue (Redis)"):
+            await self._publish(keys=keys, args=[message, event, binding])
+        self._declared = True
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -6,7 +6,6 @@ import logging
 import math
 from datetime import timedelta
 
-from api.backlog import check_queue_room
 from api.idempotency import IDEMPOTENCY_TTL_S, IdempotencyKeys, read_replayed, request_fingerprint
 from api.model_limits import check_prompt_against_model
 from api.queue import TaskQueue
@@ -73,8 +72,14 @@ class JobSubmitter:
         return job if replayed is None else await read_replayed(self.store.get, replayed, owner, id_field="job_id")
 
     async def _accept(self, job: Job, upload: bytes | None) -> None:
-        await check_queue_room(self.store.redis, self.store.keys, self.settings.max_queue_depth)
-        await self.store.create(job, upload=upload, upload_ttl_s=self.settings.upload_ttl_s, shares=self.shares)
+        # The queue's depth is checked by the create script itself: one round trip.
+        await self.store.create(
+            job,
+            upload=upload,
+            upload_ttl_s=self.settings.upload_ttl_s,
+            shares=self.shares,
+            max_queue_depth=self.settings.max_queue_depth,
+        )
         try:
             await self.queue.enqueue_caption(job.id)
         except QueueUnavailable as exc:

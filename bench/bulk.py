@@ -4,7 +4,9 @@
 (``scripts.stack.LocalStack``) and a local image server (``bench.image_server``, its own process), then:
 
 1. **singles** (the baseline): ``--singles`` jobs through ``POST /v1/jobs`` and a long-poll each, from
-   ``--clients`` concurrent clients: jobs/s and CPU ms per job in the API, the worker and Redis;
+   ``--clients`` concurrent clients: jobs/s and CPU ms per job in the API, the worker and Redis; then
+   twice as many bare ``GET /healthz`` from as many clients: the API's CPU for two requests that do
+   no work (its HTTP stack's own cost, the floor of a job's POST + long-poll);
 2. **bulk**: ``--items`` jobs of ``--image-size`` PNGs by URL, stored and sent as chunks of ``--chunk-size``
    to the bulk queue through ``shared/`` (``scripts.chunks``, what the batch API does), while
    ``--probe-rate`` single jobs per second are posted: items/s, CPU ms per item of every process
@@ -301,8 +303,26 @@ def _bulk_figures(
     }
 
 
+async def run_bare_requests(api_url: str, requests: int, clients: int) -> None:
+    """GET /healthz ``requests`` times from ``clients`` concurrent clients (no Redis, no dependency)."""
+    left = [requests]
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            (await http.get("/healthz")).raise_for_status()
+
+    async with httpx.AsyncClient(base_url=api_url, timeout=120) as http:
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+
+
 def run_singles_phase(args: argparse.Namespace, stack: LocalStack, base: str, cpu: CpuMeter) -> dict[str, Any]:
-    """Phase 1, the baseline: single jobs through the API, POST and long-poll each."""
+    """Phase 1, the baseline: single jobs through the API, POST and long-poll each.
+
+    Then as many pairs of bare requests (``GET /healthz``) from as many clients: the API's CPU for
+    those is what its HTTP stack (uvicorn, Starlette, FastAPI, the middlewares) costs a job's two
+    requests before any work of its own.
+    """
     urls = [f"{base}/img/{n}.png" for n in range(args.singles)]
     cpu.start()
     began = time.perf_counter()
@@ -310,11 +330,15 @@ def run_singles_phase(args: argparse.Namespace, stack: LocalStack, base: str, cp
     wall_s = time.perf_counter() - began
     per_job = cpu.per_item_ms(args.singles)
     busy = {name: ms for name, ms in per_job.items() if name != "images"}
+    cpu.start()
+    asyncio.run(run_bare_requests(stack.api_url, 2 * args.singles, args.clients))
+    bare = cpu.per_item_ms(args.singles)
     return {
         "jobs": args.singles,
         "jobs_per_s": round(args.singles / wall_s, 1),
         "cpu_ms_per_job": per_job,
         "cpu_ms_per_job_api_worker_redis": round(sum(busy.values()), 3),
+        "api_cpu_ms_per_two_bare_requests": bare["api"],
     }
 
 

@@ -67,12 +67,19 @@ return 1
 # per owner, KEYS[6] pending upload bytes per owner ('*' holds the total). ARGV[1] job TTL s,
 # ARGV[2] upload TTL s, ARGV[3] owner, ARGV[4] status, ARGV[5] job id, ARGV[6] queued-at (epoch s),
 # ARGV[7] the upload ('' = none), ARGV[8] most queued jobs per owner, ARGV[9] most upload bytes per
-# owner, ARGV[10] most upload bytes in all (0 = no limit), ARGV[11..] field/value pairs (JSON values).
+# owner, ARGV[10] most upload bytes in all (0 = no limit), ARGV[11] most tasks waiting in the caption
+# queue KEYS[8] (0 = no limit), ARGV[12..] field/value pairs (JSON values).
 # KEYS[7] the owner's job index (sorted set, score: created at).
-# Returns {0} when stored, else {1|2|3, what the owner or everyone holds}: 1 the owner's queue share,
-# 2 its upload share, 3 the total upload budget. Checking and counting in one script means
-# concurrent requests of one key can never pass its share together.
+# Returns {0} when stored, else {1|2|3|4, what the owner or everyone holds}: 1 the owner's queue share,
+# 2 its upload share, 3 the total upload budget, 4 the caption queue's depth (tasks waiting). Checking
+# and counting in one script means concurrent requests of one key can never pass its share together,
+# and the queue check costs no round trip of its own.
 CREATE_LUA = """
+local max_waiting = tonumber(ARGV[11])
+if max_waiting > 0 then
+  local waiting = redis.call('LLEN', KEYS[8])
+  if waiting >= max_waiting then return {4, waiting} end
+end
 local upload_bytes = string.len(ARGV[7])
 local max_queued, max_owner_bytes, max_bytes = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local limited = max_queued > 0 or max_owner_bytes > 0 or max_bytes > 0
@@ -86,7 +93,7 @@ if limited and upload_bytes > 0 then
   local total = tonumber(redis.call('HGET', KEYS[6], '*') or '0')
   if max_bytes > 0 and total + upload_bytes > max_bytes then return {3, total} end
 end
-for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if upload_bytes > 0 then redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[2]) end
 redis.call('HINCRBY', KEYS[3], 'entered:' .. ARGV[4], 1)

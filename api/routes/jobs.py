@@ -11,9 +11,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import CALLER_ERRORS
 from api.cancellation import cancel_job
-from api.deps import AppSettings, CurrentCaller, Events, OwnedJob, Queue, Reader, Store, Submitter, check_visible
+from api.deps import (
+    CurrentCaller,
+    EventsPosition,
+    OwnedJob,
+    Queue,
+    Reader,
+    Store,
+    check_visible,
+    services_of,
+)
 from api.idempotency import IDEMPOTENCY_KEY_PATTERN
-from api.job_events import JobEvents
+from api.job_events import JobEvents, Position
 from api.job_list import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
 from api.openapi import LOCATION_HEADER, PREFERENCE_APPLIED_HEADER
 from api.prefer import preference_applied, preferred_wait_s
@@ -126,10 +135,6 @@ async def create_job(
     request: Request,
     response: Response,
     caller: CurrentCaller,
-    submitter: Submitter,
-    settings: AppSettings,
-    store: Store,
-    events: Events,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -152,27 +157,28 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Queue an image for captioning: JSON with ``image_url`` or ``image_base64``, or multipart with ``file``."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    upload: bytes | None = None
-    if media_type == "multipart/form-data":
-        body, upload = await _read_multipart(request, settings)
-    elif media_type == "application/json" or media_type.endswith("+json"):
-        body = _parse_json(await request.body())
-    else:
-        raise UnsupportedMediaType("send application/json or multipart/form-data")
-    job = await submitter.submit(body, caller.owner, upload, idempotency_key=idempotency_key)
+    # The services from the request, not as dependencies: FastAPI resolves each one on every request.
+    services = services_of(request)
+    body, upload = await _read_submission(request, services.settings)
+    # Taken before the job exists (or, replayed, is read): a later end is one the listener sees.
+    since = services.job_events.position()
+    job = await services.submitter.submit(body, caller.owner, upload, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     wait_s = preferred_wait_s(request.headers.getlist("prefer"))
     if wait_s is not None:
-        job = await _wait_as_preferred(job, min(wait_s, settings.max_wait_s), response, store, events)
+        wait_s = min(wait_s, services.settings.max_wait_s)
+        job = await _wait_as_preferred(job, since, wait_s, response, services.store, services.job_events)
     return JobPublic.from_job(job)
 
 
-async def _wait_as_preferred(job: Job, wait_s: float, response: Response, store: JobStore, events: JobEvents) -> Job:
+async def _wait_as_preferred(
+    job: Job, since: Position | None, wait_s: float, response: Response, store: JobStore, events: JobEvents
+) -> Job:
     """``Prefer: wait`` honoured: the job once it ends (then 200) or after ``wait_s``, and Preference-Applied."""
     response.headers["Preference-Applied"] = preference_applied(wait_s)
     if wait_s > 0 and not job.status.is_final:
-        job = check_visible(await events.wait_until_final(store, job.id, wait_s), job.id, job.owner)
+        ended = await events.wait_until_final(store, job.id, wait_s, seen=job, since=since)
+        job = check_visible(ended, job.id, job.owner)
     if job.status.is_final:
         response.status_code = 200
     return job
@@ -205,17 +211,19 @@ async def list_own_jobs(
     responses=problem_responses(errors.JobNotFound, errors.Unauthorized, errors.QueueUnavailable),
 )
 async def read_job(
+    request: Request,
     job: OwnedJob,
-    caller: Reader,
-    store: Store,
-    events: Events,
-    settings: AppSettings,
+    since: EventsPosition,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_PARAM_S, description=_WAIT_DESCRIPTION, examples=[30])] = 0,
 ) -> JobPublic:
     """The job as it is now, or as soon as it ends when ``wait`` is given."""
     if wait > 0 and not job.status.is_final:
-        waited = await events.wait_until_final(store, job.id, min(wait, settings.max_wait_s))
-        job = check_visible(waited, job.id, caller.owner)
+        # The services from the request, not as dependencies: FastAPI resolves each one on every request.
+        services = services_of(request)
+        wait_s = min(wait, services.settings.max_wait_s)
+        waited = await services.job_events.wait_until_final(services.store, job.id, wait_s, seen=job, since=since)
+        # OwnedJob checked the job is the caller's.
+        job = check_visible(waited, job.id, job.owner)
     return JobPublic.from_job(job)
 
 
@@ -235,6 +243,16 @@ async def cancel(job: OwnedJob, caller: CurrentCaller, store: Store, queue: Queu
     """
     canceled = await cancel_job(store, queue.send_task, job)
     return JobPublic.from_job(canceled)
+
+
+async def _read_submission(request: Request, settings: Settings) -> tuple[JobCreate, bytes | None]:
+    """The request's job and, from a multipart form, its image."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _parse_json(await request.body()), None
+    raise UnsupportedMediaType("send application/json or multipart/form-data")
 
 
 def _parse_json(raw: bytes) -> JobCreate:

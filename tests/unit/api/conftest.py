@@ -62,7 +62,7 @@ def api_harness(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> ApiH
     queue = FakeQueue()
     redis_class = SimpleNamespace(from_url=lambda *args, **kwargs: FakeAsyncRedis(server=server))
     monkeypatch.setattr(api.app, "Redis", redis_class)
-    monkeypatch.setattr(api.app, "TaskQueue", lambda settings: queue)
+    monkeypatch.setattr(api.app, "TaskQueue", lambda settings, redis: queue)
     return ApiHarness(api.app.create_app(api_settings), api_settings, server, queue)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
 from redis.asyncio import Redis
 
+from api import job_events
 from api.job_events import JobEvents
 from shared.jobs import Job, JobStatus
 from shared.keys import Keys
@@ -98,5 +100,77 @@ def test_stopping_wakes_every_waiter_with_the_job_as_it_is(redis_server_url: str
             await events.stop()
             assert changed.is_set() and also_changed.is_set()
         assert events._waiters == {}
+
+    run(redis_server_url, scenario)
+
+
+class _CountingStore:
+    """The store, counting reads (the waiter's re-reads are what the listener's position saves)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.reads = 0
+
+    async def get(self, job_id: str) -> Job | None:
+        self.reads += 1
+        return await self.store.get(job_id)
+
+
+def test_a_job_read_after_the_position_is_not_read_again_before_it_ends(redis_server_url: str) -> None:
+    async def scenario(events: JobEvents, store: JobStore) -> None:
+        await _queued(store, "job_a")
+        since = events.position()
+        seen = await store.get("job_a")
+        counting = _CountingStore(store)
+        waiting = asyncio.create_task(
+            events.wait_until_final(counting, "job_a", timeout_s=20, seen=seen, since=since)  # type: ignore[arg-type]
+        )
+        await _until(lambda: "job_a" in events._waiters)
+        assert counting.reads == 0
+        assert await store.transition("job_a", JobStatus.RUNNING)
+        assert await store.transition("job_a", JobStatus.SUCCEEDED, caption="a cat")
+        done = await waiting
+        assert done is not None and done.status is JobStatus.SUCCEEDED
+        assert counting.reads == 1  # the read of the ended job only
+
+    run(redis_server_url, scenario)
+
+
+def test_an_end_between_the_position_and_the_wait_is_never_missed(redis_server_url: str) -> None:
+    async def scenario(events: JobEvents, store: JobStore) -> None:
+        await _queued(store, "job_a")
+        since = events.position()
+        seen = await store.get("job_a")
+        assert await store.transition("job_a", JobStatus.CANCELED)
+        await _until(lambda: "job_a" in events._recent_ends)
+        done = await events.wait_until_final(store, "job_a", timeout_s=20, seen=seen, since=since)
+        assert done is not None and done.status is JobStatus.CANCELED
+
+    run(redis_server_url, scenario)
+
+
+def test_a_lost_subscription_or_too_many_ends_since_the_position_means_a_re_read(
+    redis_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_events, "RECENT_ENDS", 2)
+
+    async def scenario(events: JobEvents, store: JobStore) -> None:
+        await _queued(store, "job_a")
+        since = events.position()
+        seen = await store.get("job_a")
+        assert seen is not None and since is not None
+        for other in ("job_b", "job_c", "job_d"):
+            await _queued(store, other)
+            assert await store.transition(other, JobStatus.CANCELED)
+        await _until(lambda: "job_d" in events._recent_ends)
+        assert events._may_have_ended("job_a", since)
+        assert not events._may_have_ended("job_a", events.position())
+        stale = job_events.Position(since.subscription - 1, events.position().ends_seen)  # type: ignore[union-attr]
+        assert events._may_have_ended("job_a", stale)
+        assert events._may_have_ended("job_a", None)
+        # A final job it re-reads comes back at once.
+        assert await store.transition("job_a", JobStatus.CANCELED)
+        done = await events.wait_until_final(store, "job_a", timeout_s=20, seen=seen, since=since)
+        assert done is not None and done.status is JobStatus.CANCELED
 
     run(redis_server_url, scenario)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from api.queue import TaskQueue
 from shared.errors import QueueUnavailable
@@ -31,7 +32,23 @@ def redis(redis_server_url: str) -> Iterator[Redis]:
 
 
 def _queue(redis_url: str) -> TaskQueue:
-    return TaskQueue(Settings(redis_url=redis_url, key_prefix=PREFIX))
+    # The caption path's asyncio client is never used by these (they only call send_task).
+    return TaskQueue(Settings(redis_url=redis_url, key_prefix=PREFIX), AsyncRedis.from_url(redis_url))
+
+
+def _enqueue_caption(redis_url: str, job_id: str) -> None:
+    """``enqueue_caption`` with the app's kind of asyncio client, closed after."""
+
+    async def enqueue() -> None:
+        client = AsyncRedis.from_url(redis_url, socket_connect_timeout=2)
+        queue = TaskQueue(Settings(redis_url=redis_url, key_prefix=PREFIX), client)
+        try:
+            await queue.enqueue_caption(job_id)
+        finally:
+            queue.close()
+            await client.aclose()
+
+    asyncio.run(enqueue())
 
 
 def _messages(redis: Redis, queue_name: str) -> list[dict[str, object]]:
@@ -39,11 +56,7 @@ def _messages(redis: Redis, queue_name: str) -> list[dict[str, object]]:
 
 
 def test_a_caption_task_is_published_by_name_with_the_job_id_as_task_id(redis: Redis, redis_server_url: str) -> None:
-    queue = _queue(redis_server_url)
-    try:
-        asyncio.run(queue.enqueue_caption("job_abc"))
-    finally:
-        queue.close()
+    _enqueue_caption(redis_server_url, "job_abc")
     [message] = _messages(redis, Keys(PREFIX).caption_queue())
     headers = message["headers"]
     assert isinstance(headers, dict)
@@ -64,22 +77,16 @@ def test_send_task_publishes_any_task_on_the_named_queue(redis: Redis, redis_ser
 
 def test_an_unreachable_broker_is_queue_unavailable() -> None:
     # The publish retry policy gives up after two quick retries (pytest-timeout bounds the wait).
-    queue = _queue("redis://127.0.0.1:1/0")
-    try:
-        with pytest.raises(QueueUnavailable):
-            asyncio.run(queue.enqueue_caption("job_abc"))
-    finally:
-        queue.close()
+    with pytest.raises(QueueUnavailable):
+        _enqueue_caption("redis://127.0.0.1:1/0", "job_abc")
 
 
 def test_a_full_broker_is_queue_unavailable(redis: Redis, redis_server_url: str) -> None:
-    queue = _queue(redis_server_url)
     redis.config_set("maxmemory-policy", "noeviction")
     redis.config_set("maxmemory", "1")
     try:
         with pytest.raises(QueueUnavailable):
-            asyncio.run(queue.enqueue_caption("job_abc"))
+            _enqueue_caption(redis_server_url, "job_abc")
     finally:
         redis.config_set("maxmemory", "0")
-        queue.close()
     assert redis.llen(Keys(PREFIX).caption_queue()) == 0
