@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 _BINDING_KEYS = ("_kombu.binding.{}", "_kombu.binding_permanent.{}")
 _BINDING_SEP = "\x06\x16"
 # KEYS[1] the queue (a list), KEYS[2] the task-sent events channel, KEYS[3] and KEYS[4] the queue's bindings.
-# ARGV[1] the message, ARGV[2] the event, ARGV[3] the binding to declare ('' = declared already).
+# ARGV[1] the message, ARGV[2] the event ('' = none: task events are off), ARGV[3] the binding to declare
+# ('' = declared already).
 # One script: one reply to parse, and a Redis that refuses the task (full) publishes no event for it.
 _PUBLISH_TASK_LUA = """
 if ARGV[3] ~= '' then
@@ -34,7 +35,7 @@ if ARGV[3] ~= '' then
   redis.call('SADD', KEYS[4], ARGV[3])
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
+if ARGV[2] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -51,6 +52,8 @@ class TaskQueue:
         self._event_topic = event_topic(int(redis.connection_pool.connection_kwargs.get("db", 0)))
         # kombu declares a queue (its bindings) on a connection's first publish; so do we, once per process.
         self._declared = False
+        # As Celery's task_send_sent_event: the task-sent event only when task events are on (Flower).
+        self._sends_events = settings.task_events
         self._publish = redis.register_script(_PUBLISH_TASK_LUA)
         # set_as_current=False: this client must not become the process's default app.
         self.celery = Celery("captionizer-api", set_as_current=False)
@@ -72,7 +75,7 @@ class TaskQueue:
         return self.celery.send_task(name, args=args, queue=queue, argsrepr=argsrepr)
 
     async def enqueue_caption(self, job_id: str) -> None:
-        """Queue the caption task of ``job_id`` and publish its ``task-sent`` event, in one round trip.
+        """Queue the caption task of ``job_id`` and publish its ``task-sent`` event (if on), in one round trip.
 
         The task id is the job id, so broker-side traces name the job.
 
@@ -83,8 +86,10 @@ class TaskQueue:
         # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
         origin = node_name()
         message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
-        clock = self.celery.clock.forward()
-        event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
+        event = b""
+        if self._sends_events:
+            clock = self.celery.clock.forward()
+            event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
         binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
         keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
         with map_redis_errors("the task queue (Redis)"):

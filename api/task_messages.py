@@ -8,7 +8,7 @@ the API writes the same two things itself, in one round trip of its asyncio Redi
 - the task, in Celery's message protocol 2 (docs.celeryq.dev, "Message Protocol": headers, properties,
   and a body of ``[args, kwargs, embed]``), in kombu's Redis envelope (JSON with the body in base64),
   LPUSHed on the queue's list, as kombu's Redis transport does for priority 0;
-- the ``task-sent`` event that Celery publishes because ``task_send_sent_event`` is on (Flower reads
+- the ``task-sent`` event that Celery publishes when ``task_send_sent_event`` is on (setting ``task_events``; Flower reads
   it): the event dict in the same envelope, PUBLISHed on kombu's fanout topic ``/{db}.celeryev/task.sent``.
 
 tests/unit/api/test_task_messages.py compares both with what ``send_task`` writes to a real Redis,

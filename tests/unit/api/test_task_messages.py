@@ -34,12 +34,12 @@ def redis(redis_server_url: str) -> Iterator[Redis]:
     client.close()
 
 
-def _send_both_ways(redis_url: str) -> None:
+def _send_both_ways(redis_url: str, *, task_events: bool) -> None:
     """job_celery through Celery's send_task (what the API did before), then job_direct the API's way."""
 
     async def send() -> None:
         client = AsyncRedis.from_url(redis_url)
-        queue = TaskQueue(Settings(redis_url=redis_url, key_prefix=PREFIX), client)
+        queue = TaskQueue(Settings(redis_url=redis_url, key_prefix=PREFIX, task_events=task_events), client)
         try:
             queue.celery.send_task(CAPTION_TASK, args=["job_celery"], task_id="job_celery", queue=QUEUE)
             await queue.enqueue_caption("job_direct")
@@ -74,11 +74,22 @@ def test_the_direct_caption_task_is_the_message_celery_sends(redis: Redis, redis
     pubsub = redis.pubsub()
     pubsub.subscribe(event_topic(0))
     pubsub.get_message(timeout=2)
-    _send_both_ways(redis_server_url)
+    _send_both_ways(redis_server_url, task_events=True)
     direct, by_celery = redis.lrange(QUEUE, 0, -1)  # LPUSH: the newest first
     assert _comparable(direct, "job_direct") == _comparable(by_celery, "job_celery")
     event_by_celery, direct_event = _events(pubsub)
     assert _comparable(direct_event, "job_direct") == _comparable(event_by_celery, "job_celery")
+    pubsub.close()
+
+
+def test_with_task_events_off_neither_way_publishes_a_task_sent_event(redis: Redis, redis_server_url: str) -> None:
+    pubsub = redis.pubsub()
+    pubsub.subscribe(event_topic(0))
+    pubsub.get_message(timeout=2)
+    _send_both_ways(redis_server_url, task_events=False)
+    direct, by_celery = redis.lrange(QUEUE, 0, -1)
+    assert _comparable(direct, "job_direct") == _comparable(by_celery, "job_celery")
+    assert _events(pubsub) == []
     pubsub.close()
 
 
