@@ -11,7 +11,8 @@ browser tests share one stack per session instead of starting one each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,6 @@ needs_embedded_model = pytest.mark.skipif(not HAS_EMBEDDED_MODEL, reason="model/
 #: The test stack's caption worker: its batch size and its pool threads (messages it holds at once).
 STACK_BATCH_SIZE = 8
 STACK_WORKER_THREADS = 24
-#: Image fetches one key may have in progress in the test stack's worker: under the 8 per host, so tests
-#: can tell the two fences apart (tests/integration/test_bulk.py).
-STACK_FETCHES_PER_KEY = 6
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +103,6 @@ def stack(
         "CAPTIONIZER_MAX_BATCH_SIZE": str(STACK_BATCH_SIZE),
         # Fewer messages in hand than the default, so tests fill them: tests/integration/test_bulk.py.
         "CAPTIONIZER_WORKER_THREADS": str(STACK_WORKER_THREADS),
-        "CAPTIONIZER_MAX_FETCHES_PER_KEY": str(STACK_FETCHES_PER_KEY),
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
     }
     stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=api_port)
@@ -122,6 +119,30 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.api_url, timeout=90) as client:
         yield client
     _flush_job_data(stack)
+
+
+@contextlib.contextmanager
+def standin_stack(log_dir: Path, image_server: HostileServer, env: Mapping[str, str]) -> Iterator[LocalStack]:
+    """A small stack of one test module's own: the ``null`` model (quick to start), no webhook worker.
+
+    For tests that need settings the shared stack must not have (one pool thread, a tiny fetch share):
+    ``env`` adds to or overrides the defaults here. Tenants A and B are served, and so are anonymous callers.
+    """
+    defaults = {
+        "CAPTIONIZER_MODEL": "null",
+        "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
+        "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
+        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port}",
+        "CAPTIONIZER_API_KEY_HASHES": f"{hash_key(TENANT_A_KEY)},{hash_key(TENANT_B_KEY)}",
+        "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
+        "CAPTIONIZER_WORKER_METRICS_PORT": "0",
+    }
+    stack = LocalStack(log_dir, env={**defaults, **env}, api_port=free_port(), webhooks=False)
+    try:
+        stack.start(timeout_s=240)
+        yield stack
+    finally:
+        stack.stop()
 
 
 #: The reliability stack's limits: short, so crashes are recovered within a test.

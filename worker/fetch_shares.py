@@ -24,8 +24,10 @@ class FetchShares:
             raise ValueError("max_fetches_per_key must be 0 (no limit) or more")
         self.max_fetches_per_key = max_fetches_per_key
         self._held: Counter[str] = Counter()
-        self._waiting = 0
-        self._changed = asyncio.Condition()
+        # One semaphore per key with fetches held or waiting: a release wakes one waiter of that key only,
+        # in arrival order, and a fetch within its share neither takes a lock nor yields.
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: Counter[str] = Counter()
 
     def fetches_of(self, owner: str) -> int:
         """How many downloads ``owner`` has in progress now."""
@@ -34,28 +36,30 @@ class FetchShares:
     @contextlib.asynccontextmanager
     async def hold(self, owner: str) -> AsyncIterator[None]:
         """Wait for room among ``owner``'s downloads, and hold one while the block runs (the download)."""
-        # Within its share a fetch takes no lock and never yields: one loop thread counts, so this is atomic.
-        if not self._fits(owner):
-            async with self._changed:
-                self._waiting += 1
-                try:
-                    await self._changed.wait_for(lambda: self._fits(owner))
-                finally:
-                    self._waiting -= 1
-        self._held[owner] += 1
+        slots = self._slots_of(owner)
+        self._users[owner] += 1
         try:
-            yield
+            if slots is not None:
+                await slots.acquire()
+            self._held[owner] += 1
+            try:
+                yield
+            finally:
+                self._held[owner] -= 1
+                if not self._held[owner]:
+                    del self._held[owner]
+                if slots is not None:
+                    slots.release()
         finally:
-            self._held[owner] -= 1
-            if not self._held[owner]:
-                del self._held[owner]
-            if self._waiting:
-                # Shielded: a fetch canceled (or timed out) here must still wake the next one.
-                await asyncio.shield(self._wake_waiters())
+            self._users[owner] -= 1
+            if not self._users[owner]:
+                del self._users[owner]
+                self._slots.pop(owner, None)
 
-    async def _wake_waiters(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    def _fits(self, owner: str) -> bool:
-        return not self.max_fetches_per_key or self._held[owner] < self.max_fetches_per_key
+    def _slots_of(self, owner: str) -> asyncio.Semaphore | None:
+        if not self.max_fetches_per_key:
+            return None
+        slots = self._slots.get(owner)
+        if slots is None:
+            slots = self._slots[owner] = asyncio.Semaphore(self.max_fetches_per_key)
+        return slots

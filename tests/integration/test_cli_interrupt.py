@@ -21,11 +21,11 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from scripts.processes import free_port
 from scripts.stack import LocalStack
 from tests.integration.chaos import wait_until
 from tests.integration.test_cli import CLI, cli_env, run_cli, save_shape
 from tests.servers import HostileServer
+from tests.stack import standin_stack
 from worker.standins import STANDIN_CAPTION
 
 pytestmark = pytest.mark.slow
@@ -41,23 +41,13 @@ _BATCH_LINE = re.compile(r"^batch (bat_[A-Za-z0-9_-]{22}): (\d+) images$")
 def gated_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
     """Redis, a one-thread caption worker with the null model, and the API; all stopped at the end."""
     env = {
-        "CAPTIONIZER_MODEL": "null",
         "CAPTIONIZER_KEY_PREFIX": "interrupt",
-        "CAPTIONIZER_ALLOW_ANONYMOUS": "true",
-        "CAPTIONIZER_ALLOW_PRIVATE_NETWORKS": "true",
-        "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_server.port}",
-        "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
-        "CAPTIONIZER_WORKER_METRICS_PORT": "0",
         "CAPTIONIZER_WORKER_THREADS": "1",
         "CAPTIONIZER_FETCH_TIMEOUT_S": str(_HOLD_S),
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_HOLD_S),
     }
-    stack = LocalStack(tmp_path_factory.mktemp("interrupt-logs"), env=env, api_port=free_port(), webhooks=False)
-    try:
-        stack.start(timeout_s=240)
+    with standin_stack(tmp_path_factory.mktemp("interrupt-logs"), image_server, env) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

@@ -53,6 +53,24 @@ def test_a_share_comes_back_when_the_fetch_fails_or_is_canceled() -> None:
     asyncio.run(scenario())
 
 
+def test_a_waiter_canceled_before_its_turn_takes_no_share_with_it() -> None:
+    async def scenario() -> None:
+        shares = FetchShares(max_fetches_per_key=1)
+        entered, leave = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold_until(shares, "k", entered, leave))
+        await asyncio.wait_for(entered.wait(), 5)
+        waiter = asyncio.create_task(_enter_and_leave(shares, "k"))
+        await asyncio.sleep(0)
+        waiter.cancel()  # its job timed out while it waited
+        await asyncio.gather(waiter, return_exceptions=True)
+        leave.set()
+        await asyncio.wait_for(holder, 5)
+        await asyncio.wait_for(_enter_and_leave(shares, "k"), 5)
+        assert shares.fetches_of("k") == 0
+
+    asyncio.run(scenario())
+
+
 def test_zero_means_no_limit_and_a_negative_share_is_refused() -> None:
     async def scenario() -> None:
         shares = FetchShares(max_fetches_per_key=0)
