@@ -24,6 +24,7 @@ from tests.stack import (
     RELIABILITY_TIME_LIMIT_S,
     RELIABILITY_WORKER_THREADS,
 )
+from worker.bulk_flow import max_chunks_held
 from worker.recovery import OrphanSweeper
 
 pytestmark = pytest.mark.slow
@@ -179,16 +180,17 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
     # a worker even takes them, so a sweep looks at them while their messages are held.
     backlog = {"created_at": utc_now() - timedelta(seconds=60)}
     try:
-        # Three chunks hang at the tarpit and fill the bulk images in hand (3 x 8); the other pool
-        # threads hold a chunk each whose jobs wait, still queued, for room.
+        # Three chunks hang at the tarpit and fill the bulk images in hand (3 x 8); the other chunks the
+        # worker holds (worker.bulk_flow bounds them) wait, their jobs still queued, for room.
+        held = max_chunks_held(items_in_hand=3 * 8, batch_size=8, pool_threads=RELIABILITY_WORKER_THREADS)
         hanging = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(3)]
-        waiting = sender.store([shape] * 8 * (RELIABILITY_WORKER_THREADS - 3), **backlog)
+        waiting = sender.store([shape] * 8 * (held - 3), **backlog)
         sender.send_chunks([job_id for chunk in hanging for job_id in chunk] + waiting, chunk_size=8)
         with chaos.supervise():
             wait_until(
                 lambda: tarpit.open == 3 and set(waiting) <= held_in_registry(chaos),
                 timeout_s=90,
-                what="every pool thread holding a chunk, three at the tarpit",
+                what="the worker holding all the chunks it may, three at the tarpit",
             )
             # Stored, never queued: an API killed between storing a job and sending its task.
             lost = sender.store([shape], **backlog)
