@@ -125,6 +125,8 @@ def test_another_key_finds_nothing_of_a_batch_and_cannot_touch_it(
         # The same Idempotency-Key and body from another key is that key's own, new batch.
         again = api.post("/v1/batches", json=body, headers={**_as(stranger), **idempotency})
         assert again.status_code == 202 and again.json()["id"] != batch_id, again.text
+        # Its own to cancel; it leaves no work behind for the tests after this one.
+        assert api.post(f"/v1/batches/{again.json()['id']}/cancel", headers=_as(stranger)).status_code == 200
         # None of it changed A's batch: still running, nothing canceled.
         running = _batch_of(api, batch_id)
         assert running["status"] == "running" and running["counts"]["canceled"] == 0, running
