@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli.client import DEFAULT_POLL_WAIT_S, ApiError, CaptionizerClient, JobJson
+from cli.client import ApiError, CaptionizerClient, JobJson
 from cli.progress import ProgressBar
 
 #: Suffixes a folder's files must have to be captioned: the formats the API accepts, as its
@@ -119,24 +118,18 @@ async def caption_all(
 async def caption_one(client: CaptionizerClient, source: ImageSource, options: BatchOptions) -> Outcome:
     """Submit one source and, if asked, wait for its job to finish; never raises :class:`ApiError`."""
     outcome = Outcome(source)
-    began = time.monotonic()
-    # Waiting, the submit itself waits (Prefer: wait): a job that ends in time costs one request, not two.
-    wait_s = min(DEFAULT_POLL_WAIT_S, options.timeout_s) if options.wait else 0
     try:
-        outcome.job = await _submit(client, source, options, wait_s)
+        outcome.job = await _submit(client, source, options)
         if options.wait:
-            left_s = max(options.timeout_s - (time.monotonic() - began), 0.0)
-            outcome.job = await client.wait_for_job(outcome.job, timeout_s=left_s)
+            outcome.job = await client.wait_for_job(outcome.job, timeout_s=options.timeout_s)
     except ApiError as exc:
         outcome.error = exc
     return outcome
 
 
-async def _submit(client: CaptionizerClient, source: ImageSource, options: BatchOptions, wait_s: float) -> JobJson:
+async def _submit(client: CaptionizerClient, source: ImageSource, options: BatchOptions) -> JobJson:
     # One derived Idempotency-Key per input: running the same command again returns the same jobs.
-    kwargs: dict[str, Any] = {
-        "prompt": options.prompt, "max_new_tokens": options.max_new_tokens, "idempotent": True, "wait_s": wait_s,
-    }  # fmt: skip
+    kwargs: dict[str, Any] = {"prompt": options.prompt, "max_new_tokens": options.max_new_tokens, "idempotent": True}
     if source.url is not None:
         return await client.submit_url(source.url, **kwargs)
     if source.path is not None:

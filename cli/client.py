@@ -139,33 +139,25 @@ class CaptionizerClient:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
         idempotent: bool = False,
-        wait_s: float = 0,
     ) -> JobJson:
         """Queue a job for an image the worker fetches from ``image_url``.
 
-        With ``idempotent``, the request carries a key derived from the URL and options. With
-        ``wait_s``, the answer comes when the job ends or after that long (``Prefer: wait``).
+        With ``idempotent``, the request carries a key derived from the URL and options.
         """
         options = _options(prompt, max_new_tokens)
-        headers = {"Idempotency-Key": idempotency_key_for(image_url.encode(), options)} if idempotent else {}
-        return await self._submit(json={"image_url": image_url, **options}, headers=headers, wait_s=wait_s)
+        headers = {"Idempotency-Key": idempotency_key_for(image_url.encode(), options)} if idempotent else None
+        return await self._submit(json={"image_url": image_url, **options}, headers=headers)
 
     async def submit_file(
-        self,
-        path: Path,
-        *,
-        prompt: str | None = None,
-        max_new_tokens: int | None = None,
-        idempotent: bool = False,
-        wait_s: float = 0,
+        self, path: Path, *, prompt: str | None = None, max_new_tokens: int | None = None, idempotent: bool = False
     ) -> JobJson:
-        """Queue a job for a local image file, uploaded as multipart ``file`` (``wait_s``: as :meth:`submit_url`)."""
+        """Queue a job for a local image file, uploaded as multipart ``file``."""
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
             raise ApiError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from exc
         return await self.submit_bytes(
-            data, path.name, prompt=prompt, max_new_tokens=max_new_tokens, idempotent=idempotent, wait_s=wait_s
+            data, path.name, prompt=prompt, max_new_tokens=max_new_tokens, idempotent=idempotent
         )
 
     async def submit_bytes(
@@ -177,27 +169,20 @@ class CaptionizerClient:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
         idempotent: bool = False,
-        wait_s: float = 0,
     ) -> JobJson:
         """Queue a job for image bytes already in memory (an upload named ``filename``).
 
-        With ``idempotent``, the request carries a key derived from the bytes and options
-        (``wait_s``: as :meth:`submit_url`).
+        With ``idempotent``, the request carries a key derived from the bytes and options.
         """
         content_type = content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
         options = _options(prompt, max_new_tokens)
         form = {key: str(value) for key, value in options.items()}
         files = {"file": (filename, data, content_type)}
-        headers = {"Idempotency-Key": idempotency_key_for(data, options)} if idempotent else {}
-        return await self._submit(data=form, files=files, headers=headers, wait_s=wait_s)
+        headers = {"Idempotency-Key": idempotency_key_for(data, options)} if idempotent else None
+        return await self._submit(data=form, files=files, headers=headers)
 
-    async def _submit(self, *, headers: dict[str, str], wait_s: float, **kwargs: Any) -> JobJson:
-        if wait_s > 0:
-            # The submit itself waits for the job to end (RFC 7240; the API caps it at max_wait_s): one
-            # request per job instead of a POST and a long-poll, the cheapest way through the service.
-            headers = {**headers, "Prefer": f"wait={math.ceil(wait_s)}"}
-            kwargs["timeout"] = httpx.Timeout(self._timeout_s, read=wait_s + self._timeout_s)
-        job = await self._request("POST", "/v1/jobs", headers=headers or None, **kwargs)
+    async def _submit(self, **kwargs: Any) -> JobJson:
+        job = await self._request("POST", "/v1/jobs", **kwargs)
         self.submitted.append(str(job.get("id")))
         return job
 

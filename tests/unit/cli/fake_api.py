@@ -2,7 +2,6 @@
 
 Captions are derived from the image's name: ``red.png`` -> ``"a caption of red.png"``. Names with
 ``broken`` fail their job (fetch_failed); URLs on host ``blocked.test`` are refused at submit (400).
-A submit with ``Prefer: wait=N`` answers the ended job (200), except for names with ``slow``.
 """
 
 from __future__ import annotations
@@ -86,16 +85,7 @@ class FakeApi:
             "error": None,
             "name": name,
         }
-        headers = {"Location": f"/v1/jobs/{job_id}"}
-        wait = re.fullmatch(r"wait=(\d+)", request.headers.get("Prefer", ""))
-        if wait is None:
-            return httpx.Response(202, json=self.jobs[job_id], headers=headers)
-        # Prefer: wait (RFC 7240), as the API honours it: jobs named "slow" are still queued after the wait.
-        headers["Preference-Applied"] = f"wait={wait.group(1)}"
-        if "slow" in name:
-            return httpx.Response(202, json=self.jobs[job_id], headers=headers)
-        self._finish(self.jobs[job_id])
-        return httpx.Response(200, json=self.jobs[job_id], headers=headers)
+        return httpx.Response(202, json=self.jobs[job_id], headers={"Location": f"/v1/jobs/{job_id}"})
 
     @staticmethod
     def _finish(job: dict[str, Any]) -> None:

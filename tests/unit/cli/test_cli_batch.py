@@ -81,18 +81,6 @@ def test_without_wait_a_queued_job_is_a_success(fake_api: FakeApi) -> None:
     assert [r.method for r in fake_api.requests] == ["POST"]
 
 
-def test_waiting_for_a_job_that_ends_in_time_costs_one_request(fake_api: FakeApi) -> None:
-    outcomes, _ = caption(fake_api, [ImageSource(label="a", url="http://img.test/a.png")], BatchOptions())
-    assert outcomes[0].job and outcomes[0].job["caption"] == "a caption of a.png"
-    assert [(r.method, r.headers.get("Prefer")) for r in fake_api.requests] == [("POST", "wait=30")]
-
-
-def test_a_job_still_running_after_the_submit_wait_is_long_polled(fake_api: FakeApi) -> None:
-    outcomes, _ = caption(fake_api, [ImageSource(label="s", url="http://img.test/slow.png")], BatchOptions())
-    assert outcomes[0].job and outcomes[0].job["caption"] == "a caption of slow.png"
-    assert [(r.method, r.url.params.get("wait")) for r in fake_api.requests] == [("POST", None), ("GET", "30")]
-
-
 def test_in_memory_bytes_are_uploaded_with_a_matching_file_name(fake_api: FakeApi) -> None:
     source = ImageSource(label="data:", data=b"GIF89a", content_type="image/gif")
     outcomes, _ = caption(fake_api, [source], BatchOptions())
