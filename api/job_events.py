@@ -1,12 +1,12 @@
 """Long-poll support: one pub/sub subscription per API process wakes the requests waiting on a job.
 
-Every status change is published on the job's events channel by the store's
+Every move to a final status is published on the job's events channel by the store's
 transition script. Instead of one subscription per waiting request, the process
 holds one pattern subscription and wakes the waiters of the job named in the
 channel. A waiter always re-reads the job after registering, so a change made
 before the subscription (or during a reconnect) is never missed. Waiters only wait
-for a job to end, so a move to ``queued`` or ``running`` wakes nobody: a job's
-final status is always published after it.
+for a job to end, which is why moves to ``queued`` or ``running`` are not published
+(and would wake nobody if they were).
 
 A request that has just read the job (``GET /v1/jobs/{id}?wait`` reads it to check its
 owner) need not read it again: it passes the listener's :meth:`~JobEvents.position` taken
@@ -32,7 +32,8 @@ from shared.store import REDIS_ERRORS, JobStore
 
 logger = logging.getLogger(__name__)
 
-# What the transition script publishes for a move to a status that is not final (the JSON of the status).
+# What a move to a status that is not final would publish (the JSON of the status); the transition
+# script publishes none, and the listener ignores them should an older script still run somewhere.
 _NOT_FINAL_PAYLOADS = frozenset(json.dumps(str(status)).encode() for status in JobStatus if not status.is_final)
 #: Job ends the listener remembers for :meth:`JobEvents.position` (a few seconds of a busy service).
 RECENT_ENDS = 4096
@@ -119,8 +120,10 @@ class JobEvents:
                 remaining = deadline - loop.time()
                 if job is None or job.status.is_final or remaining <= 0:
                     return job
+                # asyncio.timeout, not wait_for: no task of its own per wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
 
     async def _listen(self) -> None:
         while True:

@@ -69,8 +69,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+def process_cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds of one process so far (fields 14 and 15 of /proc/<pid>/stat).
+
+    ``pid`` may also be ``"<pid>/task/<tid>"``: one thread of a process.
+    """
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
@@ -79,7 +82,7 @@ def process_cpu_s(pid: int) -> float:
 class CpuMeter:
     """CPU seconds each named process spent between :meth:`start` and :meth:`stop`."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int | str]) -> None:
         self.pids = pids
         self._before: dict[str, float] = {}
 
@@ -120,8 +123,12 @@ def wait_for_count(redis: Redis, keys: Keys, target: int, timeout_s: float) -> N
         time.sleep(_POLL_S)
 
 
-async def run_singles(api_url: str, urls: list[str], clients: int) -> list[str]:
-    """POST each URL as a job and long-poll it to its end, ``clients`` at a time; returns the job ids."""
+async def run_singles(api_url: str, urls: list[str], clients: int, *, prefer_wait: bool = False) -> list[str]:
+    """POST each URL as a job and wait for its end, ``clients`` at a time; returns the job ids.
+
+    With ``prefer_wait`` the POST itself waits (``Prefer: wait=60``, one request per job); otherwise
+    a ``GET ?wait=60`` long-poll follows it (two requests per job).
+    """
     queue: asyncio.Queue[str] = asyncio.Queue()
     for url in urls:
         queue.put_nowait(url)
@@ -130,10 +137,14 @@ async def run_singles(api_url: str, urls: list[str], clients: int) -> list[str]:
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
             url = queue.get_nowait()
-            posted = await http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5})
+            headers = {"Prefer": "wait=60"} if prefer_wait else {}
+            posted = await http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5}, headers=headers)
             posted.raise_for_status()
             ids.append(posted.json()["id"])
-            (await http.get(f"/v1/jobs/{ids[-1]}", params={"wait": 60})).raise_for_status()
+            if prefer_wait:
+                assert posted.status_code == 200, posted.text
+            else:
+                (await http.get(f"/v1/jobs/{ids[-1]}", params={"wait": 60})).raise_for_status()
 
     async with httpx.AsyncClient(base_url=api_url, timeout=120) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
@@ -316,30 +327,41 @@ async def run_bare_requests(api_url: str, requests: int, clients: int) -> None:
         await asyncio.gather(*(client(http) for _ in range(clients)))
 
 
-def run_singles_phase(args: argparse.Namespace, stack: LocalStack, base: str, cpu: CpuMeter) -> dict[str, Any]:
-    """Phase 1, the baseline: single jobs through the API, POST and long-poll each.
-
-    Then as many pairs of bare requests (``GET /healthz``) from as many clients: the API's CPU for
-    those is what its HTTP stack (uvicorn, Starlette, FastAPI, the middlewares) costs a job's two
-    requests before any work of its own.
-    """
-    urls = [f"{base}/img/{n}.png" for n in range(args.singles)]
+def _singles_figures(args: argparse.Namespace, stack: LocalStack, urls: list[str], cpu: CpuMeter,
+                     *, prefer_wait: bool) -> dict[str, Any]:  # fmt: skip
+    # The worker's main thread is Celery's consumer (fetching, acknowledging): apart, as it hardly batches.
+    consumer = CpuMeter({"worker_consumer_thread": f"{cpu.pids['worker']}/task/{cpu.pids['worker']}"})
     cpu.start()
+    consumer.start()
     began = time.perf_counter()
-    asyncio.run(run_singles(stack.api_url, urls, args.clients))
+    asyncio.run(run_singles(stack.api_url, urls, args.clients, prefer_wait=prefer_wait))
     wall_s = time.perf_counter() - began
-    per_job = cpu.per_item_ms(args.singles)
+    per_job = cpu.per_item_ms(len(urls))
     busy = {name: ms for name, ms in per_job.items() if name != "images"}
-    cpu.start()
-    asyncio.run(run_bare_requests(stack.api_url, 2 * args.singles, args.clients))
-    bare = cpu.per_item_ms(args.singles)
     return {
-        "jobs": args.singles,
-        "jobs_per_s": round(args.singles / wall_s, 1),
+        "jobs": len(urls),
+        "jobs_per_s": round(len(urls) / wall_s, 1),
         "cpu_ms_per_job": per_job,
         "cpu_ms_per_job_api_worker_redis": round(sum(busy.values()), 3),
-        "api_cpu_ms_per_two_bare_requests": bare["api"],
+        "cpu_ms_per_job_of_which_worker_consumer_thread": consumer.per_item_ms(len(urls))["worker_consumer_thread"],
     }
+
+
+def run_singles_phase(args: argparse.Namespace, stack: LocalStack, base: str, cpu: CpuMeter) -> dict[str, Any]:
+    """Phase 1, the baseline: single jobs through the API, two ways.
+
+    First POST + long-poll (``GET ?wait``) each, then as many again with ``POST`` + ``Prefer: wait``
+    (one request per job). Then as many pairs of bare requests (``GET /healthz``) from as many
+    clients: the API's CPU for those is what its HTTP stack (uvicorn, Starlette, FastAPI, the
+    middlewares) costs a job's two requests before any work of its own.
+    """
+    urls = [f"{base}/img/{n}.png" for n in range(args.singles)]
+    figures = _singles_figures(args, stack, urls, cpu, prefer_wait=False)
+    figures["prefer_wait"] = _singles_figures(args, stack, urls, cpu, prefer_wait=True)
+    cpu.start()
+    asyncio.run(run_bare_requests(stack.api_url, 2 * args.singles, args.clients))
+    figures["api_cpu_ms_per_two_bare_requests"] = cpu.per_item_ms(args.singles)["api"]
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -352,7 +374,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         stack.start(timeout_s=300)
         assert stack.api is not None and stack.worker is not None and stack.redis is not None
-        pids = {"api": stack.api.pid, "worker": stack.worker.pid, "redis": stack.redis.pid, "images": images.pid}
+        pids: dict[str, int | str] = {
+            "api": stack.api.pid,
+            "worker": stack.worker.pid,
+            "redis": stack.redis.pid,
+            "images": images.pid,
+        }
         cpu = CpuMeter(pids)
         singles = run_singles_phase(args, stack, base, cpu)
         bulk = run_bulk(args, stack, base, metrics_port, cpu)

@@ -15,6 +15,8 @@ from shared.batch_counts import BATCH_COUNTS_LUA
 # ARGV[1] comma-separated statuses the job must be in ("" = any), ARGV[2] the new
 # status JSON-encoded ("" = leave it), ARGV[3] the job id, ARGV[4..] field/value pairs (JSON values).
 # Moving to running counts a delivery in `attempts`, which the poison-job guard reads.
+# A move to a final status is published on KEYS[2]; moves to queued or running are not, as nobody
+# waits for them (each PUBLISH cost Redis and every API process's listener a message per job).
 # The counts (`entered:<status>`, `current:<status>`, `redelivered`) change in the same
 # script, so the API's /metrics never sees a job counted in two states; a job that leaves
 # `queued` leaves the set the orphan sweeper reads (worker.recovery). A job admitted against
@@ -57,7 +59,8 @@ if ARGV[2] ~= '' then
 """
     + BATCH_COUNTS_LUA
     + """
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  -- Only an end is published: the API's long-polls wait for nothing else (api/job_events.py).
+  if ARGV[2] ~= '"queued"' and ARGV[2] ~= '"running"' then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
 end
 return 1
 """

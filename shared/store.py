@@ -3,8 +3,9 @@
 A job is a Redis hash whose fields are JSON values, with a TTL. Every status
 change goes through :meth:`JobStore.transition`, a Lua script, so checking the
 current status and writing the new one is atomic even with duplicate deliveries
-(``acks_late`` makes those normal). Each change is published on the job's events
-channel, which the API's long-poll listens to.
+(``acks_late`` makes those normal). Each move to a final status is published on the
+job's events channel, which the API's long-poll listens to (moves to queued or running
+are not: nobody waits for them).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from shared.errors import QueueUnavailable
 from shared.keys import WEBHOOK_TASK, Keys
+from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import RetryMover, RetrySchedule, WebhookDelivery
@@ -54,7 +55,7 @@ def _deliverer_for(settings: Settings) -> tuple[asyncio.Runner, WebhookDeliverer
 
 
 async def _make_redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url)
+    return pack_with_hiredis(Redis.from_url(settings.redis_url))
 
 
 def deliver_webhook(settings: Settings, payload: dict[str, Any]) -> str:
