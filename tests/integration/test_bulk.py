@@ -68,11 +68,15 @@ def test_a_single_job_posted_under_bulk_load_goes_ahead_of_the_bulk_backlog(
     sender.send_chunks(ids, chunk_size=STACK_BATCH_SIZE)
     wait_until(lambda: chaos_of.count_in(ids, "succeeded") >= 2 * STACK_BATCH_SIZE, timeout_s=120, what="bulk underway")
     # The worker holds only a few chunks beyond those in hand (worker.bulk_flow), so a quarter of its
-    # threads or more are free: an acknowledgement may trail the next chunk's delivery by one.
-    assert chaos_of.redis.hlen(KOMBU_UNACKED_KEY) <= max_chunks_held(**FLOW) + 1
+    # threads or more are free. kombu's unacked hash also keeps, for a moment, the chunks that just ended
+    # (Celery acknowledges after task_postrun, which frees their place) and one message in flight: at
+    # most twice the share plus one, whatever the machine's load, and still short of the backlog.
+    most_unacked = 2 * max_chunks_held(**FLOW) + 1
+    assert most_unacked < STACK_WORKER_THREADS + 8
+    assert chaos_of.redis.hlen(KOMBU_UNACKED_KEY) <= most_unacked
     single = chaos_of.submit(image_url=image_server.url("/image/shape.png"), max_new_tokens=5)
     wait_until(lambda: chaos_of.count_in([single], "succeeded") == 1, timeout_s=120, what="the single job to end")
-    assert chaos_of.redis.hlen(KOMBU_UNACKED_KEY) <= max_chunks_held(**FLOW) + 1
+    assert chaos_of.redis.hlen(KOMBU_UNACKED_KEY) <= most_unacked
     mine = chaos_of.jobs([single])[single]
     bulk = chaos_of.wait_all_final(ids, timeout_s=300)
     assert mine.started_at is not None and mine.finished_at is not None
