@@ -85,7 +85,8 @@ def test_a_single_job_posted_under_bulk_load_goes_ahead_of_the_bulk_backlog(
     # a pool thread (the share leaves threads free); it waits for the worker's event loop, busy with the
     # images in hand, so on a loaded machine a few chunks may start meanwhile.
     started_ahead = [job for job in bulk.values() if _between(job.started_at, mine.created_at, mine.started_at)]
-    assert len(started_ahead) <= max_chunks_held(**FLOW) * STACK_BATCH_SIZE
+    # (The share, plus the one chunk a fetch already under way when the consumer stopped may bring.)
+    assert len(started_ahead) <= (max_chunks_held(**FLOW) + 1) * STACK_BATCH_SIZE
     # Once started: the batch generating then, one that may start while its image is fetched, and the
     # bulk images sharing its own batch; never the backlog.
     ended_while_running = [job for job in bulk.values() if _between(job.finished_at, mine.started_at, mine.finished_at)]
