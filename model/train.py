@@ -161,7 +161,7 @@ def fit(model: GitForCausalLM, run: _Run, rank: int = 0, world: int = 1) -> None
         optimizer.step()
         schedule.step()
         if rank == 0 and (step % 100 == 0 or step == run.steps - 1):
-            logger.info("step %d/%d loss %.4f", step, run.steps, loss.item())
+            logger.info("step %d/%d loss %.4f (%.0f CPU-s)", step, run.steps, loss.item(), time.process_time())
 
 
 def _fit_share(rank: int, world: int, folder: str, model: GitForCausalLM, run: _Run) -> None:
