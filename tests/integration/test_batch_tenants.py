@@ -9,7 +9,6 @@ its results are compacted (another read path).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -34,15 +33,6 @@ def _as(key: str | None) -> dict[str, str]:
 
 #: Callers other than tenant A: tenant B and the stack's anonymous caller.
 _STRANGERS = pytest.mark.parametrize("stranger", [TENANT_B_KEY, None], ids=["tenant-b", "anonymous"])
-
-
-@pytest.fixture
-def redis(stack: LocalStack) -> Iterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

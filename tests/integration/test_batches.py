@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from redis import Redis
 
 from scripts.stack import LocalStack
@@ -22,15 +20,6 @@ from tests.integration.webhook_receiver import WebhookReceiver
 from tests.servers import HostileServer
 
 _DEADLINE_S = 120
-
-
-@pytest.fixture
-def redis(stack: LocalStack) -> Iterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def batch_of(api: httpx.Client, batch_id: str) -> dict[str, Any]:
