@@ -118,12 +118,16 @@ class BatchSubmitter:
         return batch, prepared
 
     async def append(self, batch: Batch, request: BatchItems) -> None:
-        """Add items to an open batch; without ``more_items`` this closes it.
+        """Add items to an open batch; without ``more_items`` this closes it (with no items, that is all it does).
 
         Raises:
             BatchClosed: the batch takes no more items (409).
             InputError, TooManyItemsInFlight, QueueUnavailable: as for :meth:`submit`.
         """
+        if not request.items:
+            await self.batches.allocate(batch.id, 0)  # no new index: only a gone or closed batch's error
+            await self.batches.close(batch.id)
+            return
         self._check_count(request.items)
         prepared = self.prepare(
             request.items,

@@ -3,13 +3,15 @@
 ``captionizer caption DIR`` sends the images as one batch (``POST /v1/batches``, then
 ``/items`` appends while more follow), so the whole folder costs a few requests and one
 poll a second, whatever its size. Ctrl-C leaves the batch running and prints its id;
-``captionizer batch status ID`` and ``captionizer batch results ID`` pick it up again.
+``captionizer batch status ID`` and ``captionizer batch results ID`` pick it up again. An upload
+that stops part way (Ctrl-C, a refused request) closes the batch with the items already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ class BatchRun:
 
     batch_id: str | None = None
     outcomes: list[Outcome] = field(default_factory=list)
+    #: Items sent when an upload that stopped part way closed the batch; None while it has not.
+    closed_after: int | None = None
 
 
 def _item(source: ImageSource) -> dict[str, Any]:
@@ -77,17 +81,34 @@ async def submit_batch(
         else:
             readable.append(source)
     groups = list(request_groups(readable))
-    for number, (group, items) in enumerate(groups):
-        body: dict[str, Any] = {"items": items, "more_items": number < len(groups) - 1}
-        if run.batch_id is None:
-            body.update(_options(options))
-            run.batch_id = str((await client.call("POST", "/v1/batches", json=body))["id"])
-            # From here on Ctrl-C names the batch (cli.job_commands.report_interrupted): it goes on without us.
-            client.submitted_batches.append(run.batch_id)
-        else:
-            await client.call("POST", f"/v1/batches/{run.batch_id}/items", json=body)
-        sent.extend(group)
+    is_open = False
+    try:
+        for number, (group, items) in enumerate(groups):
+            body: dict[str, Any] = {"items": items, "more_items": number < len(groups) - 1}
+            if run.batch_id is None:
+                body.update(_options(options))
+                run.batch_id = str((await client.call("POST", "/v1/batches", json=body))["id"])
+                # From here on Ctrl-C names the batch (cli.job_commands.report_interrupted): it goes on without us.
+                client.submitted_batches.append(run.batch_id)
+            else:
+                await client.call("POST", f"/v1/batches/{run.batch_id}/items", json=body)
+            sent.extend(group)
+            is_open = body["more_items"]
+    except BaseException:  # Ctrl-C (a cancelled task) as well as a refused request
+        if run.batch_id is not None and is_open:
+            await close_batch(client, run.batch_id)
+            run.closed_after = len(sent)
+        raise
     return sent
+
+
+async def close_batch(client: CaptionizerClient, batch_id: str) -> None:
+    """Close an upload that stopped part way, so the items sent end rather than wait, open, until the batch expires.
+
+    Best effort: the close is an empty append, and if it fails too the batch still expires as before.
+    """
+    with contextlib.suppress(ApiError):
+        await client.call("POST", f"/v1/batches/{batch_id}/items", json={"items": [], "more_items": False})
 
 
 def _options(options: BatchOptions) -> dict[str, Any]:
@@ -139,6 +160,8 @@ async def caption_batch(
             progress.close()
         results = await read_results(client, run.batch_id)
     except ApiError as exc:
+        if run.closed_after is not None:
+            err.write(f"batch {run.batch_id}: closed after {run.closed_after} of {len(sources)} images: {exc}\n")
         return run.outcomes + [Outcome(source, error=exc) for source in sources if not _has(run, source)]
     by_source = {source: Outcome(source, job=_job_of(source, row)) for source, row in zip(sent, results, strict=False)}
     failed = {outcome.source: outcome for outcome in run.outcomes}

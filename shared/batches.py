@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.jobs import MAX_NEW_TOKENS, JobErrorInfo, JobStatus
 
@@ -85,18 +85,29 @@ class BatchItemCreate(BaseModel):
 
 
 class BatchItems(BaseModel):
-    """Items to add to a batch, and whether more will follow (``POST /v1/batches/{id}/items``)."""
+    """Items to add to a batch, and whether more will follow (``POST /v1/batches/{id}/items``).
+
+    No items and no ``more_items`` only closes the batch: how a client whose upload stopped part way
+    (Ctrl-C, an error) lets what it did send end, instead of leaving the batch open until it expires.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     items: list[BatchItemCreate] = Field(
-        min_length=1, max_length=MAX_BATCH_ITEMS, description="The images, at most max_batch_items per request."
+        max_length=MAX_BATCH_ITEMS,
+        description="The images, at most max_batch_items per request; none, without more_items, closes the batch.",
     )
     more_items: bool = Field(
         False,
         description="Keep the batch open for more items (appended with POST /v1/batches/{id}/items); the batch "
         "ends only after a request without it.",
     )
+
+    @model_validator(mode="after")
+    def _empty_only_closes(self) -> BatchItems:
+        if not self.items and self.more_items:
+            raise ValueError("items is empty: an empty request can only close the batch (more_items false)")
+        return self
 
 
 class BatchCreate(BatchItems):
@@ -118,6 +129,9 @@ class BatchCreate(BatchItems):
         },
     )
 
+    items: list[BatchItemCreate] = Field(
+        min_length=1, max_length=MAX_BATCH_ITEMS, description="The images, at most max_batch_items per request."
+    )
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="Text GIT continues, for every item.")
     max_new_tokens: int | None = Field(
         None, ge=1, le=MAX_NEW_TOKENS, description="Longest caption, in tokens, for every item."

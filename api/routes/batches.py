@@ -96,7 +96,7 @@ async def create_batch(
 async def append_items(
     body: BatchItems, batch: OwnedBatch, submitter: BatchSubmitterDep, batches: Batches
 ) -> BatchPublic:
-    """Append items to a batch submitted with ``more_items``; send the last ones without it to close the batch."""
+    """Append items to a batch submitted with ``more_items``; send the last ones (or none) without it to close the batch."""
     await submitter.append(batch, body)
     return BatchPublic.from_batch(await _reread(batches, batch))
 

@@ -132,6 +132,22 @@ def test_cancel_ends_every_waiting_item_once_and_the_worker_goes_on(
     assert batch_of(api, batch_id)["counts"]["canceled"] == 40
 
 
+def test_an_upload_stopped_part_way_is_closed_by_an_empty_append_and_then_completes(
+    api: httpx.Client, image_server: HostileServer
+) -> None:
+    items = [{"image_url": image_server.url("/image/shape.png")} for _ in range(3)]
+    batch_id = api.post("/v1/batches", json={"items": items, "more_items": True}).json()["id"]
+    wait_until(lambda: batch_of(api, batch_id)["done"] == 3, timeout_s=_DEADLINE_S, what="the 3 items ending")
+    # Every item has ended, but the client might still append: without a close it would stay so until it expired.
+    assert batch_of(api, batch_id)["status"] == "open"
+    closed = api.post(f"/v1/batches/{batch_id}/items", json={"items": []})
+    assert closed.status_code == 202, closed.text
+    ended = wait_for_status(api, batch_id, "completed")
+    assert ended["total"] == 3 and ended["counts"]["succeeded"] == 3
+    again = api.post(f"/v1/batches/{batch_id}/items", json={"items": []})
+    assert again.status_code == 409 and again.json()["code"] == "batch_closed"
+
+
 def test_limits_answer_with_exact_codes_on_the_real_api(api: httpx.Client, image_server: HostileServer) -> None:
     url = image_server.url("/image/shape.png")
     too_many = api.post("/v1/batches", json={"items": [{"image_url": url}] * 10_001})

@@ -149,6 +149,35 @@ def test_an_open_batch_takes_appends_until_closed(client: TestClient) -> None:
     assert job["ref"] == "img-2"
 
 
+def test_an_empty_append_closes_an_open_batch_and_nothing_else(client: TestClient, api_harness: ApiHarness) -> None:
+    batch = client.post("/v1/batches", json={"items": urls(2), "more_items": True}, headers=auth()).json()
+    sent = len(api_harness.queue.sent)
+    closed = client.post(f"{batch['url']}/items", json={"items": []}, headers=auth())
+    assert closed.status_code == 202, closed.text
+    assert closed.json()["status"] == "running" and closed.json()["total"] == 2
+    assert len(api_harness.queue.sent) == sent  # nothing new to caption
+    again = client.post(f"{batch['url']}/items", json={"items": []}, headers=auth())
+    assert again.status_code == 409 and again.json()["code"] == "batch_closed"
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status", "code"),
+    [
+        (KEY_A, {"items": [], "more_items": True}, 422, "invalid_request"),
+        (KEY_A, {}, 422, "invalid_request"),
+        (KEY_B, {"items": []}, 404, "batch_not_found"),
+    ],
+    ids=["empty-but-more-items", "no-items-field", "another-key"],
+)
+def test_an_empty_append_that_cannot_close_is_refused_and_the_batch_stays_open(
+    client: TestClient, key: str, body: dict[str, object], status: int, code: str
+) -> None:
+    batch = client.post("/v1/batches", json={"items": urls(2), "more_items": True}, headers=auth()).json()
+    refused = client.post(f"{batch['url']}/items", json=body, headers=auth(key))
+    assert refused.status_code == status and refused.json()["code"] == code, refused.text
+    assert client.get(batch["url"], headers=auth()).json()["status"] == "open"
+
+
 def test_cancel_ends_every_item_not_yet_ended(client: TestClient, api_harness: ApiHarness) -> None:
     batch = client.post("/v1/batches", json={"items": urls(5)}, headers=auth()).json()
 
