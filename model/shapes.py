@@ -176,7 +176,7 @@ def draw_varied_batch(
     Args:
         max_side: draw an image whose longer side is above this at that side instead, same aspect ratio
             and same drawing otherwise. Training uses it: a model that sees every image squeezed to
-            48 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
+            64 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
     """
     images, captions = [], []
     for _ in range(count):
