@@ -13,6 +13,9 @@ from api.auth import KeyRing
 from api.batch_closer import BatchCloser
 from api.batches import BatchSubmitter
 from api.job_events import JobEvents
+from api.openai import routes as openai_routes
+from api.openai.batches import FacadeBatches
+from api.openai.store import FacadeStore
 from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
 from api.queue import TaskQueue
@@ -68,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_security(app, settings)
     for module in (jobs, batches, limits, caption, health, webhooks):
         app.include_router(module.router)
+    app.include_router(openai_routes.router)
     register_pages(app)
     register_docs(app)
     install_openapi(app, max_wait_s=settings.max_wait_s)
@@ -112,6 +116,8 @@ def build_services(settings: Settings) -> Services:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
     submitter = JobSubmitter(settings, store, queue)
     batch_store = BatchStore(redis, keys, settings.job_ttl_s)
+    batch_submitter = BatchSubmitter(settings, submitter, store, batch_store, queue.send_task)
+    openai_files = FacadeStore(redis, keys, settings.job_ttl_s)
     return Services(
         settings=settings,
         keys=keys,
@@ -124,6 +130,8 @@ def build_services(settings: Settings) -> Services:
         rate_limiter=RateLimiter.from_settings(redis, settings),
         read_rate_limiter=RateLimiter.reads_from_settings(redis, settings),
         batch_store=batch_store,
-        batch_submitter=BatchSubmitter(settings, submitter, store, batch_store, queue.send_task),
+        batch_submitter=batch_submitter,
+        openai_files=openai_files,
+        openai_batches=FacadeBatches(settings, openai_files, batch_submitter, batch_store),
         batch_closer=BatchCloser(redis, keys, batch_store, queue.send_task),
     )

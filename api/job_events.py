@@ -26,6 +26,8 @@ from typing import NamedTuple
 from redis.asyncio import Redis
 
 from shared.background import BackgroundTask
+from shared.error_codes import error_for_code
+from shared.errors import JobEnded, WaitTimedOut
 from shared.jobs import Job, JobStatus
 from shared.keys import Keys
 from shared.store import REDIS_ERRORS, JobStore
@@ -168,3 +170,28 @@ class JobEvents:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def wait_for_caption(
+    events: JobEvents, store: JobStore, job: Job, timeout_s: float, *, since: Position | None = None
+) -> Job:
+    """``job`` once it succeeded, for the routes that answer a caption, not a job (GET /caption, chat completions).
+
+    Raises:
+        WaitTimedOut: 504 ``wait_timeout`` with the job's URL: it did not end within ``timeout_s``.
+        CaptionizerError: the job failed: its own error, rebuilt from its code (the status of that code).
+        JobEnded: 409 ``job_error``: it was canceled or expired.
+    """
+    done = await events.wait_until_final(store, job.id, timeout_s, seen=job, since=since)
+    if done is None or not done.status.is_final:
+        raise WaitTimedOut(
+            f"the caption is not ready after {timeout_s:g} s; poll the job",
+            job_id=job.id,
+            job_url=f"/v1/jobs/{job.id}",
+        )
+    if done.status is JobStatus.SUCCEEDED and done.caption is not None:
+        return done
+    if done.error is not None:
+        extra = {"upstream_status": done.error.upstream_status} if done.error.upstream_status else {}
+        raise error_for_code(done.error.code, done.error.message, job_id=job.id, **extra)
+    raise JobEnded(f"the job ended {done.status}", job_id=job.id)

@@ -4,6 +4,10 @@ Every :class:`~shared.errors.CaptionizerError` becomes an ``application/problem+
 body with ``type, title, status, detail, code`` (plus ``job_id`` and other extras when
 known). Request validation failures, unknown routes and unexpected exceptions get the
 same shape, so clients branch on ``code`` alone.
+
+Under :data:`OPENAI_PREFIX` the same errors are written as OpenAI's error object
+(``{"error": {"message", "type", "param", "code"}}``), which the ``openai`` SDK and
+LiteLLM parse: one mapping, two spellings, chosen by the request's path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ logger = logging.getLogger(__name__)
 #: RFC 9457 §3: the media type of a problem details object in JSON.
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
+#: Where the OpenAI-compatible facade is mounted (``api.openai``): errors there take OpenAI's shape.
+OPENAI_PREFIX = "/openai/"
+# OpenAI's error ``type`` per status; the SDK picks its exception class by status alone.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
 # Routing errors Starlette raises itself (unknown path, wrong method) keep their
 # status but still carry a stable code.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -43,8 +52,23 @@ def problem_body(exc: CaptionizerError) -> dict[str, Any]:
     return _body(exc.code, exc.title, exc.status, exc.message, exc.extra)
 
 
-def problem_response(exc: CaptionizerError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """An ``application/problem+json`` response for ``exc`` (also used by ASGI middlewares)."""
+def openai_status(status: int) -> int:
+    """The status the facade answers for ``status``: OpenAI's contract gives invalid requests 400, never 422."""
+    return 400 if status == 422 else status
+
+
+def openai_error_body(code: str, status: int, detail: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's error object for one of our errors; ``code`` stays the project's stable code."""
+    kind = "server_error" if status >= 500 else _OPENAI_TYPES.get(status, "invalid_request_error")
+    param = extra.get("param")
+    errors = extra.get("errors")
+    if param is None and isinstance(errors, list) and errors:
+        param = ".".join(str(part) for part in errors[0].get("loc", ()) if part != "body") or None
+    return {"error": {"message": detail, "type": kind, "param": param, "code": code}}
+
+
+def problem_response(exc: CaptionizerError, headers: dict[str, str] | None = None, *, path: str = "") -> JSONResponse:
+    """The error response for ``exc`` (also used by ASGI middlewares): a problem, or OpenAI's error under /openai/."""
     all_headers = dict(headers or {})
     retry_after_s = exc.extra.get("retry_after_s")
     if isinstance(retry_after_s, int | float):
@@ -53,6 +77,9 @@ def problem_response(exc: CaptionizerError, headers: dict[str, str] | None = Non
     if exc.status == 401:
         # RFC 6750 §3 (and RFC 9110 §11.6.1): a 401 names the scheme the client should use.
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="captionizer"')
+    if path.startswith(OPENAI_PREFIX):
+        body = openai_error_body(exc.code, exc.status, exc.message, exc.extra)
+        return JSONResponse(body, status_code=openai_status(exc.status), headers=all_headers)
     return JSONResponse(problem_body(exc), status_code=exc.status, headers=all_headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -87,24 +114,27 @@ async def _on_captionizer_error(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, CaptionizerError)
     if exc.status >= 500:
         logger.warning("request failed", extra={"code": exc.code, "path": request.url.path, "detail": exc.message})
-    return problem_response(exc)
+    return problem_response(exc, path=request.url.path)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return problem_response(invalid_request(exc.errors()))
+    return problem_response(invalid_request(exc.errors()), path=request.url.path)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    if request.url.path.startswith(OPENAI_PREFIX):
+        openai_body = openai_error_body(code, exc.status_code, str(exc.detail), {})
+        return JSONResponse(openai_body, status_code=exc.status_code, headers=exc.headers)
     body = _body(code, str(exc.detail), exc.status_code, str(exc.detail), {})
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", extra={"path": request.url.path})
-    return problem_response(InternalError("an unexpected error occurred; it has been logged"))
+    return problem_response(InternalError("an unexpected error occurred; it has been logged"), path=request.url.path)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -53,7 +53,7 @@ def _path(scope: Scope) -> str:
 
 async def _send_problem(exc: CaptionizerError, scope: Scope, receive: Receive, send: Send) -> None:
     """Answer with the problem response ``api.problems`` renders for ``exc``."""
-    await problem_response(exc)(scope, receive, send)
+    await problem_response(exc, path=_path(scope))(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:

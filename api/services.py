@@ -10,6 +10,8 @@ from api.auth import KeyRing
 from api.batch_closer import BatchCloser
 from api.batches import BatchSubmitter
 from api.job_events import JobEvents
+from api.openai.batches import FacadeBatches
+from api.openai.store import FacadeStore
 from api.queue import TaskQueue
 from api.ratelimit import RateLimiter
 from api.submission import JobSubmitter
@@ -38,5 +40,8 @@ class Services:
     read_rate_limiter: RateLimiter
     batch_store: BatchStore
     batch_submitter: BatchSubmitter
+    #: The OpenAI-compatible facade's files and batch records (``api.openai``).
+    openai_files: FacadeStore
+    openai_batches: FacadeBatches
     #: Compacts the results of batches that ended and sends their webhooks (runs with the app's lifespan).
     batch_closer: BatchCloser

@@ -194,6 +194,10 @@ class Captioner:
             )
         return min(max_new_tokens, self._max_text_tokens - 1 - prompt_tokens)
 
+    def count_tokens(self, text: str | None) -> int:
+        """Tokens the model's tokenizer makes of ``text``, without [CLS]/[SEP] (0 for none): a job's ``usage``."""
+        return len(self._encode_prompt(text)[0])
+
     def _encode_prompt(self, prompt: str | None) -> tuple[list[int], str]:
         """Token ids of ``prompt`` without [CLS]/[SEP] (as HF's GIT VQA example), and its decoded text."""
         text = (prompt or "").strip()

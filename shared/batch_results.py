@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from shared.batches import BatchItemResult, item_job_id
-from shared.jobs import JobErrorInfo, JobStatus
+from shared.jobs import JobErrorInfo, JobStatus, JobUsage
 from shared.keys import Keys
 
 #: Items per compacted record: a results page of the maximum size reads one or two records.
@@ -43,9 +43,15 @@ class FinishedResults(Protocol):
 
 
 def encode_rows(rows: Sequence[BatchItemResult]) -> bytes:
-    """Rows as compressed JSON arrays: ``[status, caption, ref, error]``; the index is implied."""
+    """Rows as compressed JSON arrays: ``[status, caption, ref, error, usage]``; the index is implied."""
     packed = [
-        [str(row.status), row.caption, row.ref, row.error.model_dump(mode="json") if row.error else None]
+        [
+            str(row.status),
+            row.caption,
+            row.ref,
+            row.error.model_dump(mode="json") if row.error else None,
+            row.usage.model_dump(mode="json") if row.usage else None,
+        ]
         for row in rows
     ]
     return zlib.compress(json.dumps(packed, separators=(",", ":"), ensure_ascii=False).encode(), 6)
@@ -59,10 +65,16 @@ def decode_rows(batch_id: str, chunk: int, data: bytes) -> list[BatchItemResult]
 
 
 def _row(batch_id: str, index: int, fields: list[Any]) -> BatchItemResult:
-    status, caption, ref, error_fields = fields
-    error = JobErrorInfo.model_validate(error_fields) if error_fields else None
+    # Rows compacted before usage was recorded have four fields.
+    status, caption, ref, error_fields, usage_fields = (*fields, None)[:5]
     return BatchItemResult(
-        index=index, id=item_job_id(batch_id, index), ref=ref, status=JobStatus(status), caption=caption, error=error
+        index=index,
+        id=item_job_id(batch_id, index),
+        ref=ref,
+        status=JobStatus(status),
+        caption=caption,
+        error=JobErrorInfo.model_validate(error_fields) if error_fields else None,
+        usage=JobUsage.model_validate(usage_fields) if usage_fields else None,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.jobs import MAX_NEW_TOKENS, JobErrorInfo, JobStatus
+from shared.jobs import MAX_NEW_TOKENS, JobErrorInfo, JobStatus, JobUsage
 
 #: The most items one request may carry, whatever ``max_batch_items`` says (the schema's maxItems).
 MAX_BATCH_ITEMS = 10_000
@@ -239,6 +239,7 @@ class BatchItemResult(BaseModel):
     status: JobStatus
     caption: str | None
     error: JobErrorInfo | None
+    usage: JobUsage | None = Field(None, description="Tokens of prompt and caption, for an item that succeeded.")
 
 
 class BatchResultsPage(BaseModel):

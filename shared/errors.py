@@ -115,6 +115,14 @@ class BatchNotFound(InputError):
     title = "Batch not found"
 
 
+class FileNotFound(InputError):
+    """No file with this id is visible to the caller (the OpenAI-compatible Files API)."""
+
+    code = "file_not_found"
+    status = 404
+    title = "File not found"
+
+
 class JobNotFound(InputError):
     """No job with this id is visible to the caller."""
 

@@ -18,14 +18,14 @@ from redis.asyncio import Redis
 
 from shared.batch_results import RESULTS_CHUNK_ITEMS, FinishedResults, chunk_of
 from shared.batches import Batch, BatchItemResult, item_job_id, parse_item_job_id
-from shared.jobs import Job, JobErrorInfo, JobStatus
+from shared.jobs import Job, JobErrorInfo, JobStatus, JobUsage
 from shared.keys import Keys
 from shared.store import map_redis_errors
 
 # How QueueUnavailable names this store.
 _WHAT = "the batch store (Redis)"
 # The job fields a result shows, read with one HMGET per item.
-_RESULT_FIELDS = ("status", "caption", "error", "ref")
+_RESULT_FIELDS = ("status", "caption", "error", "ref", "usage")
 # KEYS[1] the batch hash; ARGV[1] a field. Sets it to 1 only on a batch that still exists, so a
 # batch expiring mid-compaction is not brought back as a hash with no owner and no TTL.
 _MARK_LUA = """
@@ -124,6 +124,7 @@ class ItemResults:
             created_at=batch.created_at,
             finished_at=batch.finished_at,
             caption=row.caption,
+            usage=row.usage,
             error=row.error,
             batch_id=batch.id,
             ref=row.ref,
@@ -145,7 +146,7 @@ def _compacted(batch: Batch, chunks: range) -> list[bool]:
 
 
 def _live_row(batch_id: str, index: int, raw: Sequence[bytes | None]) -> BatchItemResult | None:
-    status, caption, error, ref = (json.loads(value) if value is not None else None for value in raw)
+    status, caption, error, ref, usage = (json.loads(value) if value is not None else None for value in raw)
     if status is None:
         return None
     return BatchItemResult(
@@ -155,6 +156,7 @@ def _live_row(batch_id: str, index: int, raw: Sequence[bytes | None]) -> BatchIt
         status=JobStatus(status),
         caption=caption,
         error=JobErrorInfo.model_validate(error) if error else None,
+        usage=JobUsage.model_validate(usage) if usage else None,
     )
 
 

@@ -105,6 +105,15 @@ class JobTimings(BaseModel):
     batch_id: str | None = None
 
 
+class JobUsage(BaseModel):
+    """Tokens a caption took, counted by the worker with the model's own tokenizer (the API has none)."""
+
+    prompt_tokens: int = Field(
+        ge=0, description="Tokens of the prompt's text (0 without one); image patches are not counted."
+    )
+    completion_tokens: int = Field(ge=0, description="Tokens of the caption.")
+
+
 class WebhookState(BaseModel):
     """Delivery record of a job's webhook: its latest event and that event's latest attempt."""
 
@@ -144,6 +153,7 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     caption: str | None = None
+    usage: JobUsage | None = None
     error: JobErrorInfo | None = None
     model: str | None = None
     attempts: int = 0
@@ -223,6 +233,7 @@ class JobPublic(BaseModel):
     prompt: str | None
     max_new_tokens: int
     caption: str | None = Field(examples=["a large red circle on a white background"])
+    usage: JobUsage | None = Field(None, description="Tokens of prompt and caption, once the job succeeded.")
     error: JobErrorInfo | None
     model: str | None
     stage: str | None

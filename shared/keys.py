@@ -120,6 +120,22 @@ class Keys:
         """Counter of one owner's batch items not yet ended (the max_items_in_flight cap)."""
         return f"{self.prefix}:items-in-flight:{owner}"
 
+    def openai_file(self, file_id: str) -> str:
+        """Hash of one batch input file of the OpenAI-compatible facade (owner, name, content)."""
+        return f"{self.prefix}:openai-file:{file_id}"
+
+    def openai_files(self, owner: str) -> str:
+        """Sorted set of one owner's facade files (score: creation, epoch seconds)."""
+        return f"{self.prefix}:openai-files:{owner}"
+
+    def openai_batch(self, batch_id: str) -> str:
+        """Hash of what the facade adds to a native batch: its input file, line errors, metadata."""
+        return f"{self.prefix}:openai-batch:{batch_id}"
+
+    def openai_batches(self, owner: str) -> str:
+        """Sorted set of one owner's facade batches (score: creation, epoch seconds)."""
+        return f"{self.prefix}:openai-batches:{owner}"
+
     def rate_limit(self, owner: str) -> str:
         """Token bucket of one API key."""
         return f"{self.prefix}:rate:{owner}"

@@ -34,6 +34,7 @@ class ModelLimits(BaseModel):
     model: str = Field(description="The model's name, as jobs report it.")
     max_prompt_tokens: int = Field(ge=0, description="Longest prompt, in tokens, the model's text positions take.")
     prompt_tokenizer: str = Field(description='"bert-wordpiece", or another kind the API cannot bound.')
+    embedded: bool = Field(False, description="The embedded demonstration model (model=embedded), not a real GIT.")
 
 
 async def publish_model_limits(redis: Redis, keys: Keys, limits: ModelLimits, *, ttl_s: int) -> None:

@@ -80,6 +80,27 @@ class Settings(BaseSettings):
         32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
     )
 
+    # --- OpenAI-compatible facade (/openai/v1) -----------------------------------------
+    openai_wait_s: float = Field(
+        60.0,
+        gt=0,
+        le=300,
+        description="How long POST /openai/v1/chat/completions waits for its caption before answering 504 "
+        "wait_timeout (the job goes on; the error names it).",
+    )
+    openai_max_file_bytes: int = Field(
+        10 * _MIB,
+        ge=1024,
+        description="Largest batch input file POST /openai/v1/files takes, in bytes (at most max_request_bytes); "
+        "a larger one answers 413 upload_too_large.",
+    )
+    openai_max_file_lines: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Most request lines a batch input file may hold; a file with more answers 400 invalid_request.",
+    )
+
     # --- Model ------------------------------------------------------------------------
     model: str = Field(
         EMBEDDED_MODEL,
@@ -289,6 +310,8 @@ class Settings(BaseSettings):
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         if self.max_upload_bytes > self.max_request_bytes:
             raise ValueError("max_upload_bytes must not exceed max_request_bytes")
+        if self.openai_max_file_bytes > self.max_request_bytes:
+            raise ValueError("openai_max_file_bytes must not exceed max_request_bytes")
         if self.redelivery_timeout_s is not None and self.redelivery_timeout_s <= self.job_time_limit_s:
             # A running job's message would be delivered a second time while it still runs.
             raise ValueError("redelivery_timeout_s must exceed job_time_limit_s")

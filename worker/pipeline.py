@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.error_families import CaptionizerError
 from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrashed
-from shared.jobs import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
+from shared.jobs import Job, JobErrorInfo, JobStatus, JobTimings, JobUsage, utc_now
 from shared.settings import Settings
 from shared.store import JobStore
 from worker import metrics
@@ -59,6 +59,7 @@ class JobRunner:
         prepare: PrepareFn,
         model_name: str,
         on_event: EventFn,
+        count_tokens: Callable[[str | None], int] | None = None,
         gate: DeliveryGate | None = None,
         prompts: PromptShares | None = None,
         fetches: FetchShares | None = None,
@@ -69,6 +70,8 @@ class JobRunner:
         self.fetch = fetch
         self.prepare = prepare
         self.model_name = model_name
+        # The API has no tokenizer (it never imports transformers): usage is counted here, once per job.
+        self.count_tokens = count_tokens or _count_words
         self.on_event = on_event
         self.gate = gate or DeliveryGate()
         self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
@@ -168,6 +171,9 @@ class JobRunner:
         ended = await self._end(
             job, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
             caption=done.caption, model=self.model_name, finished_at=finished_at, timings=timings,
+            usage=JobUsage(
+                prompt_tokens=self.count_tokens(job.prompt), completion_tokens=self.count_tokens(done.caption)
+            ),
         )  # fmt: skip
         if ended is None:
             return None
@@ -224,6 +230,10 @@ class JobRunner:
                 "duration_s": job.timings.total_s,
             },
         )
+
+
+def _count_words(text: str | None) -> int:
+    return len((text or "").split())
 
 
 def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:

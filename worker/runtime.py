@@ -71,6 +71,9 @@ class CaptionModel(Protocol):
     def preprocess(self, images: Sequence[Image.Image]) -> Any:
         """The model's input for ``images``, one row per image."""
 
+    def count_tokens(self, text: str | None) -> int:
+        """Tokens the model's tokenizer makes of ``text`` (0 for none), for a job's ``usage``."""
+
     def generate_from_tensors(
         self, inputs: Sequence[Any], prompt: str | None, max_new_tokens: Sequence[int], num_beams: int = 1
     ) -> list[str]:
@@ -220,6 +223,7 @@ class CaptionRuntime:
             fetch=functools.partial(_fetch, session, self.settings),
             prepare=prepare_fn_for(self.captioner, self.settings),
             model_name=self.captioner.name,
+            count_tokens=self.captioner.count_tokens,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
@@ -282,6 +286,7 @@ class CaptionRuntime:
             model=self.captioner.name,
             max_prompt_tokens=self.captioner.max_prompt_tokens,
             prompt_tokenizer=self.captioner.prompt_tokenizer,
+            embedded=self.settings.model == EMBEDDED_MODEL,
         )
         await publish_model_limits(redis, self.keys, limits, ttl_s=ttl_s)
 

@@ -33,6 +33,10 @@ class NullCaptioner:
     max_prompt_tokens = 510
     prompt_tokenizer = "null"
 
+    def count_tokens(self, text: str | None) -> int:
+        """Words of ``text``: a stand-in has no tokenizer, and its usage figures are only plausible."""
+        return len((text or "").split())
+
     def preprocess(self, images: Sequence[Image.Image]) -> list[None]:
         """Nothing to prepare: one placeholder per image."""
         return [None for _ in images]

@@ -13,12 +13,11 @@ from fastapi import APIRouter, Query
 
 from api.auth import CALLER_ERRORS
 from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
+from api.job_events import wait_for_caption
 from api.problems import problem_responses
 from api.security import EDGE_ERRORS
 from shared import errors
-from shared.error_codes import error_for_code
-from shared.errors import JobEnded, WaitTimedOut
-from shared.jobs import JobCreate, JobStatus
+from shared.jobs import JobCreate
 
 # Authenticated and rate-limited like the job routes; those problems are documented once here.
 router = APIRouter(tags=["caption"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest))
@@ -53,17 +52,7 @@ async def caption_url(
     settings: AppSettings,
 ) -> str:
     """Caption the image at ``url``: 200 with the caption, the job's error, or 504 after ``caption_wait_s``."""
+    since = events.position()
     job = await submitter.submit(JobCreate(image_url=url), caller.owner)
-    done = await events.wait_until_final(store, job.id, settings.caption_wait_s)
-    if done is None or not done.status.is_final:
-        raise WaitTimedOut(
-            f"the caption is not ready after {settings.caption_wait_s:g} s; poll the job",
-            job_id=job.id,
-            job_url=f"/v1/jobs/{job.id}",
-        )
-    if done.status is JobStatus.SUCCEEDED and done.caption is not None:
-        return done.caption
-    if done.error is not None:
-        extra = {"upstream_status": done.error.upstream_status} if done.error.upstream_status else {}
-        raise error_for_code(done.error.code, done.error.message, job_id=job.id, **extra)
-    raise JobEnded(f"the job ended {done.status}", job_id=job.id)
+    done = await wait_for_caption(events, store, job, settings.caption_wait_s, since=since)
+    return done.caption or ""

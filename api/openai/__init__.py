@@ -1,0 +1,1 @@
+"""The OpenAI-compatible facade under ``/openai/v1``: OpenAI's wire format onto native jobs and batches."""
