@@ -7,7 +7,7 @@ Responses carry exactly OpenAI's members, so the ``openai`` SDK parses them into
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(max_length=32)
-    content: str | list[ContentPart] | None = Field(None, max_length=MAX_CONTENT_PARTS)
+    content: (
+        Annotated[str, Field(max_length=64 * 1024)]
+        | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]
+        | None
+    ) = None
 
 
 class StreamOptions(BaseModel):
