@@ -193,8 +193,8 @@ def test_a_batch_queues_good_lines_and_counts_refused_ones_as_failed(
     assert batch["request_counts"] == {"total": 4, "completed": 0, "failed": 2}
     native = client.get(f"/v1/batches/{batch['id']}").json()
     assert native["total"] == 2
-    assert [chunk for _, chunk, _ in api_harness.queue.sent][0] == [
-        [f"job_{batch['id'][4:]}_0", f"job_{batch['id'][4:]}_1"]
+    assert [args for _, args, _ in api_harness.queue.sent] == [
+        [[f"job_{batch['id'][4:]}_0", f"job_{batch['id'][4:]}_1"]]
     ]
     listed = client.get("/openai/v1/batches").json()
     assert [entry["id"] for entry in listed["data"]] == [batch["id"]]
