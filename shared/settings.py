@@ -91,8 +91,8 @@ class Settings(BaseSettings):
     openai_max_file_bytes: int = Field(
         10 * _MIB,
         ge=1024,
-        description="Largest batch input file POST /openai/v1/files takes, in bytes (at most max_request_bytes); "
-        "a larger one answers 413 upload_too_large.",
+        description="Largest batch input file POST /openai/v1/files takes, in bytes; a larger one answers 413 "
+        "upload_too_large (max_request_bytes bounds the whole request further).",
     )
     openai_max_file_lines: int = Field(
         10_000,
@@ -310,8 +310,6 @@ class Settings(BaseSettings):
             raise ValueError("default_max_new_tokens must not exceed max_new_tokens_limit")
         if self.max_upload_bytes > self.max_request_bytes:
             raise ValueError("max_upload_bytes must not exceed max_request_bytes")
-        if self.openai_max_file_bytes > self.max_request_bytes:
-            raise ValueError("openai_max_file_bytes must not exceed max_request_bytes")
         if self.redelivery_timeout_s is not None and self.redelivery_timeout_s <= self.job_time_limit_s:
             # A running job's message would be delivered a second time while it still runs.
             raise ValueError("redelivery_timeout_s must exceed job_time_limit_s")

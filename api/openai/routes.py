@@ -77,7 +77,17 @@ async def openai_list_models(request: Request, caller: Reader) -> ModelList:
     summary="Caption one image (OpenAI: create chat completion)",
     response_model=ChatCompletion,
     responses={
-        200: {"content": {EVENT_STREAM_MEDIA_TYPE: {"schema": ChatCompletionChunk.model_json_schema()}}},
+        200: {
+            "content": {
+                EVENT_STREAM_MEDIA_TYPE: {
+                    "schema": {
+                        "type": "string",
+                        "description": "With stream: server-sent events, each `data:` a chat.completion.chunk, "
+                        "the last `data: [DONE]`.",
+                    }
+                }
+            }
+        },
         **problem_responses(
             errors.UrlNotAllowed,
             errors.UploadTooLarge,
