@@ -29,7 +29,9 @@ from shared.jobs import Job, JobCreate
 #: Roles whose messages are ignored: GIT takes no instructions, only a prompt to continue.
 IGNORED_ROLES = frozenset({"system", "developer"})
 # Parameters that would change what the answer means; anything else unknown is ignored (temperature...).
-_REFUSED_PARAMS = ("tools", "functions", "tool_choice", "function_call", "audio", "prediction")
+_REFUSED_PARAMS = ("tools", "functions", "audio", "prediction", "logprobs")
+# A tool choice that forces a call changes the answer; "none" and "auto" (with no tools) do not.
+_HARMLESS_TOOL_CHOICES = (None, "none", "auto")
 # RFC 2397 data URL of an image, base64-encoded.
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+(?:;[A-Za-z0-9=._+-]+)*;base64,", re.IGNORECASE)
 
@@ -55,15 +57,14 @@ def job_create_from_chat(request: ChatCompletionRequest) -> JobCreate:
 def _refuse_meaning_changes(request: ChatCompletionRequest) -> None:
     if request.n is not None and request.n > 1:
         raise InvalidRequest("n must be 1: captions are decoded greedily, so more choices would be copies", param="n")
-    extra = request.model_extra or {}
     for name in _REFUSED_PARAMS:
-        if extra.get(name):
+        if getattr(request, name) not in (None, False, []):
             raise InvalidRequest(f"{name} is not supported: the model only captions images", param=name)
-    response_format = extra.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+    for name in ("tool_choice", "function_call"):
+        if getattr(request, name) not in _HARMLESS_TOOL_CHOICES:
+            raise InvalidRequest(f"{name} is not supported: the model only captions images", param=name)
+    if request.response_format is not None and request.response_format.type != "text":
         raise InvalidRequest("response_format must be text: captions are plain text", param="response_format")
-    if extra.get("logprobs"):
-        raise InvalidRequest("logprobs are not supported", param="logprobs")
 
 
 def _the_user_message(messages: list[ChatMessage]) -> ChatMessage:

@@ -1,20 +1,25 @@
 """OpenAI's wire format, as much of it as the facade speaks: chat completions, models, files and batches.
 
-Requests keep OpenAI's unknown fields (``extra="allow"``): the contract is to ignore what is
-harmless, and :mod:`api.openai.chat` refuses by name what would change the answer's meaning.
+Requests drop OpenAI's fields that do not matter here (``extra="ignore"``: the contract is to ignore
+what is harmless) and declare, bounded, the ones :mod:`api.openai.chat` refuses by name because they
+would change the answer's meaning. Every field has an upper bound, as every native request's (#13).
 Responses carry exactly OpenAI's members, so the ``openai`` SDK parses them into its own types.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.jobs import MAX_NEW_TOKENS
 
 #: Most messages a chat request may carry: one user message, and system ones the facade ignores.
 MAX_MESSAGES = 8
 #: Most content parts in one message: one image and a few pieces of text.
 MAX_CONTENT_PARTS = 8
+# Most key/value pairs of a batch's metadata (OpenAI's limit).
+_MAX_METADATA_PAIRS = 16
 #: Longest image URL, ``data:`` URLs included (48 MiB of image as base64; max_upload_bytes bounds it further).
 MAX_IMAGE_URL_CHARS = 64 * 1024 * 1024
 
@@ -22,16 +27,16 @@ MAX_IMAGE_URL_CHARS = 64 * 1024 * 1024
 class ImageUrl(BaseModel):
     """An ``image_url`` content part's target: https URL or ``data:image/...;base64,`` URL."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     url: str = Field(max_length=MAX_IMAGE_URL_CHARS)
-    detail: str | None = Field(None, description="Ignored: GIT sees every image at its one input size.")
+    detail: str | None = Field(None, max_length=16, description="Ignored: GIT sees every image at its one input size.")
 
 
 class ContentPart(BaseModel):
     """One part of a message's content: ``text`` or ``image_url`` (others are refused by name)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     type: str = Field(max_length=64)
     text: str | None = Field(None, max_length=64 * 1024)
@@ -41,7 +46,7 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     """One message of a chat request."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     role: str = Field(max_length=32)
     content: (
@@ -54,16 +59,24 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     """``stream_options``: only ``include_usage`` means something here."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: only ``text`` keeps a caption's meaning."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(max_length=64)
 
 
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /openai/v1/chat/completions``: one user message with one image."""
 
     model_config = ConfigDict(
-        extra="allow",
+        extra="ignore",
         json_schema_extra={
             "examples": [
                 {
@@ -82,11 +95,26 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(max_length=256, description="Any name: the server answers with the model its workers serve.")
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int | None = Field(None, ge=1, description="Longest caption, in tokens (max_new_tokens).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens; wins when both are given.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS, description="Longest caption, in tokens (max_new_tokens; max_new_tokens_limit)."
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=MAX_NEW_TOKENS, description="Same as max_tokens; wins when both are given."
+    )
     stream: bool | None = Field(False, description="Answer as server-sent events ending with `data: [DONE]`.")
     stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1, description="Only 1: GIT decodes greedily, so more choices would be copies.")
+    n: int | None = Field(
+        None, ge=1, le=128, description="Only 1: GIT decodes greedily, so more choices would be copies."
+    )
+    # Declared only to be refused by name (400): each would change what the answer means.
+    tools: list[Any] | None = Field(None, max_length=128, description="Refused: the model only captions.")
+    functions: list[Any] | None = Field(None, max_length=128, description="Refused: the model only captions.")
+    tool_choice: Any = Field(None, description="Refused unless absent or null.")
+    function_call: Any = Field(None, description="Refused unless absent or null.")
+    audio: Any = Field(None, description="Refused unless absent or null.")
+    prediction: Any = Field(None, description="Refused unless absent or null.")
+    logprobs: bool | None = Field(None, description="Refused when true.")
+    response_format: ResponseFormat | None = Field(None, description='Only {"type": "text"}.')
 
 
 class AssistantMessage(BaseModel):
@@ -202,7 +230,22 @@ class BatchCreateRequest(BaseModel):
     input_file_id: str = Field(max_length=128)
     endpoint: Literal["/v1/chat/completions"]
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Any = Field(
+        None, description="Up to 16 string pairs (keys of 64 characters, values of 512), shown on the batch."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_pairs(cls, value: Any) -> dict[str, str] | None:
+        # Typed Any in the schema, so that no object in a request is open to any member (#13); checked here.
+        if value is None:
+            return None
+        if not isinstance(value, dict) or len(value) > _MAX_METADATA_PAIRS:
+            raise ValueError(f"metadata must be an object of at most {_MAX_METADATA_PAIRS} string pairs")
+        for key, item in value.items():
+            if not isinstance(item, str) or len(key) > 64 or len(item) > 512:
+                raise ValueError("metadata keys are strings of at most 64 characters, values of at most 512")
+        return value
 
 
 class RequestCounts(BaseModel):

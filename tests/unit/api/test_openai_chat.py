@@ -60,6 +60,9 @@ def test_harmless_parameters_and_system_messages_are_ignored() -> None:
             "user": "someone",
             "n": 1,
             "response_format": {"type": "text"},
+            "tool_choice": "none",
+            "logprobs": False,
+            "metadata": {"team": "a11y"},
         }
     )
     assert job_create_from_chat(request).image_url == "https://example.com/a.png"
@@ -75,6 +78,7 @@ def test_harmless_parameters_and_system_messages_are_ignored() -> None:
             "response_format",
         ),
         ({"content": [image("https://example.com/a.png")], "logprobs": True}, "logprobs"),
+        ({"content": [image("https://example.com/a.png")], "tool_choice": "required"}, "tool_choice"),
         ({"content": [image("https://example.com/a.png"), image("https://example.com/b.png")]}, "messages"),
         ({"content": "describe this image"}, "messages"),
         ({"content": [{"type": "text", "text": "no image"}]}, "messages"),
