@@ -69,6 +69,10 @@ class FakeCaptioner:
             raise ValueError("the fake model refuses this image")
         return [fake_caption(image, prompt) for image in images]
 
+    def count_tokens(self, text: str | None) -> int:
+        """Words of ``text``: deterministic usage figures for the jobs it captions."""
+        return len((text or "").split())
+
     def preprocess(self, images: Sequence[Image.Image]) -> list[Image.Image]:
         """The images themselves: the fake captions from their size."""
         return list(images)

@@ -61,5 +61,6 @@ def test_the_heartbeat_publishes_the_models_limits(runtime: CaptionRuntime) -> N
         return limits, ttl_s
 
     limits, ttl_s = asyncio.run(beat())
-    assert limits == ModelLimits(model="fake", max_prompt_tokens=510, prompt_tokenizer="fake")
+    # Settings().model is the embedded model, which /openai/v1/models reports as such.
+    assert limits == ModelLimits(model="fake", max_prompt_tokens=510, prompt_tokenizer="fake", embedded=True)
     assert 0 < ttl_s <= 3 * Settings().worker_heartbeat_s  # gone soon after the last worker stops
