@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import QueueUnavailable
-from shared.webhooks import RetrySchedule, WebhookDelivery
+from shared.webhooks.delivery import RetrySchedule, WebhookDelivery
 
 
 def fake_caption(image: Image.Image, prompt: str | None = None) -> str:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from api.auth import hash_key
+from api.http.auth import hash_key
 from model.captioner import EMBEDDED_MODEL_DIR
 from scripts.processes import free_port
 from scripts.stack import LocalStack

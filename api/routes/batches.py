@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import CALLER_ERRORS
 from api.deps import MAX_JOB_ID_PATH_CHARS, Batches, BatchSubmitterDep, CurrentCaller
-from api.idempotency import IDEMPOTENCY_KEY_PATTERN
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared import errors
-from shared.batch_store import BatchStore
-from shared.batches import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.model import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.store import BatchStore
 from shared.errors import BatchNotFound
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS))

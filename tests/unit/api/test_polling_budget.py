@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.auth import hash_key
-from api.prefer import preferred_wait_s
-from shared.jobs import JobStatus
+from api.http.auth import hash_key
+from api.http.prefer import preferred_wait_s
+from shared.jobs.model import JobStatus
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 

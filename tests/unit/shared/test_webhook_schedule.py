@@ -8,7 +8,7 @@ from typing import Any
 import fakeredis.aioredis
 
 from shared.keys import WEBHOOK_TASK, Keys
-from shared.webhooks import DeliverySlots, RetrySchedule, WebhookDelivery, move_due_retries
+from shared.webhooks.delivery import DeliverySlots, RetrySchedule, WebhookDelivery, move_due_retries
 from tests.fakes import scheduled_retries
 
 T0 = 1_700_000_000.0
