@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 from redis.asyncio import Redis
 
 from shared.background import BackgroundTask
-from shared.batches.model import Batch, BatchPublic
 from shared.batches.store import BatchStore
 from shared.jobs.model import utc_now
 from shared.jobs.store import REDIS_ERRORS
 from shared.keys import Keys
-from shared.webhooks.delivery import SendTask, WebhookDelivery, enqueue_delivery
+from shared.webhooks.delivery import SendTask, batch_delivery, enqueue_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +29,6 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.5
 # After Redis errors, wait this long before trying again (the API serves 503s meanwhile).
 _RETRY_AFTER_ERROR_S = 1.0
-
-
-def batch_delivery(batch: Batch) -> WebhookDelivery:
-    """The batch's webhook event (``batch.completed`` or ``batch.canceled``), with the batch as its data."""
-    if batch.webhook_url is None:
-        raise ValueError(f"batch {batch.id} has no webhook_url")
-    event = f"batch.{batch.state}"
-    payload = {
-        "type": event,
-        "timestamp": utc_now().isoformat(),
-        "data": BatchPublic.from_batch(batch).model_dump(mode="json"),
-    }
-    return WebhookDelivery(
-        webhook_id=f"msg_{batch.id}_{batch.state}",
-        job_id=batch.id,
-        url=batch.webhook_url,
-        event=event,
-        body=json.dumps(payload, separators=(",", ":")),
-    )
 
 
 class BatchCloser:
@@ -141,6 +120,6 @@ class BatchCloser:
         await self.batches.compact(batch)
         logger.info("batch ended", extra={"batch_id": batch.id, "items": batch.total, "status": str(batch.state)})
         if batch.webhook_url is not None:
-            delivery = batch_delivery(batch)
+            delivery = batch_delivery(batch, utc_now())
             await asyncio.to_thread(enqueue_delivery, self.send_task, self.keys, delivery)
             logger.info("webhook queued", extra={"batch_id": batch.id, "webhook_event": delivery.event})

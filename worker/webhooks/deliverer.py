@@ -21,9 +21,10 @@ from shared.intake.urls import validate_url
 from shared.jobs.model import WebhookState
 from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.webhooks.delivery import DeliverySlots, RetrySchedule, WebhookDelivery, is_final_event
+from shared.webhooks.delivery import WebhookDelivery, is_final_event
 from shared.webhooks.secrets import WebhookSecrets
 from worker.webhooks.requests import AttemptResult, SessionFactory, make_webhook_session, post_delivery, sign_headers
+from worker.webhooks.schedule import DeliverySlots, RetrySchedule
 
 logger = logging.getLogger(__name__)
 

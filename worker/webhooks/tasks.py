@@ -20,8 +20,9 @@ from shared.jobs.store import REDIS_ERRORS, JobStore
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
-from shared.webhooks.delivery import RetryMover, RetrySchedule, WebhookDelivery
+from shared.webhooks.delivery import WebhookDelivery
 from worker.webhooks.deliverer import WebhookDeliverer
+from worker.webhooks.schedule import RetryMover, RetrySchedule
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def is_consuming(app: Celery, queue: str) -> bool:
 
 
 def install_retry_mover(app: Celery, settings: Settings) -> None:
-    """Run a :class:`~shared.webhooks.delivery.RetryMover` in each worker that consumes the webhook queue.
+    """Run a :class:`~worker.webhooks.schedule.RetryMover` in each worker that consumes the webhook queue.
 
     Started on ``worker_ready``, in the worker's main process, once the queues
     from ``-Q`` are known; caption-only workers never start one.

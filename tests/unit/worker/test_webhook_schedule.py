@@ -8,8 +8,9 @@ from typing import Any
 import fakeredis.aioredis
 
 from shared.keys import WEBHOOK_TASK, Keys
-from shared.webhooks.delivery import DeliverySlots, RetrySchedule, WebhookDelivery, move_due_retries
+from shared.webhooks.delivery import WebhookDelivery
 from tests.fakes import scheduled_retries
+from worker.webhooks.schedule import DeliverySlots, RetrySchedule, move_due_retries
 
 T0 = 1_700_000_000.0
 
