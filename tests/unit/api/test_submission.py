@@ -142,7 +142,9 @@ def test_the_same_idempotency_key_and_body_make_one_job() -> None:
         with pytest.raises(IdempotencyConflict):
             await submitter.admit_job(JobCreate(image_url=URL, prompt="other"), OWNER, Door.JOB, idempotency_key="k-1")
         # Keys are per owner: another owner's same key is a new job.
-        other = await submitter.admit_job(JobCreate(image_url=URL), "key_fedcba9876543210", Door.JOB, idempotency_key="k-1")
+        other = await submitter.admit_job(
+            JobCreate(image_url=URL), "key_fedcba9876543210", Door.JOB, idempotency_key="k-1"
+        )
         assert other.id != first.id
 
     run(scenario)
