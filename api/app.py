@@ -9,28 +9,28 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api.auth import KeyRing
-from api.batch_closer import BatchCloser
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents
+from api.admission import Admission
+from api.batches.closer import BatchCloser
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import KeyRing
+from api.http.openapi import install_openapi, operation_id
+from api.http.problems import install_problem_handlers
+from api.http.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from api.http.security import install_security
+from api.jobs.events import JobEvents
 from api.openai import routes as openai_routes
 from api.openai.batches import FacadeBatches
 from api.openai.store import FacadeStore
-from api.openapi import install_openapi, operation_id
-from api.problems import install_problem_handlers
-from api.queue import TaskQueue
-from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
 from api.routes import batches, caption, health, jobs, limits, webhooks
 from api.routes.docs import register_docs
 from api.routes.pages import register_pages
-from api.security import install_security
 from api.services import Services
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from shared.batches.store import BatchStore
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
-from shared.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def build_services(settings: Settings) -> Services:
     key_ring = KeyRing.from_settings(settings)
     if not len(key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
-    submitter = JobSubmitter(settings, store, queue)
+    admission = Admission(settings, store, queue)
     batch_store = BatchStore(redis, keys, settings.job_ttl_s)
-    batch_submitter = BatchSubmitter(settings, submitter, store, batch_store, queue.send_task)
+    batch_submitter = BatchSubmitter(settings, admission, store, batch_store, queue.send_task)
     openai_files = FacadeStore(redis, keys, settings.job_ttl_s)
     return Services(
         settings=settings,
@@ -125,7 +125,7 @@ def build_services(settings: Settings) -> Services:
         store=store,
         queue=queue,
         job_events=JobEvents(events_redis, keys),
-        submitter=submitter,
+        admission=admission,
         key_ring=key_ring,
         rate_limiter=RateLimiter.from_settings(redis, settings),
         read_rate_limiter=RateLimiter.reads_from_settings(redis, settings),

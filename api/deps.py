@@ -12,19 +12,19 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from api.auth import ANONYMOUS_OWNER, Caller, check_same_origin
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents, Position
-from api.queue import TaskQueue
+from api.admission import Admission
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import ANONYMOUS_OWNER, Caller, check_same_origin
+from api.jobs.events import JobEvents, Position
 from api.services import Services
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from shared.batches.store import BatchStore
 from shared.errors import JobNotFound, Unauthorized
-from shared.jobs import Job
+from shared.jobs.model import Job
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.webhook_secrets import WebhookSecrets
+from shared.webhooks.secrets import WebhookSecrets
 
 # new_job_id(): "job_" and 22 URL-safe characters; anything else is not worth a Redis lookup.
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
@@ -84,9 +84,9 @@ async def get_job_events(request: Request) -> JobEvents:
     return services_of(request).job_events
 
 
-async def get_submitter(request: Request) -> JobSubmitter:
-    """Validates, stores and queues new jobs."""
-    return services_of(request).submitter
+async def get_admission(request: Request) -> Admission:
+    """The one door every job comes in through."""
+    return services_of(request).admission
 
 
 async def get_batch_store(request: Request) -> BatchStore:
@@ -113,7 +113,7 @@ async def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSec
 
 WebhookSecretStore = Annotated[WebhookSecrets, Depends(get_webhook_secrets)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
-Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
 Batches = Annotated[BatchStore, Depends(get_batch_store)]
 BatchSubmitterDep = Annotated[BatchSubmitter, Depends(get_batch_submitter)]
 
@@ -216,7 +216,7 @@ async def get_owned_job(
     services = services_of(request)
     job = await services.store.get(job_id)
     if job is None:
-        # A batch item whose results were compacted when its batch ended (shared.batch_results).
+        # A batch item whose results were compacted when its batch ended (shared.batches.results).
         job = await services.batch_store.read_item_job(job_id)
     return check_visible(job, job_id, caller.owner)
 

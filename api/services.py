@@ -6,19 +6,19 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from api.auth import KeyRing
-from api.batch_closer import BatchCloser
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents
+from api.admission import Admission
+from api.batches.closer import BatchCloser
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import KeyRing
+from api.http.ratelimit import RateLimiter
+from api.jobs.events import JobEvents
 from api.openai.batches import FacadeBatches
 from api.openai.store import FacadeStore
-from api.queue import TaskQueue
-from api.ratelimit import RateLimiter
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from shared.batches.store import BatchStore
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Services:
     store: JobStore
     queue: TaskQueue
     job_events: JobEvents
-    submitter: JobSubmitter
+    admission: Admission
     key_ring: KeyRing
     #: The submit budget (creating and canceling jobs).
     rate_limiter: RateLimiter

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.openai.chat import job_create_from_chat
 from api.openai.wire import ChatCompletionRequest
-from shared.batches import MAX_REF_CHARS
+from shared.batches.model import MAX_REF_CHARS
 from shared.error_families import CaptionizerError
 from shared.errors import InvalidRequest
-from shared.jobs import JobCreate
+from shared.jobs.model import JobCreate
 
 #: The one endpoint a batch line may name.
 BATCH_ENDPOINT = "/v1/chat/completions"

@@ -1,9 +1,12 @@
-"""OpenAI batches onto native batches: a file's good lines become one Captionizer batch, its bad ones the error file.
+"""OpenAI batches onto native batches: a file's lines become one Captionizer batch, its unreadable ones the error file.
 
-Every line is admitted as a batch item on its own (the native batch refuses a request whole at
-its first bad item, OpenAI's fails lines one by one), then the lines that passed go through the
-native ``BatchSubmitter`` in slices of ``max_batch_items``. A native batch has one prompt and one
-``max_new_tokens``: a line asking for others than the first good line's fails into the error file.
+Lines that read as chat requests go through the native ``BatchSubmitter`` (in slices of
+``max_batch_items``) and so through :class:`api.admission.Admission` as ``Door.OPENAI_BATCH``: each is
+checked as a job of its own, and one refused there (an image URL not allowed, an inline image too
+large...) is stored failed with its code, as any native batch item is, and lands in the error file
+with that code. Lines that cannot be read, or ask for what a chat completion refuses, never become
+items: the facade keeps them and writes them to the error file first. A native batch has one prompt
+and one ``max_new_tokens``: a line asking for others than the first good line's fails the same way.
 """
 
 from __future__ import annotations
@@ -11,18 +14,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
-from api.batches import BatchSubmitter
+from api.admission import Door
+from api.batches.service import BatchSubmitter
+from api.http.problems import openai_error_body, openai_status
 from api.openai.batch_lines import BatchLine, LineError, failed_line, output_line, read_batch_lines
 from api.openai.chat import chat_completion
 from api.openai.store import FacadeBatch, FacadeStore, StoredFile
 from api.openai.wire import BatchCreateRequest, BatchObject, RequestCounts
-from api.problems import openai_error_body, openai_status
-from shared.batch_store import BatchStore
-from shared.batches import Batch, BatchCreate, BatchItemCreate, BatchItemResult, BatchItems, BatchState
+from shared.batches.model import Batch, BatchCreate, BatchItemCreate, BatchItemResult, BatchItems, BatchState
+from shared.batches.store import BatchStore
 from shared.error_codes import CLASSES_BY_CODE
 from shared.error_families import CaptionizerError
 from shared.errors import BatchNotFound, FileNotFound, InternalError, InvalidRequest, JobEnded
-from shared.jobs import Job, JobCreate, JobStatus
+from shared.jobs.model import Job, JobCreate, JobStatus
 from shared.settings import Settings
 
 #: Output and error files are made from the batch when read; their ids name it.
@@ -57,7 +61,7 @@ class FacadeBatches:
         """
         stored = await self.owned_input_file(request.input_file_id, owner)
         lines = read_batch_lines(stored.content, max_lines=self.settings.openai_max_file_lines)
-        good, errors = self._admit_lines(lines, owner)
+        good, errors = self._split_lines(lines)
         if not good:
             raise InvalidRequest(
                 f"no line of {stored.id} can run; the first: {errors[0].message}", param="input_file_id"
@@ -74,35 +78,20 @@ class FacadeBatches:
             raise FileNotFound(f"no file {file_id[:128]}", param="input_file_id")
         return stored
 
-    def _admit_lines(
-        self, lines: Sequence[BatchLine | LineError], owner: str
-    ) -> tuple[list[BatchLine], list[LineError]]:
-        """Each line checked as a batch item of its own, as ``POST /v1/batches`` checks items."""
+    @staticmethod
+    def _split_lines(lines: Sequence[BatchLine | LineError]) -> tuple[list[BatchLine], list[LineError]]:
+        """The lines that become items, and those that fail here: unreadable, or options unlike the first's."""
         good: list[BatchLine] = []
         errors: list[LineError] = []
         for line in lines:
             if isinstance(line, LineError):
                 errors.append(line)
-                continue
-            failure = self._check_line(line, owner, good[0].request if good else None)
-            if failure is None:
-                good.append(line)
+            elif good and _options(line.request) != _options(good[0].request):
+                message = "every line of a batch must ask for the first line's prompt and max_tokens"
+                errors.append(LineError(line.line, line.custom_id, InvalidRequest.code, message))
             else:
-                errors.append(failure)
+                good.append(line)
         return good, errors
-
-    def _check_line(self, line: BatchLine, owner: str, first: JobCreate | None) -> LineError | None:
-        request = line.request
-        if first is not None and (request.prompt, request.max_new_tokens) != (first.prompt, first.max_new_tokens):
-            message = "every line of a batch must ask for the first line's prompt and max_tokens"
-            return LineError(line.line, line.custom_id, InvalidRequest.code, message)
-        try:
-            self.native.prepare(
-                [_item(line)], owner, prompt=request.prompt, max_new_tokens=request.max_new_tokens, webhook_url=None
-            )
-        except CaptionizerError as exc:
-            return LineError(line.line, line.custom_id, exc.code, exc.message.removeprefix("items[0]: "))
-        return None
 
     async def _submit(self, lines: list[BatchLine], owner: str) -> Batch:
         size = self.settings.max_batch_items
@@ -114,11 +103,12 @@ class FacadeBatches:
             max_new_tokens=options.max_new_tokens,
             more_items=bool(rest),
         )
-        batch = await self.native.submit(create, owner)
+        batch = await self.native.submit(create, owner, door=Door.OPENAI_BATCH)
         for start in range(0, len(rest), size):
             part = rest[start : start + size]
             more = start + size < len(rest)
-            await self.native.append(batch, BatchItems(items=[_item(line) for line in part], more_items=more))
+            items = BatchItems(items=[_item(line) for line in part], more_items=more)
+            await self.native.append(batch, items, door=Door.OPENAI_BATCH)
         return batch
 
     def object_of(self, batch: Batch, record: FacadeBatch) -> BatchObject:
@@ -190,6 +180,10 @@ class FacadeBatches:
         if batch is None:
             raise error
         return batch, record
+
+
+def _options(request: JobCreate) -> tuple[str | None, int | None]:
+    return request.prompt, request.max_new_tokens
 
 
 def _item(line: BatchLine) -> BatchItemCreate:

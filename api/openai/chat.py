@@ -24,7 +24,7 @@ from api.openai.wire import (
     Usage,
 )
 from shared.errors import InvalidRequest
-from shared.jobs import Job, JobCreate
+from shared.jobs.model import Job, JobCreate
 
 #: Roles whose messages are ignored: GIT takes no instructions, only a prompt to continue.
 IGNORED_ROLES = frozenset({"system", "developer"})

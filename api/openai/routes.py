@@ -16,9 +16,12 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import CALLER_ERRORS
+from api.admission import Door
 from api.deps import CurrentCaller, Reader, services_of
-from api.job_events import wait_for_caption
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.events import wait_for_caption
 from api.openai.batches import ERROR_FILE_PREFIX, OUTPUT_FILE_PREFIX
 from api.openai.chat import chat_chunks, chat_completion, job_create_from_chat
 from api.openai.store import StoredFile
@@ -35,12 +38,10 @@ from api.openai.wire import (
     ModelList,
     sse_event,
 )
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
 from api.services import Services
 from shared import errors
 from shared.errors import InvalidRequest, UploadTooLarge
-from shared.model_limits import read_model_limits
+from shared.intake.model_limits import read_model_limits
 from shared.settings import EMBEDDED_MODEL
 
 #: Where the facade is mounted; ``api.problems.OPENAI_PREFIX`` picks OpenAI's error shape under it.
@@ -108,7 +109,7 @@ async def openai_create_chat_completion(
     job_create = job_create_from_chat(body)
     # Taken before the job exists: an end before the wait begins is still seen.
     since = services.job_events.position()
-    job = await services.submitter.submit(job_create, caller.owner)
+    job = await services.admission.admit_job(job_create, caller.owner, Door.OPENAI_CHAT)
     done = await wait_for_caption(
         services.job_events, services.store, job, services.settings.openai_wait_s, since=since
     )

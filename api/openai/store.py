@@ -15,9 +15,9 @@ from datetime import datetime
 from redis.asyncio import Redis
 
 from api.openai.batch_lines import LineError
-from shared.jobs import utc_now
+from shared.jobs.model import utc_now
+from shared.jobs.store import map_redis_errors
 from shared.keys import Keys
-from shared.store import map_redis_errors
 
 # How QueueUnavailable names this store.
 _WHAT = "the file store (Redis)"

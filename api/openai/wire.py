@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.jobs import MAX_NEW_TOKENS
+from shared.jobs.model import MAX_NEW_TOKENS
 
 #: Most messages a chat request may carry: one user message, and system ones the facade ignores.
 MAX_MESSAGES = 8

@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import CALLER_ERRORS
-from api.deps import MAX_JOB_ID_PATH_CHARS, Batches, BatchSubmitterDep, CurrentCaller
-from api.idempotency import IDEMPOTENCY_KEY_PATTERN
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.deps import MAX_JOB_ID_PATH_CHARS, AdmissionDep, Batches, BatchSubmitterDep, CurrentCaller, Reader
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared import errors
-from shared.batch_store import BatchStore
-from shared.batches import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.model import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.store import BatchStore
 from shared.errors import BatchNotFound
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS))
@@ -27,6 +27,8 @@ NDJSON_MEDIA_TYPE = "application/x-ndjson"
 MAX_PAGE_ITEMS = 1_000
 # Items read from Redis per step while streaming NDJSON.
 _STREAM_STEP_ITEMS = 500
+# Bodies up to this size are parsed by the in-flight check itself (to let an empty append through).
+_SMALL_BODY_BYTES = 4096
 _SUBMIT_ERRORS = (
     errors.InvalidRequest,
     errors.UrlNotAllowed,
@@ -38,29 +40,61 @@ _SUBMIT_ERRORS = (
 )
 
 
-async def get_owned_batch(
-    batch_id: Annotated[
-        str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
-    ],
-    caller: CurrentCaller,
-    batches: Batches,
-) -> Batch:
-    """The path's batch if the caller owns it, else 404 ``batch_not_found`` (never 403: ids stay secret)."""
+_BatchIdPath = Annotated[
+    str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
+]
+
+
+async def _visible_batch(batch_id: str, owner: str, batches: BatchStore) -> Batch:
+    """The batch if ``owner`` owns it, else 404 ``batch_not_found`` (never 403: ids stay secret)."""
     if not is_batch_id(batch_id):
         raise BatchNotFound(f"no batch {batch_id[:80]}", batch_id=batch_id[:80])
     batch = await batches.get(batch_id)
-    if batch is None or batch.owner != caller.owner:
+    if batch is None or batch.owner != owner:
         raise BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
     return batch
 
 
+async def get_owned_batch(batch_id: _BatchIdPath, caller: CurrentCaller, batches: Batches) -> Batch:
+    """The path's batch, for a change (append, cancel): spends the submit budget."""
+    return await _visible_batch(batch_id, caller.owner, batches)
+
+
+async def get_readable_batch(batch_id: _BatchIdPath, caller: Reader, batches: Batches) -> Batch:
+    """The path's batch, for a read: spends the read budget, as job reads do, so polling never blocks submitting."""
+    return await _visible_batch(batch_id, caller.owner, batches)
+
+
 OwnedBatch = Annotated[Batch, Depends(get_owned_batch)]
+
+
+async def require_room_in_flight(request: Request, caller: CurrentCaller, admission: AdmissionDep) -> None:
+    """The cheapest check first: a key already at its items-in-flight cap is refused before its body is validated.
+
+    FastAPI solves dependencies before it validates the body, so 10,000 items are never checked (hundreds of
+    milliseconds on the event loop, measured by bench/admission.py) only to be refused; the exact count is
+    checked by the admission, and atomically by the create script. A small body is read first: an empty
+    append, which only closes its batch, needs no room.
+    """
+    body = await request.body()
+    if len(body) <= _SMALL_BODY_BYTES:
+        try:
+            if not json.loads(body).get("items"):
+                return
+        except (ValueError, AttributeError):
+            return  # the body's own validation answers
+    await admission.check_items_in_flight(caller.owner, 1)
+
+
+_ROOM_IN_FLIGHT = [Depends(require_room_in_flight)]
+ReadableBatch = Annotated[Batch, Depends(get_readable_batch)]
 
 
 @router.post(
     "",
     status_code=202,
     summary="Submit a batch of images",
+    dependencies=_ROOM_IN_FLIGHT,
     response_description="The batch, queued; poll the URL in its Location header.",
     responses=problem_responses(*_SUBMIT_ERRORS),
 )
@@ -91,6 +125,7 @@ async def create_batch(
     "/{batch_id}/items",
     status_code=202,
     summary="Add items to an open batch",
+    dependencies=_ROOM_IN_FLIGHT,
     responses=problem_responses(*_SUBMIT_ERRORS, errors.BatchNotFound, errors.BatchClosed),
 )
 async def append_items(
@@ -106,7 +141,7 @@ async def append_items(
     summary="Read a batch: counts per status, progress and timings",
     responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
-async def read_batch(batch: OwnedBatch) -> BatchPublic:
+async def read_batch(batch: ReadableBatch) -> BatchPublic:
     """The batch as it is now."""
     return BatchPublic.from_batch(batch)
 
@@ -122,7 +157,7 @@ async def read_batch(batch: OwnedBatch) -> BatchPublic:
 )
 async def read_results(
     request: Request,
-    batch: OwnedBatch,
+    batch: ReadableBatch,
     batches: Batches,
     cursor: Annotated[
         str | None,

@@ -11,13 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.auth import CALLER_ERRORS
-from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
-from api.job_events import wait_for_caption
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.admission import Door
+from api.deps import AdmissionDep, AppSettings, CurrentCaller, Events, Store
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.events import wait_for_caption
 from shared import errors
-from shared.jobs import JobCreate
+from shared.jobs.model import JobCreate
 
 # Authenticated and rate-limited like the job routes; those problems are documented once here.
 router = APIRouter(tags=["caption"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest))
@@ -46,13 +47,13 @@ async def caption_url(
         str, Query(max_length=2048, description="http(s) URL of the image.", examples=["https://example.com/cat.jpg"])
     ],
     caller: CurrentCaller,
-    submitter: Submitter,
+    admission: AdmissionDep,
     store: Store,
     events: Events,
     settings: AppSettings,
 ) -> str:
     """Caption the image at ``url``: 200 with the caption, the job's error, or 504 after ``caption_wait_s``."""
     since = events.position()
-    job = await submitter.submit(JobCreate(image_url=url), caller.owner)
+    job = await admission.admit_job(JobCreate(image_url=url), caller.owner, Door.CAPTION)
     done = await wait_for_caption(events, store, job, settings.caption_wait_s, since=since)
     return done.caption or ""

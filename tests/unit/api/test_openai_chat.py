@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from api.http.problems import openai_error_body, openai_status
 from api.openai.batch_lines import BatchLine, LineError, read_batch_lines
 from api.openai.chat import chat_chunks, chat_completion, job_create_from_chat
 from api.openai.wire import ChatCompletionRequest
-from api.problems import openai_error_body, openai_status
 from shared.errors import InvalidRequest
-from shared.jobs import Job, JobStatus, JobUsage
+from shared.jobs.model import Job, JobStatus, JobUsage
 
 
 def chat(content: Any, **extra: Any) -> ChatCompletionRequest:

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api.app
-from api.auth import hash_key
-from shared.jobs import JobStatus, JobUsage
+from api.http.auth import hash_key
+from shared.jobs.model import JobStatus, JobUsage
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 
@@ -172,7 +172,7 @@ def batch_line(custom_id: str, url: str) -> str:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 
 
-def test_a_batch_queues_good_lines_and_counts_refused_ones_as_failed(
+def test_a_batch_queues_good_lines_and_counts_bad_and_refused_ones_as_failed(
     client: TestClient, api_harness: ApiHarness
 ) -> None:
     lines = [batch_line("ok-1", "https://example.com/1.png"), batch_line("ssrf", "http://169.254.169.254/")]
@@ -191,11 +191,18 @@ def test_a_batch_queues_good_lines_and_counts_refused_ones_as_failed(
     batch = created.json()
     assert batch["status"] == "in_progress"
     assert batch["request_counts"] == {"total": 4, "completed": 0, "failed": 2}
+    # One native batch: the readable lines are its items, and the SSRF one failed alone at admission.
     native = client.get(f"/v1/batches/{batch['id']}").json()
-    assert native["total"] == 2
-    assert [args for _, args, _ in api_harness.queue.sent] == [
-        [[f"job_{batch['id'][4:]}_0", f"job_{batch['id'][4:]}_1"]]
+    assert (native["total"], native["counts"]["failed"]) == (3, 1)
+    items = client.get(f"/v1/batches/{batch['id']}/results").json()["items"]
+    assert [(item["ref"], item["status"]) for item in items] == [
+        ("ok-1", "queued"),
+        ("ssrf", "failed"),
+        ("ok-2", "queued"),
     ]
+    assert items[1]["error"]["code"] == "url_not_allowed"
+    queued = [job_id for _, args, _ in api_harness.queue.sent for chunk in args for job_id in chunk]
+    assert queued == [items[0]["id"], items[2]["id"]]
     listed = client.get("/openai/v1/batches").json()
     assert [entry["id"] for entry in listed["data"]] == [batch["id"]]
 
