@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -129,11 +130,39 @@ def _through_batch_append(api: httpx.Client, url: str) -> str:
     return str(item["error"]["code"]) if item["status"] == "failed" else str(item["status"])
 
 
+def _chat_body(url: str) -> dict[str, Any]:
+    return {
+        "model": "any",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+    }
+
+
+def _through_openai_chat(api: httpx.Client, url: str) -> str:
+    answer = api.post("/openai/v1/chat/completions", json=_chat_body(url))
+    return "succeeded" if answer.status_code == 200 else str(answer.json()["error"]["code"])
+
+
+def _through_openai_batch(api: httpx.Client, url: str) -> str:
+    line = {"custom_id": "only", "method": "POST", "url": "/v1/chat/completions", "body": _chat_body(url)}
+    files = {"file": ("in.jsonl", json.dumps(line).encode(), "application/jsonl")}
+    uploaded = api.post("/openai/v1/files", files=files, data={"purpose": "batch"})
+    assert uploaded.status_code == 200, uploaded.text
+    body = {"input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    created = api.post("/openai/v1/batches", json=body)
+    assert created.status_code == 200, created.text
+    batch_id = created.json()["id"]
+    _ended_batch(api, batch_id)
+    [item] = _results(api, batch_id)
+    return str(item["error"]["code"]) if item["status"] == "failed" else str(item["status"])
+
+
 _DOORS = {
     "job": _through_job,
     "caption": _through_caption,
     "batch_item": _through_batch_item,
     "batch_append": _through_batch_append,
+    "openai_chat": _through_openai_chat,
+    "openai_batch": _through_openai_batch,
 }
 
 
