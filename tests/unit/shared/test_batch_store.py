@@ -23,7 +23,7 @@ from shared.batches.model import (
 from shared.batches.results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
 from shared.batches.store import BatchStore
 from shared.errors import BatchClosed, OwnerQuotaExceeded, TooManyItemsInFlight
-from shared.jobs.model import Job, JobErrorInfo, JobStatus, utc_now
+from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobUsage, utc_now
 from shared.jobs.shares import OwnerShares
 from shared.jobs.store import JobStore
 from shared.keys import Keys
@@ -294,3 +294,24 @@ def test_the_status_script_segments_results_as_the_compaction_reads_them() -> No
     # transition.lua counts each results segment's ended items; its size must be the readers' own.
     lua = (Path(shared.jobs.__file__).parent / "transition.lua").read_text()
     assert f"local RESULTS_CHUNK_ITEMS = {RESULTS_CHUNK_ITEMS}\n" in lua
+
+
+def test_compacted_rows_keep_usage_and_rows_compacted_before_it_still_read() -> None:
+    import json
+    import zlib
+
+    batch_id = new_batch_id()
+    usage = JobUsage(prompt_tokens=2, completion_tokens=5)
+    row = BatchItemResult(
+        index=0,
+        id=item_job_id(batch_id, 0),
+        ref="a",
+        status=JobStatus.SUCCEEDED,
+        caption="a cat",
+        error=None,
+        usage=usage,
+    )
+    assert decode_rows(batch_id, 0, encode_rows([row])) == [row]
+    # A chunk compacted by an API from before usage was recorded: four fields per row.
+    older = zlib.compress(json.dumps([["succeeded", "a cat", "a", None]]).encode())
+    assert decode_rows(batch_id, 0, older) == [row.model_copy(update={"usage": None})]

@@ -89,7 +89,7 @@ def run(
 
         runner = JobRunner(
             settings_obj, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings_obj, model_input_px=model.input_size_px),
-            model_name="fake", on_event=on_event,
+            model_name="fake", on_event=on_event, count_tokens=model.count_tokens,
         )  # fmt: skip
         holder.append(Harness(store, runner, model))
         try:
@@ -117,6 +117,19 @@ def test_a_url_job_succeeds_with_caption_model_and_timings() -> None:
         assert all(t is not None and t >= 0 for t in (timings.queue_wait_s, timings.fetch_s, timings.generate_s))
         assert timings.total_s is not None and timings.total_s >= timings.generate_s  # type: ignore[operator]
         assert h.events == [(job.id, JobStatus.RUNNING), (job.id, JobStatus.SUCCEEDED)]
+
+    run(scenario)
+
+
+def test_usage_counts_the_prompt_and_the_caption_with_the_models_tokenizer() -> None:
+    async def scenario(h: Harness) -> None:
+        job = await h.add(prompt="a photo of")
+        assert await h.runner.run(job.id) is JobStatus.SUCCEEDED
+        done = await h.job(job.id)
+        assert done.caption is not None and done.usage is not None
+        # FakeCaptioner's tokenizer counts words: the pipeline records what the model counts.
+        assert done.usage.prompt_tokens == 3
+        assert done.usage.completion_tokens == len(done.caption.split()) > 0
 
     run(scenario)
 
