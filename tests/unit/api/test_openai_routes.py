@@ -235,3 +235,18 @@ def test_a_file_over_the_limit_is_413(client: TestClient, api_harness: ApiHarnes
 def test_a_file_of_another_purpose_is_refused(client: TestClient) -> None:
     response = upload(client, b"{}", purpose="fine-tune")
     assert response.status_code == 400 and openai_error(response)["param"] == "purpose"
+
+
+def test_the_openapi_schema_describes_the_facade(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/openai/v1/models",
+        "/openai/v1/chat/completions",
+        "/openai/v1/files",
+        "/openai/v1/files/{file_id}",
+        "/openai/v1/files/{file_id}/content",
+        "/openai/v1/batches",
+        "/openai/v1/batches/{batch_id}",
+        "/openai/v1/batches/{batch_id}/cancel",
+    } <= set(paths)
+    assert paths["/openai/v1/chat/completions"]["post"]["operationId"] == "openaiCreateChatCompletion"
