@@ -100,6 +100,7 @@ class BatchSubmitter:
             prompt=request.prompt,
             max_new_tokens=request.max_new_tokens,
             webhook_url=webhook_url if request.webhook_item_events else None,
+            cache=request.cache is not False,
         )
         now = utc_now()
         batch = Batch(
@@ -112,6 +113,7 @@ class BatchSubmitter:
             max_new_tokens=prepared.jobs[0].max_new_tokens,
             webhook_url=webhook_url,
             webhook_item_events=request.webhook_item_events,
+            cache=request.cache is not False,
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.job_ttl_s),
         )
@@ -135,6 +137,7 @@ class BatchSubmitter:
             prompt=batch.prompt,
             max_new_tokens=batch.max_new_tokens,
             webhook_url=batch.webhook_url if batch.webhook_item_events else None,
+            cache=batch.cache if request.cache is None else request.cache,
         )
         await self._reserve(batch.owner, len(prepared.jobs))
         try:
@@ -156,8 +159,12 @@ class BatchSubmitter:
         prompt: str | None,
         max_new_tokens: int | None,
         webhook_url: str | None,
+        cache: bool,
     ) -> PreparedItems:
-        """Check every item as a job of its own; the first bad one refuses the whole request, named by index."""
+        """Check every item as a job of its own; the first bad one refuses the whole request, named by index.
+
+        ``cache`` is the request's (or the batch's) cache setting; an item's own ``cache`` wins.
+        """
         jobs: list[Job] = []
         uploads: list[bytes | None] = []
         for index, item in enumerate(items):
@@ -168,6 +175,7 @@ class BatchSubmitter:
                     prompt=prompt,
                     max_new_tokens=max_new_tokens,
                     webhook_url=webhook_url,
+                    cache=cache if item.cache is None else item.cache,
                 )
                 job = self.jobs.build_job(request, owner, has_file=False)
                 jobs.append(job.model_copy(update={"ref": item.ref}))

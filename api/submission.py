@@ -109,6 +109,7 @@ class JobSubmitter:
             webhook_events=request.webhook_events,
             created_at=created_at,
             deadline_at=created_at + timedelta(seconds=request.deadline_s) if request.deadline_s else None,
+            use_cache=request.cache,
         )
 
     def _checked_url(self, url: str | None) -> str | None:

@@ -39,6 +39,8 @@ BATCH_COUNTS_LUA = f"""
       local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
       if to == 'running' then redis.call('HSETNX', batch, 'started_at', now) end
       if final[to] and not final[from] then
+        -- The worker writes `cache` in this same transition: a hit is counted as the item ends.
+        if redis.call('HGET', KEYS[1], 'cache') == '"hit"' then redis.call('HINCRBY', batch, 'cache_hits', 1) end
         local in_flight = redis.call('HGET', batch, 'inflight_key')
         if in_flight then redis.call('DECR', in_flight) end
         local index = tonumber(string.match(ARGV[3], '_(%d+)$'))

@@ -37,6 +37,8 @@ from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import SendTask, dispatch_webhook
 from worker import metrics
 from worker.batching import Batcher, CaptionFn
+from worker.caching import CacheStore, CaptionCache
+from worker.caching.identity import model_identity
 from worker.chunks import ChunkRunner
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 from worker.job_writes import CoalescingJobStore
@@ -58,6 +60,8 @@ class CaptionModel(Protocol):
     """What the worker needs of ``model.Captioner`` (tests pass a fake, the bench a stand-in)."""
 
     name: str
+    #: What identifies the weights (a digest or a commit): part of every caption cache key.
+    revision: str
     device: Any
     #: The side, in pixels, the model's processor resizes images to (read from the checkpoint).
     input_size_px: int
@@ -142,6 +146,7 @@ class CaptionRuntime:
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._running: RunningJobs | None = None
+        self._cache: CaptionCache | None = None
 
     @property
     def items_in_hand(self) -> int:
@@ -215,12 +220,22 @@ class CaptionRuntime:
             merge_lengths=self.settings.num_beams == 1,
         )
         batcher.start()
+        self._cache = CaptionCache(
+            CacheStore(
+                redis, self.keys,
+                max_entries=self.settings.cache_max_entries, ttl_s=self.settings.cache_ttl_s,
+                lease_s=self.settings.cache_lease_s,
+            ),
+            self.settings,
+            model=model_identity(self.captioner),
+        )  # fmt: skip
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
             prepare=prepare_fn_for(self.captioner, self.settings),
             model_name=self.captioner.name,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
+            cache=self._cache,
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
@@ -262,6 +277,8 @@ class CaptionRuntime:
             logger.warning("could not remove the heartbeat", extra={"worker_id": self.worker_id})
         if self._running is not None:
             await self._running.close()
+        if self._cache is not None:
+            await self._cache.close()
         await self._runner.batcher.stop()
         await self._session.close()
         await redis.aclose()

@@ -51,9 +51,12 @@ async def caption_url(
     store: Store,
     events: Events,
     settings: AppSettings,
+    cache: Annotated[
+        bool, Query(description="Use the caption cache; false captions the image afresh (docs/cache.md).")
+    ] = True,
 ) -> str:
     """Caption the image at ``url``: 200 with the caption, the job's error, or 504 after ``caption_wait_s``."""
-    job = await submitter.submit(JobCreate(image_url=url), caller.owner)
+    job = await submitter.submit(JobCreate(image_url=url, cache=cache), caller.owner)
     done = await events.wait_until_final(store, job.id, settings.caption_wait_s)
     if done is None or not done.status.is_final:
         raise WaitTimedOut(
