@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from shared.error_codes import error_for_code
 from shared.error_families import CaptionizerError
 from shared.errors import ImageAspectRatio, ImageCorrupt, NotAnImage, TooManyPixels
-from shared.jobs import CacheOutcome, Job
+from shared.jobs.model import CacheOutcome, Job
+from shared.jobs.store import REDIS_ERRORS
 from shared.settings import Settings
-from shared.store import REDIS_ERRORS
 from worker.caching.identity import CacheKey, image_digest, make_key
 from worker.caching.store import LEASED, WAIT, CacheStore, Entry
 

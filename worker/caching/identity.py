@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.jobs import JobOptions
+from shared.jobs.model import JobOptions
 from shared.settings import Settings
 
 #: Changes when the key's material or the entries' format change: old entries are then never read.

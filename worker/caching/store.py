@@ -18,8 +18,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.jobs.store import map_redis_errors
 from shared.keys import Keys
-from shared.store import map_redis_errors
 
 _WHAT = "the caption cache (Redis)"
 _SCRIPTS = Path(__file__).resolve().parent

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.batches import item_job_id
-from shared.jobs import Job
+from shared.batches.model import item_job_id
+from shared.jobs.model import Job
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 from tests.unit.api.test_jobs import png_bytes

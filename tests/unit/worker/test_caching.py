@@ -13,19 +13,19 @@ import pytest
 from PIL import Image
 
 from shared.errors import NotAnImage
-from shared.jobs import Job, JobOptions, JobStatus, utc_now
+from shared.jobs.model import Job, JobOptions, JobStatus, utc_now
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeCaptioner, fake_caption
-from worker.batching import Batcher
 from worker.caching import CacheStore, CaptionCache
 from worker.caching import store as cache_store
 from worker.caching.cache import Claim
 from worker.caching.identity import image_digest, make_key, model_identity
 from worker.caching.store import LEASED, WAIT, Entry
-from worker.intake import decode_image
-from worker.pipeline import JobRunner
+from worker.captioning.batching import Batcher
+from worker.captioning.pipeline import JobRunner
+from worker.intake.images import decode_image
 
 KEYS = Keys("t")
 
