@@ -5,9 +5,11 @@
 - **hit**: an entry exists; the job ends with it, before any decode or model work;
 - **miss**: the key is leased to this job, which computes and records the result (:meth:`Claim.record`);
   leaving the block any other way ends the lease, so a waiting job takes the work over at once;
-- **wait**: another job holds the key's lease; this one claims again, with a growing pause, until it
-  finds the entry (a de-duplicated hit) or the lease gone (that job failed, was canceled, or its
-  worker died and the lease lapsed): then it computes itself. The job's own time limit bounds the wait.
+- **wait**: another job holds the key's lease; this one claims again until it finds the entry (a
+  de-duplicated hit) or the lease gone (that job failed, was canceled, or its worker died and the
+  lease lapsed): then it computes itself. When the holder runs in this worker the waiter is woken the
+  moment it records or gives up; otherwise it claims again after a pause that grows to a quarter
+  second. The job's own time limit bounds the wait.
 
 Leases last ``cache_lease_s`` and are renewed for the jobs still computing, every third of that, in
 one script call per worker; a worker that dies stops renewing, so its leases lapse within one length.
@@ -81,6 +83,9 @@ class CaptionCache:
         self.model = model
         # The leases this worker's jobs hold now (digest → job id), renewed together.
         self._leases: dict[str, str] = {}
+        # Set when the local job holding a digest's lease has recorded or released it: this worker's
+        # identical jobs wake at once instead of claiming again on a timer.
+        self._settled: dict[str, asyncio.Event] = {}
         self._renewer: asyncio.Task[None] | None = None
 
     def key_for(self, job: Job, data: bytes) -> CacheKey | None:
@@ -114,6 +119,9 @@ class CaptionCache:
             self._leases.pop(key.digest, None)
             if not claim.recorded:
                 await self._release(key.digest, job.id)
+            settled = self._settled.pop(key.digest, None)
+            if settled is not None:
+                settled.set()
 
     async def record(self, claim: Claim, caption: str) -> None:
         """Store the caption the claim's job computed, and end its lease (waiting jobs then hit)."""
@@ -141,9 +149,15 @@ class CaptionCache:
                 return Claim(key, job.id, tag, "miss")
             if reply != WAIT:
                 raise RuntimeError(f"unexpected cache claim reply {reply!r}")
-            # Not a timing in a test's sense: the pause between claims of a job that waits for another.
+            waited = True
+            settled = self._settled.get(key.digest)
+            if settled is not None:
+                # Held by a job of this worker: woken when it records or gives up (within its time limit).
+                await settled.wait()
+                continue
+            # Held by another worker: claim again after a pause, which grows; the job's time limit bounds it.
             await asyncio.sleep(pause_s)
-            pause_s, waited = min(2 * pause_s, _LONGEST_WAIT_S), True
+            pause_s = min(2 * pause_s, _LONGEST_WAIT_S)
 
     async def _record_error(self, claim: Claim, exc: CaptionizerError) -> None:
         if claim.key is None or not self.settings.cache_error_ttl_s:
@@ -157,6 +171,7 @@ class CaptionCache:
 
     def _hold(self, digest: str, job_id: str) -> None:
         self._leases[digest] = job_id
+        self._settled[digest] = asyncio.Event()
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_forever(), name="cache-leases")
 
