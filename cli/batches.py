@@ -117,6 +117,8 @@ def _options(options: BatchOptions) -> dict[str, Any]:
         chosen["prompt"] = options.prompt
     if options.max_new_tokens is not None:
         chosen["max_new_tokens"] = options.max_new_tokens
+    if not options.cache:
+        chosen["cache"] = False
     return chosen
 
 
