@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         100_000,
         ge=1,
         description="Most cache entries kept; past it the least recently used are deleted (Redis runs noeviction, "
-        "so the cache bounds itself). About 400 bytes of Redis each (docs/cache.md).",
+        "so the cache bounds itself). About 420 bytes of Redis each (bench/cache.py, docs/cache.md).",
     )
     cache_ttl_s: int = Field(
         7 * 86_400, ge=1, description="A cached caption is deleted after this many seconds without a hit."
