@@ -262,3 +262,19 @@ def test_a_batch_counts_its_cache_hits_and_the_cli_prints_them(
     assert int(match.group(2)) == 4  # six images, two distinct
     batch = api.get(f"/v1/batches/{match.group(1)}").json()
     assert batch["cache_hits"] == 4 and batch["counts"]["succeeded"] == 6
+
+
+def test_a_decompression_bomb_sent_again_fails_from_the_cache_without_being_opened_again(
+    api: httpx.Client, image_server: HostileServer
+) -> None:
+    url = image_server.url("/image/bomb.png")
+    jobs = []
+    for _ in range(2):
+        response = api.post("/v1/jobs", json={"image_url": url})
+        assert response.status_code == 202, response.text
+        jobs.append(final(api, response.json()["id"]))
+    first, again = jobs
+    assert first["status"] == again["status"] == "failed"
+    assert first["error"]["code"] == again["error"]["code"] == "too_many_pixels"
+    # Cheap to send, costly to open: the repeat is refused by its bytes' digest, before any decoder runs.
+    assert (first["cache"], again["cache"], again["cached_from"]) == (None, "hit", first["id"])
