@@ -79,6 +79,8 @@ class ItemOptions:
     prompt: str | None
     max_new_tokens: int
     webhook_url: str | None
+    #: Whether the items use the caption cache unless an item says otherwise (docs/cache.md).
+    cache: bool = True
 
 
 @dataclass
@@ -138,6 +140,7 @@ class Admission:
             QueueUnavailable: Redis cannot be reached.
         """
         options = await self.check_options(request.prompt, request.max_new_tokens, request.webhook_url)
+        options.cache = request.cache
         sources = [request.image_url is not None, request.image_base64 is not None, upload is not None]
         if sum(sources) != 1:
             raise InvalidRequest("give exactly one image: image_url, image_base64 or a multipart file")
@@ -204,6 +207,7 @@ class Admission:
             prompt=options.prompt,
             max_new_tokens=options.max_new_tokens,
             webhook_url=options.webhook_url,
+            use_cache=options.cache,
             created_at=utc_now(),
         )
 
@@ -273,7 +277,9 @@ class Admission:
                 admitted.refused[offset] = exc
                 # The refused URL is not stored: it may carry a token, and it will never be fetched.
                 job = self._job(owner, options, None, is_upload=item.image_base64 is not None)
-            admitted.jobs.append(job.model_copy(update={"ref": item.ref}))
+            # An item's own cache choice wins over its request's (or batch's): the same rule at every door.
+            use_cache = options.cache if item.cache is None else item.cache
+            admitted.jobs.append(job.model_copy(update={"ref": item.ref, "use_cache": use_cache}))
             if time.perf_counter() >= slice_ends:
                 await asyncio.sleep(0)
                 slice_ends = time.perf_counter() + _SLICE_S
@@ -321,4 +327,6 @@ class Admission:
 
 def batch_item_options(batch: Batch) -> ItemOptions:
     """The options a batch's appended items share: the batch's own, checked when it was created."""
-    return ItemOptions(batch.prompt, batch.max_new_tokens, batch.webhook_url if batch.webhook_item_events else None)
+    return ItemOptions(
+        batch.prompt, batch.max_new_tokens, batch.webhook_url if batch.webhook_item_events else None, batch.cache
+    )

@@ -38,6 +38,9 @@ class ServiceSnapshot:
     webhook_queue_depth: int = 0
     webhook_retries_scheduled: int = 0
     webhook_outcomes: dict[str, int] = field(default_factory=dict)
+    #: The caption cache's counters (``hits``, ``misses``, ``deduplicated``, ``evictions``) and its entries.
+    cache_counts: dict[str, int] = field(default_factory=dict)
+    cache_entries: int = 0
     #: One entry per ready worker: its heartbeat (``worker_id``, ``model``, ``model_load_s``...).
     workers: list[dict[str, object]] = field(default_factory=list)
 
@@ -51,7 +54,9 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
             pipe.llen(keys.webhook_queue())
             pipe.zcard(keys.webhook_schedule())
             pipe.hgetall(keys.webhook_outcomes())
-            counts, captions, webhooks, retries, outcomes = await pipe.execute()
+            pipe.hgetall(keys.cache_stats())
+            pipe.zcard(keys.cache_lru())
+            counts, captions, webhooks, retries, outcomes, cache_counts, cache_entries = await pipe.execute()
         workers = await WorkerHeartbeats(redis, keys).read_ready()
     except REDIS_ERRORS:
         return ServiceSnapshot(redis_up=False)
@@ -61,6 +66,8 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
         webhook_queue_depth=int(webhooks),
         webhook_retries_scheduled=int(retries),
         webhook_outcomes=_int_values(outcomes),
+        cache_counts=_int_values(cache_counts),
+        cache_entries=int(cache_entries),
         workers=workers,
     )
 
@@ -99,6 +106,7 @@ class _SnapshotCollector(Collector):
         for outcome, count in sorted(snap.webhook_outcomes.items()):
             outcomes.add_metric([outcome], count)
         yield outcomes
+        yield from _cache_families(snap.cache_counts, snap.cache_entries)
         yield from _worker_families(snap.workers)
 
 
@@ -117,6 +125,28 @@ def _job_families(counts: dict[str, int]) -> Iterable[Metric]:
         "Deliveries of a job that was already running (its worker died, or its task timed out in Redis).",
         value=counts.get("redelivered", 0),
     )
+
+
+def _cache_families(counts: dict[str, int], entries: int) -> Iterable[Metric]:
+    lookups = CounterMetricFamily(
+        "captionizer_cache_lookups",
+        "Caption cache lookups of jobs: hit (an earlier result reused, no decode nor model) or miss (captioned).",
+        labels=["result"],
+    )
+    for result, name in (("hit", "hits"), ("miss", "misses")):
+        lookups.add_metric([result], counts.get(name, 0))
+    yield lookups
+    yield CounterMetricFamily(
+        "captionizer_cache_deduplicated",
+        "Jobs that waited for an identical job in flight and took its result instead of captioning again.",
+        value=counts.get("deduplicated", 0),
+    )
+    yield CounterMetricFamily(
+        "captionizer_cache_evictions",
+        "Cache entries deleted to stay within cache_max_entries (least recently used first).",
+        value=counts.get("evictions", 0),
+    )
+    yield _gauge("captionizer_cache_entries", "Caption cache entries (members of the LRU set).", entries)
 
 
 def _worker_families(workers: list[dict[str, object]]) -> Iterable[Metric]:

@@ -212,9 +212,19 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_image_server(log_dir: Path, size_px: int) -> tuple[ManagedProcess, str]:
+def start_image_server(log_dir: Path, size_px: int, count: int = DISTINCT_IMAGES) -> tuple[ManagedProcess, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "bench.image_server", "--port", str(port), "--size", str(size_px)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.image_server",
+        "--port",
+        str(port),
+        "--size",
+        str(size_px),
+        "--count",
+        str(count),
+    ]
     server = ManagedProcess("images", argv, log_path=log_dir / "images.log", env=dict(os.environ), cwd=REPO_ROOT)
     server.start()
     base = f"http://127.0.0.1:{port}"

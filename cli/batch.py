@@ -35,6 +35,8 @@ class BatchOptions:
 
     prompt: str | None = None
     max_new_tokens: int | None = None
+    #: False: every job asks the server to caption afresh (``cache: false``, docs/cache.md).
+    cache: bool = True
     wait: bool = True
     timeout_s: float = 300.0
     concurrency: int = 8
@@ -129,7 +131,12 @@ async def caption_one(client: CaptionizerClient, source: ImageSource, options: B
 
 async def _submit(client: CaptionizerClient, source: ImageSource, options: BatchOptions) -> JobJson:
     # One derived Idempotency-Key per input: running the same command again returns the same jobs.
-    kwargs: dict[str, Any] = {"prompt": options.prompt, "max_new_tokens": options.max_new_tokens, "idempotent": True}
+    kwargs: dict[str, Any] = {
+        "prompt": options.prompt,
+        "max_new_tokens": options.max_new_tokens,
+        "idempotent": True,
+        "cache": options.cache,
+    }
     if source.url is not None:
         return await client.submit_url(source.url, **kwargs)
     if source.path is not None:

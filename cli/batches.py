@@ -117,6 +117,8 @@ def _options(options: BatchOptions) -> dict[str, Any]:
         chosen["prompt"] = options.prompt
     if options.max_new_tokens is not None:
         chosen["max_new_tokens"] = options.max_new_tokens
+    if not options.cache:
+        chosen["cache"] = False
     return chosen
 
 
@@ -156,8 +158,10 @@ async def caption_batch(
         err.write(f"batch {run.batch_id}: {len(sent)} images\n")
         if options.wait:
             progress.draw(force=True)
-            await follow_batch(client, run.batch_id, progress)
+            ended = await follow_batch(client, run.batch_id, progress)
             progress.close()
+            # Repeated images were not captioned again (docs/cache.md): say how many.
+            err.write(f"batch {run.batch_id}: {int(ended.get('cache_hits', 0))} cache hits\n")
         results = await read_results(client, run.batch_id)
     except ApiError as exc:
         if run.closed_after is not None:

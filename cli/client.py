@@ -139,17 +139,24 @@ class CaptionizerClient:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
         idempotent: bool = False,
+        cache: bool = True,
     ) -> JobJson:
         """Queue a job for an image the worker fetches from ``image_url``.
 
         With ``idempotent``, the request carries a key derived from the URL and options.
         """
-        options = _options(prompt, max_new_tokens)
+        options = _options(prompt, max_new_tokens, cache)
         headers = {"Idempotency-Key": idempotency_key_for(image_url.encode(), options)} if idempotent else None
         return await self._submit(json={"image_url": image_url, **options}, headers=headers)
 
     async def submit_file(
-        self, path: Path, *, prompt: str | None = None, max_new_tokens: int | None = None, idempotent: bool = False
+        self,
+        path: Path,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        idempotent: bool = False,
+        cache: bool = True,
     ) -> JobJson:
         """Queue a job for a local image file, uploaded as multipart ``file``."""
         try:
@@ -157,7 +164,7 @@ class CaptionizerClient:
         except OSError as exc:
             raise ApiError("file_unreadable", f"cannot read {path}: {exc.strerror or exc}") from exc
         return await self.submit_bytes(
-            data, path.name, prompt=prompt, max_new_tokens=max_new_tokens, idempotent=idempotent
+            data, path.name, prompt=prompt, max_new_tokens=max_new_tokens, idempotent=idempotent, cache=cache
         )
 
     async def submit_bytes(
@@ -169,14 +176,16 @@ class CaptionizerClient:
         prompt: str | None = None,
         max_new_tokens: int | None = None,
         idempotent: bool = False,
+        cache: bool = True,
     ) -> JobJson:
         """Queue a job for image bytes already in memory (an upload named ``filename``).
 
         With ``idempotent``, the request carries a key derived from the bytes and options.
         """
         content_type = content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        options = _options(prompt, max_new_tokens)
-        form = {key: str(value) for key, value in options.items()}
+        options = _options(prompt, max_new_tokens, cache)
+        # Form fields are text: a boolean goes as the JSON word (cache=false).
+        form = {key: json.dumps(value) if isinstance(value, bool) else str(value) for key, value in options.items()}
         files = {"file": (filename, data, content_type)}
         headers = {"Idempotency-Key": idempotency_key_for(data, options)} if idempotent else None
         return await self._submit(data=form, files=files, headers=headers)
@@ -236,9 +245,9 @@ class CaptionizerClient:
         raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _options(prompt: str | None, max_new_tokens: int | None) -> dict[str, Any]:
+def _options(prompt: str | None, max_new_tokens: int | None, cache: bool = True) -> dict[str, Any]:
     """Only the options the user set, so the server's defaults apply otherwise."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {} if cache else {"cache": False}
     if prompt is not None:
         options["prompt"] = prompt
     if max_new_tokens is not None:

@@ -135,6 +135,9 @@ def _common_options(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     common.add_argument("--prompt", help="text the caption should continue, or a question for a VQA model")
     common.add_argument("--max-new-tokens", type=_positive_int, metavar="N", help="longest caption, in tokens")
     common.add_argument(
+        "--no-cache", action="store_true", help="caption every image afresh, even one the server has captioned before"
+    )
+    common.add_argument(
         "--concurrency", type=_positive_int, default=8, metavar="N", help="jobs in flight at once (default: 8)"
     )
     common.add_argument(
@@ -155,6 +158,7 @@ def _options(args: argparse.Namespace, *, wait: bool) -> BatchOptions:
     return BatchOptions(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,
+        cache=not args.no_cache,
         wait=wait,
         timeout_s=args.timeout,
         concurrency=args.concurrency,

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import GitForCausalLM
 
-from model.checkpoints import load_checkpoint, resolve_device, resolve_dtype
+from model.checkpoints import checkpoint_revision, load_checkpoint, resolve_device, resolve_dtype
 from model.errors import CaptionerError, ModelLoadError, PromptTooLongError
 from model.images import to_rgb
 
@@ -33,12 +33,14 @@ _WORDPIECE_PRE_TOKENIZER = "BertPreTokenizer"
 class Captioner:
     """A loaded GIT checkpoint with its processor; ``caption`` turns a batch of images into strings."""
 
-    def __init__(self, model: GitForCausalLM, processor: Any, *, name: str) -> None:
+    def __init__(self, model: GitForCausalLM, processor: Any, *, name: str, revision: str = "unknown") -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         #: Shown to users: "embedded", a Hub id, or a checkpoint folder's name.
         self.name = name
+        #: What identifies the weights, for the caption cache's key (``model.checkpoints.checkpoint_revision``).
+        self.revision = revision
         self.device: torch.device = model.device
         self.dtype: torch.dtype = model.dtype
         self.load_time_s = 0.0
@@ -82,7 +84,7 @@ class Captioner:
         torch_dtype = resolve_dtype(dtype, torch_device)
         started = time.perf_counter()
         model, processor = load_checkpoint(source, torch_device, torch_dtype, local_files_only=not allow_download)
-        captioner = cls(model, processor, name=name)
+        captioner = cls(model, processor, name=name, revision=checkpoint_revision(source, model))
         captioner.load_time_s = time.perf_counter() - started
         if warmup:
             captioner.warmup()

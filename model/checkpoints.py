@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM
 from model.errors import ModelLoadError
 
 _DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DIGEST_CHUNK_BYTES = 1024 * 1024
 
 
 def resolve_device(device: str) -> torch.device:
@@ -60,3 +63,23 @@ def load_checkpoint(
         raise ModelLoadError(f"cannot place model from {source!r} on {device}: {exc}") from exc
     model.train(False)  # eval mode: no dropout
     return model, processor
+
+
+def checkpoint_revision(source: str, model: GitForCausalLM) -> str:
+    """What identifies the weights ``source`` holds: a folder's file digest, or the Hub commit it was read at.
+
+    A folder is digested whole (weights, configs, tokenizer, processor), file by file in name order, so any
+    file that can change a caption changes the revision; ``sha256:`` and the hex digest. A Hub id reads
+    the commit transformers resolved (``hub:`` and the commit), else ``unknown``.
+    """
+    path = Path(source)
+    if not path.is_dir():
+        commit = getattr(model.config, "_commit_hash", None)
+        return f"hub:{commit}" if commit else "unknown"
+    digest = hashlib.sha256()
+    for file in sorted(item for item in path.rglob("*") if item.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\x00")
+        with file.open("rb") as stream:
+            while chunk := stream.read(_DIGEST_CHUNK_BYTES):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()

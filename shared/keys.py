@@ -173,6 +173,26 @@ class Keys:
         """Sorted set of one owner's deliveries in progress (score: lease end, epoch seconds)."""
         return f"{self.prefix}:webhook-slots:{owner}"
 
+    def cache_entry(self, digest: str) -> str:
+        """One cached caption or input error (``worker.caching``), by its key's hex digest."""
+        return f"{self.prefix}:cache:e:{digest}"
+
+    def cache_entry_prefix(self) -> str:
+        """What :meth:`cache_entry` puts before the digest (the eviction script builds names from it)."""
+        return f"{self.prefix}:cache:e:"
+
+    def cache_lease(self, digest: str) -> str:
+        """The lease of the job computing one cache key; identical jobs wait while it lives."""
+        return f"{self.prefix}:cache:l:{digest}"
+
+    def cache_lru(self) -> str:
+        """Sorted set of cache entries' digests (score: last use, epoch ms): the eviction order and the size bound."""
+        return f"{self.prefix}:cache:lru"
+
+    def cache_stats(self) -> str:
+        """Hash of cache counters (``hits``, ``misses``, ``deduplicated``, ``evictions``), for /metrics."""
+        return f"{self.prefix}:cache:stats"
+
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""
         return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"

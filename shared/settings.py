@@ -171,6 +171,39 @@ class Settings(BaseSettings):
         description="Batch items a caption worker holds at once (fetching, waiting for the model); 0: three batches.",
     )
 
+    # --- Caption cache (docs/cache.md) -----------------------------------------------
+    cache_enabled: bool = Field(
+        True,
+        description="Reuse a caption when the same image bytes, model and options were captioned before, and let "
+        "identical jobs in flight wait for one another instead of captioning twice; jobs may opt out with cache=false.",
+    )
+    cache_max_entries: int = Field(
+        100_000,
+        ge=1,
+        description="Most cache entries kept; past it the least recently used are deleted (Redis runs noeviction, "
+        "so the cache bounds itself). About 420 bytes of Redis each (bench/cache.py, docs/cache.md).",
+    )
+    cache_ttl_s: int = Field(
+        7 * 86_400, ge=1, description="A cached caption is deleted after this many seconds without a hit."
+    )
+    cache_error_ttl_s: int = Field(
+        300,
+        ge=0,
+        description="How long an image's deterministic input error (not_an_image, image_corrupt, too_many_pixels, "
+        "image_aspect_ratio) is cached, in seconds; 0 caches no errors.",
+    )
+    cache_shared: bool = Field(
+        False,
+        description="Share cache entries between API keys. Off by default: each key has its own entries, so nothing "
+        "(hit, timing, job id) tells a key what another captioned; on, a hit can reveal that someone sent the image.",
+    )
+    cache_lease_s: float = Field(
+        10.0,
+        gt=0,
+        description="Lease of the job computing a cache key, renewed while it runs, in seconds: identical jobs wait "
+        "for it, and take the work over when its worker dies and the lease lapses.",
+    )
+
     # --- Image intake -----------------------------------------------------------------
     allow_private_networks: bool = Field(
         False,

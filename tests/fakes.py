@@ -32,6 +32,7 @@ class FakeCaptioner:
     """Captions by image size; ``batches`` lists the size of every batch it captioned."""
 
     name = "fake"
+    revision = "fake"
     device = "cpu"
     input_size_px = 224  # as git-base's processor
     max_prompt_tokens = 510  # as a BERT tokenizer's 512 positions less [CLS] and one new token

@@ -104,6 +104,9 @@ def stack(
         # Fewer messages in hand than the default, so tests fill them: tests/integration/test_bulk.py.
         "CAPTIONIZER_WORKER_THREADS": str(STACK_WORKER_THREADS),
         "CAPTIONIZER_CAPTION_WAIT_S": "60",
+        # These tests send the same few images again and again to watch batches form and jobs end:
+        # the caption cache would answer the repeats. It has a stack of its own (test_cache.py).
+        "CAPTIONIZER_CACHE_ENABLED": "false",
     }
     stack = LocalStack(tmp_path_factory.mktemp("stack-logs"), env=env, api_port=api_port)
     try:
@@ -138,6 +141,8 @@ def standin_stack(
         "CAPTIONIZER_API_KEY_HASHES": f"{hash_key(TENANT_A_KEY)},{hash_key(TENANT_B_KEY)}",
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
         "CAPTIONIZER_WORKER_METRICS_PORT": "0",
+        # As in the shared stack: repeats of one image must each reach the model (test_cache.py turns it on).
+        "CAPTIONIZER_CACHE_ENABLED": "false",
     }
     stack = LocalStack(log_dir, env={**defaults, **env}, api_port=free_port(), webhooks=webhooks)
     try:
@@ -179,6 +184,8 @@ def reliability_stack(
         "CAPTIONIZER_WORKER_THREADS": str(RELIABILITY_WORKER_THREADS),
         # A dead worker's heartbeat expires within 3 s, so /readyz follows it quickly.
         "CAPTIONIZER_WORKER_HEARTBEAT_S": "1",
+        # Crash tests count each job's deliveries of one repeated image; the cache would answer repeats.
+        "CAPTIONIZER_CACHE_ENABLED": "false",
     }
     stack = LocalStack(
         tmp_path_factory.mktemp("reliability-logs"),

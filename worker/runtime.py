@@ -36,6 +36,8 @@ from shared.keys import Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.webhooks.delivery import SendTask, dispatch_webhook
+from worker.caching import CacheStore, CaptionCache
+from worker.caching.identity import model_identity
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, CaptionFn
 from worker.captioning.chunks import ChunkRunner
@@ -59,6 +61,8 @@ class CaptionModel(Protocol):
     """What the worker needs of ``model.Captioner`` (tests pass a fake, the bench a stand-in)."""
 
     name: str
+    #: What identifies the weights (a digest or a commit): part of every caption cache key.
+    revision: str
     device: Any
     #: The side, in pixels, the model's processor resizes images to (read from the checkpoint).
     input_size_px: int
@@ -146,6 +150,7 @@ class CaptionRuntime:
         self._heartbeat: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._running: RunningJobs | None = None
+        self._cache: CaptionCache | None = None
 
     @property
     def items_in_hand(self) -> int:
@@ -219,6 +224,15 @@ class CaptionRuntime:
             merge_lengths=self.settings.num_beams == 1,
         )
         batcher.start()
+        self._cache = CaptionCache(
+            CacheStore(
+                redis, self.keys,
+                max_entries=self.settings.cache_max_entries, ttl_s=self.settings.cache_ttl_s,
+                lease_s=self.settings.cache_lease_s,
+            ),
+            self.settings,
+            model=model_identity(self.captioner),
+        )  # fmt: skip
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
@@ -226,6 +240,7 @@ class CaptionRuntime:
             model_name=self.captioner.name,
             count_tokens=self.captioner.count_tokens,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
+            cache=self._cache,
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
@@ -264,6 +279,8 @@ class CaptionRuntime:
             logger.warning("could not remove the heartbeat", extra={"worker_id": self.worker_id})
         if self._running is not None:
             await self._running.close()
+        if self._cache is not None:
+            await self._cache.close()
         await self._runner.batcher.stop()
         await self._session.close()
         await redis.aclose()

@@ -67,7 +67,7 @@ class BatchSubmitter:
         await self.admission.check_items_in_flight(owner, len(request.items))
         checked = await self.admission.check_options(request.prompt, request.max_new_tokens, request.webhook_url)
         item_webhook = checked.webhook_url if request.webhook_item_events else None
-        options = ItemOptions(checked.prompt, checked.max_new_tokens, item_webhook)
+        options = ItemOptions(checked.prompt, checked.max_new_tokens, item_webhook, cache=request.cache is not False)
         admitted = await self.admission.admit_items(request.items, owner, door, options)
         now = utc_now()
         batch = Batch(
@@ -80,6 +80,7 @@ class BatchSubmitter:
             max_new_tokens=options.max_new_tokens,
             webhook_url=checked.webhook_url,
             webhook_item_events=request.webhook_item_events,
+            cache=options.cache,
             created_at=now,
             expires_at=now + timedelta(seconds=self.settings.job_ttl_s),
         )
@@ -107,7 +108,10 @@ class BatchSubmitter:
             return
         self._check_count(request.items)
         await self.admission.check_items_in_flight(batch.owner, len(request.items))
-        admitted = await self.admission.admit_items(request.items, batch.owner, door, batch_item_options(batch))
+        options = batch_item_options(batch)
+        if request.cache is not None:
+            options.cache = request.cache  # this append's items; later ones inherit the batch's again
+        admitted = await self.admission.admit_items(request.items, batch.owner, door, options)
         first = await self.batches.allocate(batch.id, len(admitted.jobs))
         jobs, uploads = admitted.numbered(batch.id, first)
         try:

@@ -51,9 +51,12 @@ async def caption_url(
     store: Store,
     events: Events,
     settings: AppSettings,
+    cache: Annotated[
+        bool, Query(description="Use the caption cache; false captions the image afresh (docs/cache.md).")
+    ] = True,
 ) -> str:
     """Caption the image at ``url``: 200 with the caption, the job's error, or 504 after ``caption_wait_s``."""
     since = events.position()
-    job = await admission.admit_job(JobCreate(image_url=url), caller.owner, Door.CAPTION)
+    job = await admission.admit_job(JobCreate(image_url=url, cache=cache), caller.owner, Door.CAPTION)
     done = await wait_for_caption(events, store, job, settings.caption_wait_s, since=since)
     return done.caption or ""

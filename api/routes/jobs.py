@@ -78,6 +78,7 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
             "items": {"type": "string", "enum": list(get_args(WebhookEvent))},
         },
         "deadline_s": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DEADLINE_S},
+        "cache": {"type": "boolean", "default": True},
     },
 }
 _JSON_EXAMPLES = {

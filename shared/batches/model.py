@@ -82,6 +82,9 @@ class BatchItemCreate(BaseModel):
     ref: str | None = Field(
         None, max_length=MAX_REF_CHARS, description="Your reference for this item (a file name, a product id), echoed."
     )
+    cache: bool | None = Field(
+        None, description="Use the caption cache for this item; unset: the batch's own cache setting."
+    )
 
     @model_validator(mode="after")
     def _one_image(self) -> BatchItemCreate:
@@ -108,6 +111,11 @@ class BatchItems(BaseModel):
         False,
         description="Keep the batch open for more items (appended with POST /v1/batches/{id}/items); the batch "
         "ends only after a request without it.",
+    )
+    cache: bool | None = Field(
+        None,
+        description="Use the caption cache for these items (an item's own cache wins); unset: the batch's setting, "
+        "given when it was created (true unless it said false).",
     )
 
     @model_validator(mode="after")
@@ -149,6 +157,11 @@ class BatchCreate(BatchItems):
     webhook_item_events: bool = Field(
         False, description="Also deliver each item's final event (job.succeeded...) to webhook_url."
     )
+    cache: bool | None = Field(
+        None,
+        description="Use the caption cache for every item (an item's own cache wins): false captions each image "
+        "afresh (docs/cache.md); unset: true. Items appended later inherit it.",
+    )
 
 
 class Batch(BaseModel):
@@ -164,6 +177,10 @@ class Batch(BaseModel):
     max_new_tokens: int = 30
     webhook_url: str | None = None
     webhook_item_events: bool = False
+    #: Whether the batch's items use the caption cache unless an item says otherwise.
+    cache: bool = True
+    #: Items that ended with a cache hit (counted by the transition script, shared.batch_counts).
+    cache_hits: int = 0
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -197,10 +214,12 @@ class BatchPublic(BaseModel):
     counts: dict[JobStatus, int] = Field(description="Items per job status.")
     done: int = Field(description="Items that have ended, in any final status.")
     progress: float = Field(ge=0, le=1, description="done / total.")
+    cache_hits: int = Field(0, description="Items whose result came from the caption cache (no decode, no model).")
     prompt: str | None
     max_new_tokens: int
     webhook_url: str | None
     webhook_item_events: bool
+    cache: bool = Field(True, description="Whether the items use the caption cache unless an item says otherwise.")
     created_at: datetime
     started_at: datetime | None = Field(description="When a worker started the first item.")
     finished_at: datetime | None = Field(description="When the last item ended.")
@@ -229,6 +248,8 @@ _PUBLIC_FIELDS = {
     "max_new_tokens",
     "webhook_url",
     "webhook_item_events",
+    "cache",
+    "cache_hits",
     "created_at",
     "started_at",
     "finished_at",

@@ -50,6 +50,10 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.EXPIRED: frozenset(),
 }
 
+#: How the caption cache served a job: ``hit`` (an earlier job's result, no decode nor model), ``miss``
+#: (captioned here, and cached), ``off`` (the job or the deployment turned the cache off).
+CacheOutcome = Literal["hit", "miss", "off"]
+
 #: Events a webhook may subscribe to; final states are always delivered.
 WebhookEvent = Literal["running", "succeeded", "failed", "canceled", "expired"]
 
@@ -170,6 +174,9 @@ class Job(BaseModel):
     webhook: WebhookState | None = None
     batch_id: str | None = Field(None, description="The batch this job is an item of (shared.batches.model).")
     ref: str | None = Field(None, description="The client's reference of a batch item.")
+    use_cache: bool = Field(True, description="False when the request opted out of the caption cache (cache=false).")
+    cache: CacheOutcome | None = Field(None, description="How the caption cache served the job, once it ended.")
+    cached_from: str | None = Field(None, description="On a cache hit, the job of the same key that produced it.")
 
     @property
     def options(self) -> JobOptions:
@@ -222,6 +229,11 @@ class JobCreate(BaseModel):
     deadline_s: float | None = Field(
         None, gt=0, le=MAX_DEADLINE_S, description="Expire the job if no worker starts it within this many seconds."
     )
+    cache: bool = Field(
+        True,
+        description="Use the caption cache: false captions the image afresh even if this key captioned the same "
+        "bytes with the same options before (docs/cache.md).",
+    )
 
     @field_validator("webhook_events")
     @classmethod
@@ -256,6 +268,12 @@ class JobPublic(BaseModel):
     webhook: WebhookState | None
     batch_id: str | None = Field(None, description="The batch this job is an item of, if any.")
     ref: str | None = Field(None, description="The client's reference of a batch item.")
+    cache: CacheOutcome | None = Field(
+        None, description="hit: an earlier result was reused (no decode, no model); miss: captioned; off: cache unused."
+    )
+    cached_from: str | None = Field(
+        None, description="On a hit, the id of your job that produced the result (never another key's job)."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:

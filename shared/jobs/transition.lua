@@ -55,7 +55,8 @@ if ARGV[2] ~= '' then
 
   -- A batch item's batch: its counts change in this same atomic step, whichever process moved the item.
   -- A batch ends when every item it holds has ended and no more are coming (no `open` field): the item
-  -- that ends last pushes the batch id for the API to close. `inflight_key` is the owner's items-in-flight
+  -- that ends last pushes the batch id for the API to close; an item ending as a cache hit counts in
+-- `cache_hits`. `inflight_key` is the owner's items-in-flight
   -- counter, which create.lua raised. Each results segment's ended items are counted (`e:<segment>`); the
   -- item that ends a segment's last lists `<batch_id>:<segment>` for compaction (shared/batches/item_results.py).
   local batch_field = redis.call('HGET', KEYS[1], 'batch_id')
@@ -72,6 +73,8 @@ if ARGV[2] ~= '' then
       local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
       if to == 'running' then redis.call('HSETNX', batch, 'started_at', now) end
       if final[to] and not final[from] then
+        -- The worker writes `cache` in this same transition: a cache hit is counted as the item ends.
+        if redis.call('HGET', KEYS[1], 'cache') == '"hit"' then redis.call('HINCRBY', batch, 'cache_hits', 1) end
         local in_flight = redis.call('HGET', batch, 'inflight_key')
         if in_flight then redis.call('DECR', in_flight) end
         local index = tonumber(string.match(ARGV[3], '_(%d+)$'))

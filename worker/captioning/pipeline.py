@@ -13,16 +13,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from shared.completion import Completion
 from shared.error_families import CaptionizerError
 from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrashed
-from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobTimings, JobUsage, utc_now
+from shared.jobs.model import CacheOutcome, Job, JobErrorInfo, JobStatus, JobTimings, JobUsage, utc_now
 from shared.jobs.store import JobStore
 from shared.settings import Settings
+from worker.caching import CaptionCache
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, BatchResult
 from worker.captioning.prompts import PromptShares
@@ -44,7 +45,10 @@ EventFn = Callable[[Job, JobStatus], Awaitable[object]]
 class _Captioned:
     caption: str
     fetch_s: float
-    batch: BatchResult
+    #: None for a cache hit: no batch, no model.
+    batch: BatchResult | None
+    cache: CacheOutcome | None = None
+    cached_from: str | None = None
 
 
 class JobRunner:
@@ -64,6 +68,7 @@ class JobRunner:
         gate: DeliveryGate | None = None,
         prompts: PromptShares | None = None,
         fetches: FetchShares | None = None,
+        cache: CaptionCache | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -79,6 +84,8 @@ class JobRunner:
         self.gate = gate or DeliveryGate()
         self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
         self.fetches = fetches or FetchShares(settings.max_fetches_per_key)
+        #: None: no cache at all (tests of the pipeline alone); else jobs may hit, or wait for an identical one.
+        self.cache = cache
 
     async def run(self, job_id: str, *, interactive: bool = True) -> JobStatus | None:
         """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
@@ -139,6 +146,18 @@ class JobRunner:
     async def _caption(self, job: Job, interactive: bool) -> _Captioned:
         began = time.perf_counter()
         data = await self._read_image(job)
+        if self.cache is None:
+            return await self._compute(job, data, began, interactive)
+        # A hit ends here, before decoding; an identical job in flight is waited for (worker.caching).
+        async with self.cache.claim(job, data) as claim:
+            if claim.entry is not None:
+                caption = claim.hit_caption()
+                return _Captioned(caption, time.perf_counter() - began, None, "hit", claim.cached_from)
+            done = await self._compute(job, data, began, interactive)
+            await self.cache.record(claim, done.caption)
+        return replace(done, cache=claim.outcome)
+
+    async def _compute(self, job: Job, data: bytes, began: float, interactive: bool) -> _Captioned:
         # Off the loop, which keeps fetching other jobs' images, and off the model's thread: decoding
         # and the processor run here, in parallel (Pillow and numpy release the GIL while they work).
         inputs = await asyncio.to_thread(self.prepare, data)
@@ -162,13 +181,14 @@ class JobRunner:
 
     async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:
         finished_at = utc_now()
+        batch = done.batch
         timings = JobTimings(
             queue_wait_s=_seconds_between(job.created_at, job.started_at),
             fetch_s=round(done.fetch_s, 6),
-            batch_wait_s=round(done.batch.batch_wait_s, 6),
-            generate_s=round(done.batch.generate_s, 6),
-            batch_size=done.batch.batch_size,
-            batch_id=done.batch.batch_id,
+            batch_wait_s=round(batch.batch_wait_s, 6) if batch else None,
+            generate_s=round(batch.generate_s, 6) if batch else None,
+            batch_size=batch.batch_size if batch else None,
+            batch_id=batch.batch_id if batch else None,
             total_s=_seconds_between(job.created_at, finished_at),
         )
         ended = await self._end(
@@ -177,11 +197,13 @@ class JobRunner:
             usage=JobUsage(
                 prompt_tokens=self.count_tokens(job.prompt), completion_tokens=self.count_tokens(done.caption)
             ),
+            cache=done.cache, cached_from=done.cached_from,
         )  # fmt: skip
         if ended is None:
             return None
         metrics.JOB_FETCH.observe(done.fetch_s)
-        metrics.JOB_BATCH_WAIT.observe(done.batch.batch_wait_s)
+        if batch is not None:
+            metrics.JOB_BATCH_WAIT.observe(batch.batch_wait_s)
         return JobStatus.SUCCEEDED
 
     async def _fail(self, job: Job, exc: CaptionizerError) -> JobStatus | None:
@@ -198,8 +220,10 @@ class JobRunner:
                 "total_s": _seconds_between(job.created_at, finished_at),
             }
         )
+        # A cached input error (worker.caching) fails the job as the first one did, and says so.
+        cached = {"cache": "hit", "cached_from": exc.extra.get("cached_from")} if exc.extra.get("cache") else {}
         ended = await self._end(
-            job, JobStatus.FAILED, [JobStatus.RUNNING], error=error, finished_at=finished_at, timings=timings
+            job, JobStatus.FAILED, [JobStatus.RUNNING], error=error, finished_at=finished_at, timings=timings, **cached
         )
         return JobStatus.FAILED if ended is not None else None
 

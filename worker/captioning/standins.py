@@ -24,6 +24,8 @@ class NullCaptioner:
     """No compute at all: ``preprocess`` keeps nothing, every caption is :data:`STANDIN_CAPTION`."""
 
     name = "null"
+    #: Fixed text whatever the input: the name says it all (the caption cache's model identity).
+    revision = "standin"
     device = "cpu"
     load_time_s = 0.0
     warmup_time_s = 0.0

@@ -149,3 +149,20 @@ async def _beat_on(url: str, settings: Settings, info: dict[str, object]) -> Non
         await WorkerHeartbeats(redis, Keys(settings.key_prefix)).beat("host:1", info, ttl_s=60)
     finally:
         await redis.aclose()
+
+
+def test_metrics_report_the_caption_caches_counters_and_entries(client: TestClient, api_harness: ApiHarness) -> None:
+    keys = Keys(api_harness.settings.key_prefix)
+
+    async def seed() -> None:
+        redis = api_harness.redis()
+        await redis.hset(keys.cache_stats(), mapping={"hits": 7, "misses": 3, "deduplicated": 2, "evictions": 5})
+        await redis.zadd(keys.cache_lru(), {"d1": 1.0, "d2": 2.0})
+
+    asyncio.run(seed())
+    found = samples(client.get("/metrics").text)
+    assert found[("captionizer_cache_lookups_total", (("result", "hit"),))] == 7
+    assert found[("captionizer_cache_lookups_total", (("result", "miss"),))] == 3
+    assert found[("captionizer_cache_deduplicated_total", ())] == 2
+    assert found[("captionizer_cache_evictions_total", ())] == 5
+    assert found[("captionizer_cache_entries", ())] == 2

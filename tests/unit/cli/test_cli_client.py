@@ -146,3 +146,20 @@ def test_waiting_past_the_timeout_is_a_client_timeout() -> None:
 def test_retry_after_accepts_seconds_and_http_dates(header: str | None, expected_s: float | None) -> None:
     now_s = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
     assert parse_retry_after(header, now_s=now_s) == expected_s
+
+
+def test_no_cache_is_sent_as_cache_false_as_json_and_as_a_form_field(fake_api: FakeApi, tmp_path: Path) -> None:
+    image = tmp_path / "blue.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+
+    async def scenario(client: CaptionizerClient) -> None:
+        await client.submit_url("http://img.test/red.png", cache=False)
+        await client.submit_file(image, cache=False)
+        await client.submit_url("http://img.test/red.png")
+
+    run_with(fake_api, scenario)
+
+    as_json, as_form, default = (request.content for request in fake_api.requests)
+    assert b'"cache":false' in as_json.replace(b" ", b"")
+    assert b'name="cache"\r\n\r\nfalse\r\n' in as_form
+    assert b"cache" not in default

@@ -1,0 +1,165 @@
+"""The cache in Redis: entries, leases, the LRU set that bounds them, and the counters /metrics reads.
+
+Every change is one of three Lua scripts, kept as files beside this module with their KEYS and
+ARGV written at their top: ``claim.lua`` (hit, lease or wait, for many keys at once),
+``store.lua`` (write an entry, evict past the bound, end the lease) and ``lease.lua`` (renew or end
+leases). Claims made in the same turn of the event loop go to Redis in one script call: a chunk's
+jobs whose images arrive together cost one round trip between them, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.jobs.store import map_redis_errors
+from shared.keys import Keys
+
+_WHAT = "the caption cache (Redis)"
+_SCRIPTS = Path(__file__).resolve().parent
+
+#: Replies of ``claim.lua`` other than an entry.
+LEASED = "L"
+WAIT = "W"
+# An entry's value starts with its kind: a caption, or an input error.
+_CAPTION = "C"
+_ERROR = "E"
+
+
+def _script(name: str) -> str:
+    return (_SCRIPTS / name).read_text()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cached result: a caption, or an input error's code and message; and the job that produced it."""
+
+    job_id: str
+    #: A short digest of the producing job's owner: shows its job id only to the same owner.
+    owner_tag: str
+    caption: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def encode(self) -> str:
+        """The value stored in Redis: a kind letter, then a compact JSON array."""
+        if self.caption is not None:
+            return _CAPTION + json.dumps([self.caption, self.job_id, self.owner_tag], separators=(",", ":"))
+        return _ERROR + json.dumps(
+            [self.error_code, self.error_message, self.job_id, self.owner_tag], separators=(",", ":")
+        )
+
+    @classmethod
+    def decode(cls, value: str) -> Entry:
+        """The entry :meth:`encode` wrote."""
+        fields: list[Any] = json.loads(value[1:])
+        if value[0] == _CAPTION:
+            caption, job_id, owner_tag = fields
+            return cls(job_id=job_id, owner_tag=owner_tag, caption=caption)
+        code, message, job_id, owner_tag = fields
+        return cls(job_id=job_id, owner_tag=owner_tag, error_code=code, error_message=message)
+
+
+_Claim = tuple[str, str, bool, "asyncio.Future[str]"]
+
+
+class CacheStore:
+    """Reads and writes cache entries and leases; claims issued in one loop turn share one script call."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, max_entries: int, ttl_s: int, lease_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.lease_ms = max(1, round(lease_s * 1000))
+        self._claim = redis.register_script(_script("claim.lua"))
+        self._store = redis.register_script(_script("store.lua"))
+        self._lease = redis.register_script(_script("lease.lua"))
+        self._pending: list[_Claim] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def claim(self, digest: str, job_id: str, *, waited: bool = False) -> Entry | str:
+        """The entry under ``digest`` (a hit), else :data:`LEASED` (``job_id`` computes it) or :data:`WAIT`.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._pending.append((digest, job_id, waited, future))
+        if len(self._pending) == 1:
+            # After every callback already due in this turn: the other jobs whose images arrived
+            # with this one add their claims first (as worker.job_writes does for transitions).
+            loop.call_soon(self._flush)
+        reply = await future
+        return reply if reply in (LEASED, WAIT) else Entry.decode(reply)
+
+    def _flush(self) -> None:
+        claims, self._pending = self._pending, []
+        task = asyncio.create_task(self._send(claims))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, claims: list[_Claim]) -> None:
+        keys = [self.keys.cache_lru(), self.keys.cache_stats()]
+        args: list[Any] = [_now_ms(), self.lease_ms, self.ttl_s]
+        for digest, job_id, waited, _ in claims:
+            keys += [self.keys.cache_entry(digest), self.keys.cache_lease(digest)]
+            args += [digest, job_id, "1" if waited else "0"]
+        try:
+            with map_redis_errors(_WHAT):
+                replies = await self._claim(keys=keys, args=args)
+        except Exception as exc:
+            for *_, future in claims:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), reply in zip(claims, replies, strict=True):
+            if not future.done():
+                future.set_result(reply.decode() if isinstance(reply, bytes) else str(reply))
+
+    async def store(self, digest: str, entry: Entry, *, ttl_s: int) -> int:
+        """Write ``entry`` for ``ttl_s`` seconds, end its job's lease; returns the entries evicted to make room."""
+        keys = [
+            self.keys.cache_lru(),
+            self.keys.cache_stats(),
+            self.keys.cache_entry(digest),
+            self.keys.cache_lease(digest),
+        ]
+        args: list[str | int] = [
+            entry.encode(),
+            ttl_s,
+            _now_ms(),
+            self.max_entries,
+            digest,
+            entry.job_id,
+            self.keys.cache_entry_prefix(),
+            self.ttl_s,
+        ]
+        with map_redis_errors(_WHAT):
+            return int(await self._store(keys=keys, args=args))
+
+    async def renew(self, leases: dict[str, str]) -> int:
+        """Extend the leases (digest → job id) still held by their jobs; returns how many were."""
+        return await self._change_leases(leases, self.lease_ms)
+
+    async def release(self, leases: dict[str, str]) -> int:
+        """End the leases (digest → job id) still held by their jobs: waiting jobs claim the keys again."""
+        return await self._change_leases(leases, 0)
+
+    async def _change_leases(self, leases: dict[str, str], lease_ms: int) -> int:
+        if not leases:
+            return 0
+        keys = [self.keys.cache_lease(digest) for digest in leases]
+        with map_redis_errors(_WHAT):
+            return int(await self._lease(keys=keys, args=[lease_ms, *leases.values()]))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
