@@ -341,7 +341,9 @@ def _singles_figures(args: argparse.Namespace, stack: LocalStack, urls: list[str
     cpu.start()
     consumer.start()
     began = time.perf_counter()
-    asyncio.run(run_singles(stack.api_url, urls, args.clients, prefer_wait=prefer_wait, max_new_tokens=args.max_new_tokens))
+    asyncio.run(
+        run_singles(stack.api_url, urls, args.clients, prefer_wait=prefer_wait, max_new_tokens=args.max_new_tokens)
+    )
     wall_s = time.perf_counter() - began
     per_job = cpu.per_item_ms(len(urls))
     busy = {name: ms for name, ms in per_job.items() if name != "images"}

@@ -61,7 +61,9 @@ BENCH_NEEDS = ("httpx", "packaging")
 DRY_RUN_TORCH = "2.13.0"
 
 
-def requirement_closure(python_version: str, root: str, extras: Iterable[str] = (), leaves: Iterable[str] = ()) -> dict[str, str]:
+def requirement_closure(
+    python_version: str, root: str, extras: Iterable[str] = (), leaves: Iterable[str] = ()
+) -> dict[str, str]:
     """Every distribution ``root[extras]`` needs on ``python_version``, with this venv's version of each.
 
     ``leaves`` are recorded but not walked into (their needs are someone else's to bring).
@@ -139,7 +141,10 @@ def check_redis_starts(binary: Path) -> str:
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
     argv = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    with tempfile.TemporaryDirectory() as logs, ManagedProcess("kit-redis", argv, log_path=Path(logs) / "r.log") as server:
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        ManagedProcess("kit-redis", argv, log_path=Path(logs) / "r.log") as server,
+    ):
         client = Redis(port=port, socket_timeout=1)
         try:
             server.wait_until(lambda: _answers(client), timeout_s=30, what="answering PING")

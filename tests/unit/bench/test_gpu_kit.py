@@ -19,7 +19,9 @@ def plan() -> tuple[dict[str, str], dict[str, str]]:
 @pytest.mark.parametrize(
     "name", ["celery", "kombu", "redis", "hiredis", "fastapi", "starlette", "uvicorn", "pydantic-settings", "pydantic"]
 )
-def test_what_the_image_lacks_travels_at_this_venvs_version(plan: tuple[dict[str, str], dict[str, str]], name: str) -> None:
+def test_what_the_image_lacks_travels_at_this_venvs_version(
+    plan: tuple[dict[str, str], dict[str, str]], name: str
+) -> None:
     carried, _ = plan
     assert carried[name] == metadata.version(name)
 
