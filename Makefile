@@ -85,8 +85,7 @@ gpu-kit: $(STAMP)
 # bench/gpu.sh's procedure on this CPU: the same pins for this Python in .gpu-kit-cpu/, a clean venv with only
 # what the image has, then the script with a tiny model.
 gpu-dry-run: gpu-kit
-	$(PY) -m bench.gpu_kit --folder .gpu-kit-cpu --python-version 3.11 --like .gpu-kit/manifest.json \
-		--image-venv .gpu-kit-cpu/venv
+	$(PY) -m bench.gpu_kit --folder .gpu-kit-cpu --python-version 3.11 --like .gpu-kit/manifest.json --image-venv .gpu-kit-cpu/venv
 	bench/gpu.sh --dry-run-cpu $(or $(OUT_DIR),.gpu-kit-cpu/out)
 
 clean-venv:
