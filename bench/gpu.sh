@@ -20,7 +20,7 @@
 # venv .gpu-kit-cpu/venv that holds only what the image has, with the kit built for its Python
 # (`make gpu-dry-run` builds both and runs it). It proves the procedure, not the speed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 
 DRY_RUN=0
 if [[ ${1:-} == --dry-run-cpu ]]; then DRY_RUN=1; shift; fi
