@@ -64,7 +64,8 @@ def pipeline_figures(pipeline: dict[str, Any], raw: dict[str, Any] | None) -> di
         same_batch = raw["images_per_s_by_batch"].get(str(pipeline["batch_size"]))
         if same_batch:
             figures["e2e_over_raw_at_same_batch"] = round(bulk["items_per_s"] / same_batch, 3)
-    figures[f"target_{TARGET_IMAGES_PER_S}_images_per_s_met"] = bulk["items_per_s"] >= TARGET_IMAGES_PER_S
+    if raw is None or raw["device"] != "cpu":  # the target is a GPU's; the CPU dry run proves the procedure only
+        figures[f"target_{TARGET_IMAGES_PER_S}_images_per_s_met"] = bulk["items_per_s"] >= TARGET_IMAGES_PER_S
     return figures
 
 
