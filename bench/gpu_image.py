@@ -12,6 +12,8 @@ import re
 
 #: The image's Python, for which the kit's wheels are downloaded.
 PYTHON_VERSION = "3.12"
+#: Its patch release, which some requirement markers compare (``python_full_version < "3.11.3"``).
+PYTHON_FULL_VERSION = "3.12.3"
 
 #: Versions the image is known to hold (the session's ``pip list``); the dry run installs these where it can.
 KNOWN_VERSIONS = {

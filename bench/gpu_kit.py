@@ -37,7 +37,14 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-from bench.gpu_image import IMAGE_PACKAGES, KNOWN_VERSIONS, NEVER_CARRIED, PYTHON_VERSION, normalize
+from bench.gpu_image import (
+    IMAGE_PACKAGES,
+    KNOWN_VERSIONS,
+    NEVER_CARRIED,
+    PYTHON_FULL_VERSION,
+    PYTHON_VERSION,
+    normalize,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The extras whose processes run on the accelerator machine (the CLI and dev tools stay here).
@@ -62,6 +69,14 @@ BENCH_NEEDS = ("httpx", "packaging")
 DRY_RUN_TORCH = "2.13.0"
 
 
+def _marker_environment(python_version: str) -> dict[str, str]:
+    """Marker variables of ``python_version``: the image's 3.12.3, or this interpreter's own patch release."""
+    full = PYTHON_FULL_VERSION if python_version == PYTHON_VERSION else platform.python_version()
+    if not full.startswith(f"{python_version}."):
+        full = f"{python_version}.0"
+    return {"python_version": python_version, "python_full_version": full}
+
+
 def requirement_closure(
     python_version: str, root: str, extras: Iterable[str] = (), leaves: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -69,7 +84,7 @@ def requirement_closure(
 
     ``leaves`` are recorded but not walked into (their needs are someone else's to bring).
     """
-    environment = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
+    environment = _marker_environment(python_version)
     stop = {normalize(name) for name in leaves} | NEVER_CARRIED
     found: dict[str, str] = {}
     todo: list[tuple[str, frozenset[str]]] = [(root, frozenset(extras))]
@@ -127,7 +142,7 @@ def download_wheels(pins: dict[str, str], python_version: str, folder: Path) -> 
 def unmet_requirements(wheels: Iterable[Path], python_version: str) -> list[str]:
     """Requirements of the kit's wheels (markers read for ``python_version``) that neither another wheel of the
     kit nor the image meets; where the image's version is known, it is checked too."""
-    environment = {"python_version": python_version, "python_full_version": f"{python_version}.0", "extra": ""}
+    environment = {**_marker_environment(python_version), "extra": ""}
     versions: dict[str, str] = {}
     requirements: list[tuple[str, Requirement]] = []
     for wheel in wheels:
