@@ -13,7 +13,7 @@ INFRA_STAMP := $(INFRA_VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run system-deps test test-unit test-integration test-infra infra-venv check lint typecheck imports bench bench-e2e train clean-venv
+.PHONY: run system-deps test test-unit test-integration test-infra infra-venv check lint typecheck imports bench bench-e2e train clean-venv gpu-kit gpu-dry-run
 
 # redis-server, Chromium and python3-venv, installed with apt-get when possible; otherwise it stops at
 # once with the command to run. Shared with .ci/run.
@@ -77,6 +77,16 @@ bench: $(STAMP)
 # The whole system (Redis, API, one worker) against the raw model; see bench/README.md.
 bench-e2e: $(STAMP)
 	$(PY) -m bench.e2e --model git-base --jobs 64 --clients 32 --probe-rate 4 --probe-s 5
+
+# What a lent GPU machine needs beyond its image, in .gpu-kit/ (ignored; carried to the device): docs/gpu.md.
+gpu-kit: $(STAMP)
+	$(PY) -m bench.gpu_kit --folder .gpu-kit
+
+# bench/gpu.sh's procedure on this CPU: the same pins for this Python in .gpu-kit-cpu/, a clean venv with only
+# what the image has, then the script with a tiny model.
+gpu-dry-run: gpu-kit
+	$(PY) -m bench.gpu_kit --folder .gpu-kit-cpu --python-version 3.11 --like .gpu-kit/manifest.json --image-venv .gpu-kit-cpu/venv
+	bench/gpu.sh --dry-run-cpu $(or $(OUT_DIR),.gpu-kit-cpu/out)
 
 clean-venv:
 	rm -rf $(VENV) $(INFRA_VENV)

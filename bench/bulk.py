@@ -65,7 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=0, help="items per chunk message (0: the batch size)")
     parser.add_argument("--probe-rate", type=float, default=4, help="single jobs per second posted under bulk load")
     parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs, in pixels")
+    parser.add_argument("--max-new-tokens", type=int, default=5, help="tokens per caption of every job")
     parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs and print where")
+    parser.add_argument("--json", type=Path, help="write the report here instead of printing it")
     return parser.parse_args(argv)
 
 
@@ -123,7 +125,9 @@ def wait_for_count(redis: Redis, keys: Keys, target: int, timeout_s: float) -> N
         time.sleep(_POLL_S)
 
 
-async def run_singles(api_url: str, urls: list[str], clients: int, *, prefer_wait: bool = False) -> list[str]:
+async def run_singles(
+    api_url: str, urls: list[str], clients: int, *, prefer_wait: bool = False, max_new_tokens: int = 5
+) -> list[str]:
     """POST each URL as a job and wait for its end, ``clients`` at a time; returns the job ids.
 
     With ``prefer_wait`` the POST itself waits (``Prefer: wait=60``, one request per job); otherwise
@@ -138,7 +142,8 @@ async def run_singles(api_url: str, urls: list[str], clients: int, *, prefer_wai
         while not queue.empty():
             url = queue.get_nowait()
             headers = {"Prefer": "wait=60"} if prefer_wait else {}
-            posted = await http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5}, headers=headers)
+            body = {"image_url": url, "max_new_tokens": max_new_tokens}
+            posted = await http.post("/v1/jobs", json=body, headers=headers)
             posted.raise_for_status()
             ids.append(posted.json()["id"])
             if prefer_wait:
@@ -151,12 +156,12 @@ async def run_singles(api_url: str, urls: list[str], clients: int, *, prefer_wai
     return ids
 
 
-def post_probes(api_url: str, url: str, rate: float, stop: threading.Event) -> list[str]:
+def post_probes(api_url: str, url: str, rate: float, stop: threading.Event, max_new_tokens: int = 5) -> list[str]:
     """POST one single job every 1/rate s until ``stop``; returns their ids."""
     ids: list[str] = []
     with httpx.Client(base_url=api_url, timeout=60) as http:
         while not stop.wait(1 / rate):
-            response = http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": 5})
+            response = http.post("/v1/jobs", json={"image_url": url, "max_new_tokens": max_new_tokens})
             response.raise_for_status()
             ids.append(response.json()["id"])
     return ids
@@ -262,14 +267,16 @@ def run_bulk(
     sender = ChunkSender(stack.redis_url, stack.keys.prefix)
     try:
         began_store = time.perf_counter()
-        ids = sender.store([f"{base}/img/{n}.png" for n in range(args.items)], max_new_tokens=5)
+        ids = sender.store([f"{base}/img/{n}.png" for n in range(args.items)], max_new_tokens=args.max_new_tokens)
         store_s = time.perf_counter() - began_store
         ended_before = succeeded_or_failed(redis, stack.keys)
         metrics_before = worker_metrics(metrics_port)
         stop = threading.Event()
         probes: list[str] = []
         prober = threading.Thread(
-            target=lambda: probes.extend(post_probes(stack.api_url, f"{base}/img/1.png", args.probe_rate, stop))
+            target=lambda: probes.extend(
+                post_probes(stack.api_url, f"{base}/img/1.png", args.probe_rate, stop, args.max_new_tokens)
+            )
         )
         cpu.start()
         began = time.perf_counter()
@@ -344,7 +351,9 @@ def _singles_figures(args: argparse.Namespace, stack: LocalStack, urls: list[str
     cpu.start()
     consumer.start()
     began = time.perf_counter()
-    asyncio.run(run_singles(stack.api_url, urls, args.clients, prefer_wait=prefer_wait))
+    asyncio.run(
+        run_singles(stack.api_url, urls, args.clients, prefer_wait=prefer_wait, max_new_tokens=args.max_new_tokens)
+    )
     wall_s = time.perf_counter() - began
     per_job = cpu.per_item_ms(len(urls))
     busy = {name: ms for name, ms in per_job.items() if name != "images"}
@@ -403,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "chunk_size": args.chunk_size or args.batch_size,
         "image": f"{args.image_size}x{args.image_size} PNG by URL",
+        "max_new_tokens": args.max_new_tokens,
         "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
         "at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "baseline_singles": singles,
@@ -412,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.model.startswith("sleep:"):
         batch_ms = float(args.model.split(":", 1)[1])
         report["simulated_accelerator_images_per_s"] = round(args.batch_size / (batch_ms / 1000), 1)
-    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    else:
+        print(json.dumps(report, indent=2))
     if args.keep_logs:
         print(f"logs: {log_dir}", file=sys.stderr)
     return report

@@ -68,10 +68,13 @@ def build_config() -> GitConfig:
     return GitConfig()
 
 
-def build_standin(folder: Path, *, with_weights: bool = True, seed: int = 0) -> Path:
-    """Save the stand-in checkpoint into ``folder``; without weights only its config and processor files."""
+def build_standin(folder: Path, *, with_weights: bool = True, seed: int = 0, config: GitConfig | None = None) -> Path:
+    """Save the stand-in checkpoint into ``folder``; without weights only its config and processor files.
+
+    ``config`` replaces git-base's architecture (a smaller one proves a procedure quickly on a CPU).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    config = build_config()
+    config = config or build_config()
     # No end token: every caption is exactly max_new_tokens long, so timings compare like with like.
     generation = GenerationConfig(bos_token_id=config.bos_token_id, pad_token_id=config.pad_token_id)  # type: ignore[no-untyped-call]
     if with_weights:

@@ -37,3 +37,12 @@ def test_ci_runs_the_shared_set_up_step_and_the_readmes_test_command() -> None:
     script = (REPO_ROOT / ".ci" / "run").read_text()
     commands = [line.strip() for line in script.splitlines() if line.startswith("make ")]
     assert commands == ["make system-deps", "make lint typecheck imports", "make test"]
+
+
+def test_the_gpu_dry_run_builds_the_devices_kit_first_and_takes_its_pins() -> None:
+    commands = _dry_run("gpu-dry-run", "-W", "pyproject.toml")
+    kit = next(index for index, line in enumerate(commands) if "bench.gpu_kit --folder .gpu-kit" in line)
+    cpu_kit = next(index for index, line in enumerate(commands) if "--like .gpu-kit/manifest.json" in line)
+    assert kit < cpu_kit < len(commands) - 1
+    assert "--python-version 3.11" in commands[cpu_kit] and "--image-venv .gpu-kit-cpu/venv" in commands[cpu_kit]
+    assert commands[-1].startswith("bench/gpu.sh --dry-run-cpu")
