@@ -92,6 +92,8 @@ def draw_shape(
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     rng: random.Random | None = None,
     varied: bool = False,
+    span: float | None = None,
+    centred: bool = False,
 ) -> Image.Image:
     """Draw one RGB image of an upright ``shape`` of a random span and position within the world's rules.
 
@@ -102,17 +104,21 @@ def draw_shape(
         varied: draw any fill hue the colour name covers, a background near (not only at) pure white or
             black, and aliased or anti-aliased edges; otherwise a slightly jittered fill on the exact
             background, anti-aliased.
+        span: the shape's span, as a fraction of the shorter side, instead of one drawn from ``SIZES[size]``.
+        centred: put the shape's box in the middle of the image rather than anywhere.
     """
     _check_names(shape, colour, size, background)
     rng = rng if rng is not None else random.Random(0)
     width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(width, height) < 8:
         raise ValueError(f"image_size must be at least 8 pixels a side, got {image_size!r}")
-    low, high = SIZES[size]
-    span = rng.uniform(low, high) * min(width, height)
-    box_height = span * rng.uniform(*_TRIANGLE_HEIGHT) if shape == "triangle" else span
-    left, top = rng.uniform(0, width - span), rng.uniform(0, height - box_height)
-    box = (left, top, left + span, top + box_height)
+    span_px = (rng.uniform(*SIZES[size]) if span is None else span) * min(width, height)
+    box_height = span_px * rng.uniform(*_TRIANGLE_HEIGHT) if shape == "triangle" else span_px
+    if centred:
+        left, top = (width - span_px) / 2, (height - box_height) / 2
+    else:
+        left, top = rng.uniform(0, width - span_px), rng.uniform(0, height - box_height)
+    box = (left, top, left + span_px, top + box_height)
     if varied:
         fill, back = random_fill(colour, rng), random_background(background, rng)
         antialias = rng.random() < 0.5
@@ -168,6 +174,37 @@ def draw_sample(
     return image, spec.caption
 
 
+def draw_varied(
+    rng: random.Random,
+    size: str,
+    *,
+    aspect: float,
+    span: float,
+    centred: bool = False,
+    jpeg: bool | None = None,
+    max_side: int | None = None,
+) -> tuple[Image.Image, str]:
+    """One captioned drawing of a ``size`` shape of ``span`` in an image of ``aspect`` (width / height).
+
+    Everything else (shape, colour, background, fill, finish, the image's shorter side) varies as in
+    ``draw_varied_batch``; ``jpeg`` as in ``roughen``, ``max_side`` as in ``draw_varied_batch``.
+    """
+    width, height = _image_size_of(rng, aspect, MAX_IMAGE_SIDE if max_side is None else max_side)
+    spec = random_spec(rng)
+    image = draw_shape(
+        spec.shape,
+        spec.colour,
+        size,
+        spec.background,
+        image_size=(width, height),
+        rng=rng,
+        varied=True,
+        span=span,
+        centred=centred,
+    )
+    return roughen(image, rng, jpeg=jpeg), caption_for(spec.shape, spec.colour, size, spec.background)
+
+
 def draw_varied_batch(
     rng: random.Random, count: int, *, max_side: int | None = None
 ) -> tuple[list[Image.Image], list[str]]:
@@ -190,15 +227,28 @@ def draw_varied_batch(
     return images, captions
 
 
-def roughen(image: Image.Image, rng: random.Random) -> Image.Image:
-    """Maybe blur, add noise and save as JPEG (quality 40-95), as photographed or re-saved drawings are."""
+def _image_size_of(rng: random.Random, aspect: float, max_side: int) -> tuple[int, int]:
+    """``(width, height)`` of ``aspect``, the shorter side log-uniform from 32 px, the longer at most ``max_side``."""
+    ratio = max(aspect, 1 / aspect)
+    longest = min(MAX_IMAGE_SIDE, max_side) / ratio
+    short = round(math.exp(rng.uniform(math.log(MIN_IMAGE_SIDE), math.log(max(MIN_IMAGE_SIDE, longest)))))
+    long = round(short * ratio)
+    return (long, short) if aspect >= 1 else (short, long)
+
+
+def roughen(image: Image.Image, rng: random.Random, *, jpeg: bool | None = None) -> Image.Image:
+    """Maybe blur, add noise and save as JPEG (quality 40-95), as photographed or re-saved drawings are.
+
+    Args:
+        jpeg: always (``True``) or never (``False``) save as JPEG; ``None``: half of the time.
+    """
     if rng.random() < 0.25:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.3:
         noise = np.random.default_rng(rng.getrandbits(64)).standard_normal((*image.size[::-1], 3), dtype=np.float32)
         noisy = np.asarray(image, dtype=np.float32) + noise * rng.uniform(1.0, 8.0)
         image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 if jpeg is None else jpeg:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=rng.randint(40, 95))
         image = Image.open(buffer).convert("RGB")
