@@ -50,6 +50,10 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.2, 0.4), "large": (0.6, 0.9
 DEFAULT_IMAGE_SIZE = 128
 #: Bounds of the image sides that ``random_image_size`` picks, and of their aspect ratio.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_ASPECT = 32, 1024, 3.0
+#: The ranges of aspect ratio (longer side / shorter) that ``random_aspect`` picks from, evenly.
+ASPECT_RANGES: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 2.0), (2.0, MAX_ASPECT))
+#: Share of evenly drawn shapes (``draw_varied_batch``) that sit in the middle of the image rather than anywhere.
+CENTRED_SHARE = 0.25
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
 _TRIANGLE_HEIGHT = (0.75, 1.0)  # of its base
@@ -206,7 +210,7 @@ def draw_varied(
 
 
 def draw_varied_batch(
-    rng: random.Random, count: int, *, max_side: int | None = None
+    rng: random.Random, count: int, *, max_side: int | None = None, evenly: bool = False
 ) -> tuple[list[Image.Image], list[str]]:
     """``count`` captioned drawings with all the variety the rules allow: sizes, aspect ratios, fills, finishes.
 
@@ -214,17 +218,37 @@ def draw_varied_batch(
         max_side: draw an image whose longer side is above this at that side instead, same aspect ratio
             and same drawing otherwise. Training uses it: a model that sees every image squeezed to
             64 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
+        evenly: give each corner of the world its share (``random_aspect``, ``CENTRED_SHARE``). Drawn
+            the way the world's images fall, exactly square images and centred shapes are rare, and a
+            model trained so takes a small square's shape of span 0.30-0.40 for a large one.
     """
     images, captions = [], []
     for _ in range(count):
-        width, height = random_image_size(rng)
-        if max_side is not None and max(width, height) > max_side:
-            scale = max_side / max(width, height)
-            width, height = max(8, round(width * scale)), max(8, round(height * scale))
-        image, caption = draw_sample(rng, image_size=(width, height), varied=True)
-        images.append(roughen(image, rng))
+        if evenly:
+            image, caption = _draw_evenly(rng, max_side)
+        else:
+            width, height = random_image_size(rng)
+            if max_side is not None and max(width, height) > max_side:
+                scale = max_side / max(width, height)
+                width, height = max(8, round(width * scale)), max(8, round(height * scale))
+            image, caption = draw_sample(rng, image_size=(width, height), varied=True)
+            image = roughen(image, rng)
+        images.append(image)
         captions.append(caption)
     return images, captions
+
+
+def random_aspect(rng: random.Random) -> float:
+    """Width / height: exactly square, up to 2:1 or 2:1 to 3:1, a third of the time each, either orientation."""
+    low, high = rng.choice(ASPECT_RANGES)
+    ratio = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return ratio if rng.random() < 0.5 else 1 / ratio
+
+
+def _draw_evenly(rng: random.Random, max_side: int | None) -> tuple[Image.Image, str]:
+    size = rng.choice(list(SIZES))
+    aspect, span = random_aspect(rng), rng.uniform(*SIZES[size])
+    return draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
 
 
 def _image_size_of(rng: random.Random, aspect: float, max_side: int) -> tuple[int, int]:
