@@ -39,20 +39,49 @@ KINDS = ("circle", "square", "triangle")
 _SUBSAMPLES = 4  # per pixel and axis, when anti-aliased
 
 
-def draw(kind: str, colour: str, size: str, backdrop: str, rng: np.random.Generator) -> Image.Image:
-    """One RGB drawing of ``kind`` in ``colour``, of ``size``, on ``backdrop``, at a size and place from ``rng``."""
-    short = int(rng.integers(32, 641))
-    long = min(1024, int(short * rng.uniform(1.0, 3.0)))
-    width, height = (short, long) if rng.random() < 0.5 else (long, short)
-    span = rng.uniform(*SPANS[size]) * short
-    box_height = span * rng.uniform(0.8, 1.0) if kind == "triangle" else span
-    x0, y0 = rng.uniform(0, width - span), rng.uniform(0, height - box_height)
+def draw(
+    kind: str,
+    colour: str,
+    size: str,
+    backdrop: str,
+    rng: np.random.Generator,
+    *,
+    aspect: float | None = None,
+    span: float | None = None,
+    centred: bool = False,
+) -> Image.Image:
+    """One RGB drawing of ``kind`` in ``colour``, of ``size``, on ``backdrop``, at a size and place from ``rng``.
+
+    Args:
+        aspect: the image's width / height; ``None``: anything up to 3:1, either way.
+        span: the shape's span as a fraction of the shorter side; ``None``: any the size allows.
+        centred: the shape's box in the middle of the image rather than anywhere.
+    """
+    width, height = _image_size(rng, aspect)
+    short = min(width, height)
+    span_px = (rng.uniform(*SPANS[size]) if span is None else span) * short
+    box_height = span_px * rng.uniform(0.8, 1.0) if kind == "triangle" else span_px
+    if centred:
+        x0, y0 = (width - span_px) / 2, (height - box_height) / 2
+    else:
+        x0, y0 = rng.uniform(0, width - span_px), rng.uniform(0, height - box_height)
     subsamples = _SUBSAMPLES if rng.random() < 0.5 else 1
-    coverage = _coverage(kind, (x0, y0, span, box_height), (width, height), subsamples)
+    coverage = _coverage(kind, (x0, y0, span_px, box_height), (width, height), subsamples)
     fill = np.array(SHADES[colour][rng.integers(len(SHADES[colour]))], dtype=np.float32)
     back = np.array(BACKDROPS[backdrop][rng.integers(len(BACKDROPS[backdrop]))], dtype=np.float32)
     pixels = back + coverage[..., None] * (fill - back)
     return Image.fromarray(np.rint(pixels).astype(np.uint8))
+
+
+def draw_captioned(
+    size: str, rng: np.random.Generator, *, aspect: float, span: float, centred: bool, jpeg: bool
+) -> tuple[Image.Image, str]:
+    """A drawing of a ``size`` shape of ``span`` in an image of ``aspect``, any kind, colour and backdrop, with its caption."""
+    kind, colour, backdrop = KINDS[rng.integers(3)], list(SHADES)[rng.integers(4)], ("white", "black")[rng.integers(2)]
+    image = draw(kind, colour, size, backdrop, rng, aspect=aspect, span=span, centred=centred)
+    if jpeg:
+        image = _as_jpeg(image, int(rng.integers(40, 96)))
+    return image, f"a {size} {colour} {kind} on a {backdrop} background"
 
 
 def draw_set(count: int, seed: int, *, jpeg: bool = False) -> tuple[list[Image.Image], list[str]]:
@@ -67,6 +96,18 @@ def draw_set(count: int, seed: int, *, jpeg: bool = False) -> tuple[list[Image.I
         images.append(_as_jpeg(image, quality) if jpeg else image)
         captions.append(f"a {size} {colour} {kind} on a {backdrop} background")
     return images, captions
+
+
+def _image_size(rng: np.random.Generator, aspect: float | None) -> tuple[int, int]:
+    """``(width, height)``: a shorter side of 32-640 px, the longer at most 1024 px."""
+    if aspect is None:
+        short = int(rng.integers(32, 641))
+        long = min(1024, int(short * rng.uniform(1.0, 3.0)))
+        return (short, long) if rng.random() < 0.5 else (long, short)
+    ratio = max(aspect, 1 / aspect)
+    short = int(rng.integers(32, min(640, int(1024 / ratio)) + 1))
+    long = round(short * ratio)
+    return (long, short) if aspect >= 1 else (short, long)
 
 
 def _coverage(kind: str, box: tuple[float, float, float, float], size: tuple[int, int], subsamples: int) -> np.ndarray:

@@ -50,6 +50,10 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.2, 0.4), "large": (0.6, 0.9
 DEFAULT_IMAGE_SIZE = 128
 #: Bounds of the image sides that ``random_image_size`` picks, and of their aspect ratio.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_ASPECT = 32, 1024, 3.0
+#: The ranges of aspect ratio (longer side / shorter) that ``random_aspect`` picks from, evenly.
+ASPECT_RANGES: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 2.0), (2.0, MAX_ASPECT))
+#: Share of evenly drawn shapes (``draw_varied_batch``) that sit in the middle of the image rather than anywhere.
+CENTRED_SHARE = 0.25
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
 _TRIANGLE_HEIGHT = (0.75, 1.0)  # of its base
@@ -92,6 +96,8 @@ def draw_shape(
     image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
     rng: random.Random | None = None,
     varied: bool = False,
+    span: float | None = None,
+    centred: bool = False,
 ) -> Image.Image:
     """Draw one RGB image of an upright ``shape`` of a random span and position within the world's rules.
 
@@ -102,17 +108,21 @@ def draw_shape(
         varied: draw any fill hue the colour name covers, a background near (not only at) pure white or
             black, and aliased or anti-aliased edges; otherwise a slightly jittered fill on the exact
             background, anti-aliased.
+        span: the shape's span, as a fraction of the shorter side, instead of one drawn from ``SIZES[size]``.
+        centred: put the shape's box in the middle of the image rather than anywhere.
     """
     _check_names(shape, colour, size, background)
     rng = rng if rng is not None else random.Random(0)
     width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
     if min(width, height) < 8:
         raise ValueError(f"image_size must be at least 8 pixels a side, got {image_size!r}")
-    low, high = SIZES[size]
-    span = rng.uniform(low, high) * min(width, height)
-    box_height = span * rng.uniform(*_TRIANGLE_HEIGHT) if shape == "triangle" else span
-    left, top = rng.uniform(0, width - span), rng.uniform(0, height - box_height)
-    box = (left, top, left + span, top + box_height)
+    span_px = (rng.uniform(*SIZES[size]) if span is None else span) * min(width, height)
+    box_height = span_px * rng.uniform(*_TRIANGLE_HEIGHT) if shape == "triangle" else span_px
+    if centred:
+        left, top = (width - span_px) / 2, (height - box_height) / 2
+    else:
+        left, top = rng.uniform(0, width - span_px), rng.uniform(0, height - box_height)
+    box = (left, top, left + span_px, top + box_height)
     if varied:
         fill, back = random_fill(colour, rng), random_background(background, rng)
         antialias = rng.random() < 0.5
@@ -168,8 +178,39 @@ def draw_sample(
     return image, spec.caption
 
 
+def draw_varied(
+    rng: random.Random,
+    size: str,
+    *,
+    aspect: float,
+    span: float,
+    centred: bool = False,
+    jpeg: bool | None = None,
+    max_side: int | None = None,
+) -> tuple[Image.Image, str]:
+    """One captioned drawing of a ``size`` shape of ``span`` in an image of ``aspect`` (width / height).
+
+    Everything else (shape, colour, background, fill, finish, the image's shorter side) varies as in
+    ``draw_varied_batch``; ``jpeg`` as in ``roughen``, ``max_side`` as in ``draw_varied_batch``.
+    """
+    width, height = _image_size_of(rng, aspect, MAX_IMAGE_SIDE if max_side is None else max_side)
+    spec = random_spec(rng)
+    image = draw_shape(
+        spec.shape,
+        spec.colour,
+        size,
+        spec.background,
+        image_size=(width, height),
+        rng=rng,
+        varied=True,
+        span=span,
+        centred=centred,
+    )
+    return roughen(image, rng, jpeg=jpeg), caption_for(spec.shape, spec.colour, size, spec.background)
+
+
 def draw_varied_batch(
-    rng: random.Random, count: int, *, max_side: int | None = None
+    rng: random.Random, count: int, *, max_side: int | None = None, evenly: bool = False
 ) -> tuple[list[Image.Image], list[str]]:
     """``count`` captioned drawings with all the variety the rules allow: sizes, aspect ratios, fills, finishes.
 
@@ -177,28 +218,61 @@ def draw_varied_batch(
         max_side: draw an image whose longer side is above this at that side instead, same aspect ratio
             and same drawing otherwise. Training uses it: a model that sees every image squeezed to
             64 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
+        evenly: give each corner of the world its share (``random_aspect``, ``CENTRED_SHARE``). Drawn
+            the way the world's images fall, exactly square images and centred shapes are rare, and a
+            model trained so takes a small square's shape of span 0.30-0.40 for a large one.
     """
     images, captions = [], []
     for _ in range(count):
-        width, height = random_image_size(rng)
-        if max_side is not None and max(width, height) > max_side:
-            scale = max_side / max(width, height)
-            width, height = max(8, round(width * scale)), max(8, round(height * scale))
-        image, caption = draw_sample(rng, image_size=(width, height), varied=True)
-        images.append(roughen(image, rng))
+        if evenly:
+            image, caption = _draw_evenly(rng, max_side)
+        else:
+            width, height = random_image_size(rng)
+            if max_side is not None and max(width, height) > max_side:
+                scale = max_side / max(width, height)
+                width, height = max(8, round(width * scale)), max(8, round(height * scale))
+            image, caption = draw_sample(rng, image_size=(width, height), varied=True)
+            image = roughen(image, rng)
+        images.append(image)
         captions.append(caption)
     return images, captions
 
 
-def roughen(image: Image.Image, rng: random.Random) -> Image.Image:
-    """Maybe blur, add noise and save as JPEG (quality 40-95), as photographed or re-saved drawings are."""
+def random_aspect(rng: random.Random) -> float:
+    """Width / height: exactly square, up to 2:1 or 2:1 to 3:1, a third of the time each, either orientation."""
+    low, high = rng.choice(ASPECT_RANGES)
+    ratio = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return ratio if rng.random() < 0.5 else 1 / ratio
+
+
+def _draw_evenly(rng: random.Random, max_side: int | None) -> tuple[Image.Image, str]:
+    size = rng.choice(list(SIZES))
+    aspect, span = random_aspect(rng), rng.uniform(*SIZES[size])
+    return draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
+
+
+def _image_size_of(rng: random.Random, aspect: float, max_side: int) -> tuple[int, int]:
+    """``(width, height)`` of ``aspect``, the shorter side log-uniform from 32 px, the longer at most ``max_side``."""
+    ratio = max(aspect, 1 / aspect)
+    longest = min(MAX_IMAGE_SIDE, max_side) / ratio
+    short = round(math.exp(rng.uniform(math.log(MIN_IMAGE_SIDE), math.log(max(MIN_IMAGE_SIDE, longest)))))
+    long = round(short * ratio)
+    return (long, short) if aspect >= 1 else (short, long)
+
+
+def roughen(image: Image.Image, rng: random.Random, *, jpeg: bool | None = None) -> Image.Image:
+    """Maybe blur, add noise and save as JPEG (quality 40-95), as photographed or re-saved drawings are.
+
+    Args:
+        jpeg: always (``True``) or never (``False``) save as JPEG; ``None``: half of the time.
+    """
     if rng.random() < 0.25:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.3:
         noise = np.random.default_rng(rng.getrandbits(64)).standard_normal((*image.size[::-1], 3), dtype=np.float32)
         noisy = np.asarray(image, dtype=np.float32) + noise * rng.uniform(1.0, 8.0)
         image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 if jpeg is None else jpeg:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=rng.randint(40, 95))
         image = Image.open(buffer).convert("RGB")

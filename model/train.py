@@ -2,9 +2,9 @@
 
 ``python -m model.train [--out model/embedded] [--steps N] [--drawings N]`` draws a fixed training set
 (``model.shapes``, all the variety the world's rules allow), trains on it and saves;
-``python -m model.train --evaluate [--out DIR] [--n 500] [--seed S]`` prints, as JSON, exact-match accuracy
-on the trainer's held-out drawings, on an independent drawer's (``model.reference_drawings``) and on
-those saved as JPEG (``model.evaluate``). Figures and commands: README, "The model".
+``python -m model.train --evaluate [--out DIR] [--n 100] [--seed S] [--json]`` prints exact-match accuracy
+in every stratum of the world (aspect ratio, span band, position, format), worst first, on the trainer's
+drawer and on an independent one (``model.evaluate``). Figures and commands: README, "The model".
 """
 
 from __future__ import annotations
@@ -55,21 +55,26 @@ TRAINING_MAX_SIDE = 256
 _CHUNK = 500  # drawings per seed: the unit of work the drawing processes share
 
 
-def draw_pixels(processor: GitProcessor, seed: int, count: int) -> tuple[np.ndarray, list[str]]:
-    """``count`` drawings from ``seed``, resized as the processor resizes them, as uint8 ``(N, 3, S, S)``."""
-    images, captions = shapes.draw_varied_batch(random.Random(seed), count, max_side=TRAINING_MAX_SIDE)
+def draw_pixels(processor: GitProcessor, seed: int, count: int, evenly: bool = False) -> tuple[np.ndarray, list[str]]:
+    """``count`` drawings from ``seed``, resized as the processor resizes them, as uint8 ``(N, 3, S, S)``.
+
+    ``evenly``: each corner of the world gets its share (``shapes.draw_varied_batch``).
+    """
+    images, captions = shapes.draw_varied_batch(random.Random(seed), count, max_side=TRAINING_MAX_SIDE, evenly=evenly)
     # Resized only: normalising later, in float, turns 7 KB of bytes per drawing into 28 KB. NumPy, not
     # torch, in the drawing processes: torch's thread pool does not survive a fork.
     resized = processor.image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")
     return np.clip(np.rint(resized.pixel_values), 0, 255).astype(np.uint8), captions
 
 
-def build_dataset(processor: GitProcessor, count: int, seed: int, processes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def build_dataset(
+    processor: GitProcessor, count: int, seed: int, processes: int, evenly: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw the training set in fixed chunks, each from its own seed, so any number of processes draws the same set."""
     chunks = [
         (seed * 1_000_003 + index, min(_CHUNK, count - start)) for index, start in enumerate(range(0, count, _CHUNK))
     ]
-    draw = functools.partial(draw_pixels, processor)
+    draw = functools.partial(draw_pixels, processor, evenly=evenly)
     if processes == 1:
         drawn = [draw(*chunk) for chunk in chunks]
     else:
@@ -101,6 +106,7 @@ def train(
     peak_lr: float = PEAK_LEARNING_RATE,
     bf16: bool = True,
     focus: float = DEFAULT_FOCUS,
+    evenly: bool = False,
 ) -> tuple[GitForCausalLM, GitProcessor]:
     """Train on a fixed deterministic set of drawings (mirrored at random); returns the model in eval mode.
 
@@ -111,13 +117,15 @@ def train(
         peak_lr: the one-cycle schedule's highest learning rate.
         bf16: run forward and backward under bfloat16 autocast (weights and optimiser stay float32).
         focus: share of each batch drawn by loss (``RowSampler``); 0 draws every row uniformly.
+        evenly: draw the set with each aspect-ratio range and centred shapes given their share
+            (``shapes.draw_varied_batch``) rather than as the world's images fall.
     """
     if batch_size % processes:
         raise ValueError(f"batch_size {batch_size} must be a multiple of processes {processes}")
     torch.manual_seed(seed)
     processor = build_processor()
     started = time.perf_counter()
-    pixels, input_ids = build_dataset(processor, drawings, seed, processes)
+    pixels, input_ids = build_dataset(processor, drawings, seed, processes, evenly)
     logger.info("drew %d training images in %.1f s", len(pixels), time.perf_counter() - started)
     model = build_model(processor.tokenizer)
     if init_from is not None:
@@ -257,10 +265,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     parser.add_argument("--lr", type=float, default=PEAK_LEARNING_RATE, help="peak learning rate")
     parser.add_argument("--focus", type=float, default=DEFAULT_FOCUS, help="share of each batch drawn by loss")
+    parser.add_argument("--evenly", action="store_true", help="draw every aspect range and centred shapes evenly")
     parser.add_argument("--fp32", action="store_true", help="train in float32 rather than bfloat16 autocast")
     parser.add_argument("--evaluate", action="store_true", help="only measure the checkpoint in --out")
-    parser.add_argument("--n", type=int, default=500, help="drawings in each evaluation set")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the evaluation sets")
+    parser.add_argument("--n", type=int, default=100, help="drawings per stratum and drawer in the evaluation")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the evaluation's drawings")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON rather than a table")
     return parser.parse_args(argv)
 
 
@@ -281,12 +291,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             peak_lr=args.lr,
             bf16=not args.fp32,
             focus=args.focus,
+            evenly=args.evenly,
         )
         report["train_wall_s"] = round(time.perf_counter() - started, 1)
         report["train_cpu_s"] = round(_cpu_seconds() - cpu_started, 1)
         save(model, processor, args.out)
-    report.update(evaluate(Captioner.load(args.out, device="cpu"), n=args.n, seed=args.seed))
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    # One thread: the model is tiny, and on a busy machine a second thread spins more than it computes
+    # (4 times the CPU per caption, measured under load).
+    torch.set_num_threads(1)
+    cpu_started = _cpu_seconds()
+    scores = evaluate(Captioner.load(args.out, device="cpu"), n=args.n, seed=args.seed)
+    report["evaluate_cpu_s"] = round(_cpu_seconds() - cpu_started, 1)
+    if args.json:
+        sys.stdout.write(json.dumps({**report, **scores.as_json()}, indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(f"{key}: {value}\n" for key, value in report.items()) + scores.table() + "\n")
     return 0
 
 
