@@ -22,6 +22,8 @@ class FakeApi:
     api_key: str | None = None
     #: How many next requests answer 429 with ``Retry-After: 0`` before being served.
     rate_limit_next: int = 0
+    #: The ``Retry-After`` those 429s carry.
+    retry_after: str = "0"
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
     in_flight: int = 0
@@ -46,7 +48,7 @@ class FakeApi:
             return problem(401, "unauthorized", "Missing or invalid API key")
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
-            return problem(429, "rate_limited", "Slow down", headers={"Retry-After": "0"})
+            return problem(429, "rate_limited", "Slow down", headers={"Retry-After": self.retry_after})
         path = request.url.path
         if request.method == "POST" and path == "/v1/jobs":
             return self._submit(request)
