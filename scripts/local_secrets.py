@@ -20,7 +20,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from shared.keys import Keys
-from shared.webhook_secrets import SECRET_PREFIX, new_secret
+from shared.webhooks.secrets import SECRET_PREFIX, new_secret
 
 #: Per-clone state of ``make run``, ignored by git.
 STATE_DIR_NAME = ".captionizer"

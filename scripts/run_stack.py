@@ -26,7 +26,7 @@ from types import FrameType
 from pydantic import ValidationError
 from redis import Redis
 
-from api.auth import ANONYMOUS_OWNER, owner_of, read_key_hashes_file
+from api.http.auth import ANONYMOUS_OWNER, owner_of, read_key_hashes_file
 from scripts.local_secrets import SECRETS_FILE_NAME, STATE_DIR_NAME, LocalWebhookSecrets
 from scripts.processes import set_parent_death_signal
 from scripts.stack import REPO_ROOT, LocalStack

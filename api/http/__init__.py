@@ -1,1 +1,1 @@
-"""The API's HTTP edge: middlewares that look at a request before any route does."""
+"""The HTTP edge: problem responses, security headers, rate limits, API keys, OpenAPI touches, Prefer."""

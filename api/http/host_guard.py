@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import problem_response
+from api.http.problems import problem_response
 from shared.errors import HostNotAllowed
 
 #: Names every anonymous stack answers to: the loopback addresses and ``localhost``.

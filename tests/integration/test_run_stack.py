@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from api.auth import hash_key, owner_of
+from api.http.auth import hash_key, owner_of
 from scripts.processes import free_port
 from scripts.stack import REPO_ROOT, http_ok
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api.app
-from api.auth import hash_key
+from api.http.auth import hash_key
 from api.http.host_guard import host_name
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
