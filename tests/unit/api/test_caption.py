@@ -21,7 +21,13 @@ Worker = Callable[[JobStore, str], Awaitable[None]]
 
 @pytest.fixture
 def api_settings() -> Settings:
-    return Settings(allow_anonymous=True, anonymous_hosts=TEST_CLIENT_HOSTS, rate_limit_per_minute=0, key_prefix="captionizer-test", caption_wait_s=0.5)
+    return Settings(
+        allow_anonymous=True,
+        anonymous_hosts=TEST_CLIENT_HOSTS,
+        rate_limit_per_minute=0,
+        key_prefix="captionizer-test",
+        caption_wait_s=0.5,
+    )
 
 
 def caption_with(api_harness: ApiHarness, url: str, worker: Worker) -> httpx.Response:
