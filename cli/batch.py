@@ -109,8 +109,8 @@ class Ledger:
     total: int = 0
     #: Outcomes received, in the order they ended.
     finished: list[Outcome] = field(default_factory=list)
-    #: Jobs sent and not ended yet: id → where its image came from.
-    in_flight: dict[str, ImageSource] = field(default_factory=dict)
+    #: Sources sent and not ended yet → their job's id (None while the API has not answered the submit).
+    in_flight: dict[ImageSource, str | None] = field(default_factory=dict)
 
     @property
     def not_sent(self) -> int:
@@ -198,8 +198,7 @@ async def caption_all(
     async def run_one(source: ImageSource) -> Outcome:
         async with limit:
             outcome = await caption_one(client, source, options, ledger)
-        if outcome.job is not None:
-            ledger.in_flight.pop(str(outcome.job.get("id")), None)
+        ledger.in_flight.pop(source, None)
         ledger.finished.append(outcome)
         progress.advance(failed=not outcome.is_ok(waited=options.wait))
         return outcome
@@ -216,10 +215,13 @@ async def caption_one(
 ) -> Outcome:
     """Submit one source and, if asked, wait for its job to finish; never raises :class:`ApiError`."""
     outcome = Outcome(source)
+    if ledger is not None:
+        # Before the request: a Ctrl-C while it is on its way must still name this image.
+        ledger.in_flight[source] = None
     try:
         outcome.job = await _submit(client, source, options)
         if ledger is not None:
-            ledger.in_flight[str(outcome.job.get("id"))] = source
+            ledger.in_flight[source] = str(outcome.job.get("id"))
         if options.wait:
             outcome.job = await client.wait_for_job(outcome.job, timeout_s=options.timeout_s)
     except ApiError as exc:

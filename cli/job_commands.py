@@ -129,8 +129,9 @@ def _report_ledger(ledger: Ledger, err: TextIO) -> None:
     err.write(f"{len(ledger.finished)} of {ledger.total} image(s) ended before the interruption (printed above)\n")
     if ledger.in_flight:
         err.write(f"{len(ledger.in_flight)} job(s) were still running and go on without this command:\n")
-        for job_id, source in ledger.in_flight.items():
-            err.write(f"  {job_id}  {source.label}\n")
+        for source, job_id in ledger.in_flight.items():
+            # No id: the submit was on its way; the same command again finds the job (same Idempotency-Key).
+            err.write(f"  {job_id or '(submitted, no answer yet)'}  {source.label}\n")
         err.write("follow them with: captionizer status --wait JOB_ID ... (or cancel JOB_ID ...)\n")
     if ledger.not_sent:
         err.write(f"{ledger.not_sent} image(s) were never sent\n")

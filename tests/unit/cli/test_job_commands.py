@@ -144,7 +144,7 @@ def test_ctrl_c_report_names_the_batch_and_the_commands_that_pick_it_up() -> Non
 def test_ctrl_c_report_with_a_ledger_names_the_running_jobs_and_counts_the_unsent() -> None:
     ledger = Ledger(total=5)
     ledger.finished.append(Outcome(ImageSource(label="done.png"), job={"id": "job_1", "status": "succeeded"}))
-    ledger.in_flight["job_2"] = ImageSource(label="slow.png")
+    ledger.in_flight[ImageSource(label="slow.png")] = "job_2"
     err = io.StringIO()
     report_interrupted(CaptionizerClient("http://api.test"), err, ledger)
     assert err.getvalue().splitlines()[1:] == [
