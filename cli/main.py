@@ -200,10 +200,22 @@ async def _caption_command(
             outcomes = await caption_batch(client, sources, options, progress, streams.err)
         else:
             outcomes = await caption_all(client, sources, options, progress, ledger)
+        if args.wait:
+            await _warn_if_demonstration_model(client, streams.err)
     # Skipped files are rows too, so every file named or found is accounted for in the output.
     outcomes += inputs.skipped
     _print_outcomes(outcomes, as_json=args.json, out=streams.out)
     return EXIT_OK if all(outcome.is_ok(waited=args.wait) for outcome in outcomes) else EXIT_FAILED
+
+
+async def _warn_if_demonstration_model(client: CaptionizerClient, err: TextIO) -> None:
+    """Say so when the captions came from the embedded demonstration model (shapes only), and how to switch."""
+    try:
+        limits = await client.get_limits()
+    except ApiError:
+        return  # a hint only: never fail a run for it
+    if limits.get("demonstration_model"):
+        err.write(f"note: {limits.get('model_hint')}\n")
 
 
 def _report_skipped(inputs: Inputs, err: TextIO) -> None:
@@ -277,6 +289,7 @@ async def _alt_text_command(client: CaptionizerClient, args: argparse.Namespace,
     async with client:
         progress = _progress(len(sources), args, streams)
         outcomes = await caption_all(client, sources, _options(args, wait=True), progress)
+        await _warn_if_demonstration_model(client, streams.err)
     captions = {o.source: o.job["caption"] for o in outcomes if o.is_ok(waited=True) and o.job and o.job.get("caption")}
     alts = {tag: str(captions[source]) for tag, source in plan.targets.items() if source in captions}
     _write_alt_text_result(page, args.output, splice_alts(text, alts), changed=bool(alts), streams=streams)

@@ -38,7 +38,9 @@ _SUBMIT_ERRORS = (
 )
 
 
-_BatchIdPath = Annotated[str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")]
+_BatchIdPath = Annotated[
+    str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
+]
 
 
 async def _visible_batch(batch_id: str, owner: str, batches: BatchStore) -> Batch:
