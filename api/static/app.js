@@ -256,7 +256,7 @@ async function submitFiles() {
   showPreview(null);
   ui.fileJobs.hidden = false;
   showResult();
-  await captionFiles(state.files, {
+  const counts = await captionFiles(state.files, {
     list: ui.fileJobs,
     options: formOptions(),
     previews: state.objectUrls,
@@ -269,7 +269,9 @@ async function submitFiles() {
   });
   if (state.poll === controller) {
     state.poll = null;
-    setStatus(`Done: ${state.files.length} files.`);
+    // Only the files that became jobs count as done; the others say why in their rows.
+    const notSent = counts.notSent ? `, ${counts.notSent} not sent` : "";
+    setStatus(`Done: ${counts.sent} ${counts.sent === 1 ? "file" : "files"}${notSent}.`);
     showResult();
   }
 }
