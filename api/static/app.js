@@ -20,7 +20,7 @@ const ui = {
   error: $("error"), errorTitle: $("error-title"), errorDetail: $("error-detail"),
   previewFigure: $("preview-figure"), preview: $("preview"), previewNote: $("preview-note"),
   captionBox: $("caption-box"), caption: $("caption"), copy: $("copy"), copyStatus: $("copy-status"),
-  fileJobs: $("file-jobs"), samples: $("samples"), urlHint: $("url-hint"),
+  fileJobs: $("file-jobs"), samples: $("samples"), urlHint: $("url-hint"), modelHint: $("model-hint"),
   recentList: $("recent-list"), recentEmpty: $("recent-empty"), clearRecent: $("clear-recent"),
 };
 
@@ -389,6 +389,9 @@ async function loadLimits() {
     ui.prompt.maxLength = limits.max_prompt_chars;
     ui.file.accept = limits.image_formats.flatMap((format) => [format.media_type, ...format.suffixes]).join(",");
     ui.urlHint.textContent = `An http or https link to a ${formatNames()} image.`;
+    // The embedded demonstration model knows only shapes: say so before a photo gets a shape caption.
+    ui.modelHint.textContent = limits.demonstration_model ? limits.model_hint : "";
+    ui.modelHint.hidden = !limits.demonstration_model;
     document.documentElement.dataset.limits = "loaded";
   } catch {
     document.documentElement.dataset.limits = "defaults"; // an older server: the HTML's defaults stay

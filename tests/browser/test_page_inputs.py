@@ -235,3 +235,15 @@ def test_refused_and_undecodable_files_show_no_broken_preview(app_page: Page, tm
     for index in (1, 2):
         expect(rows.nth(index).locator("img.file-job-preview")).to_have_class("file-job-preview no-preview")
     save_screenshot(app_page, "refused-files-without-broken-previews")
+
+
+def test_the_page_says_when_the_demonstration_model_serves(app_page: Page, stack: LocalStack) -> None:
+    limits = httpx.get(f"{stack.api_url}/v1/limits", timeout=30).json()
+    expect(app_page.locator("html")).to_have_attribute("data-limits", "loaded")
+    hint = app_page.locator("#model-hint")
+    if limits["demonstration_model"]:
+        expect(hint).to_be_visible()
+        expect(hint).to_have_text(limits["model_hint"])
+        expect(hint).to_contain_text("CAPTIONIZER_MODEL=microsoft/git-base-textcaps")
+    else:
+        expect(hint).to_be_hidden()
