@@ -198,3 +198,13 @@ def test_captions_of_the_demonstration_model_come_with_the_way_to_a_real_one(fak
     fake_api.limits = {"demonstration_model": False, "model_hint": None}
     _, _, err = captionizer(fake_api, "caption", "http://img.test/blue.png", "--wait")
     assert "note:" not in err
+
+
+def test_batch_help_lists_only_the_options_that_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["batch", "--help"], environ={})
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--api" in text and "--wait" in text
+    for option in ("--prompt", "--max-new-tokens", "--concurrency", "--timeout", "--no-progress"):
+        assert option not in text, option
