@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 
 from api.broker.task_messages import event_topic, node_name, task_message, task_sent_event
 from shared.broker.config import celery_config
+from shared.broker.routing import batch_items_route, single_job_route
 from shared.jobs.store import REDIS_ERRORS, map_redis_errors
-from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
+from shared.keys import Keys
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -85,14 +86,15 @@ class TaskQueue:
         Raises:
             QueueUnavailable: Redis cannot be reached, or is full.
         """
-        queue = self.keys.caption_queue()
+        route = single_job_route(self.keys, job_id)
+        queue = route.queue
         # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
         origin = node_name()
-        message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
+        message = task_message(route.task, job_id, route.args, queue, origin=origin, reply_to=self.celery.thread_oid)
         event = b""
         if self._sends_events:
             clock = self.celery.clock.forward()
-            event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
+            event = task_sent_event(route.task, job_id, route.args, queue, hostname=origin, clock=clock)
         binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
         keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
         with map_redis_errors("the task queue (Redis)"):
@@ -111,10 +113,10 @@ class TaskQueue:
 
     def _send_messages(self, messages: list[list[str]]) -> int:
         """Send task messages in order; how many went before the first that did not."""
-        queue = self.keys.bulk_queue()
         for number, message in enumerate(messages):
+            route = batch_items_route(self.keys, message)
             try:
-                self.send_task(CAPTION_CHUNK_TASK, args=[message], queue=queue)
+                self.send_task(route.task, args=route.args, queue=route.queue)
             except (KombuError, *REDIS_ERRORS):
                 logger.warning("a task message of batch items could not be sent", exc_info=True)
                 return number
