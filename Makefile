@@ -38,10 +38,11 @@ $(INFRA_STAMP): tests/infra/requirements.txt
 
 infra-venv: $(INFRA_STAMP)
 
-# `make run PORT=8080` serves the API on another port.
+# `make run PORT=8080` serves the API on another port; `make run RESET_WEBHOOK_SECRET=1` signs webhooks
+# with a new secret from then on (the secret is kept in .captionizer/ between runs).
 PORT ?= 8000
 run: $(STAMP)
-	$(PY) -m scripts.run_stack --port $(PORT)
+	$(PY) -m scripts.run_stack --port $(PORT)$(if $(RESET_WEBHOOK_SECRET), --reset-webhook-secret)
 
 # system-deps first: a missing package stops the run in seconds, before the venvs are built.
 test: system-deps $(STAMP) $(INFRA_STAMP)

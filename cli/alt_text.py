@@ -21,7 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
-from cli.batch import ImageSource, is_url
+from cli.batch import ImageSource, is_url, unsupported_reason
 
 # The tag-name and attribute patterns of CPython 3.11's html.parser (``tagfind_tolerant`` and
 # ``attrfind_tolerant``), so the spans found here are the attributes the parser reported.
@@ -128,7 +128,11 @@ def resolve_source(
     if not src:
         raise ValueError("the tag has no src")
     if src.lower().startswith("data:"):
-        return _data_uri_source(src)
+        source = _data_uri_source(src)
+        _refuse_unsupported("", source.content_type)
+        return source
+    # By the name alone, before any fetch or read: SVG logos are common on documentation sites.
+    _refuse_unsupported(urlsplit(src).path, None)
     if src.startswith("//"):
         src = (urlsplit(base_url).scheme if base_url else "https") + ":" + src
     if is_url(src):
@@ -144,6 +148,12 @@ def resolve_source(
     data = read_local_image(local, root or page.parent, max_bytes=max_bytes)
     # The type from the name, so the upload is named image.png, image.jpg...; the API sniffs the bytes anyway.
     return ImageSource(label=src, data=data, content_type=mimetypes.guess_type(local.name)[0])
+
+
+def _refuse_unsupported(name: str, media_type: str | None) -> None:
+    reason = unsupported_reason(name, media_type)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def read_local_image(path: Path, root: Path, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:

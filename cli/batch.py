@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cli.client import ApiError, CaptionizerClient, JobJson
@@ -15,6 +15,35 @@ from cli.progress import ProgressBar
 #: Suffixes a folder's files must have to be captioned: the formats the API accepts, as its
 #: ``GET /v1/limits`` lists them (the CLI talks HTTP only, so it keeps a copy; a test compares them).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".avif"})
+_ACCEPTED = "JPEG, PNG, GIF, WebP, BMP or AVIF"
+_ACCEPTED_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
+#: Why an SVG is never sent: it is a program that draws, not pixels, and the model sees pixels.
+SVG_REASON = (
+    "skipped: SVG is a vector drawing (XML), not pixels, and the model captions pixels; "
+    "render it to PNG first (e.g. rsvg-convert -o logo.png logo.svg)"
+)
+
+
+def unsupported_reason(name: str, media_type: str | None = None) -> str | None:
+    """Why an image named ``name`` (or, without a suffix, of ``media_type``) is not sent, or None when it may be.
+
+    Only what says "image" in a format the API does not read is refused here (``.svg``, ``.tiff``,
+    ``.ico``, ``.heic``...); a name without a known suffix is sent, and the API sniffs its bytes.
+    """
+    suffix = PurePosixPath(name.lower()).suffix
+    if suffix:
+        if suffix in IMAGE_SUFFIXES:
+            return None
+        media_type = mimetypes.guess_type("image" + suffix)[0]
+    elif media_type in _ACCEPTED_MEDIA_TYPES:
+        return None
+    if media_type == "image/svg+xml":
+        return SVG_REASON
+    if not (media_type or "").startswith("image/"):
+        return None
+    return (
+        f"skipped: {suffix or media_type} is not an image format the API reads ({_ACCEPTED}); convert it to PNG first"
+    )
 
 
 @dataclass(frozen=True)
@@ -49,10 +78,12 @@ class Outcome:
     source: ImageSource
     job: JobJson | None = None
     error: ApiError | None = None
+    #: Why the file was never sent (an SVG, a TIFF...); None for sources that were.
+    skipped: str | None = None
 
     def is_ok(self, *, waited: bool) -> bool:
         """True when the job succeeded (or, without waiting, was accepted)."""
-        if self.error is not None or self.job is None:
+        if self.error is not None or self.job is None or self.skipped is not None:
             return False
         status = self.job.get("status")
         return status == "succeeded" if waited else status not in {"failed", "canceled", "expired"}
@@ -60,7 +91,10 @@ class Outcome:
     def as_json(self) -> dict[str, Any]:
         """One JSON line: the input, then the job's fields; ``error`` holds the client's error if it had one."""
         row: dict[str, Any] = {"input": self.source.label}
-        if self.job is not None:
+        if self.skipped is not None:
+            row.update({"id": None, "status": "skipped", "caption": None})
+            row["error"] = {"code": "unsupported_format", "message": self.skipped}
+        elif self.job is not None:
             row.update(self.job)
         else:
             row.update({"id": None, "status": "error", "caption": None})
@@ -69,44 +103,105 @@ class Outcome:
         return row
 
 
+@dataclass
+class Ledger:
+    """What a run has done so far, kept outside its tasks so that Ctrl-C can still print it."""
+
+    #: Sources the run was given.
+    total: int = 0
+    #: Outcomes received, in the order they ended.
+    finished: list[Outcome] = field(default_factory=list)
+    #: Sources sent and not ended yet → their job's id (None while the API has not answered the submit).
+    in_flight: dict[ImageSource, str | None] = field(default_factory=dict)
+
+    @property
+    def not_sent(self) -> int:
+        """Sources never sent (still waiting for a slot when the run stopped)."""
+        return max(0, self.total - len(self.finished) - len(self.in_flight))
+
+
 def is_url(text: str) -> bool:
     """True for the http(s) URLs the API fetches itself."""
     return text.lower().startswith(("http://", "https://"))
 
 
-def expand_inputs(inputs: Iterable[str], *, recursive: bool = False) -> list[ImageSource]:
+@dataclass
+class Inputs:
+    """What the command line names: the sources to send, the images skipped (with why), other files left out."""
+
+    sources: list[ImageSource] = field(default_factory=list)
+    skipped: list[Outcome] = field(default_factory=list)
+    #: Files in the folders given that are not images at all (README.md, .txt...), only counted.
+    not_images: int = 0
+
+
+def find_inputs(inputs: Iterable[str], *, recursive: bool = False) -> Inputs:
     """Turn command-line arguments into sources: URLs as they are, folders into their image files.
 
-    A path that does not exist stays a source; ``caption`` refuses the run then (a usage error, exit 2).
+    Images in formats the API does not read (SVG, TIFF, ICO...), named or found in a folder, are
+    skipped with the reason. A path that does not exist stays a source; ``caption`` refuses the run
+    then (a usage error, exit 2).
     """
-    sources: list[ImageSource] = []
+    found = Inputs()
     for text in inputs:
         path = Path(text)
         if is_url(text):
-            sources.append(ImageSource(label=text, url=text))
+            found.sources.append(ImageSource(label=text, url=text))
         elif path.is_dir():
-            sources.extend(ImageSource(label=str(file), path=file) for file in _image_files(path, recursive=recursive))
+            _add_folder(found, path, recursive=recursive)
         else:
-            sources.append(ImageSource(label=text, path=path))
-    return sources
+            _add_file(found, ImageSource(label=text, path=path))
+    return found
 
 
-def _image_files(folder: Path, *, recursive: bool) -> list[Path]:
+def expand_inputs(inputs: Iterable[str], *, recursive: bool = False) -> list[ImageSource]:
+    """The sources of :func:`find_inputs` alone."""
+    return find_inputs(inputs, recursive=recursive).sources
+
+
+def _add_file(found: Inputs, source: ImageSource) -> None:
+    reason = unsupported_reason(source.label)
+    if reason is None:
+        found.sources.append(source)
+    else:
+        found.skipped.append(Outcome(source, skipped=reason))
+
+
+def _add_folder(found: Inputs, folder: Path, *, recursive: bool) -> None:
     pattern = "**/*" if recursive else "*"
-    files = (p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     # Hidden files (.DS_Store-style thumbnails) are never what the user meant.
-    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    for file in files:
+        if file.suffix.lower() in IMAGE_SUFFIXES or unsupported_reason(file.name) is not None:
+            _add_file(found, ImageSource(label=str(file), path=file))
+        else:
+            found.not_images += 1
 
 
 async def caption_all(
-    client: CaptionizerClient, sources: Sequence[ImageSource], options: BatchOptions, progress: ProgressBar
+    client: CaptionizerClient,
+    sources: Sequence[ImageSource],
+    options: BatchOptions,
+    progress: ProgressBar,
+    ledger: Ledger | None = None,
 ) -> list[Outcome]:
-    """Submit every source, at most ``options.concurrency`` at a time; outcomes in the sources' order."""
+    """Submit every source, at most ``options.concurrency`` at a time; outcomes in the sources' order.
+
+    ``ledger`` follows the run as it goes (what ended, what is in flight), for a report after Ctrl-C.
+    """
     limit = asyncio.Semaphore(options.concurrency)
+    ledger = ledger if ledger is not None else Ledger()
+    ledger.total += len(sources)
 
     async def run_one(source: ImageSource) -> Outcome:
         async with limit:
-            outcome = await caption_one(client, source, options)
+            outcome = await caption_one(client, source, options, ledger)
+        ledger.in_flight.pop(source, None)
+        ledger.finished.append(outcome)
         progress.advance(failed=not outcome.is_ok(waited=options.wait))
         return outcome
 
@@ -117,11 +212,18 @@ async def caption_all(
         progress.close()
 
 
-async def caption_one(client: CaptionizerClient, source: ImageSource, options: BatchOptions) -> Outcome:
+async def caption_one(
+    client: CaptionizerClient, source: ImageSource, options: BatchOptions, ledger: Ledger | None = None
+) -> Outcome:
     """Submit one source and, if asked, wait for its job to finish; never raises :class:`ApiError`."""
     outcome = Outcome(source)
+    if ledger is not None:
+        # Before the request: a Ctrl-C while it is on its way must still name this image.
+        ledger.in_flight[source] = None
     try:
         outcome.job = await _submit(client, source, options)
+        if ledger is not None:
+            ledger.in_flight[source] = str(outcome.job.get("id"))
         if options.wait:
             outcome.job = await client.wait_for_job(outcome.job, timeout_s=options.timeout_s)
     except ApiError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ POLL_S = 1.0
 #: States a batch never leaves; mirrors ``shared.batches.model.BatchState`` without importing the service.
 FINAL_BATCH_STATES = frozenset({"completed", "canceled"})
 _FAILED = ("failed", "canceled", "expired")
+#: States an item never leaves; mirrors ``shared.jobs.FINAL_STATUSES``.
+FINAL_ITEM_STATUSES = frozenset({"succeeded", *_FAILED})
 
 
 @dataclass
@@ -133,10 +136,10 @@ async def follow_batch(client: CaptionizerClient, batch_id: str, progress: Progr
         await asyncio.sleep(POLL_S)
 
 
-async def read_results(client: CaptionizerClient, batch_id: str) -> list[JobJson]:
-    """Every item's result, in order, a page at a time."""
+async def read_results(client: CaptionizerClient, batch_id: str, start: int = 0) -> list[JobJson]:
+    """Every item's result from item ``start`` on, in order, a page at a time."""
     results: list[JobJson] = []
-    cursor: str | None = None
+    cursor: str | None = str(start) if start else None
     while True:
         params = {"limit": str(RESULTS_PAGE_ITEMS), **({"cursor": cursor} if cursor else {})}
         page = await client.call("GET", f"/v1/batches/{batch_id}/results", params=params)
@@ -181,18 +184,50 @@ def _job_of(source: ImageSource, row: JobJson) -> JobJson:
     return {**row, "source": "url" if source.url is not None else "upload"}
 
 
-async def print_batch_status(client: CaptionizerClient, batch_id: str, out: TextIO) -> int:
-    """``captionizer batch status ID``: the batch as JSON; exit 0 when it ended with every item succeeded."""
+async def print_batch_status(client: CaptionizerClient, batch_id: str, out: TextIO, *, wait: bool = False) -> int:
+    """``captionizer batch status ID``: the batch as JSON (once it ended, with ``wait``); exit 0 when every item succeeded."""
     batch = await client.call("GET", f"/v1/batches/{batch_id}")
+    while wait and batch.get("status") not in FINAL_BATCH_STATES:
+        await asyncio.sleep(POLL_S)
+        batch = await client.call("GET", f"/v1/batches/{batch_id}")
     out.write(json.dumps(batch, indent=2) + "\n")
     counts = batch.get("counts", {})
     ok = batch.get("status") == "completed" and not any(counts.get(status) for status in _FAILED)
     return 0 if ok else 1
 
 
-async def print_batch_results(client: CaptionizerClient, batch_id: str, out: TextIO) -> int:
-    """``captionizer batch results ID``: one JSON line per item; exit 0 when every item succeeded."""
-    results = await read_results(client, batch_id)
-    for row in results:
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return 0 if all(row.get("status") == "succeeded" for row in results) else 1
+async def print_batch_results(client: CaptionizerClient, batch_id: str, out: TextIO, *, wait: bool = False) -> int:
+    """``captionizer batch results ID``: one JSON line per item; exit 0 when every item succeeded.
+
+    With ``wait``, each item is printed as it ends, until the batch has ended.
+    """
+    if not wait:
+        results = await read_results(client, batch_id)
+        for row in results:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0 if all(row.get("status") == "succeeded" for row in results) else 1
+    return await _stream_results(client, batch_id, out)
+
+
+async def _stream_results(client: CaptionizerClient, batch_id: str, out: TextIO) -> int:
+    printed: set[int] = set()
+    all_ok = True
+    done_seen = -1
+    while True:
+        batch = await client.call("GET", f"/v1/batches/{batch_id}")
+        ended = batch.get("status") in FINAL_BATCH_STATES
+        done = int(batch.get("done", 0))
+        if done != done_seen or ended:  # read the results only when some item ended since the last read
+            done_seen = done
+            # From the first item not printed yet: the ones before it need no second read.
+            start = next(index for index in itertools.count() if index not in printed)
+            for offset, row in enumerate(await read_results(client, batch_id, start)):
+                index = start + offset
+                if index not in printed and (ended or row.get("status") in FINAL_ITEM_STATUSES):
+                    printed.add(index)
+                    all_ok = all_ok and row.get("status") == "succeeded"
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.flush()
+        if ended:
+            return 0 if all_ok else 1
+        await asyncio.sleep(POLL_S)

@@ -1,7 +1,9 @@
 """An async httpx client of the Captionizer HTTP API: submit jobs, long-poll them, cancel them.
 
-Problem responses (RFC 9457) become :class:`ApiError`; 429 and 503 answers that carry
-``Retry-After`` are retried a few times, waiting as long as the server asks.
+Problem responses (RFC 9457) become :class:`ApiError`. A 429 that carries ``Retry-After`` is
+retried as long as the server asks, within ``rate_limit_patience_s``: the client keeps to the
+server's pace (:mod:`cli.pacing`), so no image fails because of how fast we sent it. A 503 that
+carries ``Retry-After`` is retried a few times.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from cli.pacing import Pacer, policy_of
+
 #: A job as the API shows it (``JobPublic`` on the wire), kept as plain JSON.
 JobJson = dict[str, Any]
 
@@ -27,6 +31,8 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 #: The server caps ``?wait=`` at 60 s; 30 s keeps each request well inside proxies' idle timeouts.
 DEFAULT_POLL_WAIT_S = 30.0
 _MAX_RETRY_AFTER_S = 60.0
+#: Longest a request waits in all for the rate limit before it is reported as ``rate_limited``.
+DEFAULT_RATE_LIMIT_PATIENCE_S = 900.0
 _USER_AGENT = "captionizer-cli/0.1"
 # Idempotency keys this client derives start with this, so they are easy to tell from a user's own.
 _IDEMPOTENCY_PREFIX = "cli-sha256-"
@@ -103,6 +109,7 @@ class CaptionizerClient:
         max_connections: int = 8,
         retries: int = 4,
         timeout_s: float = 30.0,
+        rate_limit_patience_s: float = DEFAULT_RATE_LIMIT_PATIENCE_S,
     ) -> None:
         headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
         if api_key:
@@ -110,6 +117,9 @@ class CaptionizerClient:
         self.api_url = api_url.rstrip("/")
         self._retries = retries
         self._timeout_s = timeout_s
+        self._patience_s = rate_limit_patience_s
+        #: Shared by every request of this client, so one 429 slows them all down together.
+        self.pacer = Pacer()
         #: Ids of the jobs this client has submitted, in order (printed when the user interrupts).
         self.submitted: list[str] = []
         #: Ids of the batches this client has created (``caption DIR``), likewise.
@@ -228,21 +238,38 @@ class CaptionizerClient:
         return await self._request(method, url, **kwargs)
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> JobJson:
-        """Send one request, retrying 429/503 that say when; 2xx JSON or :class:`ApiError`."""
-        for attempt in range(self._retries + 1):
-            try:
-                response = await self._http.request(method, url, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise ApiError("api_timeout", f"the API at {self.api_url} did not answer in time") from exc
-            except httpx.TransportError as exc:
-                raise ApiError("api_unreachable", f"cannot reach the API at {self.api_url}: {exc}") from exc
+        """Send one request at the server's pace; 2xx JSON or :class:`ApiError`.
+
+        429s are retried while their ``Retry-After`` delays add up to at most the patience;
+        503s with ``Retry-After`` at most ``retries`` times.
+        """
+        policy = policy_of(method)
+        unavailable = 0
+        paced_s = 0.0
+        while True:
+            paced_s += self.pacer.delay_s(policy)
+            await self.pacer.wait(policy)
+            response = await self._send(method, url, **kwargs)
+            delay_s = _retry_delay_s(response)
+            self.pacer.observe(response, policy=policy, retry_after_s=delay_s)
             if response.is_success:
                 return _json_object(response)
-            delay_s = _retry_delay_s(response)
-            if delay_s is None or attempt == self._retries:
+            if delay_s is None:
+                raise ApiError.from_response(response)
+            if response.status_code == 429 and paced_s + delay_s <= self._patience_s:
+                continue  # the pacer waits before the next try, together with every other request
+            unavailable += 1
+            if response.status_code == 429 or unavailable > self._retries:
                 raise ApiError.from_response(response)
             await asyncio.sleep(delay_s)
-        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiError("api_timeout", f"the API at {self.api_url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise ApiError("api_unreachable", f"cannot reach the API at {self.api_url}: {exc}") from exc
 
 
 def _options(prompt: str | None, max_new_tokens: int | None, cache: bool = True) -> dict[str, Any]:

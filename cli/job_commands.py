@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, TextIO
 
+from cli.batch import Ledger
 from cli.client import FINAL_STATUSES, ApiError, CaptionizerClient, JobJson
 
 if TYPE_CHECKING:
@@ -101,9 +102,16 @@ def _line(job: Mapping[str, object]) -> str:
     return f"{job.get('id')}  {job.get('status')}  {last}".rstrip() + "\n"
 
 
-def report_interrupted(client: CaptionizerClient, err: TextIO) -> None:
-    """After Ctrl-C: the jobs and batches already submitted (they go on), and how to find them again."""
+def report_interrupted(client: CaptionizerClient, err: TextIO, ledger: Ledger | None = None) -> None:
+    """After Ctrl-C: the jobs and batches already submitted (they go on), and how to find them again.
+
+    With the run's ``ledger``, only the jobs still running are listed, each with its image's name,
+    and the images never sent are counted.
+    """
     err.write("\ninterrupted\n")
+    if ledger is not None and ledger.total:
+        _report_ledger(ledger, err)
+        return
     for batch_id in client.submitted_batches:
         err.write(f"batch {batch_id} goes on without this command; pick it up again with:\n")
         err.write(f"  captionizer batch status {batch_id}\n  captionizer batch results {batch_id}\n")
@@ -115,3 +123,15 @@ def report_interrupted(client: CaptionizerClient, err: TextIO) -> None:
     for job_id in client.submitted:
         err.write(f"  {job_id}\n")
     err.write("follow them with: captionizer status --wait JOB_ID ... (or cancel JOB_ID ...)\n")
+
+
+def _report_ledger(ledger: Ledger, err: TextIO) -> None:
+    err.write(f"{len(ledger.finished)} of {ledger.total} image(s) ended before the interruption (printed above)\n")
+    if ledger.in_flight:
+        err.write(f"{len(ledger.in_flight)} job(s) were still running and go on without this command:\n")
+        for source, job_id in ledger.in_flight.items():
+            # No id: the submit was on its way; the same command again finds the job (same Idempotency-Key).
+            err.write(f"  {job_id or '(submitted, no answer yet)'}  {source.label}\n")
+        err.write("follow them with: captionizer status --wait JOB_ID ... (or cancel JOB_ID ...)\n")
+    if ledger.not_sent:
+        err.write(f"{ledger.not_sent} image(s) were never sent\n")

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
 from cli.alt_text import plan_page, read_page, splice_alts, write_page
-from cli.batch import BatchOptions, Outcome, caption_all, expand_inputs
+from cli.batch import BatchOptions, Inputs, Ledger, Outcome, caption_all, find_inputs
 from cli.batches import caption_batch, print_batch_results, print_batch_status
 from cli.client import ApiError, CaptionizerClient
 from cli.job_commands import add_job_commands, cancel_command, report_interrupted, status_command, version
@@ -62,17 +63,23 @@ def run(
         transport=transport,
         max_connections=args.concurrency,
     )
-    command = {
-        "caption": _caption_command,
+    # Outside the command's tasks, so that what it received survives Ctrl-C.
+    ledger = Ledger()
+    commands: dict[str, Callable[[CaptionizerClient, argparse.Namespace, Streams], Coroutine[Any, Any, int]]] = {
+        "caption": functools.partial(_caption_command, ledger=ledger),
         "alt-text": _alt_text_command,
         "status": status_command,
         "cancel": cancel_command,
         "batch": _batch_command,
-    }[args.command]
+    }
+    command = commands[args.command]
     try:
         return asyncio.run(command(client, args, streams))
     except KeyboardInterrupt:
-        report_interrupted(client, streams.err)
+        if ledger.finished:
+            # What ended before Ctrl-C, with names and captions, as the run would have printed it.
+            _print_outcomes(ledger.finished, as_json=getattr(args, "json", False), out=streams.out)
+        report_interrupted(client, streams.err, ledger)
         return EXIT_INTERRUPTED
 
 
@@ -94,9 +101,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     caption.add_argument("--wait", action="store_true", help="wait for the captions (otherwise print the queued jobs)")
     caption.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     caption.add_argument("-r", "--recursive", action="store_true", help="also take images from subfolders")
-    batch = commands.add_parser("batch", parents=[common], help="a batch's status or results, by id")
+    # Only --api of the common options: a batch's prompt, concurrency and timeouts were set when it was made.
+    batch = commands.add_parser("batch", parents=[_api_option(environ)], help="a batch's status or results, by id")
     batch.add_argument("action", choices=["status", "results"], help="status: counts as JSON; results: JSON lines")
     batch.add_argument("batch_id", metavar="ID", help="the batch id (bat_…) that `caption DIR` printed")
+    batch.add_argument(
+        "--wait",
+        action="store_true",
+        help="results: print each item as it ends, until the batch ends; status: print it once it has ended",
+    )
     alt = commands.add_parser("alt-text", parents=[common], help="fill in missing alt attributes of an HTML page")
     alt.add_argument("page", type=Path, help="the HTML file")
     alt.add_argument(
@@ -169,8 +182,12 @@ def _progress(total: int, args: argparse.Namespace, streams: Streams) -> Progres
     return ProgressBar(total, streams.err, enabled=False if args.no_progress else None)
 
 
-async def _caption_command(client: CaptionizerClient, args: argparse.Namespace, streams: Streams) -> int:
-    sources = expand_inputs(args.inputs, recursive=args.recursive)
+async def _caption_command(
+    client: CaptionizerClient, args: argparse.Namespace, streams: Streams, *, ledger: Ledger
+) -> int:
+    inputs = find_inputs(args.inputs, recursive=args.recursive)
+    _report_skipped(inputs, streams.err)
+    sources = inputs.sources
     if not sources:
         streams.err.write("captionizer: error: no image files found in the folders given\n")
         return EXIT_USAGE
@@ -186,21 +203,46 @@ async def _caption_command(client: CaptionizerClient, args: argparse.Namespace, 
         if is_folder:
             outcomes = await caption_batch(client, sources, options, progress, streams.err)
         else:
-            outcomes = await caption_all(client, sources, options, progress)
-    if args.json:
-        for outcome in outcomes:
-            streams.out.write(json.dumps(outcome.as_json(), ensure_ascii=False) + "\n")
-    else:
-        streams.out.write(format_table(outcomes))
+            outcomes = await caption_all(client, sources, options, progress, ledger)
+        if args.wait:
+            await _warn_if_demonstration_model(client, streams.err)
+    # Skipped files are rows too, so every file named or found is accounted for in the output.
+    outcomes += inputs.skipped
+    _print_outcomes(outcomes, as_json=args.json, out=streams.out)
     return EXIT_OK if all(outcome.is_ok(waited=args.wait) for outcome in outcomes) else EXIT_FAILED
+
+
+async def _warn_if_demonstration_model(client: CaptionizerClient, err: TextIO) -> None:
+    """Say so when the captions came from the embedded demonstration model (shapes only), and how to switch."""
+    try:
+        limits = await client.get_limits()
+    except ApiError:
+        return  # a hint only: never fail a run for it
+    if limits.get("demonstration_model"):
+        err.write(f"note: {limits.get('model_hint')}\n")
+
+
+def _report_skipped(inputs: Inputs, err: TextIO) -> None:
+    for outcome in inputs.skipped:
+        err.write(f"{outcome.source.label}: {outcome.skipped}\n")
+    if inputs.not_images:
+        err.write(f"left out {inputs.not_images} file(s) that are not images\n")
+
+
+def _print_outcomes(outcomes: Sequence[Outcome], *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        for outcome in outcomes:
+            out.write(json.dumps(outcome.as_json(), ensure_ascii=False) + "\n")
+    else:
+        out.write(format_table(outcomes))
 
 
 async def _batch_command(client: CaptionizerClient, args: argparse.Namespace, streams: Streams) -> int:
     async with client:
         try:
             if args.action == "status":
-                return await print_batch_status(client, args.batch_id, streams.out)
-            return await print_batch_results(client, args.batch_id, streams.out)
+                return await print_batch_status(client, args.batch_id, streams.out, wait=args.wait)
+            return await print_batch_results(client, args.batch_id, streams.out, wait=args.wait)
         except ApiError as exc:
             streams.err.write(f"captionizer: error: {exc.detail} ({exc.code})\n")
             return EXIT_FAILED
@@ -220,8 +262,10 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
 
 def _table_row(outcome: Outcome) -> tuple[str, str, str, str]:
     job = outcome.job or {}
-    status = str(job.get("status") or "error")
-    if outcome.error is not None:
+    status = "skipped" if outcome.skipped is not None else str(job.get("status") or "error")
+    if outcome.skipped is not None:
+        last = outcome.skipped
+    elif outcome.error is not None:
         last = f"{outcome.error.detail} ({outcome.error.code})"
     elif job.get("error"):
         last = f"{job['error'].get('message')} ({job['error'].get('code')})"
@@ -249,6 +293,7 @@ async def _alt_text_command(client: CaptionizerClient, args: argparse.Namespace,
     async with client:
         progress = _progress(len(sources), args, streams)
         outcomes = await caption_all(client, sources, _options(args, wait=True), progress)
+        await _warn_if_demonstration_model(client, streams.err)
     captions = {o.source: o.job["caption"] for o in outcomes if o.is_ok(waited=True) and o.job and o.job.get("caption")}
     alts = {tag: str(captions[source]) for tag, source in plan.targets.items() if source in captions}
     _write_alt_text_result(page, args.output, splice_alts(text, alts), changed=bool(alts), streams=streams)

@@ -66,12 +66,15 @@ class ManagedProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
+        #: Open descriptors the child inherits under the same numbers (a listening socket for uvicorn's --fd).
+        self.pass_fds = tuple(pass_fds)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
@@ -85,7 +88,7 @@ class ManagedProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                env=self.env, cwd=self.cwd, start_new_session=True, pass_fds=self.pass_fds,
                 preexec_fn=_die_with_parent if on_main_thread else None,
             )  # fmt: skip
         return self

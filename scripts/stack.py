@@ -13,7 +13,7 @@ import shutil
 import socket
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +31,35 @@ WORKER_NICENESS = 10
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: What the webhook worker logs once it consumes its queue (``worker.webhooks.tasks``).
 WEBHOOK_WORKER_READY = "webhook retry mover started"
+
+
+class PortTaken(RuntimeError):
+    """The API's port is in use by another process, so the API could not listen on it."""
+
+
+def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket listening on ``host:port``, for uvicorn to take over with ``--fd``.
+
+    Binding here rather than in uvicorn makes a taken port an error at once, and means the
+    server that answers on the port afterwards is certainly the one this stack started:
+    with ``--port``, uvicorn's failure shows only in its log while another server answers.
+
+    Raises:
+        PortTaken: something else listens on the port.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEADDR, as uvicorn sets it: connections of an earlier run in TIME_WAIT do not block
+    # the port, while another listening socket still does (Linux socket(7)).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        raise PortTaken(
+            f"port {port} on {host} is already in use ({exc.strerror}); stop what uses it, or pick another port (make run PORT=...)"
+        ) from exc
+    return sock
 
 
 def redis_answers(url: str) -> bool:
@@ -93,10 +122,18 @@ class LocalStack:
         """Base URL of the API."""
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self, timeout_s: float = 180.0) -> LocalStack:
-        """Start what is missing, in order, each ready before the next; stop all on failure."""
+    def start(self, timeout_s: float = 180.0, before_api: Callable[[], None] | None = None) -> LocalStack:
+        """Start what is missing, in order, each ready before the next; stop all on failure.
+
+        ``before_api`` runs once Redis answers and before the API takes requests (``make run``
+        puts the kept webhook secrets in place there). A taken API port fails first, in a second
+        rather than after the model has loaded.
+        """
         try:
+            bind_listening_socket(self.api_port).close()
             self._start_redis_if_needed(timeout_s)
+            if before_api is not None:
+                before_api()
             self.worker = self.start_worker(timeout_s)
             if self.webhooks:
                 self.webhook_worker = self.start_webhook_worker(timeout_s)
@@ -184,29 +221,40 @@ class LocalStack:
         self.redis = None
 
     def start_api(self, timeout_s: float = 60.0) -> ManagedProcess:
-        """Start uvicorn and wait until ``/readyz`` answers 200."""
+        """Start uvicorn on a socket bound here and wait until ``/readyz`` answers 200.
+
+        Raises:
+            PortTaken: the API's port is in use.
+        """
+        listener = bind_listening_socket(self.api_port)
         argv = [
             sys.executable,
             "-m",
             "uvicorn",
             "--factory",
             "api.main:create_app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.api_port),
+            "--fd",
+            str(listener.fileno()),
         ]
         if not self.access_log:
             argv.append("--no-access-log")
         if self.api_graceful_shutdown_s is not None:
             # uvicorn drains in-flight requests on SIGTERM, for at most this long.
             argv += ["--timeout-graceful-shutdown", str(self.api_graceful_shutdown_s)]
-        api = self._start("api", argv)
+        try:
+            api = self._start("api", argv, pass_fds=(listener.fileno(),))
+        finally:
+            # uvicorn holds its own copy now; keeping ours would let the port outlive the API.
+            listener.close()
         api.wait_until(lambda: http_ok(f"{self.api_url}/readyz"), timeout_s=timeout_s, what="ready (/readyz)")
         return api
 
-    def _start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> ManagedProcess:
+    def _start(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> ManagedProcess:
         full_env = {**self.env, **(env or {})}
-        process = ManagedProcess(name, argv, log_path=self.log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT)
+        process = ManagedProcess(
+            name, argv, log_path=self.log_dir / f"{name}.log", env=full_env, cwd=REPO_ROOT, pass_fds=pass_fds
+        )
         self.processes.append(process.start())
         return process

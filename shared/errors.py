@@ -155,6 +155,14 @@ class CrossSiteRequest(InputError):
     title = "Cross-site request refused"
 
 
+class HostNotAllowed(InputError):
+    """A request without an API key named a Host that this anonymous server does not serve (DNS rebinding guard)."""
+
+    code = "host_not_allowed"
+    status = 421
+    title = "Host not served"
+
+
 class FetchFailed(FetchError):
     """The image could not be downloaded (network error or non-2xx status)."""
 

@@ -270,6 +270,11 @@ class Settings(BaseSettings):
     allow_anonymous: bool = Field(
         False, description="Serve requests without an API key (local use only; `make run` turns it on)."
     )
+    anonymous_hosts: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Host names, besides 127.0.0.1, localhost and [::1], that the API answers while allow_anonymous "
+        "is on (comma-separated; a DNS rebinding guard: any other Host header gets 421 host_not_allowed).",
+    )
     rate_limit_per_minute: int = Field(
         120, ge=0, description="Requests per minute each key may make; 0 disables limiting."
     )
@@ -308,7 +313,13 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level of every process (logs are JSON, one event per line).")
 
     @field_validator(
-        "allowed_ports", "webhook_secrets", "webhook_retry_delays_s", "api_key_hashes", "cors_origins", mode="before"
+        "allowed_ports",
+        "webhook_secrets",
+        "webhook_retry_delays_s",
+        "api_key_hashes",
+        "cors_origins",
+        "anonymous_hosts",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:

@@ -47,10 +47,20 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+#: Host names the in-process test clients send (TestClient's ``testserver``, the ``base_url`` of
+#: httpx clients): an anonymous API answers only the names it is told it serves.
+TEST_CLIENT_HOSTS = ["testserver", "test", "t"]
+
+
 @pytest.fixture
 def settings() -> Settings:
     """Settings for a test: anonymous access, private networks allowed, no real secrets."""
-    return Settings(allow_anonymous=True, allow_private_networks=True, key_prefix="captionizer-test")
+    return Settings(
+        allow_anonymous=True,
+        allow_private_networks=True,
+        key_prefix="captionizer-test",
+        anonymous_hosts=TEST_CLIENT_HOSTS,
+    )
 
 
 def _free_port() -> int:

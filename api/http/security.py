@@ -14,9 +14,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.http.host_guard import HostGuardMiddleware
 from api.http.problems import problem_response
 from shared.error_families import CaptionizerError
-from shared.errors import ForbiddenOrigin, UploadTooLarge
+from shared.errors import ForbiddenOrigin, HostNotAllowed, UploadTooLarge
 from shared.settings import Settings
 
 #: Paths the platform's probes call directly, not through Front Door; they reveal nothing.
@@ -39,7 +40,7 @@ _COMMON_HEADERS: tuple[tuple[str, str], ...] = (
     ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
 )
 #: What the edge middlewares may answer before any route runs, for OpenAPI ``responses``.
-EDGE_ERRORS: tuple[type[CaptionizerError], ...] = (ForbiddenOrigin, UploadTooLarge)
+EDGE_ERRORS: tuple[type[CaptionizerError], ...] = (ForbiddenOrigin, HostNotAllowed, UploadTooLarge)
 #: Methods and headers a cross-origin page may use (CORS preflight answers).
 CORS_METHODS = ("GET", "POST", "DELETE")
 CORS_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Prefer")
@@ -185,8 +186,8 @@ class BodyLimitMiddleware:
 def install_security(app: FastAPI, settings: Settings) -> None:
     """Give ``app`` its edge middlewares, per ``settings``.
 
-    Outermost first: security headers (so every answer has them), the Front Door check,
-    CORS (so browsers can read 413s and 429s), then the body limit.
+    Outermost first: security headers (so every answer has them), the Host guard of anonymous
+    mode, the Front Door check, CORS (so browsers can read 413s and 429s), then the body limit.
     """
     # add_middleware puts each one outside the previous, so add innermost first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -203,4 +204,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
         )
     if settings.front_door_id:
         app.add_middleware(FrontDoorMiddleware, front_door_id=settings.front_door_id)
+    if settings.allow_anonymous:
+        # Without keys the Host header is what tells this stack from a DNS-rebinding page's origin.
+        app.add_middleware(HostGuardMiddleware, extra_hosts=settings.anonymous_hosts, exempt_paths=PROBE_PATHS)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -10,6 +10,7 @@ it could read a nonce (ReDoc's ``nonce`` option comes too late: tried, the page 
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from starlette.staticfiles import StaticFiles
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
 ASSETS_URL = "/docs/assets"
 OPENAPI_URL = "/openapi.json"
+#: ReDoc's bundle with its footer logo made local (see :func:`redoc_bundle`).
+REDOC_BUNDLE_URL = "/docs/redoc.js"
+#: The one off-site URL in ReDoc's bundle: its "API docs by Redocly" footer logo (no option turns it off).
+REDOCLY_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+# An empty SVG in its place: img-src allows data:, so the browser loads it instead of breaking the CSP.
+_EMPTY_SVG = "data:image/svg+xml,%3Csvg%20xmlns='http://www.w3.org/2000/svg'%20width='1'%20height='1'/%3E"
 
 # The page's own start-up code, from a file rather than inline (CSP script-src 'self').
 _SWAGGER_INIT_JS = f"""\
@@ -60,13 +67,12 @@ _REDOC_HTML = f"""<!doctype html>
 </head>
 <body>
 <redoc spec-url="{OPENAPI_URL}"></redoc>
-<script src="{ASSETS_URL}/redoc.standalone.js"></script>
+<script src="{REDOC_BUNDLE_URL}"></script>
 </body>
 </html>
 """
 # The API's policy (api/http/security.py) with two additions for ReDoc's page: inline styles, and its search
-# index's worker, which it starts from a blob: URL. Scripts stay 'self' only, and the page reflects no
-# input. Its "API docs by Redocly" logo comes from cdn.redoc.ly: refused by img-src, the logo hides itself.
+# index's worker, which it starts from a blob: URL. Scripts stay 'self' only, and the page reflects no input.
 REDOC_CSP = (
     "default-src 'self'; style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; img-src 'self' data: blob:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -87,6 +93,23 @@ async def read_swagger_ui() -> HTMLResponse:
 async def read_swagger_init() -> Response:
     """The script that starts Swagger UI."""
     return Response(_SWAGGER_INIT_JS, media_type="text/javascript; charset=utf-8", headers=_HEADERS)
+
+
+@functools.cache
+def redoc_bundle() -> bytes:
+    """ReDoc's bundle with its footer logo's cdn.redoc.ly URL replaced by an empty data: image.
+
+    Left as it is, every visit to /redoc loads the logo off-site, which the CSP refuses with an
+    error in the console; allowing cdn.redoc.ly would let the page reach the network.
+    """
+    bundle = (ASSETS_DIR / "redoc.standalone.js").read_text(encoding="utf-8")
+    return bundle.replace(REDOCLY_LOGO_URL, _EMPTY_SVG).encode("utf-8")
+
+
+@router.get(REDOC_BUNDLE_URL)
+async def read_redoc_bundle() -> Response:
+    """ReDoc's script, with nothing in it that leaves this server."""
+    return Response(redoc_bundle(), media_type="text/javascript; charset=utf-8", headers=_HEADERS)
 
 
 @router.get("/redoc")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
 
-from api.deps import AppSettings
+from api.deps import AppKeys, AppSettings, RedisClient
 from api.jobs.listing import MAX_PAGE_SIZE
+from shared.intake.model_limits import DEMONSTRATION_MODEL_HINT, is_demonstration_model, read_model_limits
 from shared.intake.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
 
 router = APIRouter(prefix="/v1", tags=["limits"])
@@ -32,11 +36,27 @@ class Limits(BaseModel):
     max_prompt_chars: int = Field(description="Longest prompt, in characters.")
     max_wait_s: float = Field(description="Longest ?wait= / Prefer: wait= honoured, in seconds.")
     max_page_size: int = Field(description="Largest ?limit= of GET /v1/jobs.")
+    model: str | None = Field(
+        description="The model the caption workers serve, as jobs report it; null while no worker is up.",
+        examples=["git-base-textcaps"],
+    )
+    demonstration_model: bool = Field(
+        description="True while the embedded demonstration model serves: it knows only coloured shapes."
+    )
+    model_hint: str | None = Field(
+        description="While the demonstration model serves, how to switch to a real checkpoint; otherwise null."
+    )
 
 
 @router.get("/limits", operation_id="getLimits", summary="What this server accepts")
-async def read_limits(settings: AppSettings) -> Limits:
+async def read_limits(settings: AppSettings, redis: RedisClient, keys: AppKeys) -> Limits:
     """The accepted image formats and the limits of this deployment; public, as they reveal nothing of anyone's jobs."""
+    model_limits = None
+    # The model is a hint: without Redis the limits are still worth answering.
+    with contextlib.suppress(RedisError, OSError):
+        model_limits = await read_model_limits(redis, keys)
+    model = model_limits.model if model_limits is not None else None
+    demonstration = is_demonstration_model(model)
     formats = [
         ImageFormat(name=name, media_type=media_type, suffixes=list(IMAGE_FILE_SUFFIXES[name]))
         for name, media_type in IMAGE_MEDIA_TYPES.items()
@@ -51,4 +71,7 @@ async def read_limits(settings: AppSettings) -> Limits:
         max_prompt_chars=settings.max_prompt_chars,
         max_wait_s=settings.max_wait_s,
         max_page_size=MAX_PAGE_SIZE,
+        model=model,
+        demonstration_model=demonstration,
+        model_hint=DEMONSTRATION_MODEL_HINT if demonstration else None,
     )

@@ -20,7 +20,7 @@ const ui = {
   error: $("error"), errorTitle: $("error-title"), errorDetail: $("error-detail"),
   previewFigure: $("preview-figure"), preview: $("preview"), previewNote: $("preview-note"),
   captionBox: $("caption-box"), caption: $("caption"), copy: $("copy"), copyStatus: $("copy-status"),
-  fileJobs: $("file-jobs"), samples: $("samples"), urlHint: $("url-hint"),
+  fileJobs: $("file-jobs"), samples: $("samples"), urlHint: $("url-hint"), modelHint: $("model-hint"),
   recentList: $("recent-list"), recentEmpty: $("recent-empty"), clearRecent: $("clear-recent"),
 };
 
@@ -256,7 +256,7 @@ async function submitFiles() {
   showPreview(null);
   ui.fileJobs.hidden = false;
   showResult();
-  await captionFiles(state.files, {
+  const counts = await captionFiles(state.files, {
     list: ui.fileJobs,
     options: formOptions(),
     previews: state.objectUrls,
@@ -269,7 +269,9 @@ async function submitFiles() {
   });
   if (state.poll === controller) {
     state.poll = null;
-    setStatus(`Done: ${state.files.length} files.`);
+    // Only the files that became jobs count as done; the others say why in their rows.
+    const notSent = counts.notSent ? `, ${counts.notSent} not sent` : "";
+    setStatus(`Done: ${counts.sent} ${counts.sent === 1 ? "file" : "files"}${notSent}.`);
     showResult();
   }
 }
@@ -387,6 +389,9 @@ async function loadLimits() {
     ui.prompt.maxLength = limits.max_prompt_chars;
     ui.file.accept = limits.image_formats.flatMap((format) => [format.media_type, ...format.suffixes]).join(",");
     ui.urlHint.textContent = `An http or https link to a ${formatNames()} image.`;
+    // The embedded demonstration model knows only shapes: say so before a photo gets a shape caption.
+    ui.modelHint.textContent = limits.demonstration_model ? limits.model_hint : "";
+    ui.modelHint.hidden = !limits.demonstration_model;
     document.documentElement.dataset.limits = "loaded";
   } catch {
     document.documentElement.dataset.limits = "defaults"; // an older server: the HTML's defaults stay

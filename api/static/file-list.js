@@ -10,6 +10,12 @@ const STATUS_TEXT = {
   canceled: "canceled", expired: "expired", error: "not submitted",
 };
 
+/** Show the empty "no preview" box instead of `image`'s picture. */
+function hidePreview(image) {
+  image.removeAttribute("src");
+  image.classList.add("no-preview");
+}
+
 /** Build one list row for `file` and return its handles. */
 function row(file, previewUrl) {
   const item = document.createElement("li");
@@ -18,6 +24,8 @@ function row(file, previewUrl) {
   image.className = "file-job-preview";
   image.alt = `Preview of ${file.name || "image"}`;
   // No preview for a file that is not an image: an empty box, not a broken-image icon.
+  // A file the browser cannot decode (TIFF, a corrupt PNG) loses its preview rather than show a broken icon.
+  image.addEventListener("error", () => hidePreview(image));
   if (previewUrl) image.src = previewUrl;
   else image.classList.add("no-preview");
   const name = document.createElement("span");
@@ -47,6 +55,8 @@ function row(file, previewUrl) {
 
 function show(handles, job, problem) {
   const status = problem ? "error" : job.status;
+  // A refused file gets the empty box, never a broken-image icon (e.g. a TIFF the browser cannot show).
+  if (problem) hidePreview(handles.image);
   handles.badge.className = `badge badge-${status === "error" ? "failed" : status}`;
   handles.badge.textContent = STATUS_TEXT[status] || status;
   if (problem) {
@@ -72,26 +82,33 @@ async function pool(items, task) {
 /**
  * Submit every file as its own job into `list` (emptied first) and follow each to its end.
  * `onJob(job, label, previewUrl)` is told of every job, for the recent-jobs list; `signal` stops following.
+ * Returns how many files were sent (became jobs) and how many were not (refused here or by the API).
  */
 export async function captionFiles(files, { list, options, previews, onJob, signal, check }) {
+  const counts = { sent: 0, notSent: 0 };
   list.replaceChildren();
   const rows = files.map((file, index) => ({ file, handles: row(file, previews[index]), preview: previews[index] }));
   list.append(...rows.map((entry) => entry.handles.item));
   await pool(rows, async ({ file, handles, preview }) => {
     const invalid = check(file);
     if (invalid) {
+      counts.notSent += 1;
       show(handles, null, { title: invalid[0], detail: invalid[1], code: "not_submitted" });
       return;
     }
+    let job = null;
     try {
-      let job = await submitJob({ file, options });
+      job = await submitJob({ file, options });
+      counts.sent += 1;
       onJob(job, file.name || "pasted image", preview);
       show(handles, job);
       if (!FINAL.has(job.status)) job = await followJob(job, (seen) => show(handles, seen), signal);
       onJob(job, file.name || "pasted image", preview);
       show(handles, job);
     } catch (err) {
+      if (!job) counts.notSent += 1; // refused at submit: never a job
       if (err.name !== "AbortError") show(handles, null, err);
     }
   });
+  return counts;
 }

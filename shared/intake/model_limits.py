@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from shared.errors import PromptTooLong
 from shared.keys import Keys
+from shared.settings import EMBEDDED_MODEL
 
 #: ``ModelLimits.prompt_tokenizer`` of a BERT WordPiece tokenizer (the only kind the API can bound).
 BERT_WORDPIECE = "bert-wordpiece"
@@ -26,6 +27,20 @@ BERT_WORDPIECE = "bert-wordpiece"
 # marks (strip_accents): none of them ever makes a token of its own.
 _BERT_WHITESPACE = frozenset(" \t\n\r")
 _BERT_DROPPED = frozenset("\x00\ufffd")
+
+
+#: What the page, the CLI and ``GET /v1/limits`` say while the embedded demonstration model serves.
+DEMONSTRATION_MODEL_HINT = (
+    "The embedded demonstration model is serving: it knows only coloured shapes on plain backgrounds "
+    "(circles, squares, triangles), so a photo gets a shape caption. For real captions, serve a real GIT "
+    "checkpoint: CAPTIONIZER_MODEL=microsoft/git-base-textcaps CAPTIONIZER_MODEL_ALLOW_DOWNLOAD=true make run, "
+    "or MODEL_ID=microsoft/git-base-textcaps docker compose up --build."
+)
+
+
+def is_demonstration_model(model: str | None) -> bool:
+    """True when ``model`` (a job's or a worker's model name) is the embedded demonstration model."""
+    return model == EMBEDDED_MODEL
 
 
 class ModelLimits(BaseModel):

@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 from model.shapes import caption_for, draw_shape
 from scripts.stack import LocalStack
 from tests.browser.conftest import JOB_TIMEOUT_MS, save_screenshot
+from tests.conftest import REPO_ROOT
 from tests.stack import needs_embedded_model
 
 RED_CIRCLE = caption_for("circle", "red")
@@ -161,7 +162,8 @@ def test_several_files_become_one_job_each_with_its_own_copy_button(app_page: Pa
         expect(rows.nth(index).get_by_role("img", name=caption)).to_be_visible()
     expect(rows.nth(3)).to_contain_text("not submitted")
     expect(rows.nth(3).get_by_role("button")).to_be_hidden()
-    expect(app_page.locator("#status")).to_have_text("Done: 4 files.")
+    # Only the files sent count as done (#24): notes.txt never was.
+    expect(app_page.locator("#status")).to_have_text("Done: 3 files, 1 not sent.")
 
     app_page.get_by_role("button", name="Copy alt text of two.png").click()
     expect(rows.nth(1)).to_contain_text("Copied to the clipboard.")
@@ -196,3 +198,52 @@ def test_the_form_takes_its_limits_from_the_server(app_page: Page, stack: LocalS
         item for fmt in limits["image_formats"] for item in [fmt["media_type"], *fmt["suffixes"]]
     }
     assert ".tif" not in accept
+
+
+def test_the_page_offers_the_four_samples_the_readme_lists(app_page: Page) -> None:
+    served = sorted(path.name for path in (REPO_ROOT / "api" / "samples").glob("*.png"))
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert len(served) == 4 and all(f"`{name}`" in readme or f"/samples/{name}" in readme for name in served)
+    offered = app_page.locator("#samples button[data-sample]")
+    expect(offered).to_have_count(4)
+    assert sorted(offered.evaluate_all("(buttons) => buttons.map((b) => b.dataset.sample)")) == served
+
+
+@needs_embedded_model
+def test_refused_and_undecodable_files_show_no_broken_preview(app_page: Page, tmp_path: Path) -> None:
+    good, caption = shape_file(tmp_path, "good.png", "circle", "red")
+    scan = tmp_path / "scan.tiff"  # an image type the API does not take: refused before it is sent
+    scan.write_bytes(b"II*\x00" + bytes(64))
+    broken = tmp_path / "broken.png"  # a PNG by its name that no browser can draw
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+    app_page.get_by_label("Drop an image here, or choose a file").set_input_files([good, scan, broken])
+    caption_it(app_page)
+
+    rows = app_page.locator("#file-jobs li")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0).locator(".file-job-caption")).to_have_text(caption, timeout=JOB_TIMEOUT_MS)
+    expect(rows.nth(1)).to_contain_text("not submitted")
+    expect(rows.nth(2).locator(".file-job-caption")).to_contain_text("image_corrupt", timeout=JOB_TIMEOUT_MS)
+    expect(app_page.locator("#status")).to_have_text("Done: 2 files, 1 not sent.")
+    # Every preview is a picture or the empty box: none is an <img> with a source it could not draw.
+    broken_icons = rows.locator("img.file-job-preview").evaluate_all(
+        "(images) => images.filter((i) => i.getAttribute('src') && !(i.complete && i.naturalWidth > 0))"
+        ".map((i) => i.alt)"
+    )
+    assert broken_icons == []
+    for index in (1, 2):
+        expect(rows.nth(index).locator("img.file-job-preview")).to_have_class("file-job-preview no-preview")
+    save_screenshot(app_page, "refused-files-without-broken-previews")
+
+
+def test_the_page_says_when_the_demonstration_model_serves(app_page: Page, stack: LocalStack) -> None:
+    limits = httpx.get(f"{stack.api_url}/v1/limits", timeout=30).json()
+    expect(app_page.locator("html")).to_have_attribute("data-limits", "loaded")
+    hint = app_page.locator("#model-hint")
+    if limits["demonstration_model"]:
+        expect(hint).to_be_visible()
+        expect(hint).to_have_text(limits["model_hint"])
+        expect(hint).to_contain_text("CAPTIONIZER_MODEL=microsoft/git-base-textcaps")
+    else:
+        expect(hint).to_be_hidden()

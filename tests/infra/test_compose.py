@@ -178,3 +178,46 @@ def _settings(environment: dict[str, str | None]) -> Settings:
             if name.startswith("CAPTIONIZER_") and value is not None:
                 patch.setenv(name, value)
         return Settings()
+
+
+# --- the local stack works offline, captions its own samples, and checks workers by heartbeat (#24) ---
+
+
+@pytest.mark.parametrize("service", ["caption-worker", "caption-worker-gpu", "webhook-worker"])
+def test_the_local_stack_builds_the_embedded_model_and_downloads_none(
+    local_services: dict[str, Any], service: str
+) -> None:
+    # An empty MODEL_ID skips the Dockerfile's model.fetch step: the worker uses model/embedded/.
+    assert local_services[service]["build"]["args"]["MODEL_ID"] == ""
+
+
+def test_a_real_checkpoint_is_one_variable_away(infra_tools: InfraTools) -> None:
+    resolved = _resolve(infra_tools, LOCAL, {"MODEL_ID": "microsoft/git-base-textcaps"})
+    assert resolved["caption-worker"]["build"]["args"]["MODEL_ID"] == "microsoft/git-base-textcaps"
+
+
+def test_the_local_stack_can_caption_the_samples_its_api_serves(local_services: dict[str, Any]) -> None:
+    sample = "http://api:8000/samples/red-circle.png"  # what a worker fetches: the API by its service name
+    for service in ("api", "caption-worker", "webhook-worker"):
+        settings = _settings(local_services[service]["environment"])
+        assert settings.allow_private_networks, service
+        assert 8000 in settings.allowed_ports, service
+    # The API's host guard answers the name the worker uses.
+    assert "api" in _settings(local_services["api"]["environment"]).anonymous_hosts
+    assert sample.startswith("http://api:8000/")
+
+
+def test_production_refuses_private_networks_and_other_ports(services: dict[str, Any]) -> None:
+    for service in OUR_SERVICES:
+        settings = _settings(services[service]["environment"])
+        assert not settings.allow_private_networks, service
+        assert settings.allowed_ports == [80, 443], service
+
+
+@pytest.mark.parametrize("service", ["caption-worker", "caption-worker-gpu"])
+def test_caption_workers_are_checked_by_their_heartbeat_not_a_celery_ping(
+    local_services: dict[str, Any], service: str
+) -> None:
+    test = local_services[service]["healthcheck"]["test"]
+    assert test == ["CMD", "python", "-m", "worker.health"]
+    assert "inspect" not in " ".join(test)

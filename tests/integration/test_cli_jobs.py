@@ -94,8 +94,10 @@ def test_ctrl_c_prints_the_submitted_jobs_which_status_and_cancel_then_find(
 
     # Both streams: a run that ended on its own (exit 1) says why on stdout, an interrupted one on stderr.
     assert process.returncode == 130, (stdout, stderr)
-    assert "1 job(s) were submitted and go on without this command:" in stderr
-    assert f"  {job_id}\n" in stderr
+    assert "0 of 1 image(s) ended before the interruption" in stderr
+    assert "1 job(s) were still running and go on without this command:" in stderr
+    # Each still-running job with the image it captions (#24).
+    assert f"  {job_id}  {image_server.url('/slow-headers')}\n" in stderr
     status = run_cli(stack, "status", job_id)
     assert status.stdout.split()[:2] in ([job_id, "queued"], [job_id, "running"])
     canceled = run_cli(stack, "cancel", job_id)
@@ -115,11 +117,15 @@ def test_a_missing_path_is_a_usage_error(stack: LocalStack, api: httpx.Client, t
 def test_the_cli_offers_the_formats_the_server_accepts(stack: LocalStack, api: httpx.Client, tmp_path: Path) -> None:
     served = {suffix for fmt in api.get("/v1/limits").json()["image_formats"] for suffix in fmt["suffixes"]}
     assert served == IMAGE_SUFFIXES
-    # A .tif in a folder is not offered to the server.
+    # A .tif in a folder is not offered to the server: it is reported as skipped, with the reason (#24).
     save_shape(tmp_path / "pics" / "a.png", "circle", "red")
     (tmp_path / "pics" / "scan.tif").write_bytes(b"II*\x00")
     result = run_cli(stack, "caption", str(tmp_path / "pics"), "--json")
-    assert [row["input"] for row in json_rows(result)] == [str(tmp_path / "pics" / "a.png")]
+    rows = json_rows(result)
+    assert [row["input"] for row in rows] == [str(tmp_path / "pics" / "a.png"), str(tmp_path / "pics" / "scan.tif")]
+    assert (rows[1]["id"], rows[1]["status"]) == (None, "skipped")
+    assert "scan.tif: skipped: .tif is not an image format the API reads" in result.stderr
+    assert result.returncode == 1
 
 
 def _sigint_as_default() -> None:

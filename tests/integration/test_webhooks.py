@@ -14,17 +14,19 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from scripts.run_stack import local_webhook_secret
+from scripts.local_secrets import LocalWebhookSecrets
 from scripts.stack import LocalStack
 from shared.jobs.model import Job, JobStatus, WebhookState
 from shared.jobs.store import JobStore
@@ -389,9 +391,15 @@ def test_a_key_with_a_slow_receiver_holds_only_its_share_and_others_are_delivere
 
 
 def test_the_local_secret_make_run_prints_signs_anonymous_deliveries(
-    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack
+    api: httpx.Client, image_server: HostileServer, receiver: WebhookReceiver, stack: LocalStack, tmp_path: Path
 ) -> None:
-    local = local_webhook_secret(stack.api_url)
+    # What make run does before its API starts: put the clone's kept secret in place (scripts/local_secrets.py).
+    client = SyncRedis.from_url(stack.redis_url)
+    try:
+        kept = LocalWebhookSecrets(tmp_path / "webhook-secrets.json").install(client, stack.keys, ["anonymous"])
+    finally:
+        client.close()
+    local = kept["anonymous"]
     assert local.startswith("whsec_") and local == secret_of(api, None)
     job_id = submit(api, image_url=image_server.url("/image/shape.png"), webhook_url=receiver.url_for())
     receiver.wait_for(lambda: bool(receiver.for_job(job_id)))

@@ -16,6 +16,7 @@ import api.app
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.conftest import TEST_CLIENT_HOSTS
 from tests.fakes import FakeQueue
 
 # --- the job API over fakeredis (no broker, no worker) -------------------------------------
@@ -44,6 +45,7 @@ def api_settings() -> Settings:
     """Anonymous access, no rate limit, small upload limits that tests can exceed cheaply."""
     return Settings(
         allow_anonymous=True,
+        anonymous_hosts=TEST_CLIENT_HOSTS,
         rate_limit_per_minute=0,
         key_prefix="captionizer-test",
         max_upload_bytes=64 * 1024,

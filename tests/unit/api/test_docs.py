@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.routes.docs import ASSETS_DIR, register_docs
+from api.routes.docs import ASSETS_DIR, REDOC_BUNDLE_URL, REDOCLY_LOGO_URL, register_docs
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -42,3 +42,12 @@ def test_the_pages_stay_out_of_the_openapi_document(client: TestClient) -> None:
 def test_fastapis_cdn_pages_must_be_off() -> None:
     with pytest.raises(ValueError, match="docs_url=None"):
         register_docs(FastAPI())
+
+
+def test_redocs_bundle_reaches_no_other_site(client: TestClient) -> None:
+    original = (ASSETS_DIR / "redoc.standalone.js").read_text(encoding="utf-8")
+    assert REDOCLY_LOGO_URL in original  # the package still ships it: the replacement has something to do
+    served = client.get(REDOC_BUNDLE_URL)
+    assert served.status_code == 200 and served.headers["content-type"].startswith("text/javascript")
+    assert REDOCLY_LOGO_URL not in served.text and "cdn.redoc.ly" not in served.text
+    assert len(served.text) > len(original) * 0.99

@@ -15,6 +15,7 @@ from shared.heartbeats import WorkerHeartbeats
 from shared.jobs.model import JobStatus
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.conftest import TEST_CLIENT_HOSTS
 from tests.unit.api.conftest import ApiHarness
 
 
@@ -123,7 +124,12 @@ def test_metrics_take_an_api_key(keyed_settings: Settings, api_harness: ApiHarne
 
 
 def test_readyz_and_metrics_never_scan_the_keyspace(redis_server_url: str) -> None:
-    settings = Settings(redis_url=redis_server_url, allow_anonymous=True, key_prefix="captionizer-scan")
+    settings = Settings(
+        redis_url=redis_server_url,
+        allow_anonymous=True,
+        anonymous_hosts=TEST_CLIENT_HOSTS,
+        key_prefix="captionizer-scan",
+    )
     client = SyncRedis.from_url(redis_server_url)
     try:
         client.flushdb()

@@ -15,6 +15,7 @@ from api.app import create_app
 from api.http.auth import hash_key
 from api.http.security import _CSP, BodyLimitMiddleware
 from shared.settings import Settings
+from tests.conftest import TEST_CLIENT_HOSTS
 
 KEY_A = "cap_security-owner-a-0123456789abcdefghijklmnopqrs"
 KEY_B = "cap_security-owner-b-0123456789abcdefghijklmnopqrs"
@@ -33,6 +34,7 @@ def make_settings(fresh_redis_url: str) -> SettingsFactory:
         values: dict[str, Any] = {
             "redis_url": fresh_redis_url,
             "key_prefix": "captionizer-security",
+            "anonymous_hosts": TEST_CLIENT_HOSTS,
             "api_key_hashes": [hash_key(KEY_A), hash_key(KEY_B)],
             "rate_limit_per_minute": 0,
         }

@@ -22,6 +22,10 @@ class FakeApi:
     api_key: str | None = None
     #: How many next requests answer 429 with ``Retry-After: 0`` before being served.
     rate_limit_next: int = 0
+    #: The ``Retry-After`` those 429s carry.
+    retry_after: str = "0"
+    #: What ``GET /v1/limits`` answers; None: 404, as from an older server.
+    limits: dict[str, Any] | None = None
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
     in_flight: int = 0
@@ -46,8 +50,10 @@ class FakeApi:
             return problem(401, "unauthorized", "Missing or invalid API key")
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
-            return problem(429, "rate_limited", "Slow down", headers={"Retry-After": "0"})
+            return problem(429, "rate_limited", "Slow down", headers={"Retry-After": self.retry_after})
         path = request.url.path
+        if path == "/v1/limits" and self.limits is not None:
+            return httpx.Response(200, json=self.limits)
         if request.method == "POST" and path == "/v1/jobs":
             return self._submit(request)
         match = re.fullmatch(r"/v1/jobs/(job_\d+)(/cancel)?", path)

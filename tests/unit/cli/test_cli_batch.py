@@ -6,7 +6,9 @@ import asyncio
 import io
 from pathlib import Path
 
-from cli.batch import BatchOptions, ImageSource, Outcome, caption_all, expand_inputs
+import pytest
+
+from cli.batch import BatchOptions, ImageSource, Outcome, caption_all, expand_inputs, find_inputs, unsupported_reason
 from cli.client import CaptionizerClient
 from cli.progress import ProgressBar
 from tests.unit.cli.fake_api import FakeApi
@@ -98,3 +100,43 @@ def test_outcome_json_carries_the_input_and_the_client_error() -> None:
         "caption": None,
         "error": {"code": "file_unreadable", "message": "cannot read x.png"},
     }
+
+
+def test_a_folder_reports_images_it_cannot_send_with_the_reason_and_counts_other_files(tmp_path: Path) -> None:
+    for name in ("a.png", "b.tiff", "c.ico", "d.svg", "notes.txt", "README.md"):
+        (tmp_path / name).write_bytes(b"x")
+    found = find_inputs([str(tmp_path)])
+    assert [source.path for source in found.sources] == [tmp_path / "a.png"]
+    reasons = {Path(outcome.source.label).name: outcome.skipped or "" for outcome in found.skipped}
+    assert sorted(reasons) == ["b.tiff", "c.ico", "d.svg"]
+    assert ".tiff is not an image format the API reads" in reasons["b.tiff"]
+    assert "SVG is a vector drawing" in reasons["d.svg"]
+    assert found.not_images == 2
+
+
+def test_a_named_svg_is_skipped_not_sent_and_its_row_says_why(tmp_path: Path) -> None:
+    found = find_inputs([str(tmp_path / "logo.svg"), str(tmp_path / "photo")])
+    assert [source.label for source in found.sources] == [str(tmp_path / "photo")]  # no suffix: the API sniffs
+    [skipped] = found.skipped
+    assert not skipped.is_ok(waited=True) and not skipped.is_ok(waited=False)
+    row = skipped.as_json()
+    assert (row["status"], row["error"]["code"]) == ("skipped", "unsupported_format")
+    assert row["input"] == str(tmp_path / "logo.svg")
+
+
+@pytest.mark.parametrize(
+    ("name", "media_type", "refused"),
+    [
+        ("a.PNG", None, False),
+        ("a.jpeg", None, False),
+        ("a", None, False),
+        ("page.html", None, False),
+        ("a.svg", None, True),
+        ("a.tif", None, True),
+        ("a.heic", None, True),
+        ("", "image/svg+xml", True),
+        ("", "image/png", False),
+    ],
+)
+def test_unsupported_reason(name: str, media_type: str | None, refused: bool) -> None:
+    assert (unsupported_reason(name, media_type) is not None) == refused

@@ -80,12 +80,20 @@ def test_rate_limited_request_is_retried_after_the_servers_delay(fake_api: FakeA
     assert len(fake_api.requests) == 3
 
 
-def test_rate_limit_that_outlasts_the_retries_is_reported(fake_api: FakeApi) -> None:
+def test_rate_limited_answers_are_retried_however_many_while_the_server_says_when(fake_api: FakeApi) -> None:
+    # Our own pace must never fail an image: the retry count bounds 503s, not 429s.
     fake_api.rate_limit_next = 10
+    job = run_with(fake_api, lambda client: client.submit_url("http://img.test/red.png"), retries=2)
+    assert job["status"] == "queued"
+    assert len(fake_api.requests) == 11
+
+
+def test_rate_limit_that_outlasts_the_patience_is_reported_at_once(fake_api: FakeApi) -> None:
+    fake_api.rate_limit_next, fake_api.retry_after = 1, "30"
     with pytest.raises(ApiError) as caught:
-        run_with(fake_api, lambda client: client.submit_url("http://img.test/red.png"), retries=2)
+        run_with(fake_api, lambda client: client.submit_url("http://img.test/red.png"), rate_limit_patience_s=10)
     assert (caught.value.code, caught.value.detail) == ("rate_limited", "Slow down")
-    assert len(fake_api.requests) == 3
+    assert len(fake_api.requests) == 1
 
 
 def test_api_key_is_sent_as_bearer_token(fake_api: FakeApi) -> None:

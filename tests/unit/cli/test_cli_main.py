@@ -188,3 +188,23 @@ def test_cli_imports_nothing_of_the_service() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "[]"
+
+
+def test_captions_of_the_demonstration_model_come_with_the_way_to_a_real_one(fake_api: FakeApi) -> None:
+    fake_api.limits = {"demonstration_model": True, "model_hint": "The embedded demonstration model is serving."}
+    code, out, err = captionizer(fake_api, "caption", "http://img.test/blue.png", "--wait")
+    assert code == 0 and "a caption of blue.png" in out
+    assert "note: The embedded demonstration model is serving." in err
+    fake_api.limits = {"demonstration_model": False, "model_hint": None}
+    _, _, err = captionizer(fake_api, "caption", "http://img.test/blue.png", "--wait")
+    assert "note:" not in err
+
+
+def test_batch_help_lists_only_the_options_that_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(["batch", "--help"], environ={})
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--api" in text and "--wait" in text
+    for option in ("--prompt", "--max-new-tokens", "--concurrency", "--timeout", "--no-progress"):
+        assert option not in text, option

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.batch import IMAGE_SUFFIXES
+from cli.batch import IMAGE_SUFFIXES, ImageSource, Ledger, Outcome
 from cli.client import CaptionizerClient, idempotency_key_for
 from cli.job_commands import report_interrupted
 from cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Streams, run
@@ -138,4 +138,20 @@ def test_ctrl_c_report_names_the_batch_and_the_commands_that_pick_it_up() -> Non
         "batch bat_AAAAAAAAAAAAAAAAAAAAAA goes on without this command; pick it up again with:",
         "  captionizer batch status bat_AAAAAAAAAAAAAAAAAAAAAA",
         "  captionizer batch results bat_AAAAAAAAAAAAAAAAAAAAAA",
+    ]
+
+
+def test_ctrl_c_report_with_a_ledger_names_the_running_jobs_and_counts_the_unsent() -> None:
+    ledger = Ledger(total=5)
+    ledger.finished.append(Outcome(ImageSource(label="done.png"), job={"id": "job_1", "status": "succeeded"}))
+    ledger.in_flight[ImageSource(label="slow.png")] = "job_2"
+    err = io.StringIO()
+    report_interrupted(CaptionizerClient("http://api.test"), err, ledger)
+    assert err.getvalue().splitlines()[1:] == [
+        "interrupted",
+        "1 of 5 image(s) ended before the interruption (printed above)",
+        "1 job(s) were still running and go on without this command:",
+        "  job_2  slow.png",
+        "follow them with: captionizer status --wait JOB_ID ... (or cancel JOB_ID ...)",
+        "3 image(s) were never sent",
     ]

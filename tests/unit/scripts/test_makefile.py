@@ -15,7 +15,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def _dry_run(*args: str) -> list[str]:
     # PORT from the environment would fill `PORT ?=`; MAKEFLAGS from an outer make would change -n.
-    env = {name: value for name, value in os.environ.items() if name not in ("PORT", "MAKEFLAGS", "MAKELEVEL")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("PORT", "RESET_WEBHOOK_SECRET", "MAKEFLAGS", "MAKELEVEL")
+    }
     done = subprocess.run(
         ["make", "-n", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
     )
@@ -25,6 +29,11 @@ def _dry_run(*args: str) -> list[str]:
 def test_make_run_passes_port_to_the_stack() -> None:
     assert _dry_run("run", "PORT=8123")[-1].endswith("-m scripts.run_stack --port 8123")
     assert _dry_run("run")[-1].endswith("-m scripts.run_stack --port 8000")
+
+
+def test_make_run_resets_the_webhook_secret_only_when_asked() -> None:
+    assert _dry_run("run", "RESET_WEBHOOK_SECRET=1")[-1].endswith("--port 8000 --reset-webhook-secret")
+    assert "--reset-webhook-secret" not in _dry_run("run")[-1]
 
 
 @pytest.mark.parametrize("target", ["test", "test-integration"])

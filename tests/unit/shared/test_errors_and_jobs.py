@@ -22,7 +22,7 @@ from shared.jobs.model import ALLOWED_TRANSITIONS, FINAL_STATUSES, Job, JobPubli
 
 # Each family's statuses: one handling per family, so one range each.
 _FAMILY_STATUSES: dict[type[CaptionizerError], set[int]] = {
-    InputError: {400, 401, 403, 404, 410, 413, 415, 422},
+    InputError: {400, 401, 403, 404, 410, 413, 415, 421, 422},
     FetchError: {502, 504},
     CapacityError: {429, 503, 504},
     ConflictError: {409},
