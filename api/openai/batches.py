@@ -187,7 +187,13 @@ def _options(request: JobCreate) -> tuple[str | None, int | None]:
 
 
 def _item(line: BatchLine) -> BatchItemCreate:
-    return BatchItemCreate(image_url=line.request.image_url, image_base64=line.request.image_base64, ref=line.custom_id)
+    # Each line keeps its own cache opt-out: the native item's own cache wins over the batch's.
+    return BatchItemCreate(
+        image_url=line.request.image_url,
+        image_base64=line.request.image_base64,
+        ref=line.custom_id,
+        cache=None if line.request.cache else False,
+    )
 
 
 def _job_of(batch: Batch, row: BatchItemResult) -> Job:

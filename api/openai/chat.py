@@ -48,10 +48,12 @@ def job_create_from_chat(request: ChatCompletionRequest) -> JobCreate:
     tokens = request.max_completion_tokens or request.max_tokens
     data_url = _DATA_URL.match(image_url)
     if data_url is not None:
-        return JobCreate(image_base64=image_url[data_url.end() :], prompt=prompt, max_new_tokens=tokens)
+        return JobCreate(
+            image_base64=image_url[data_url.end() :], prompt=prompt, max_new_tokens=tokens, cache=request.cache
+        )
     if image_url.lower().startswith("data:"):
         raise InvalidRequest("a data: URL must be an image in base64 (data:image/png;base64,...)", param="messages")
-    return JobCreate(image_url=image_url, prompt=prompt, max_new_tokens=tokens)
+    return JobCreate(image_url=image_url, prompt=prompt, max_new_tokens=tokens, cache=request.cache)
 
 
 def _refuse_meaning_changes(request: ChatCompletionRequest) -> None:

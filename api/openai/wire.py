@@ -115,6 +115,12 @@ class ChatCompletionRequest(BaseModel):
     prediction: Any = Field(None, description="Refused unless absent or null.")
     logprobs: bool | None = Field(None, description="Refused when true.")
     response_format: ResponseFormat | None = Field(None, description='Only {"type": "text"}.')
+    # Not OpenAI's: the SDK sends it with extra_body={"cache": False}, like any server-specific field.
+    cache: bool = Field(
+        True,
+        description="Captionizer extension: false captions the image afresh instead of answering from the caption "
+        "cache (docs/cache.md), as `cache` on a native job.",
+    )
 
 
 class AssistantMessage(BaseModel):

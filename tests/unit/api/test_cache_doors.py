@@ -1,4 +1,5 @@
-"""cache=false through every door (POST /v1/jobs as JSON and multipart, GET /caption, batch create, items, append).
+"""cache=false through every door (POST /v1/jobs as JSON and multipart, GET /caption, batch create, items, append,
+and the OpenAI facade's chat completions and batch lines, where the SDK sends it as ``extra_body``).
 
 Each door must accept the opt-out the same way: the stored job says ``use_cache`` false, the default
 is true, and a value that is not a boolean is refused as ``invalid_request`` with the same status.
@@ -7,6 +8,7 @@ is true, and a value that is not a boolean is refused as ``invalid_request`` wit
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from fastapi.testclient import TestClient
 from shared.batches.model import item_job_id
 from shared.jobs.model import Job
 from shared.settings import Settings
+from tests.conftest import TEST_CLIENT_HOSTS
 from tests.unit.api.conftest import ApiHarness
 from tests.unit.api.test_jobs import png_bytes
 
@@ -27,11 +30,13 @@ def api_settings() -> Settings:
     """Anonymous access, no rate limit; /caption answers 504 quickly (there is no worker here)."""
     return Settings(
         allow_anonymous=True,
+        anonymous_hosts=TEST_CLIENT_HOSTS,
         rate_limit_per_minute=0,
         key_prefix="captionizer-test",
         max_upload_bytes=64 * 1024,
         max_request_bytes=2 * 1024 * 1024,
         caption_wait_s=0.05,
+        openai_wait_s=0.05,
     )
 
 
@@ -89,6 +94,35 @@ def _batch_append(client: TestClient, cache: Any) -> tuple[int, Any]:
     return response.status_code, {**response.json(), "id": item_job_id(opened["id"], 1)}
 
 
+def _chat_body(cache: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "captionizer",
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": URL}}]}],
+    }
+    if cache is not None:
+        body["cache"] = cache  # what the openai SDK sends for extra_body={"cache": ...}
+    return body
+
+
+def _openai_chat(client: TestClient, cache: Any) -> tuple[int, Any]:
+    response = client.post("/openai/v1/chat/completions", json=_chat_body(cache))
+    error = response.json()["error"]
+    # No worker: the job is stored and queued, and the wait ends with 504 naming it.
+    return (202 if response.status_code == 504 else response.status_code), {"id": error.get("job_id"), **error}
+
+
+def _openai_batch(client: TestClient, cache: Any) -> tuple[int, Any]:
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions", "body": _chat_body(cache)}
+    files = {"file": ("in.jsonl", json.dumps(line).encode(), "application/jsonl")}
+    file_id = client.post("/openai/v1/files", files=files, data={"purpose": "batch"}).json()["id"]
+    create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    response = client.post("/openai/v1/batches", json=create)
+    answer = response.json()
+    if response.status_code != 200:
+        return response.status_code, answer["error"]
+    return 202, {**answer, "id": item_job_id(answer["id"], 0)}
+
+
 DOORS: dict[str, Callable[[TestClient, Any], tuple[int, Any]]] = {
     "json": _json_job,
     "multipart": _multipart_job,
@@ -96,6 +130,8 @@ DOORS: dict[str, Callable[[TestClient, Any], tuple[int, Any]]] = {
     "batch": _batch_level,
     "batch_item": _batch_item,
     "batch_append": _batch_append,
+    "openai_chat": _openai_chat,
+    "openai_batch": _openai_batch,
 }
 
 
