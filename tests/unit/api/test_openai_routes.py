@@ -15,6 +15,7 @@ import api.app
 from api.http.auth import hash_key
 from shared.jobs.model import JobStatus, JobUsage
 from shared.settings import Settings
+from tests.conftest import TEST_CLIENT_HOSTS
 from tests.unit.api.conftest import ApiHarness
 
 KEY_A = "cap_openai-a-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -26,6 +27,7 @@ def api_settings() -> Settings:
     """The API unit tests' settings, with a batch file limit below their request limit."""
     return Settings(
         allow_anonymous=True,
+        anonymous_hosts=TEST_CLIENT_HOSTS,
         rate_limit_per_minute=0,
         key_prefix="captionizer-test",
         max_upload_bytes=64 * 1024,
