@@ -178,6 +178,18 @@ class Settings(BaseSettings):
         ge=1.0,
         description="Longest side over shortest side the decoder accepts; beyond it the model sees only a sliver.",
     )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans a JPEG may have; each scan is a pass over the whole image, and encoders write "
+        "about 10, so more is refused before decoding (image_too_complex).",
+    )
+    decode_cpu_budget_s: int = Field(
+        10,
+        ge=0,
+        description="CPU seconds one image may take to decode, in a child process killed past it "
+        "(image_too_complex); 0 decodes in the worker's threads with no budget.",
+    )
     upload_ttl_s: int = Field(
         3_600, ge=60, description="How long an uploaded image waits in Redis for a worker to read it, in seconds."
     )

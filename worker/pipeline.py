@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 
 #: Downloads the image at a URL (``worker.intake.fetch_image_bytes`` bound to a session).
 FetchFn = Callable[[str], Awaitable[bytes]]
-#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise); runs in a
-#: worker thread, many at once, so nothing per image is left for the thread that calls the model.
-PrepareFn = Callable[[bytes], Any]
+#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise), off the
+#: event loop (decoding in a child process, preprocessing in a thread), many at once, so nothing per
+#: image is left for the thread that calls the model. Cancelling it stops the decode (worker.decoders).
+PrepareFn = Callable[[bytes], Awaitable[Any]]
 #: Called after every status change, with the job after the change.
 EventFn = Callable[[Job, JobStatus], Awaitable[object]]
 
@@ -134,8 +135,8 @@ class JobRunner:
         began = time.perf_counter()
         data = await self._read_image(job)
         # Off the loop, which keeps fetching other jobs' images, and off the model's thread: decoding
-        # and the processor run here, in parallel (Pillow and numpy release the GIL while they work).
-        inputs = await asyncio.to_thread(self.prepare, data)
+        # and the processor run in parallel; the job's deadline cancels a decode still running.
+        inputs = await self.prepare(data)
         fetch_s = time.perf_counter() - began
         # A key with many distinct prompts waits here rather than splitting everyone's batches (worker.prompts).
         async with self.prompts.hold(job.owner, job.options.prompt):

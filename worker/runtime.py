@@ -38,6 +38,7 @@ from shared.webhooks import SendTask, dispatch_webhook
 from worker import metrics
 from worker.batching import Batcher, CaptionFn
 from worker.chunks import ChunkRunner
+from worker.decoders import DecodeProcesses
 from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
 from worker.job_writes import CoalescingJobStore
 from worker.pipeline import JobRunner, PrepareFn
@@ -111,11 +112,21 @@ def caption_fn_for(captioner: CaptionModel, settings: Settings) -> CaptionFn:
     return caption
 
 
-def prepare_fn_for(captioner: CaptionModel, settings: Settings) -> PrepareFn:
-    """Bytes to the model's input for one image: decode (bounded), then the model's preprocessing."""
+def prepare_fn_for(captioner: CaptionModel, settings: Settings, decoders: DecodeProcesses | None) -> PrepareFn:
+    """Bytes to the model's input for one image: decode (bounded), then the model's preprocessing.
 
-    def prepare(data: bytes) -> Any:
+    With ``decoders`` the decode runs in a child process under ``decode_cpu_budget_s``; without
+    (budget 0), decoding and preprocessing share one of the loop's threads.
+    """
+
+    def decode_and_preprocess(data: bytes) -> Any:
         return captioner.preprocess([decode_image(data, settings, model_input_px=captioner.input_size_px)])
+
+    async def prepare(data: bytes) -> Any:
+        if decoders is None:
+            return await asyncio.to_thread(decode_and_preprocess, data)
+        image = await decoders.decode(data)
+        return await asyncio.to_thread(captioner.preprocess, [image])
 
     return prepare
 
@@ -132,9 +143,10 @@ class CaptionRuntime:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._loop = asyncio.new_event_loop()
         # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.pipeline).
-        self._loop.set_default_executor(
-            ThreadPoolExecutor(settings.prepare_threads or os.cpu_count() or 1, thread_name_prefix="prepare")
-        )
+        self._prepare_threads = settings.prepare_threads or os.cpu_count() or 1
+        self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
+        # Decoding child processes, one per prepare thread (worker.decoders); None when the budget is 0.
+        self._decoders: DecodeProcesses | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
         self._chunks: ChunkRunner | None = None
@@ -215,10 +227,14 @@ class CaptionRuntime:
             merge_lengths=self.settings.num_beams == 1,
         )
         batcher.start()
+        if self.settings.decode_cpu_budget_s:
+            self._decoders = DecodeProcesses(
+                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
+            )
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
-            prepare=prepare_fn_for(self.captioner, self.settings),
+            prepare=prepare_fn_for(self.captioner, self.settings, self._decoders),
             model_name=self.captioner.name,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
         )  # fmt: skip
@@ -264,6 +280,8 @@ class CaptionRuntime:
             await self._running.close()
         await self._runner.batcher.stop()
         await self._session.close()
+        if self._decoders is not None:
+            self._decoders.close()
         await redis.aclose()
 
     async def _beat(self, redis: Redis) -> None:
