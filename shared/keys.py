@@ -157,6 +157,14 @@ class Keys:
         """Sorted set of one owner's deliveries in progress (score: lease end, epoch seconds)."""
         return f"{self.prefix}:webhook-slots:{owner}"
 
+    def webhook_waiting(self, owner: str) -> str:
+        """Sorted set of one owner's deliveries waiting for a free slot (score: when they began waiting)."""
+        return f"{self.prefix}:webhook-waiting:{owner}"
+
+    def webhook_waiting_owners(self) -> str:
+        """Sorted set of owners with deliveries waiting for a slot (score: when to look at them again at the latest)."""
+        return f"{self.prefix}:webhook-waiting-owners"
+
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""
         return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"

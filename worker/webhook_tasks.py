@@ -21,7 +21,7 @@ from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
 from shared.store import REDIS_ERRORS, JobStore
 from shared.webhooks import RetryMover, RetrySchedule, WebhookDelivery
-from worker.webhooks import WebhookDeliverer
+from worker.webhooks import WebhookDeliverer, delivery_lease_s
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,10 @@ def install_retry_mover(app: Celery, settings: Settings) -> None:
 
     def _start(sender: Any = None, **_: Any) -> None:
         if is_consuming(app, keys.webhook_queue()):
-            mover = RetryMover(settings.redis_url, keys, app.send_task)
+            mover = RetryMover(
+                settings.redis_url, keys, app.send_task,
+                slots_limit=settings.webhook_max_concurrent_per_key, slots_lease_s=delivery_lease_s(settings),
+            )  # fmt: skip
             mover.start()
             movers.append(mover)
             # scripts/stack.py waits for this line: the worker now consumes the webhook queue.

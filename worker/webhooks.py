@@ -27,12 +27,15 @@ from worker.webhook_requests import AttemptResult, SessionFactory, make_webhook_
 
 logger = logging.getLogger(__name__)
 
-# A delivery held back by its key's share is queued again this much later (the mover polls each second).
-_DEFER_S = 1.0
 # Each retry's delay is its configured value times a factor in this range, so
 # receivers that failed together are not retried in lockstep (AWS "Exponential
 # Backoff And Jitter").
 _JITTER = (0.8, 1.2)
+
+
+def delivery_lease_s(settings: Settings) -> float:
+    """How long a delivery slot is held at most: one attempt's timeout and a margin (then a dead holder's slot frees)."""
+    return settings.webhook_timeout_s + 30
 
 
 def retry_delay_s(attempt: int, delays_s: Sequence[float], rng: random.Random) -> float | None:
@@ -94,26 +97,26 @@ class WebhookDeliverer:
     def __post_init__(self) -> None:
         redis, keys, settings = self.store.redis, self.store.keys, self.settings
         self.secrets = WebhookSecrets(redis, keys, settings.webhook_secret_grace_s)
-        # A slot is held for one attempt at most, so its lease is the attempt's timeout and a margin.
-        lease_s = settings.webhook_timeout_s + 30
+        lease_s = delivery_lease_s(settings)
         self.slots = DeliverySlots(redis, keys, settings.webhook_max_concurrent_per_key, lease_s=lease_s)
 
     async def deliver(self, delivery: WebhookDelivery) -> WebhookState | None:
         """Attempt ``delivery`` once; returns the record written (or due) for the job.
 
         Returns None when the owner's key already holds its share of deliveries in
-        progress: the delivery goes back to the schedule, unattempted, so a slow
-        receiver holds at most that many of the webhook worker's threads.
+        progress: the delivery waits, unattempted, in the owner's waiting set until
+        one of those ends (:class:`~shared.webhooks.DeliverySlots`), so a slow
+        receiver holds at most that many of the webhook worker's threads, and its
+        waiting deliveries cost nothing until a slot frees.
         """
         token = secrets.token_hex(8)
-        if not await self.slots.take(delivery.owner, token, self.clock()):
-            await self.schedule.add(delivery, due_s=self.clock() + _DEFER_S)
+        if not await self.slots.take_or_wait(delivery, token, self.clock()):
             logger.info("webhook deferred: its key holds its share", extra=_ids(delivery))
             return None
         try:
             return await self._deliver(delivery)
         finally:
-            await self.slots.release(delivery.owner, token)
+            await self.slots.release(delivery.owner, token, self.clock())
 
     async def _deliver(self, delivery: WebhookDelivery) -> WebhookState:
         owns_record = await self._mark_delivering(delivery)

@@ -362,16 +362,20 @@ def test_a_key_holding_its_share_is_deferred_unattempted_and_others_go_out(setti
         for job in (greedy, other):
             await h.store.create(job)
         # tenant-a's one slot is held by a delivery hanging on its slow receiver.
-        assert await h.deliverer.slots.take("tenant-a", "hanging", h.clock())
         held_back = build_delivery(greedy, JobStatus.SUCCEEDED, datetime.now(UTC))
+        hanging = held_back.model_copy(update={"webhook_id": "msg_hanging"})
+        assert await h.deliverer.slots.take_or_wait(hanging, "hanging", h.clock())
         assert await h.deliverer.deliver(held_back) is None
         assert h.session.requests == []
-        assert await scheduled_retries(h.schedule) == [(held_back, T0 + 1)]
+        # It waits for the slot, off the schedule: nothing re-queues it while the slow one hangs.
+        assert await scheduled_retries(h.schedule) == []
+        assert await h.redis.zcard(h.keys.webhook_waiting("tenant-a")) == 1
         assert (await h.webhook_record("job_greedy")) is None  # not attempted, so not recorded
         state = await h.deliverer.deliver(build_delivery(other, JobStatus.SUCCEEDED, datetime.now(UTC)))
         assert state is not None and state.status == "delivered"
         # Once the slow one ends, the deferred delivery goes out on its next turn.
-        await h.deliverer.slots.release("tenant-a", "hanging")
+        assert await h.deliverer.slots.release("tenant-a", "hanging", h.clock()) == 1
+        assert await scheduled_retries(h.schedule) == [(held_back, T0)]
         state = await h.deliverer.deliver(held_back)
         assert state is not None and state.status == "delivered"
         assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0
