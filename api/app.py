@@ -9,25 +9,25 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api.auth import KeyRing
-from api.batch_closer import BatchCloser
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents
-from api.openapi import install_openapi, operation_id
-from api.problems import install_problem_handlers
-from api.queue import TaskQueue
-from api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from api.admission import JobSubmitter
+from api.batches.closer import BatchCloser
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import KeyRing
+from api.http.openapi import install_openapi, operation_id
+from api.http.problems import install_problem_handlers
+from api.http.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from api.http.security import install_security
+from api.jobs.events import JobEvents
 from api.routes import batches, caption, health, jobs, limits, webhooks
 from api.routes.docs import register_docs
 from api.routes.pages import register_pages
-from api.security import install_security
 from api.services import Services
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from shared.batches.store import BatchStore
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
-from shared.store import JobStore
 
 logger = logging.getLogger(__name__)
 

@@ -12,19 +12,19 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from api.auth import ANONYMOUS_OWNER, Caller, check_same_origin
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents, Position
-from api.queue import TaskQueue
+from api.admission import JobSubmitter
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import ANONYMOUS_OWNER, Caller, check_same_origin
+from api.jobs.events import JobEvents, Position
 from api.services import Services
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from shared.batches.store import BatchStore
 from shared.errors import JobNotFound, Unauthorized
-from shared.jobs import Job
+from shared.jobs.model import Job
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.webhook_secrets import WebhookSecrets
+from shared.webhooks.secrets import WebhookSecrets
 
 # new_job_id(): "job_" and 22 URL-safe characters; anything else is not worth a Redis lookup.
 _JOB_ID = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
@@ -216,7 +216,7 @@ async def get_owned_job(
     services = services_of(request)
     job = await services.store.get(job_id)
     if job is None:
-        # A batch item whose results were compacted when its batch ended (shared.batch_results).
+        # A batch item whose results were compacted when its batch ended (shared.batches.results).
         job = await services.batch_store.read_item_job(job_id)
     return check_visible(job, job_id, caller.owner)
 

@@ -20,9 +20,9 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from shared.heartbeats import WorkerHeartbeats
-from shared.jobs import FINAL_STATUSES, JobStatus
+from shared.jobs.model import FINAL_STATUSES, JobStatus
+from shared.jobs.store import REDIS_ERRORS
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
 
 #: Content type of the Prometheus text format that :func:`render_metrics` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

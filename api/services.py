@@ -6,17 +6,17 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from api.auth import KeyRing
-from api.batch_closer import BatchCloser
-from api.batches import BatchSubmitter
-from api.job_events import JobEvents
-from api.queue import TaskQueue
-from api.ratelimit import RateLimiter
-from api.submission import JobSubmitter
-from shared.batch_store import BatchStore
+from api.admission import JobSubmitter
+from api.batches.closer import BatchCloser
+from api.batches.service import BatchSubmitter
+from api.broker.publisher import TaskQueue
+from api.http.auth import KeyRing
+from api.http.ratelimit import RateLimiter
+from api.jobs.events import JobEvents
+from shared.batches.store import BatchStore
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@
    capacity (``batch / MS``), and the CPU ms per image it took.
 
 ``--model null`` does no compute (the pipeline's own ceiling); ``--model sleep:MS`` holds each batch MS
-ms with the GIL released (a simulated accelerator). Both are bench-only (``worker.standins``).
+ms with the GIL released (a simulated accelerator). Both are bench-only (``worker.captioning.standins``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ from bench.image_server import drawn_pngs
 from scripts.chunks import ChunkSender
 from scripts.processes import ManagedProcess, free_port
 from scripts.stack import REPO_ROOT, LocalStack
+from shared.jobs.store import decode_job
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import decode_job
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _POLL_S = 0.05

@@ -216,7 +216,7 @@ def measure_raw(model_path: str, images: list[bytes], args: argparse.Namespace, 
     """Images per second of ``Captioner`` alone, batched like the worker, on the same images, decoded as it does."""
     from model.captioner import EMBEDDED_MODEL_DIR, Captioner
     from shared.settings import EMBEDDED_MODEL, Settings
-    from worker.intake import decode_image
+    from worker.intake.images import decode_image
 
     captioner = Captioner.load(EMBEDDED_MODEL_DIR if model_path == EMBEDDED_MODEL else model_path)
     decoded = [decode_image(data, Settings(), model_input_px=captioner.input_size_px) for data in images]

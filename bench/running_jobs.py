@@ -2,7 +2,7 @@
 
 Runs ``--deliveries`` single-job deliveries (hold one id, release it) on one event loop against a
 real ``redis-server``, yielding to the loop every ``--per-tick`` deliveries as a busy worker's loop
-does, and prints JSON: CPU µs per delivery and Redis transactions sent, for ``worker.running_jobs``
+does, and prints JSON: CPU µs per delivery and Redis transactions sent, for ``worker.recovery.running_jobs``
 (changes written behind one task, at most every 50 ms) and, as the baseline in the same run, a
 registry that awaits one write at each hold and one at each release.
 
@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from scripts.processes import ManagedProcess, free_port
 from shared.keys import Keys
-from worker.running_jobs import RunningJobs
+from worker.recovery.running_jobs import RunningJobs
 
 _VOUCH_S = 360
 

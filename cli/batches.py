@@ -29,7 +29,7 @@ MAX_REQUEST_ITEMS = 1_000
 RESULTS_PAGE_ITEMS = 1_000
 #: Seconds between two reads of the batch's counts.
 POLL_S = 1.0
-#: States a batch never leaves; mirrors ``shared.batches.BatchState`` without importing the service.
+#: States a batch never leaves; mirrors ``shared.batches.model.BatchState`` without importing the service.
 FINAL_BATCH_STATES = frozenset({"completed", "canceled"})
 _FAILED = ("failed", "canceled", "expired")
 

@@ -21,7 +21,7 @@ import httpx
 #: A job as the API shows it (``JobPublic`` on the wire), kept as plain JSON.
 JobJson = dict[str, Any]
 
-#: States a job never leaves; mirrors ``shared.jobs.FINAL_STATUSES`` without importing the service.
+#: States a job never leaves; mirrors ``shared.jobs.model.FINAL_STATUSES`` without importing the service.
 FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 
 #: The server caps ``?wait=`` at 60 s; 30 s keeps each request well inside proxies' idle timeouts.

@@ -26,7 +26,7 @@ if [[ ! -f $params ]]; then
   exit 2
 fi
 
-: "${CAPTIONIZER_API_KEY_HASHES:?set CAPTIONIZER_API_KEY_HASHES (SHA-256 hex digests; python -m api.auth new-key)}"
+: "${CAPTIONIZER_API_KEY_HASHES:?set CAPTIONIZER_API_KEY_HASHES (SHA-256 hex digests; python -m api.http.auth new-key)}"
 : "${CAPTIONIZER_WEBHOOK_SECRETS:?set CAPTIONIZER_WEBHOOK_SECRETS (whsec_ values, comma-separated)}"
 export CAPTIONIZER_API_KEY_HASHES CAPTIONIZER_WEBHOOK_SECRETS
 IMAGE_TAG=${IMAGE_TAG:-$(git -C "$root" rev-parse --short=12 HEAD)}

@@ -79,7 +79,7 @@ param wafMode string = 'Prevention'
 param logRetentionDays int = 30
 
 // --- secrets (written to Key Vault; the apps read them from there) ---------------------------
-@description('SHA-256 hex digests of the accepted API keys, comma-separated (python -m api.auth hash-key).')
+@description('SHA-256 hex digests of the accepted API keys, comma-separated (python -m api.http.auth hash-key).')
 @secure()
 @minLength(64)
 param apiKeyHashes string

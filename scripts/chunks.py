@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from celery import Celery
 from redis.asyncio import Redis
 
-from shared.celery_config import celery_config
-from shared.jobs import Job, new_job_id
+from shared.broker.config import celery_config
+from shared.jobs.model import Job, new_job_id
+from shared.jobs.store import JobStore
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 
 class ChunkSender:

@@ -29,7 +29,7 @@ REDIS_INSTALL_HINT = (
 #: Scheduling niceness of the caption worker on a machine it shares with the API (nice(1)).
 WORKER_NICENESS = 10
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-#: What the webhook worker logs once it consumes its queue (``worker.webhook_tasks``).
+#: What the webhook worker logs once it consumes its queue (``worker.webhooks.tasks``).
 WEBHOOK_WORKER_READY = "webhook retry mover started"
 
 

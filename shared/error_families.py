@@ -23,7 +23,7 @@ The tree, one family per way a client handles the error::
 Families have no code and are never raised; each code belongs to exactly one class.
 Codes are part of the public API: never rename one. The API maps every
 CaptionizerError to an RFC 9457 problem response in one place
-(``api/problems.py``); the worker records ``code`` and ``message`` on the job.
+(``api/http/problems.py``); the worker records ``code`` and ``message`` on the job.
 """
 
 from __future__ import annotations

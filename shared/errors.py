@@ -3,7 +3,7 @@
 Each class belongs to one family of :mod:`shared.error_families` (how a client handles it);
 :mod:`shared.error_codes` finds a class by its code. Codes are part of the public API: never
 rename one. The API maps every CaptionizerError to an RFC 9457 problem response in one place
-(``api/problems.py``); the worker records ``code`` and ``message`` on the job.
+(``api/http/problems.py``); the worker records ``code`` and ``message`` on the job.
 """
 
 from __future__ import annotations

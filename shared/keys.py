@@ -89,7 +89,7 @@ class Keys:
         return f"{self.prefix}:owner-jobs:{owner}"
 
     def batch(self, batch_id: str) -> str:
-        """Hash holding one batch: its options, item total and counts per status (shared.batch_store)."""
+        """Hash holding one batch: its options, item total and counts per status (shared.batches.store)."""
         return f"{self.batch_prefix()}{batch_id}"
 
     def batch_prefix(self) -> str:
@@ -97,7 +97,7 @@ class Keys:
         return f"{self.prefix}:batch:"
 
     def batch_results(self, batch_id: str, chunk: int) -> str:
-        """One results chunk of a batch, compacted once its items have all ended (shared.batch_results)."""
+        """One results chunk of a batch, compacted once its items have all ended (shared.batches.results)."""
         return f"{self.prefix}:batch-results:{batch_id}:{chunk}"
 
     def batches_ended(self) -> str:
@@ -138,7 +138,7 @@ class Keys:
         return f"{self.prefix}:worker:*"
 
     def model_limits(self) -> str:
-        """The loaded model's limits (``shared.model_limits``), refreshed by the caption workers' heartbeat."""
+        """The loaded model's limits (``shared.intake.model_limits``), refreshed by the caption workers' heartbeat."""
         return f"{self.prefix}:model-limits"
 
     def webhook_schedule(self) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import QueueUnavailable
-from shared.webhooks import RetrySchedule, WebhookDelivery
+from shared.webhooks.delivery import WebhookDelivery
+from worker.webhooks.schedule import RetrySchedule
 
 
 def fake_caption(image: Image.Image, prompt: str | None = None) -> str:

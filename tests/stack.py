@@ -19,7 +19,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from api.auth import hash_key
+from api.http.auth import hash_key
 from model.captioner import EMBEDDED_MODEL_DIR
 from scripts.processes import free_port
 from scripts.stack import LocalStack
@@ -122,8 +122,10 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
 
 
 @contextlib.contextmanager
-def standin_stack(log_dir: Path, image_server: HostileServer, env: Mapping[str, str]) -> Iterator[LocalStack]:
-    """A small stack of one test module's own: the ``null`` model (quick to start), no webhook worker.
+def standin_stack(
+    log_dir: Path, image_server: HostileServer, env: Mapping[str, str], *, webhooks: bool = False
+) -> Iterator[LocalStack]:
+    """A small stack of one test module's own: the ``null`` model (quick to start), a webhook worker if asked.
 
     For tests that need settings the shared stack must not have (one pool thread, a tiny fetch share):
     ``env`` adds to or overrides the defaults here. Tenants A and B are served, and so are anonymous callers.
@@ -137,7 +139,7 @@ def standin_stack(log_dir: Path, image_server: HostileServer, env: Mapping[str, 
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
         "CAPTIONIZER_WORKER_METRICS_PORT": "0",
     }
-    stack = LocalStack(log_dir, env={**defaults, **env}, api_port=free_port(), webhooks=False)
+    stack = LocalStack(log_dir, env={**defaults, **env}, api_port=free_port(), webhooks=webhooks)
     try:
         stack.start(timeout_s=240)
         yield stack

@@ -13,7 +13,7 @@ __all__ = ["celery_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Built on first use, not at import: importing worker.intake must not read the environment.
+    # Built on first use, not at import: importing worker.intake.images must not read the environment.
     # Celery's `-A worker` looks for an attribute named `app`, so that name resolves here too.
     if name in ("celery_app", "app"):
         from worker.main import celery_app

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.celery_config import celery_config
+from shared.broker.config import celery_config
 from shared.settings import Settings
-from worker.broker_clients import ReuseBrokerClients
+from worker.broker.clients import ReuseBrokerClients
 from worker.limits import apply_worker_limits
 from worker.tasks import register_caption_task
-from worker.webhook_tasks import install_retry_mover, register_webhook_task
+from worker.webhooks.tasks import install_retry_mover, register_webhook_task
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -26,7 +26,7 @@ def make_celery(settings: Settings) -> Celery:
         **app.conf.broker_transport_options,
         "queue_order_strategy": "priority",
     }
-    # kombu builds a redis-py client per acknowledgement otherwise (worker.broker_clients).
+    # kombu builds a redis-py client per acknowledgement otherwise (worker.broker.clients).
     app.steps["consumer"].add(ReuseBrokerClients)
     apply_worker_limits(app, settings)
     register_caption_task(app, settings)

@@ -20,8 +20,8 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from shared.errors import UrlNotAllowed
+from shared.intake.urls import is_public_address, validate_url
 from shared.settings import Settings
-from shared.urls import is_public_address, validate_url
 
 logger = logging.getLogger(__name__)
 

@@ -25,26 +25,26 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from model.errors import PromptTooLongError
-from shared.celery_config import restored_within_s, visibility_timeout_s
+from shared.broker.config import restored_within_s, visibility_timeout_s
 from shared.errors import PromptTooLong
 from shared.heartbeats import WorkerHeartbeats
-from shared.jobs import Job, JobStatus, utc_now
+from shared.intake.model_limits import ModelLimits, publish_model_limits
+from shared.jobs.model import Job, JobStatus, utc_now
+from shared.jobs.store import REDIS_ERRORS, JobStore
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
-from shared.model_limits import ModelLimits, publish_model_limits
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import EMBEDDED_MODEL, Settings
-from shared.store import REDIS_ERRORS, JobStore
-from shared.webhooks import SendTask, dispatch_webhook
-from worker import metrics
-from worker.batching import Batcher, CaptionFn
-from worker.chunks import ChunkRunner
-from worker.decoders import DecodeProcesses
-from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
-from worker.job_writes import CoalescingJobStore
-from worker.pipeline import JobRunner, PrepareFn
-from worker.recovery import OrphanSweeper
-from worker.running_jobs import RunningJobs
-from worker.standins import load_standin
+from shared.webhooks.delivery import SendTask, dispatch_webhook
+from worker.captioning import metrics
+from worker.captioning.batching import Batcher, CaptionFn
+from worker.captioning.chunks import ChunkRunner
+from worker.captioning.job_writes import CoalescingJobStore
+from worker.captioning.pipeline import JobRunner, PrepareFn
+from worker.captioning.standins import load_standin
+from worker.intake.decoders import DecodeProcesses
+from worker.intake.images import decode_image, fetch_image_bytes, make_fetch_session
+from worker.recovery.redelivery import OrphanSweeper
+from worker.recovery.running_jobs import RunningJobs
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,10 @@ class CaptionRuntime:
         self.batch_size = settings.batch_size_for(on_gpu=is_on_gpu(captioner))
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._loop = asyncio.new_event_loop()
-        # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.pipeline).
+        # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.captioning.pipeline).
         self._prepare_threads = settings.prepare_threads or os.cpu_count() or 1
         self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
-        # Decoding child processes, one per prepare thread (worker.decoders); None when the budget is 0.
+        # Decoding child processes, one per prepare thread (worker.intake.decoders); None when the budget is 0.
         self._decoders: DecodeProcesses | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
@@ -157,7 +157,7 @@ class CaptionRuntime:
 
     @property
     def items_in_hand(self) -> int:
-        """Bulk images this worker holds at once (worker.chunks): ``bulk_items_in_hand``, else three batches."""
+        """Bulk images this worker holds at once (worker.captioning.chunks): ``bulk_items_in_hand``, else three batches."""
         return self.settings.bulk_items_in_hand or 3 * self.batch_size
 
     def start(self) -> None:
@@ -174,12 +174,12 @@ class CaptionRuntime:
         """Run one delivery of an interactive job on the runtime's loop; called from Celery's pool threads."""
         if self._runner is None:
             raise RuntimeError("the caption runtime is not started")
-        # A delivery may wait its turn at the gate (worker.recovery) for up to one time limit, then run one.
+        # A delivery may wait its turn at the gate (worker.recovery.redelivery) for up to one time limit, then run one.
         timeout_s = 2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S
         return self._call(self._holding([job_id], self._runner.run(job_id)), timeout_s=timeout_s)
 
     def run_chunk(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
-        """Run one delivery of a batch chunk (worker.chunks); called from Celery's pool threads."""
+        """Run one delivery of a batch chunk (worker.captioning.chunks); called from Celery's pool threads."""
         if self._chunks is None:
             raise RuntimeError("the caption runtime is not started")
         # Past the redelivery timeout the broker hands the chunk to another worker anyway.
@@ -207,7 +207,7 @@ class CaptionRuntime:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout_s)
 
     async def _holding(self, job_ids: Sequence[str], delivery: Awaitable[T]) -> T:
-        """Run one delivery with its jobs in the running-jobs registry (worker.running_jobs)."""
+        """Run one delivery with its jobs in the running-jobs registry (worker.recovery.running_jobs)."""
         if self._running is None:
             raise RuntimeError("the caption runtime is not started")
         with self._running.holding(job_ids):
@@ -246,7 +246,7 @@ class CaptionRuntime:
         self._sweeper = self._start_sweeper(store)
 
     def _start_sweeper(self, store: JobStore) -> asyncio.Task[None]:
-        """Look for jobs whose task message was lost, every half redelivery timeout (worker.recovery)."""
+        """Look for jobs whose task message was lost, every half redelivery timeout (worker.recovery.redelivery)."""
         quiet_s = visibility_timeout_s(self.settings)
         queues = [self.keys.caption_queue(), self.keys.bulk_queue()]
         vouch_s = restored_within_s(self.settings)

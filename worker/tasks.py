@@ -10,7 +10,7 @@ jobs waiting on slow image hosts leave threads for the others.
 Interactive jobs come first twice over: the worker consumes the caption queue before the
 bulk queue (``-Q captions,captions-bulk`` with kombu's ``queue_order_strategy="priority"``:
 BRPOP names the queues in that order), and the batcher gives their images a batch's
-first places (``worker.batching``).
+first places (``worker.captioning.batching``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from prometheus_client import start_http_server
 from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
-from worker import metrics
-from worker.bulk_flow import BulkFlow, max_chunks_held
-from worker.recovery import NotAdmittedError
+from worker.broker.bulk_flow import BulkFlow, max_chunks_held
+from worker.captioning import metrics
+from worker.recovery.redelivery import NotAdmittedError
 from worker.runtime import CaptionModel, CaptionRuntime, load_captioner
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class CaptionService:
             _serve_metrics(self.settings.worker_metrics_port)
 
     def _hold_few_chunks(self, runtime: CaptionRuntime, pool_threads: int) -> None:
-        """Keep pool threads free for single jobs under bulk load (worker.bulk_flow)."""
+        """Keep pool threads free for single jobs under bulk load (worker.broker.bulk_flow)."""
         limit = max_chunks_held(items_in_hand=runtime.items_in_hand, batch_size=runtime.batch_size,
                                 pool_threads=pool_threads)  # fmt: skip
         self.bulk_flow = BulkFlow(Keys(self.settings.key_prefix).bulk_queue(), max_chunks=limit)
@@ -183,7 +183,7 @@ def register_caption_task(app: Celery, settings: Settings, service: CaptionServi
     """Register ``CAPTION_TASK`` and ``CAPTION_CHUNK_TASK`` on ``app``, and the signals that load the model."""
     service = service or CaptionService(app, settings)
 
-    # acks_late and reject_on_worker_lost come from shared.celery_config: a job's message is
+    # acks_late and reject_on_worker_lost come from shared.broker.config: a job's message is
     # acknowledged only after its result is recorded.
     @app.task(name=CAPTION_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def caption(job_id: str) -> None:

@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import CALLER_ERRORS
-from api.deps import MAX_JOB_ID_PATH_CHARS, Batches, BatchSubmitterDep, CurrentCaller
-from api.idempotency import IDEMPOTENCY_KEY_PATTERN
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.deps import MAX_JOB_ID_PATH_CHARS, Batches, BatchSubmitterDep, CurrentCaller, Reader
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared import errors
-from shared.batch_store import BatchStore
-from shared.batches import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.model import Batch, BatchCreate, BatchItems, BatchPublic, BatchResultsPage, is_batch_id
+from shared.batches.store import BatchStore
 from shared.errors import BatchNotFound
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS))
@@ -38,23 +38,33 @@ _SUBMIT_ERRORS = (
 )
 
 
-async def get_owned_batch(
-    batch_id: Annotated[
-        str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
-    ],
-    caller: CurrentCaller,
-    batches: Batches,
-) -> Batch:
-    """The path's batch if the caller owns it, else 404 ``batch_not_found`` (never 403: ids stay secret)."""
+_BatchIdPath = Annotated[
+    str, Path(max_length=MAX_JOB_ID_PATH_CHARS, description="The batch's id, as POST answered it.")
+]
+
+
+async def _visible_batch(batch_id: str, owner: str, batches: BatchStore) -> Batch:
+    """The batch if ``owner`` owns it, else 404 ``batch_not_found`` (never 403: ids stay secret)."""
     if not is_batch_id(batch_id):
         raise BatchNotFound(f"no batch {batch_id[:80]}", batch_id=batch_id[:80])
     batch = await batches.get(batch_id)
-    if batch is None or batch.owner != caller.owner:
+    if batch is None or batch.owner != owner:
         raise BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
     return batch
 
 
+async def get_owned_batch(batch_id: _BatchIdPath, caller: CurrentCaller, batches: Batches) -> Batch:
+    """The path's batch, for a change (append, cancel): spends the submit budget."""
+    return await _visible_batch(batch_id, caller.owner, batches)
+
+
+async def get_readable_batch(batch_id: _BatchIdPath, caller: Reader, batches: Batches) -> Batch:
+    """The path's batch, for a read: spends the read budget, as job reads do, so polling never blocks submitting."""
+    return await _visible_batch(batch_id, caller.owner, batches)
+
+
 OwnedBatch = Annotated[Batch, Depends(get_owned_batch)]
+ReadableBatch = Annotated[Batch, Depends(get_readable_batch)]
 
 
 @router.post(
@@ -106,7 +116,7 @@ async def append_items(
     summary="Read a batch: counts per status, progress and timings",
     responses=problem_responses(errors.BatchNotFound, errors.InvalidRequest, errors.QueueUnavailable),
 )
-async def read_batch(batch: OwnedBatch) -> BatchPublic:
+async def read_batch(batch: ReadableBatch) -> BatchPublic:
     """The batch as it is now."""
     return BatchPublic.from_batch(batch)
 
@@ -122,7 +132,7 @@ async def read_batch(batch: OwnedBatch) -> BatchPublic:
 )
 async def read_results(
     request: Request,
-    batch: OwnedBatch,
+    batch: ReadableBatch,
     batches: Batches,
     cursor: Annotated[
         str | None,

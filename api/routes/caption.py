@@ -11,14 +11,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.auth import CALLER_ERRORS
 from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
 from shared import errors
 from shared.error_codes import error_for_code
 from shared.errors import JobEnded, WaitTimedOut
-from shared.jobs import JobCreate, JobStatus
+from shared.jobs.model import JobCreate, JobStatus
 
 # Authenticated and rate-limited like the job routes; those problems are documented once here.
 router = APIRouter(tags=["caption"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest))

@@ -64,7 +64,7 @@ _REDOC_HTML = f"""<!doctype html>
 </body>
 </html>
 """
-# The API's policy (api/security.py) with two additions for ReDoc's page: inline styles, and its search
+# The API's policy (api/http/security.py) with two additions for ReDoc's page: inline styles, and its search
 # index's worker, which it starts from a blob: URL. Scripts stay 'self' only, and the page reflects no
 # input. Its "API docs by Redocly" logo comes from cdn.redoc.ly: refused by img-src, the logo hides itself.
 REDOC_CSP = (

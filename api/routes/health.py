@@ -9,13 +9,13 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from api.deps import AppKeys, AppSettings, KeyHolder, RedisClient
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
 from api.metrics import CONTENT_TYPE, read_snapshot, render_metrics
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
 from shared import errors
 from shared.errors import ModelNotReady
 from shared.heartbeats import WorkerHeartbeats
-from shared.store import map_redis_errors
+from shared.jobs.store import map_redis_errors
 
 router = APIRouter(tags=["health"])
 

@@ -9,8 +9,6 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import CALLER_ERRORS
-from api.cancellation import cancel_job
 from api.deps import (
     CurrentCaller,
     EventsPosition,
@@ -21,16 +19,19 @@ from api.deps import (
     check_visible,
     services_of,
 )
-from api.idempotency import IDEMPOTENCY_KEY_PATTERN
-from api.job_events import JobEvents, Position
-from api.job_list import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
-from api.openapi import LOCATION_HEADER, PREFERENCE_APPLIED_HEADER
-from api.prefer import preference_applied, preferred_wait_s
-from api.problems import invalid_request, problem_responses
-from api.security import EDGE_ERRORS
+from api.http.auth import CALLER_ERRORS
+from api.http.openapi import LOCATION_HEADER, PREFERENCE_APPLIED_HEADER
+from api.http.prefer import preference_applied, preferred_wait_s
+from api.http.problems import invalid_request, problem_responses
+from api.http.security import EDGE_ERRORS
+from api.jobs.cancellation import cancel_job
+from api.jobs.events import JobEvents, Position
+from api.jobs.idempotency import IDEMPOTENCY_KEY_PATTERN
+from api.jobs.listing import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobPage, list_jobs
 from shared import errors
 from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.jobs import (
+from shared.intake.uploads import check_upload
+from shared.jobs.model import (
     MAX_DEADLINE_S,
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
@@ -42,9 +43,8 @@ from shared.jobs import (
     JobStatus,
     WebhookEvent,
 )
+from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.uploads import check_upload
 
 # Every job route authenticates and rate-limits; the problems that can cause are documented once here.
 router = APIRouter(

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AppSettings
-from api.job_list import MAX_PAGE_SIZE
-from shared.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
+from api.jobs.listing import MAX_PAGE_SIZE
+from shared.intake.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
 
 router = APIRouter(prefix="/v1", tags=["limits"])
 

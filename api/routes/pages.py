@@ -13,7 +13,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 #: Sample images from the embedded model's world, drawn by ``python -m scripts.samples`` (the API never draws).
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
-# The API-wide CSP (api/security.py) limits images to 'self'; the page previews the image a user
+# The API-wide CSP (api/http/security.py) limits images to 'self'; the page previews the image a user
 # pastes a link to, so only img-src widens to http(s). Scripts and styles stay 'self' with no
 # inline code (OWASP CSP Cheat Sheet); the security middleware keeps this header as set here.
 PAGE_CSP = (

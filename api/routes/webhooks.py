@@ -10,10 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.auth import CALLER_ERRORS
 from api.deps import CurrentCaller, WebhookSecretStore
-from api.problems import problem_responses
-from api.security import EDGE_ERRORS
+from api.http.auth import CALLER_ERRORS
+from api.http.problems import problem_responses
+from api.http.security import EDGE_ERRORS
 from shared import errors
 
 router = APIRouter(

@@ -20,8 +20,8 @@ from redis import Redis
 
 from scripts.processes import ManagedProcess
 from scripts.stack import LocalStack
-from shared.jobs import Job
-from shared.store import decode_job
+from shared.jobs.model import Job
+from shared.jobs.store import decode_job
 
 #: How often state is polled while waiting on it.
 POLL_S = 0.1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from worker import pipeline
+from worker.captioning import pipeline
 from worker.main import celery_app
 
 #: The prompt that makes a job kill its worker.

@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 
 from scripts.stack import LocalStack
-from shared.batches import item_job_id
+from shared.batches.model import item_job_id
 from tests.integration.chaos import wait_until
 from tests.servers import HostileServer
 from tests.stack import TENANT_A_KEY, TENANT_B_KEY

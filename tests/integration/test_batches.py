@@ -13,8 +13,8 @@ import httpx
 from redis import Redis
 
 from scripts.stack import LocalStack
-from shared.batch_results import RESULTS_CHUNK_ITEMS
-from shared.batches import item_job_id
+from shared.batches.model import item_job_id
+from shared.batches.results import RESULTS_CHUNK_ITEMS
 from tests.integration.chaos import wait_until
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.servers import HostileServer

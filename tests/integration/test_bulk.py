@@ -14,11 +14,11 @@ import pytest
 
 from scripts.chunks import ChunkSender
 from scripts.stack import LocalStack
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from tests.integration.chaos import Chaos, wait_until
 from tests.servers import HostileServer
 from tests.stack import STACK_BATCH_SIZE, STACK_WORKER_THREADS
-from worker.bulk_flow import max_chunks_held
+from worker.broker.bulk_flow import max_chunks_held
 
 pytestmark = pytest.mark.slow
 #: kombu's Redis transport keeps the messages workers hold in this hash (read here only to count them).
@@ -67,7 +67,7 @@ def test_a_single_job_posted_under_bulk_load_goes_ahead_of_the_bulk_backlog(
     ids = sender.store([image_server.url("/image/shape.png")] * items, max_new_tokens=5)
     sender.send_chunks(ids, chunk_size=STACK_BATCH_SIZE)
     wait_until(lambda: chaos_of.count_in(ids, "succeeded") >= 2 * STACK_BATCH_SIZE, timeout_s=120, what="bulk underway")
-    # The worker holds only a few chunks beyond those in hand (worker.bulk_flow), so a quarter of its
+    # The worker holds only a few chunks beyond those in hand (worker.broker.bulk_flow), so a quarter of its
     # threads or more are free. kombu's unacked hash also keeps, for a moment, the chunks that just ended
     # (Celery acknowledges after task_postrun, which frees their place) and one message in flight: at
     # most twice the share plus one, whatever the machine's load, and still short of the backlog.
@@ -81,7 +81,7 @@ def test_a_single_job_posted_under_bulk_load_goes_ahead_of_the_bulk_backlog(
     bulk = chaos_of.wait_all_final(ids, timeout_s=300)
     assert mine.started_at is not None and mine.finished_at is not None
     # Bulk items that began after the single job was posted and before it began: at most the worker's
-    # share of chunks (worker.bulk_flow), never the backlog in Redis. It never waits for a chunk to free
+    # share of chunks (worker.broker.bulk_flow), never the backlog in Redis. It never waits for a chunk to free
     # a pool thread (the share leaves threads free); it waits for the worker's event loop, busy with the
     # images in hand, so on a loaded machine a few chunks may start meanwhile.
     started_ahead = [job for job in bulk.values() if _between(job.started_at, mine.created_at, mine.started_at)]

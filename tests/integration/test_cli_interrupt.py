@@ -26,7 +26,7 @@ from tests.integration.chaos import wait_until
 from tests.integration.test_cli import CLI, cli_env, run_cli, save_shape
 from tests.servers import HostileServer
 from tests.stack import standin_stack
-from worker.standins import STANDIN_CAPTION
+from worker.captioning.standins import STANDIN_CAPTION
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis as AsyncRedis
 
 from scripts.chunks import ChunkSender
-from shared.celery_config import restored_within_s, visibility_timeout_s
-from shared.jobs import Job, JobStatus, utc_now
+from shared.broker.config import restored_within_s, visibility_timeout_s
+from shared.jobs.model import Job, JobStatus, utc_now
+from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.integration.chaos import Chaos, wait_until
 from tests.integration.crashing_worker import POISON_PROMPT
 from tests.servers import HostileServer, Tarpit
@@ -24,8 +24,8 @@ from tests.stack import (
     RELIABILITY_TIME_LIMIT_S,
     RELIABILITY_WORKER_THREADS,
 )
-from worker.bulk_flow import max_chunks_held
-from worker.recovery import OrphanSweeper
+from worker.broker.bulk_flow import max_chunks_held
+from worker.recovery.redelivery import OrphanSweeper
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_every_chunk_item_ends_once_through_two_worker_kills_mid_chunk(
 
 
 def held_in_registry(chaos: Chaos) -> set[str]:
-    """Every job id some caption worker's running-jobs registry names (worker.running_jobs)."""
+    """Every job id some caption worker's running-jobs registry names (worker.recovery.running_jobs)."""
     keys = chaos.stack.keys
     holders = [holder.decode() for holder in chaos.redis.zrange(keys.job_holders(), 0, -1)]
     return {job_id.decode() for holder in holders for job_id in chaos.redis.zrange(keys.held_jobs(holder), 0, -1)}
@@ -181,7 +181,7 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
     backlog = {"created_at": utc_now() - timedelta(seconds=60)}
     try:
         # Three chunks hang at the tarpit and fill the bulk images in hand (3 x 8); the other chunks the
-        # worker holds (worker.bulk_flow bounds them) wait, their jobs still queued, for room.
+        # worker holds (worker.broker.bulk_flow bounds them) wait, their jobs still queued, for room.
         held = max_chunks_held(items_in_hand=3 * 8, batch_size=8, pool_threads=RELIABILITY_WORKER_THREADS)
         hanging = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(3)]
         waiting = sender.store([shape] * 8 * (held - 3), **backlog)

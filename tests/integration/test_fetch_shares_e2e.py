@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from scripts.stack import LocalStack
-from shared.batches import item_job_id
+from shared.batches.model import item_job_id
 from tests.integration.chaos import Chaos, wait_until
 from tests.servers import HostileServer
 from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack

@@ -7,7 +7,7 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from tests.integration.chaos import Chaos, wait_until
 from tests.servers import HostileServer
 from tests.stack import RELIABILITY_WORKER_THREADS

@@ -13,7 +13,7 @@ import httpx
 from redis import Redis
 
 from scripts.stack import LocalStack
-from shared.model_limits import BERT_WORDPIECE, ModelLimits
+from shared.intake.model_limits import BERT_WORDPIECE, ModelLimits
 from tests.integration.test_intake_e2e import run_job, wait_for_end
 from tests.servers import HostileServer
 

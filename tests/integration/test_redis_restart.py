@@ -7,7 +7,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from tests.integration.chaos import Chaos, wait_until
 from tests.servers import HostileServer
 

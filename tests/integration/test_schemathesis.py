@@ -19,7 +19,7 @@ from schemathesis import BaseSchema, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from api.auth import hash_key
+from api.http.auth import hash_key
 from scripts.processes import free_port
 from scripts.stack import LocalStack
 

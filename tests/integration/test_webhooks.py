@@ -26,17 +26,18 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from scripts.run_stack import local_webhook_secret
 from scripts.stack import LocalStack
-from shared.jobs import Job, JobStatus, WebhookState
+from shared.jobs.model import Job, JobStatus, WebhookState
+from shared.jobs.store import JobStore
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from shared.webhooks.delivery import WebhookDelivery, build_delivery
 from tests.fakes import scheduled_retries
 from tests.integration.webhook_receiver import HANG, HOLD, NEW_SECRET, OLD_SECRET, WebhookReceiver
 from tests.servers import HostileServer
 from tests.stack import TENANT_A_KEY, TENANT_B_KEY, WEBHOOKS_PER_KEY, log_of
 from worker.egress import make_egress_session
-from worker.webhooks import WebhookDeliverer
+from worker.webhooks.deliverer import WebhookDeliverer
+from worker.webhooks.schedule import RetrySchedule, move_due_retries
 
 DELAYS_S = [5.0, 30.0, 120.0, 600.0]
 T0 = 1_700_000_000.0

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import api.app
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeQueue
 
 # --- the job API over fakeredis (no broker, no worker) -------------------------------------

@@ -22,11 +22,11 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api.app import create_app
-from api.auth import hash_key, owner_of
-from shared.jobs import Job, new_job_id
+from api.http.auth import hash_key, owner_of
+from shared.jobs.model import Job, new_job_id
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 KEY_A = "cap_abuse-owner-a-0123456789abcdefghijklmnopqrstuv"
 KEY_B = "cap_abuse-owner-b-0123456789abcdefghijklmnopqrstuv"

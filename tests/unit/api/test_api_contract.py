@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 from PIL import Image, ImageChops
 
-from api.problems import PROBLEM_CODES
+from api.http.problems import PROBLEM_CODES
 from api.routes.pages import SAMPLES_DIR
 from scripts.samples import SAMPLES, draw_sample
 from shared.error_codes import all_error_classes
+from shared.intake.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
 from shared.settings import Settings
-from shared.uploads import IMAGE_FILE_SUFFIXES, IMAGE_MEDIA_TYPES
 from tests.conftest import REPO_ROOT
 from tests.unit.api.conftest import ApiHarness
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from api.problems import problem_body
+from api.http.problems import problem_body
 from shared.error_codes import all_error_classes, error_for_code
 from shared.errors import FetchFailed, InternalError
 from tests.conftest import REPO_ROOT

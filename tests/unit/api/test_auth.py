@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.auth import (
+from api.http.auth import (
     ANONYMOUS_OWNER,
     KEY_PREFIX,
     Caller,
@@ -131,7 +131,7 @@ def test_secrets_file_with_a_plain_key_is_refused_without_echoing_it(tmp_path: P
 
 def test_cli_hash_key_reads_stdin_and_prints_the_digest() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "api.auth", "hash-key"],
+        [sys.executable, "-m", "api.http.auth", "hash-key"],
         input=KEY_A + "\n",
         capture_output=True,
         text=True,

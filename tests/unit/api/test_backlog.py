@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.jobs.shares import QUEUE_FULL_RETRY_AFTER_S
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.shares import QUEUE_FULL_RETRY_AFTER_S
 from tests.unit.api.conftest import ApiHarness
 
 

@@ -12,13 +12,13 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
-from api.batch_closer import BatchCloser
-from shared.batch_results import RESULTS_CHUNK_ITEMS
-from shared.batch_store import BatchStore
-from shared.batches import Batch, BatchState, item_job_id, new_batch_id
-from shared.jobs import Job, JobStatus, JobTimings, utc_now
+from api.batches.closer import BatchCloser
+from shared.batches.model import Batch, BatchState, item_job_id, new_batch_id
+from shared.batches.results import RESULTS_CHUNK_ITEMS
+from shared.batches.store import BatchStore
+from shared.jobs.model import Job, JobStatus, JobTimings, utc_now
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 ITEMS = 1_000
 KEYS = Keys("memtest")

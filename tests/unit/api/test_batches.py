@@ -8,9 +8,9 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from api.auth import hash_key
-from shared.batches import item_job_id
-from shared.jobs import JobStatus
+from api.http.auth import hash_key
+from shared.batches.model import item_job_id
+from shared.jobs.model import JobStatus
 from shared.keys import CAPTION_CHUNK_TASK
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from shared.keys import WEBHOOK_TASK
 from tests.unit.api.conftest import ApiHarness
 

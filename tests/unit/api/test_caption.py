@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.jobs import JobErrorInfo, JobStatus
+from shared.jobs.model import JobErrorInfo, JobStatus
+from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.unit.api.conftest import ApiHarness
 
 Worker = Callable[[JobStore, str], Awaitable[None]]

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import api.app
-from api.auth import hash_key
+from api.http.auth import hash_key
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 

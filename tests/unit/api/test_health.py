@@ -12,7 +12,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 import api.app
 from shared.heartbeats import WorkerHeartbeats
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from shared.keys import Keys
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from api import job_events
-from api.job_events import JobEvents
-from shared.jobs import Job, JobStatus
+from api.jobs import events as job_events
+from api.jobs.events import JobEvents
+from shared.jobs.model import Job, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 KEYS = Keys("captionizer-events")
 

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.auth import hash_key, owner_of
-from api.job_list import MAX_SCANNED, decode_cursor, encode_cursor
-from shared.jobs import JobStatus
+from api.http.auth import hash_key, owner_of
+from api.jobs.listing import MAX_SCANNED, decode_cursor, encode_cursor
+from shared.jobs.model import JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 KEY_A = "cap_listing-owner-a-0123456789abcdefghijklmnopqrst"
 KEY_B = "cap_listing-owner-b-0123456789abcdefghijklmnopqrst"

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from shared.jobs import JobStatus
+from shared.jobs.model import JobStatus
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.auth import hash_key
-from api.prefer import preferred_wait_s
-from shared.jobs import JobStatus
+from api.http.auth import hash_key
+from api.http.prefer import preferred_wait_s
+from shared.jobs.model import JobStatus
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 
@@ -90,6 +90,38 @@ def test_reads_have_a_bounded_budget_of_their_own(make_settings: Callable[..., S
         assert answers[0].headers["RateLimit-Policy"].endswith('"read";q=3;w=180')
         # Submitting is still possible: the read budget is a separate bucket.
         assert (await client.post("/v1/jobs", json=URL_JOB, headers=AUTH)).status_code == 202
+
+    run(settings, step)
+
+
+def test_reading_a_batch_spends_the_read_budget_and_leaves_submitting_alone(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Issue 22: the CLI polls a batch every second; polling must not lock the key out of submitting.
+    settings = make_settings(
+        rate_limit_per_minute=1, rate_limit_burst=2, rate_limit_reads_per_minute=1, rate_limit_reads_burst=3
+    )
+
+    async def step(client: httpx.AsyncClient) -> None:
+        created = await client.post("/v1/batches", json={"items": [URL_JOB]}, headers=AUTH)
+        assert created.status_code == 202, created.text
+        batch_id = created.json()["id"]
+        reads = [
+            await client.get(f"/v1/batches/{batch_id}", headers=AUTH),
+            await client.get(f"/v1/batches/{batch_id}/results", headers=AUTH),
+            await client.get(f"/v1/batches/{batch_id}", headers=AUTH),
+            await client.get(f"/v1/batches/{batch_id}", headers=AUTH),
+        ]
+        assert [r.status_code for r in reads] == [200, 200, 200, 429]
+        assert [_rate_limit(r.headers["RateLimit"])[:2] for r in reads] == [
+            ("read", 2),
+            ("read", 1),
+            ("read", 0),
+            ("read", 0),
+        ]
+        # The submit burst still holds its second token: cancel is a change, on the submit budget.
+        canceled = await client.post(f"/v1/batches/{batch_id}/cancel", headers=AUTH)
+        assert canceled.status_code == 200 and _rate_limit(canceled.headers["RateLimit"])[:2] == ("submit", 0)
 
     run(settings, step)
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
-from api.problems import (
+from api.http.problems import (
     PROBLEM_MEDIA_TYPE,
     install_problem_handlers,
     invalid_request,

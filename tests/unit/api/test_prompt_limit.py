@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
+from shared.intake.model_limits import BERT_WORDPIECE, ModelLimits, publish_model_limits
 from shared.keys import Keys
-from shared.model_limits import BERT_WORDPIECE, ModelLimits, publish_model_limits
 from tests.unit.api.conftest import ApiHarness
 from tests.unit.api.test_jobs import png_bytes
 

@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from api.queue import TaskQueue
+from api.broker.publisher import TaskQueue
 from shared.errors import QueueUnavailable
 from shared.keys import CAPTION_TASK, WEBHOOK_TASK, Keys
 from shared.settings import Settings

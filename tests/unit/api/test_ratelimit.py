@@ -9,7 +9,7 @@ import fakeredis.aioredis
 import pytest
 from redis.asyncio import Redis
 
-from api.ratelimit import Decision, RateLimiter
+from api.http.ratelimit import Decision, RateLimiter
 from shared.errors import QueueUnavailable, RateLimited
 from shared.keys import Keys
 

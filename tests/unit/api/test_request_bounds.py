@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import api.app
-from shared.jobs import MAX_WEBHOOK_EVENTS
+from shared.jobs.model import MAX_WEBHOOK_EVENTS
 from shared.settings import Settings
 from tests.unit.api.conftest import ApiHarness
 

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.app import create_app
-from api.auth import hash_key
-from api.security import _CSP, BodyLimitMiddleware
+from api.http.auth import hash_key
+from api.http.security import _CSP, BodyLimitMiddleware
 from shared.settings import Settings
 
 KEY_A = "cap_security-owner-a-0123456789abcdefghijklmnopqrs"
@@ -238,7 +238,7 @@ def test_streamed_oversized_body_is_cut_off_with_413() -> None:
 
 
 def test_job_routes_answer_429_with_retry_after_past_the_burst(make_settings: SettingsFactory) -> None:
-    # Reading a job spends the read budget (api/ratelimit.py's "read" policy).
+    # Reading a job spends the read budget (api/http/ratelimit.py's "read" policy).
     settings = make_settings(rate_limit_reads_per_minute=6, rate_limit_reads_burst=2)
     responses = send(settings, *[("GET", NO_JOB, _auth())] * 3)
     assert [r.status_code for r in responses] == [404, 404, 429]

@@ -17,11 +17,11 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from api.app import create_app
-from api.auth import hash_key, owner_of
-from shared.jobs import JobStatus
+from api.http.auth import hash_key, owner_of
+from shared.jobs.model import JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 
 KEY_A = "cap_shares-owner-a-0123456789abcdefghijklmnopqrstu"
 KEY_B = "cap_shares-owner-b-0123456789abcdefghijklmnopqrstu"

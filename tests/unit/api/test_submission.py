@@ -12,7 +12,7 @@ import pytest
 from fakeredis.aioredis import FakeRedis
 from PIL import Image
 
-from api.submission import JobSubmitter, owner_shares
+from api.admission import JobSubmitter, owner_shares
 from shared.errors import (
     IdempotencyConflict,
     InvalidRequest,
@@ -21,10 +21,10 @@ from shared.errors import (
     QueueUnavailable,
     UrlNotAllowed,
 )
-from shared.jobs import JobCreate, JobStatus
+from shared.jobs.model import JobCreate, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeQueue
 
 OWNER = "key_0123456789abcdef"

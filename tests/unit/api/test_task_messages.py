@@ -16,8 +16,8 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from api.queue import TaskQueue
-from api.task_messages import event_topic
+from api.broker.publisher import TaskQueue
+from api.broker.task_messages import event_topic
 from shared.keys import CAPTION_TASK, Keys
 from shared.settings import Settings
 

@@ -8,10 +8,10 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from api.auth import hash_key, owner_of
+from api.http.auth import hash_key, owner_of
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.webhook_secrets import WebhookSecrets
+from shared.webhooks.secrets import WebhookSecrets
 from tests.unit.api.conftest import ApiHarness
 
 KEY_A = "cap_key-a-0123456789abcdefghijklmnopqrstuvwxyz"

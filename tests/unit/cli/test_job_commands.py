@@ -12,7 +12,7 @@ from cli.batch import IMAGE_SUFFIXES
 from cli.client import CaptionizerClient, idempotency_key_for
 from cli.job_commands import report_interrupted
 from cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Streams, run
-from shared.uploads import IMAGE_FILE_SUFFIXES
+from shared.intake.uploads import IMAGE_FILE_SUFFIXES
 from tests.unit.cli.fake_api import FakeApi
 
 

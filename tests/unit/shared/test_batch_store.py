@@ -9,10 +9,8 @@ from datetime import timedelta
 import fakeredis.aioredis
 import pytest
 
-from api.batch_closer import BatchCloser
-from shared.batch_results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
-from shared.batch_store import BatchStore
-from shared.batches import (
+from api.batches.closer import BatchCloser
+from shared.batches.model import (
     Batch,
     BatchItemResult,
     BatchState,
@@ -20,10 +18,12 @@ from shared.batches import (
     new_batch_id,
     parse_item_job_id,
 )
+from shared.batches.results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
+from shared.batches.store import BatchStore
 from shared.errors import BatchClosed
-from shared.jobs import Job, JobErrorInfo, JobStatus, utc_now
+from shared.jobs.model import Job, JobErrorInfo, JobStatus, utc_now
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 KEYS = Keys("t")
 Scenario = Callable[[BatchStore, JobStore, fakeredis.aioredis.FakeRedis], Awaitable[None]]

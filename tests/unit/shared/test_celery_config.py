@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.celery_config import celery_config, visibility_timeout_s
+from shared.broker.config import celery_config, visibility_timeout_s
 from shared.settings import Settings
 
 

@@ -18,7 +18,7 @@ from shared.error_families import (
     InputError,
     ServiceFault,
 )
-from shared.jobs import ALLOWED_TRANSITIONS, FINAL_STATUSES, Job, JobPublic, JobStatus, new_job_id
+from shared.jobs.model import ALLOWED_TRANSITIONS, FINAL_STATUSES, Job, JobPublic, JobStatus, new_job_id
 
 # Each family's statuses: one handling per family, so one range each.
 _FAMILY_STATUSES: dict[type[CaptionizerError], set[int]] = {

@@ -6,9 +6,9 @@ import asyncio
 
 import fakeredis.aioredis
 
-from shared.jobs import Job, JobStatus
+from shared.jobs.model import Job, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 
 def counts_after(*steps: tuple[str, JobStatus, bool]) -> dict[str, int]:

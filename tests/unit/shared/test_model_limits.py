@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from model.captioner import EMBEDDED_MODEL_DIR
 from shared.errors import PromptTooLong
-from shared.model_limits import BERT_WORDPIECE, ModelLimits, check_prompt_fits, min_wordpiece_tokens
+from shared.intake.model_limits import BERT_WORDPIECE, ModelLimits, check_prompt_fits, min_wordpiece_tokens
 
 LIMITS = ModelLimits(model="embedded", max_prompt_tokens=30, prompt_tokenizer=BERT_WORDPIECE)
 

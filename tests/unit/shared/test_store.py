@@ -8,9 +8,9 @@ import json
 import fakeredis.aioredis
 import pytest
 
-from shared.jobs import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
+from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import asyncio
 
 import fakeredis.aioredis
 
-from shared.jobs import Job
+from shared.jobs.model import Job
+from shared.jobs.store import JobStore
 from shared.keys import Keys
-from shared.store import JobStore
 
 
 def test_an_upload_is_stored_with_its_job_and_its_own_ttl() -> None:

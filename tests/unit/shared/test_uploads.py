@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from shared.errors import InvalidRequest, NotAnImage, UploadTooLarge
-from shared.uploads import check_upload, decode_base64_upload, sniff_image_type
+from shared.intake.uploads import check_upload, decode_base64_upload, sniff_image_type
 
 _BMP_INFO_HEADER = b"BM" + b"\x00" * 12 + struct.pack("<I", 40)
 

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from shared.errors import UrlNotAllowed
-from shared.urls import is_public_address, parse_ipv4_host, validate_url
+from shared.intake.urls import is_public_address, parse_ipv4_host, validate_url
 
 PORTS = (80, 443)
 

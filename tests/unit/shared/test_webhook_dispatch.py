@@ -10,10 +10,10 @@ from typing import Any
 import fakeredis.aioredis
 import pytest
 
-from shared.jobs import Job, JobPublic, JobStatus
+from shared.jobs.model import Job, JobPublic, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import WEBHOOK_TASK, Keys
-from shared.store import JobStore
-from shared.webhooks import build_delivery, dispatch_webhook, is_final_event, wants_webhook
+from shared.webhooks.delivery import build_delivery, dispatch_webhook, is_final_event, wants_webhook
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

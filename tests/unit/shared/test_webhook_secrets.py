@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from shared.errors import QueueUnavailable
 from shared.keys import Keys
-from shared.webhook_secrets import WebhookSecrets, new_secret
+from shared.webhooks.secrets import WebhookSecrets, new_secret
 
 GRACE_S = 600
 

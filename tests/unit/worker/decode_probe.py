@@ -27,7 +27,7 @@ from model.captioner import input_size_px
 from model.images import shrink_image, to_rgb
 from shared.error_families import CaptionizerError
 from shared.settings import Settings
-from worker.intake import DECODE_SIDE_FACTOR, decode_image
+from worker.intake.images import DECODE_SIDE_FACTOR, decode_image
 
 # git-base's preprocessor_config.json: resize the shorter side to 224 (bicubic), centre-crop 224x224.
 GIT_BASE_PROCESSOR: dict[str, Any] = {

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 from PIL import Image
 
-from shared.jobs import JobOptions
+from shared.jobs.model import JobOptions
 from tests.fakes import FakeCaptioner, fake_caption
-from worker.batching import Batcher, BatchResult
+from worker.captioning.batching import Batcher, BatchResult
 
 DEFAULT = JobOptions()
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK
-from worker.bulk_flow import BulkFlow, max_chunks_held
+from worker.broker.bulk_flow import BulkFlow, max_chunks_held
 
 BULK = "captions-bulk"
 

@@ -1,4 +1,4 @@
-"""Structural cost checks before decoding (worker.decode_cost): scan bombs and chunk bombs refused cheaply."""
+"""Structural cost checks before decoding (worker.intake.decode_cost): scan bombs and chunk bombs refused cheaply."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from shared.errors import ImageTooComplex
 from tests.servers import png_chunk_bomb, scan_bomb_jpeg
-from worker.decode_cost import MAX_PNG_CHUNKS, check_decode_cost, count_jpeg_scans, count_png_chunks
+from worker.intake.decode_cost import MAX_PNG_CHUNKS, check_decode_cost, count_jpeg_scans, count_png_chunks
 
 
 def _encode(image: Image.Image, image_format: str, **params: object) -> bytes:

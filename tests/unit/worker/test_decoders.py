@@ -1,4 +1,4 @@
-"""Decoding in child processes (worker.decoders): a CPU budget per image, and a cancelled decode stops at once.
+"""Decoding in child processes (worker.intake.decoders): a CPU budget per image, and a cancelled decode stops at once.
 
 Real child processes (forkserver), real scan bombs: the budget is enforced by the kernel (RLIMIT_CPU), so
 nothing here can be faked. The scan ceiling is lifted so that the bomb reaches the decoder.
@@ -16,7 +16,7 @@ from PIL import Image
 from shared.errors import ImageCorrupt, ImageTooComplex
 from shared.settings import Settings
 from tests.servers import scan_bomb_jpeg
-from worker.decoders import DecodeProcesses
+from worker.intake.decoders import DecodeProcesses
 
 # Minutes of CPU to decode in full, a few hundred kB to send.
 _BOMB = scan_bomb_jpeg(scans=40_000, side_px=2048)

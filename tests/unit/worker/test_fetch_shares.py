@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.fetch_shares import FetchShares
+from worker.intake.fetch_shares import FetchShares
 
 
 def test_a_key_s_fetch_beyond_its_share_waits_until_one_ends_and_other_keys_go_straight_in() -> None:

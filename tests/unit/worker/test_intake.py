@@ -24,7 +24,7 @@ from shared.errors import FetchFailed
 from shared.settings import Settings
 from tests.servers import BLUE, GREEN, RED, WHITE, HostileServer, hostile_images
 from worker.egress import GuardedResolver
-from worker.intake import decode_image, fetch_image_bytes, make_fetch_session
+from worker.intake.images import decode_image, fetch_image_bytes, make_fetch_session
 
 pytestmark = pytest.mark.timeout(60)
 

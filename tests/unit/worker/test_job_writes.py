@@ -10,9 +10,9 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.errors import QueueUnavailable
-from shared.jobs import Job, JobStatus, utc_now
+from shared.jobs.model import Job, JobStatus, utc_now
 from shared.keys import Keys
-from worker.job_writes import CoalescingJobStore
+from worker.captioning.job_writes import CoalescingJobStore
 
 
 class CountingRedis(fakeredis.aioredis.FakeRedis):

@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from shared.errors import FetchFailed
-from shared.jobs import Job, JobStatus, utc_now
+from shared.jobs.model import Job, JobStatus, utc_now
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeCaptioner, fake_caption
-from worker.batching import Batcher
-from worker.intake import decode_image
-from worker.pipeline import JobRunner
+from worker.captioning.batching import Batcher
+from worker.captioning.pipeline import JobRunner
+from worker.intake.images import decode_image
 
 RED = Image.new("RGB", (40, 30), (220, 30, 30))
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.prompts import PromptShares
+from worker.captioning.prompts import PromptShares
 
 
 def test_a_key_s_prompt_beyond_its_share_waits_until_one_drains() -> None:

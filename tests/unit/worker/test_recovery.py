@@ -13,16 +13,16 @@ import fakeredis.aioredis
 import pytest
 from PIL import Image
 
-from shared.jobs import Job, JobStatus
+from shared.jobs.model import Job, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeCaptioner
-from worker.batching import Batcher
-from worker.intake import decode_image
-from worker.pipeline import JobRunner
-from worker.recovery import DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
-from worker.running_jobs import RunningJobs
+from worker.captioning.batching import Batcher
+from worker.captioning.pipeline import JobRunner
+from worker.intake.images import decode_image
+from worker.recovery.redelivery import DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
+from worker.recovery.running_jobs import RunningJobs
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

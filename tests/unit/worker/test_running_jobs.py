@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from scripts.processes import free_port
+from shared.jobs.store import REDIS_ERRORS
 from shared.keys import Keys
-from shared.store import REDIS_ERRORS
-from worker.running_jobs import RunningJobs, read_vouched
+from worker.recovery.running_jobs import RunningJobs, read_vouched
 
 KEYS = Keys("rj")
 VOUCH_S = 100.0

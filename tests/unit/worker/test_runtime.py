@@ -15,15 +15,15 @@ from fakeredis.aioredis import FakeRedis
 from PIL import Image
 
 import worker.runtime
-from shared.jobs import Job, JobStatus
+from shared.jobs.model import Job, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeCaptioner, FakeQueue, fake_caption
-from worker.chunks import ItemsInHand
-from worker.decoders import DecodeProcesses
+from worker.captioning.chunks import ItemsInHand
+from worker.captioning.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
+from worker.intake.decoders import DecodeProcesses
 from worker.runtime import CaptionRuntime, caption_fn_for, load_captioner, prepare_fn_for
-from worker.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_the_sleep_stand_in_holds_each_batch_for_its_milliseconds() -> None:
 
 @pytest.mark.parametrize("name", ["sleep:", "sleep:abc", "sleepy", "nullish"])
 def test_names_that_only_look_like_stand_ins_are_not_stand_ins(name: str) -> None:
-    from worker.standins import load_standin
+    from worker.captioning.standins import load_standin
 
     assert load_standin(name) is None
 

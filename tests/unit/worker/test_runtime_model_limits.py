@@ -11,7 +11,7 @@ from PIL import Image
 
 from model.captioner import Captioner
 from shared.errors import PromptTooLong
-from shared.model_limits import BERT_WORDPIECE, ModelLimits, read_model_limits
+from shared.intake.model_limits import BERT_WORDPIECE, ModelLimits, read_model_limits
 from shared.settings import Settings
 from tests.fakes import FakeCaptioner
 from worker.runtime import CaptionRuntime, caption_fn_for

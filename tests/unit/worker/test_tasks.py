@@ -17,11 +17,11 @@ from fakeredis.aioredis import FakeRedis
 from PIL import Image
 
 import worker.runtime
-from shared.celery_config import celery_config
-from shared.jobs import Job, JobStatus
+from shared.broker.config import celery_config
+from shared.jobs.model import Job, JobStatus
+from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.store import JobStore
 from tests.fakes import FakeCaptioner, fake_caption
 from worker.tasks import CaptionService, UnsupportedPoolError
 

@@ -16,15 +16,16 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.errors import QueueUnavailable, UrlNotAllowed
-from shared.jobs import Job, JobStatus, WebhookState
+from shared.jobs.model import Job, JobStatus, WebhookState
+from shared.jobs.store import JobStore
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.settings import Settings
-from shared.store import JobStore
-from shared.webhooks import RetrySchedule, WebhookDelivery, build_delivery, move_due_retries
+from shared.webhooks.delivery import WebhookDelivery, build_delivery
 from tests.fakes import scheduled_retries
-from worker import webhook_tasks
-from worker.webhook_requests import AttemptResult, sign_headers
-from worker.webhooks import WebhookDeliverer, next_state, retry_delay_s
+from worker.webhooks import tasks as webhook_tasks
+from worker.webhooks.deliverer import WebhookDeliverer, next_state, retry_delay_s
+from worker.webhooks.requests import AttemptResult, sign_headers
+from worker.webhooks.schedule import RetrySchedule, move_due_retries
 
 SECRET_OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_NEW = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"

@@ -1,0 +1,101 @@
+"""The API's side of the Celery queue: it sends tasks by name and never imports the worker.
+
+Caption tasks, one per job, are written directly in Celery's own format (:mod:`api.broker.task_messages`) by
+the app's asyncio Redis client; every other task (webhooks, batch chunks) goes through Celery's
+``send_task``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from redis.asyncio import Redis
+
+from api.broker.task_messages import event_topic, node_name, task_message, task_sent_event
+from shared.broker.config import celery_config
+from shared.jobs.store import map_redis_errors
+from shared.keys import CAPTION_TASK, Keys
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+# kombu's Redis transport: a queue's bindings, and the separator of a binding's fields (Channel._queue_bind).
+_BINDING_KEYS = ("_kombu.binding.{}", "_kombu.binding_permanent.{}")
+_BINDING_SEP = "\x06\x16"
+# KEYS[1] the queue (a list), KEYS[2] the task-sent events channel, KEYS[3] and KEYS[4] the queue's bindings.
+# ARGV[1] the message, ARGV[2] the event ('' = none: task events are off), ARGV[3] the binding to declare
+# ('' = declared already).
+# One script: one reply to parse, and a Redis that refuses the task (full) publishes no event for it.
+_PUBLISH_TASK_LUA = """
+if ARGV[3] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+
+class TaskQueue:
+    """Publishes caption tasks (and, for ``shared.webhooks.delivery``, any task) by name.
+
+    ``redis`` (the app's asyncio client, which its owner closes) carries the caption tasks.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis
+        self._event_topic = event_topic(int(redis.connection_pool.connection_kwargs.get("db", 0)))
+        # kombu declares a queue (its bindings) on a connection's first publish; so do we, once per process.
+        self._declared = False
+        # As Celery's task_send_sent_event: the task-sent event only when task events are on (Flower).
+        self._sends_events = settings.task_events
+        self._publish = redis.register_script(_PUBLISH_TASK_LUA)
+        # set_as_current=False: this client must not become the process's default app.
+        self.celery = Celery("captionizer-api", set_as_current=False)
+        self.celery.conf.update(celery_config(settings))
+        # Fail fast when Redis is down: the client answers 503 rather than holding the request.
+        self.celery.conf.update(
+            task_publish_retry_policy={
+                "max_retries": 2,
+                "interval_start": 0,
+                "interval_step": 0.2,
+                "interval_max": 0.2,
+            },
+            broker_connection_timeout=2,
+        )
+
+    def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> object:
+        """Celery's ``send_task`` (blocking); matches ``shared.webhooks.delivery.SendTask``."""
+        # argsrepr: what Celery's log lines print in place of the arguments (no URLs, see shared.webhooks.delivery).
+        return self.celery.send_task(name, args=args, queue=queue, argsrepr=argsrepr)
+
+    async def enqueue_caption(self, job_id: str) -> None:
+        """Queue the caption task of ``job_id`` and publish its ``task-sent`` event (if on), in one round trip.
+
+        The task id is the job id, so broker-side traces name the job.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached, or is full.
+        """
+        queue = self.keys.caption_queue()
+        # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
+        origin = node_name()
+        message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
+        event = b""
+        if self._sends_events:
+            clock = self.celery.clock.forward()
+            event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
+        binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
+        keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
+        with map_redis_errors("the task queue (Redis)"):
+            await self._publish(keys=keys, args=[message, event, binding])
+        self._declared = True
+
+    def close(self) -> None:
+        """Release the broker connections."""
+        self.celery.close()

@@ -1,0 +1,1 @@
+"""Single-job concerns of the API: cancel, idempotency, long-poll events, listing, prompt limits."""

@@ -1,0 +1,1 @@
+"""The Celery queue both sides agree on, as plain data (no celery import in shared)."""

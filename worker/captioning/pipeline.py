@@ -1,0 +1,233 @@
+"""One delivery of one job: queued → running → succeeded or failed, with its timings.
+
+Every status change goes through :meth:`JobStore.transition`; when it returns False
+the job was canceled, expired or already finished by another delivery (normal under
+``acks_late``), and this delivery stops without writing anything else. Errors are
+caught here, at the task boundary: a CaptionizerError fails the job with its code,
+anything else becomes ``internal_error`` and is logged with the job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.error_families import CaptionizerError
+from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrashed
+from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
+from shared.jobs.store import JobStore
+from shared.settings import Settings
+from worker.captioning import metrics
+from worker.captioning.batching import Batcher, BatchResult
+from worker.captioning.prompts import PromptShares
+from worker.intake.fetch_shares import FetchShares
+from worker.recovery.redelivery import DeliveryGate
+
+logger = logging.getLogger(__name__)
+
+#: Downloads the image at a URL (``worker.intake.images.fetch_image_bytes`` bound to a session).
+FetchFn = Callable[[str], Awaitable[bytes]]
+#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise), off the
+#: event loop (decoding in a child process, preprocessing in a thread), many at once, so nothing per
+#: image is left for the thread that calls the model. Cancelling it stops the decode (worker.intake.decoders).
+PrepareFn = Callable[[bytes], Awaitable[Any]]
+#: Called after every status change, with the job after the change.
+EventFn = Callable[[Job, JobStatus], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class _Captioned:
+    caption: str
+    fetch_s: float
+    batch: BatchResult
+
+
+class JobRunner:
+    """Runs jobs by id: reads the record, fetches and decodes the image, batches it, records the result."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        batcher: Batcher,
+        *,
+        fetch: FetchFn,
+        prepare: PrepareFn,
+        model_name: str,
+        on_event: EventFn,
+        gate: DeliveryGate | None = None,
+        prompts: PromptShares | None = None,
+        fetches: FetchShares | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.batcher = batcher
+        self.fetch = fetch
+        self.prepare = prepare
+        self.model_name = model_name
+        self.on_event = on_event
+        self.gate = gate or DeliveryGate()
+        self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
+        self.fetches = fetches or FetchShares(settings.max_fetches_per_key)
+
+    async def run(self, job_id: str, *, interactive: bool = True) -> JobStatus | None:
+        """Run one delivery of ``job_id``; returns the final status it wrote, or None if it wrote none.
+
+        Raises:
+            NotAdmittedError: a redelivered job found no moment alone in this worker in time.
+        """
+        return await self.run_seen(job_id, await self.store.get(job_id), interactive=interactive)
+
+    async def run_seen(self, job_id: str, seen: Job | None, *, interactive: bool) -> JobStatus | None:
+        """Like :meth:`run`, with the job's record already read (a chunk reads all of its jobs at once)."""
+        # Already running: its last worker died (maybe of it), so it runs alone (worker.recovery.redelivery).
+        suspect = seen is not None and seen.status is JobStatus.RUNNING
+        async with self.gate.admit(suspect=suspect, timeout_s=self.settings.job_time_limit_s):
+            # A suspect waited for its turn: read it again. An ordinary job's status is re-checked
+            # by the transition to running anyway.
+            job = await self.store.get(job_id) if suspect else seen
+            return await self._run_admitted(job_id, job, interactive)
+
+    async def _run_admitted(self, job_id: str, seen: Job | None, interactive: bool) -> JobStatus | None:
+        job = await self._start(job_id, seen)
+        if job is None or job.status is not JobStatus.RUNNING:
+            return job.status if job is not None else None
+        if job.attempts > self.settings.max_delivery_attempts:
+            # Delivered again and again because its worker keeps dying: a poison job, stop here.
+            return await self._fail(job, WorkerCrashed(f"the job's worker died {job.attempts - 1} times"))
+        try:
+            # asyncio.timeout, not wait_for: the job runs in this task, without a task of its own per job.
+            async with asyncio.timeout(self.settings.job_time_limit_s):
+                done = await self._caption(job, interactive)
+        except CaptionizerError as exc:
+            return await self._fail(job, exc)
+        except TimeoutError:
+            return await self._fail(job, JobTimedOut(f"the job ran past {self.settings.job_time_limit_s} s"))
+        except Exception:
+            logger.exception("job failed unexpectedly", extra={"job_id": job.id})
+            return await self._fail(job, InternalError(f"unexpected error; see the worker logs for {job.id}"))
+        return await self._succeed(job, done)
+
+    async def _start(self, job_id: str, job: Job | None) -> Job | None:
+        """The job moved to running (or expired), or None when this delivery must not run it."""
+        if job is None or job.status.is_final:
+            logger.info("job skipped", extra={"job_id": job_id, "status": job.status if job else "missing"})
+            return None
+        now = utc_now()
+        if job.status is JobStatus.QUEUED and job.deadline_at is not None and now > job.deadline_at:
+            return await self._end(job, JobStatus.EXPIRED, [JobStatus.QUEUED], finished_at=now)
+        fields: dict[str, Any] = {"started_at": now, "stage": "fetching"}
+        if not await self.store.transition(job_id, JobStatus.RUNNING, **fields):
+            logger.info("job skipped", extra={"job_id": job_id, "reason": "started elsewhere or canceled"})
+            return None
+        running = job.model_copy(update={**fields, "status": JobStatus.RUNNING, "attempts": job.attempts + 1})
+        queue_wait_s = _seconds_between(job.created_at, now)
+        logger.info("job started", extra={"job_id": job_id, "attempts": running.attempts, "queue_wait_s": queue_wait_s})
+        await self.on_event(running, JobStatus.RUNNING)
+        return running
+
+    async def _caption(self, job: Job, interactive: bool) -> _Captioned:
+        began = time.perf_counter()
+        data = await self._read_image(job)
+        # Off the loop, which keeps fetching other jobs' images, and off the model's thread: decoding
+        # and the processor run in parallel; the job's deadline cancels a decode still running.
+        inputs = await self.prepare(data)
+        fetch_s = time.perf_counter() - began
+        # A key with many distinct prompts waits here rather than splitting everyone's batches (worker.captioning.prompts).
+        async with self.prompts.hold(job.owner, job.options.prompt):
+            result = await self.batcher.caption(inputs, job.options, interactive=interactive)
+        return _Captioned(result.caption, fetch_s, result)
+
+    async def _read_image(self, job: Job) -> bytes:
+        if job.source == "upload":
+            data = await self.store.read_upload(job.id)
+            if data is None:
+                raise UploadExpired("the uploaded image expired before a worker read it")
+            return data
+        if job.image_url is None:
+            raise InternalError("the job has neither an image URL nor an upload")
+        # A key with images on slow hosts waits for its own fetches, never holds all of them (worker.intake.fetch_shares).
+        async with self.fetches.hold(job.owner):
+            return await self.fetch(job.image_url)
+
+    async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:
+        finished_at = utc_now()
+        timings = JobTimings(
+            queue_wait_s=_seconds_between(job.created_at, job.started_at),
+            fetch_s=round(done.fetch_s, 6),
+            batch_wait_s=round(done.batch.batch_wait_s, 6),
+            generate_s=round(done.batch.generate_s, 6),
+            batch_size=done.batch.batch_size,
+            batch_id=done.batch.batch_id,
+            total_s=_seconds_between(job.created_at, finished_at),
+        )
+        ended = await self._end(
+            job, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
+            caption=done.caption, model=self.model_name, finished_at=finished_at, timings=timings,
+        )  # fmt: skip
+        if ended is None:
+            return None
+        metrics.JOB_FETCH.observe(done.fetch_s)
+        metrics.JOB_BATCH_WAIT.observe(done.batch.batch_wait_s)
+        return JobStatus.SUCCEEDED
+
+    async def _fail(self, job: Job, exc: CaptionizerError) -> JobStatus | None:
+        upstream_status = exc.extra.get("upstream_status")
+        error = JobErrorInfo(
+            code=exc.code,
+            message=exc.message,
+            upstream_status=upstream_status if isinstance(upstream_status, int) else None,
+        )
+        finished_at = utc_now()
+        timings = job.timings.model_copy(
+            update={
+                "queue_wait_s": _seconds_between(job.created_at, job.started_at),
+                "total_s": _seconds_between(job.created_at, finished_at),
+            }
+        )
+        ended = await self._end(
+            job, JobStatus.FAILED, [JobStatus.RUNNING], error=error, finished_at=finished_at, timings=timings
+        )
+        return JobStatus.FAILED if ended is not None else None
+
+    async def _end(self, job: Job, status: JobStatus, sources: list[JobStatus], **fields: Any) -> Job | None:
+        """Write a final status; None when the job had moved on (e.g. canceled meanwhile)."""
+        fields["stage"] = None
+        if not await self.store.transition(job.id, status, from_status=sources, **fields):
+            logger.info("result discarded", extra={"job_id": job.id, "status": str(status)})
+            return None
+        ended = job.model_copy(update={**fields, "status": status})
+        if job.source == "upload":
+            await self.store.delete_upload(job.id)
+        self._record(ended)
+        await self.on_event(ended, status)
+        return ended
+
+    def _record(self, job: Job) -> None:
+        code = job.error.code if job.error else ""
+        metrics.JOBS_FINISHED.labels(status=str(job.status), code=code).inc()
+        if job.timings.queue_wait_s is not None:
+            metrics.JOB_QUEUE_WAIT.observe(job.timings.queue_wait_s)
+        if job.timings.total_s is not None:
+            metrics.JOB_DURATION.observe(job.timings.total_s)
+        logger.info(
+            "job ended",
+            extra={
+                "job_id": job.id,
+                "status": str(job.status),
+                "code": code or None,
+                "batch_id": job.timings.batch_id,
+                "duration_s": job.timings.total_s,
+            },
+        )
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 6)

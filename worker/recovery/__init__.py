@@ -1,0 +1,1 @@
+"""Recovery from dying workers: the running-jobs registry, redelivered jobs run alone, lost messages queued again."""
