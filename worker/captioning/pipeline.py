@@ -25,7 +25,7 @@ from shared.settings import Settings
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, BatchResult
 from worker.captioning.prompts import PromptShares
-from worker.intake.fetch_shares import FetchShares
+from worker.intake.fetch_shares import FetchShares, origin_of
 from worker.recovery.redelivery import DeliveryGate
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,9 @@ class JobRunner:
             return data
         if job.image_url is None:
             raise InternalError("the job has neither an image URL nor an upload")
-        # A key with images on slow hosts waits for its own fetches, never holds all of them (worker.intake.fetch_shares).
-        async with self.fetches.hold(job.owner):
+        # A key with images on slow hosts waits for its own fetches, never holds all of them, and a fetch
+        # waiting for a busy host's connection holds nothing meanwhile (worker.intake.fetch_shares).
+        async with self.fetches.hold(job.owner, origin_of(job.image_url)):
             return await self.fetch(job.image_url)
 
     async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:
