@@ -8,6 +8,7 @@ GPU worker. What to deliver and when (retries, each key's share of deliveries) i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import secrets
@@ -21,7 +22,7 @@ from shared.intake.urls import validate_url
 from shared.jobs.model import WebhookState
 from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.webhooks.delivery import WebhookDelivery, is_final_event
+from shared.webhooks.delivery import SendTask, WebhookDelivery, enqueue_delivery, is_final_event
 from shared.webhooks.secrets import WebhookSecrets
 from worker.webhooks.requests import AttemptResult, SessionFactory, make_webhook_session, post_delivery, sign_headers
 from worker.webhooks.schedule import DeliverySlots, RetrySchedule
@@ -92,6 +93,8 @@ class WebhookDeliverer:
     open_session: SessionFactory = make_webhook_session
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    #: Queues a woken delivery at once (Celery's ``send_task``); None leaves it to the retry mover.
+    send_task: SendTask | None = None
     secrets: WebhookSecrets = field(init=False)
     slots: DeliverySlots = field(init=False)
 
@@ -117,7 +120,18 @@ class WebhookDeliverer:
         try:
             return await self._deliver(delivery)
         finally:
-            await self.slots.release(delivery.owner, token, self.clock())
+            await self._release(delivery.owner, token)
+
+    async def _release(self, owner: str, token: str) -> None:
+        """Give the slot back; the owner's oldest waiting delivery, woken by it, is queued at once."""
+        now_s = self.clock()
+        if self.send_task is None:  # no queue at hand: the retry mover queues it within a poll
+            await self.slots.release(owner, token, now_s)
+            return
+        # On the schedule under a lease meanwhile: should this worker die before queueing it, the mover will.
+        for woken in await self.slots.release(owner, token, now_s, due_s=now_s + self.schedule.lease_s):
+            await asyncio.to_thread(enqueue_delivery, self.send_task, self.store.keys, woken)
+            await self.schedule.remove_claimed(woken, now_s)
 
     async def _deliver(self, delivery: WebhookDelivery) -> WebhookState:
         owns_record = await self._mark_delivering(delivery)

@@ -152,19 +152,22 @@ return 0
 """
 # KEYS[1] the owner's slots, KEYS[2] its waiting deliveries, KEYS[3] the owners with waiting deliveries,
 # KEYS[4] the retry schedule. ARGV[1] now, ARGV[2] the limit (0: none), ARGV[3] most to wake, ARGV[4] the
-# owner, ARGV[5] when to look at the owner again, ARGV[6] the token of a slot to give back ('' for none).
-# Wakes as many waiting deliveries, oldest first, as there are free slots (at most ARGV[3]) by scheduling
-# them due now; the retry mover queues them. Returns how many it woke.
+# owner, ARGV[5] when to look at the owner again, ARGV[6] the token of a slot to give back ('' for none),
+# ARGV[7] the score the woken deliveries get on the retry schedule.
+# Wakes as many waiting deliveries, oldest first, as there are free slots (at most ARGV[3]), moving them
+# onto the retry schedule (so a caller that dies before queueing them loses nothing), and returns them.
 _RELEASE_AND_WAKE_LUA = """
 if ARGV[6] ~= '' then redis.call('ZREM', KEYS[1], ARGV[6]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local free = tonumber(ARGV[3])
 if tonumber(ARGV[2]) > 0 then free = math.min(free, tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])) end
-local woken = 0
+local woken = {}
 if free > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[2], free)
-  for i = 1, #popped, 2 do redis.call('ZADD', KEYS[4], ARGV[1], popped[i]) end
-  woken = #popped / 2
+  for i = 1, #popped, 2 do
+    redis.call('ZADD', KEYS[4], ARGV[7], popped[i])
+    woken[#woken + 1] = popped[i]
+  end
 end
 if redis.call('ZCARD', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[4])
@@ -180,8 +183,8 @@ class DeliverySlots:
 
     One key's slow receiver then holds at most ``limit`` of the webhook threads, and every other key's
     deliveries still go out. A delivery that finds its owner's slots full waits in the owner's waiting
-    set, costing nothing while it waits: the attempt that frees a slot moves the oldest waiting delivery
-    onto the retry schedule, due now. So each waiting delivery costs one deferral per slot freed, never
+    set, costing nothing while it waits: the attempt that frees a slot takes the oldest waiting delivery
+    out and queues it (through the retry schedule, under a lease, so a crash loses nothing). So each waiting delivery costs one deferral per slot freed, never
     one per second. Should a slot's holder die instead, its lease ends and :meth:`wake_due` (run by the
     retry mover, in bounded pages) wakes the owner's waiting deliveries after at most one lease.
     """
@@ -205,11 +208,18 @@ class DeliverySlots:
         ]  # fmt: skip
         return bool(await self._take_or_wait(keys=keys, args=args))
 
-    async def release(self, owner: str, token: str, now_s: float) -> int:
-        """Give back the slot held under ``token`` and wake the owner's oldest waiting delivery; returns how many woke."""
+    async def release(
+        self, owner: str, token: str, now_s: float, *, due_s: float | None = None
+    ) -> list[WebhookDelivery]:
+        """Give back the slot held under ``token`` and wake the owner's oldest waiting delivery.
+
+        The woken delivery is put on the retry schedule at ``due_s`` (default: now, for the mover to
+        queue); a caller that queues it itself passes a lease end, then takes it off with
+        :meth:`RetrySchedule.remove_claimed`. Returns the woken deliveries (at most one).
+        """
         if self.limit <= 0:
-            return 0
-        return await self._wake(owner, now_s, most=1, token=token)
+            return []
+        return await self._wake(owner, now_s, most=1, token=token, due_s=now_s if due_s is None else due_s)
 
     async def wake_due(self, now_s: float, page: int = 100) -> int:
         """Wake the waiting deliveries of owners not looked at for a lease (their slots' holders died), a page at a time."""
@@ -219,13 +229,14 @@ class DeliverySlots:
         woken = 0
         for raw in owners:
             owner = raw.decode() if isinstance(raw, bytes) else str(raw)
-            woken += await self._wake(owner, now_s, most=self.limit, token="")
+            woken += len(await self._wake(owner, now_s, most=self.limit, token="", due_s=now_s))
         return woken
 
-    async def _wake(self, owner: str, now_s: float, *, most: int, token: str) -> int:
+    async def _wake(self, owner: str, now_s: float, *, most: int, token: str, due_s: float) -> list[WebhookDelivery]:
         keys = [
             self.keys.webhook_slots(owner), self.keys.webhook_waiting(owner),
             self.keys.webhook_waiting_owners(), self.keys.webhook_schedule(),
         ]  # fmt: skip
-        args: list[float | int | str] = [now_s, self.limit, most, owner, now_s + self.lease_s, token]
-        return int(await self._release_and_wake(keys=keys, args=args))
+        args: list[float | int | str] = [now_s, self.limit, most, owner, now_s + self.lease_s, token, due_s]
+        woken = await self._release_and_wake(keys=keys, args=args)
+        return [WebhookDelivery.model_validate_json(member) for member in woken]
