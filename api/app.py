@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api.admission import JobSubmitter
+from api.admission import Admission
 from api.batches.closer import BatchCloser
 from api.batches.service import BatchSubmitter
 from api.broker.publisher import TaskQueue
@@ -110,7 +110,7 @@ def build_services(settings: Settings) -> Services:
     key_ring = KeyRing.from_settings(settings)
     if not len(key_ring) and not settings.allow_anonymous:
         logger.warning("no API keys configured and allow_anonymous is off: every job request will get 401")
-    submitter = JobSubmitter(settings, store, queue)
+    admission = Admission(settings, store, queue)
     batch_store = BatchStore(redis, keys, settings.job_ttl_s)
     return Services(
         settings=settings,
@@ -119,11 +119,11 @@ def build_services(settings: Settings) -> Services:
         store=store,
         queue=queue,
         job_events=JobEvents(events_redis, keys),
-        submitter=submitter,
+        admission=admission,
         key_ring=key_ring,
         rate_limiter=RateLimiter.from_settings(redis, settings),
         read_rate_limiter=RateLimiter.reads_from_settings(redis, settings),
         batch_store=batch_store,
-        batch_submitter=BatchSubmitter(settings, submitter, store, batch_store, queue.send_task),
+        batch_submitter=BatchSubmitter(settings, admission, store, batch_store, queue.send_task),
         batch_closer=BatchCloser(redis, keys, batch_store, queue.send_task),
     )

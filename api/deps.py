@@ -12,7 +12,7 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from api.admission import JobSubmitter
+from api.admission import Admission
 from api.batches.service import BatchSubmitter
 from api.broker.publisher import TaskQueue
 from api.http.auth import ANONYMOUS_OWNER, Caller, check_same_origin
@@ -84,9 +84,9 @@ async def get_job_events(request: Request) -> JobEvents:
     return services_of(request).job_events
 
 
-async def get_submitter(request: Request) -> JobSubmitter:
-    """Validates, stores and queues new jobs."""
-    return services_of(request).submitter
+async def get_admission(request: Request) -> Admission:
+    """The one door every job comes in through."""
+    return services_of(request).admission
 
 
 async def get_batch_store(request: Request) -> BatchStore:
@@ -113,7 +113,7 @@ async def get_webhook_secrets(store: Store, settings: AppSettings) -> WebhookSec
 
 WebhookSecretStore = Annotated[WebhookSecrets, Depends(get_webhook_secrets)]
 Events = Annotated[JobEvents, Depends(get_job_events)]
-Submitter = Annotated[JobSubmitter, Depends(get_submitter)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
 Batches = Annotated[BatchStore, Depends(get_batch_store)]
 BatchSubmitterDep = Annotated[BatchSubmitter, Depends(get_batch_submitter)]
 

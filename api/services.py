@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from api.admission import JobSubmitter
+from api.admission import Admission
 from api.batches.closer import BatchCloser
 from api.batches.service import BatchSubmitter
 from api.broker.publisher import TaskQueue
@@ -30,7 +30,7 @@ class Services:
     store: JobStore
     queue: TaskQueue
     job_events: JobEvents
-    submitter: JobSubmitter
+    admission: Admission
     key_ring: KeyRing
     #: The submit budget (creating and canceling jobs).
     rate_limiter: RateLimiter

@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image
 
 from shared.errors import QueueUnavailable
+from shared.keys import CAPTION_CHUNK_TASK
 from shared.webhooks.delivery import WebhookDelivery
 from worker.webhooks.schedule import RetrySchedule
 
@@ -88,8 +89,9 @@ class FakeCaptioner:
 class FakeQueue:
     """Records the job ids the API queued; ``fail`` makes it behave like an unreachable broker."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, bulk_queue: str = "captionizer-test-captions-bulk") -> None:
         self.fail = fail
+        self.bulk_queue = bulk_queue
         self.queued: list[str] = []
         self.sent: list[tuple[str, list[Any], str]] = []
 
@@ -101,6 +103,16 @@ class FakeQueue:
     def send_task(self, name: str, *, args: list[Any], queue: str, argsrepr: str | None = None) -> object:
         self.sent.append((name, args, queue))
         return None
+
+    async def enqueue_item_messages(self, job_ids: Sequence[str], items_per_message: int) -> list[str]:
+        """As TaskQueue's: the messages on the bulk queue; with ``fail``, every id comes back unsent."""
+        if self.fail:
+            return list(job_ids)
+        for first in range(0, len(job_ids), items_per_message):
+            self.send_task(
+                CAPTION_CHUNK_TASK, args=[list(job_ids[first : first + items_per_message])], queue=self.bulk_queue
+            )
+        return []
 
     def close(self) -> None:
         pass

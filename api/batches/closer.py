@@ -1,7 +1,7 @@
 """Closing ended batches and compacting ended results chunks, in the API process.
 
 The item that ends a batch pushes its id on a list, and the item that ends a results
-chunk pushes ``<batch_id>:<chunk>`` on another (``shared.batches.counts``). One API process
+chunk pushes ``<batch_id>:<chunk>`` on another (``shared/jobs/transition.lua``). One API process
 takes each entry with ``LMOVE`` onto a working list and removes it only when done, so an
 API killed mid-way leaves it to be done again at the next start (twice is harmless:
 compaction is idempotent and the webhook's id is derived from the batch).
@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
 from redis.asyncio import Redis
 
 from shared.background import BackgroundTask
+from shared.batches.model import Batch, BatchPublic
 from shared.batches.store import BatchStore
 from shared.jobs.model import utc_now
 from shared.jobs.store import REDIS_ERRORS
 from shared.keys import Keys
-from shared.webhooks.delivery import SendTask, batch_delivery, enqueue_delivery
+from shared.webhooks.delivery import SendTask, WebhookDelivery, build_event, enqueue_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,16 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.5
 # After Redis errors, wait this long before trying again (the API serves 503s meanwhile).
 _RETRY_AFTER_ERROR_S = 1.0
+
+
+def batch_delivery(batch: Batch, now: datetime) -> WebhookDelivery:
+    """The batch's own event (``batch.completed`` or ``batch.canceled``), built by the one builder, signed as its owner."""
+    if batch.webhook_url is None:
+        raise ValueError(f"batch {batch.id} has no webhook_url")
+    data = BatchPublic.from_batch(batch).model_dump(mode="json")
+    return build_event(
+        subject_id=batch.id, owner=batch.owner, url=batch.webhook_url, event=f"batch.{batch.state}", data=data, now=now
+    )
 
 
 class BatchCloser:

@@ -8,15 +8,18 @@ the app's asyncio Redis client; every other task (webhooks, batch chunks) goes t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import anyio.to_thread
 from celery import Celery
+from kombu.exceptions import KombuError
 from redis.asyncio import Redis
 
 from api.broker.task_messages import event_topic, node_name, task_message, task_sent_event
 from shared.broker.config import celery_config
-from shared.jobs.store import map_redis_errors
-from shared.keys import CAPTION_TASK, Keys
+from shared.jobs.store import REDIS_ERRORS, map_redis_errors
+from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,27 @@ class TaskQueue:
         with map_redis_errors("the task queue (Redis)"):
             await self._publish(keys=keys, args=[message, event, binding])
         self._declared = True
+
+    async def enqueue_item_messages(self, job_ids: Sequence[str], items_per_message: int) -> list[str]:
+        """Queue a batch's items on the bulk queue, ``items_per_message`` job ids per task message, in order.
+
+        Returns the ids whose message was not sent (empty when all went): the caller fails them, so
+        the batch still ends. One thread hop for every message: kombu's publish blocks on the broker.
+        """
+        messages = [list(job_ids[i : i + items_per_message]) for i in range(0, len(job_ids), items_per_message)]
+        sent = await anyio.to_thread.run_sync(self._send_messages, messages)
+        return [job_id for message in messages[sent:] for job_id in message]
+
+    def _send_messages(self, messages: list[list[str]]) -> int:
+        """Send task messages in order; how many went before the first that did not."""
+        queue = self.keys.bulk_queue()
+        for number, message in enumerate(messages):
+            try:
+                self.send_task(CAPTION_CHUNK_TASK, args=[message], queue=queue)
+            except (KombuError, *REDIS_ERRORS):
+                logger.warning("a task message of batch items could not be sent", exc_info=True)
+                return number
+        return len(messages)
 
     def close(self) -> None:
         """Release the broker connections."""

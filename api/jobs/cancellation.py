@@ -7,8 +7,10 @@ finds its own final transition refused and drops the caption (``worker.captionin
 
 from __future__ import annotations
 
+import functools
 import logging
 
+from shared.completion import Completion
 from shared.errors import JobNotCancelable, JobNotFound
 from shared.jobs.model import Job, JobStatus, utc_now
 from shared.jobs.store import JobStore
@@ -30,19 +32,15 @@ async def cancel_job(store: JobStore, send_task: SendTask, job: Job) -> Job:
     """
     if job.status.is_final:
         raise _not_cancelable(job)
-    canceled = await store.transition(
-        job.id, JobStatus.CANCELED, from_status=CANCELABLE, finished_at=utc_now(), stage=None
-    )
+    completion = Completion(store, functools.partial(dispatch_webhook, store, send_task))
+    canceled = await completion.end(job, JobStatus.CANCELED, CANCELABLE, finished_at=utc_now(), stage=None)
     current = await store.get(job.id)
     if current is None:
         raise JobNotFound(f"no job {job.id}", job_id=job.id)
-    if not canceled:
+    if canceled is None:
         # It ended between our read and the transition: whatever it ended as stands.
         raise _not_cancelable(current)
     logger.info("job canceled", extra={"job_id": job.id, "from_status": str(job.status)})
-    if current.source == "upload":
-        await store.delete_upload(job.id)
-    await dispatch_webhook(store, send_task, current, JobStatus.CANCELED)
     return current
 
 

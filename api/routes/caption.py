@@ -11,7 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AppSettings, CurrentCaller, Events, Store, Submitter
+from api.admission import Door
+from api.deps import AdmissionDep, AppSettings, CurrentCaller, Events, Store
 from api.http.auth import CALLER_ERRORS
 from api.http.problems import problem_responses
 from api.http.security import EDGE_ERRORS
@@ -47,13 +48,13 @@ async def caption_url(
         str, Query(max_length=2048, description="http(s) URL of the image.", examples=["https://example.com/cat.jpg"])
     ],
     caller: CurrentCaller,
-    submitter: Submitter,
+    admission: AdmissionDep,
     store: Store,
     events: Events,
     settings: AppSettings,
 ) -> str:
     """Caption the image at ``url``: 200 with the caption, the job's error, or 504 after ``caption_wait_s``."""
-    job = await submitter.submit(JobCreate(image_url=url), caller.owner)
+    job = await admission.admit_job(JobCreate(image_url=url), caller.owner, Door.CAPTION)
     done = await events.wait_until_final(store, job.id, settings.caption_wait_s)
     if done is None or not done.status.is_final:
         raise WaitTimedOut(

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.admission import Door
 from api.deps import (
     CurrentCaller,
     EventsPosition,
@@ -162,7 +163,7 @@ async def create_job(
     body, upload = await _read_submission(request, services.settings)
     # Taken before the job exists (or, replayed, is read): a later end is one the listener sees.
     since = services.job_events.position()
-    job = await services.submitter.submit(body, caller.owner, upload, idempotency_key=idempotency_key)
+    job = await services.admission.admit_job(body, caller.owner, Door.JOB, upload, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     wait_s = preferred_wait_s(request.headers.getlist("prefer"))
     if wait_s is not None:

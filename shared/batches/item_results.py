@@ -2,7 +2,7 @@
 
 Items are grouped in results chunks of ``RESULTS_CHUNK_ITEMS`` consecutive indexes. The
 transition script counts each chunk's ended items and lists the chunk when its last item
-ends (``shared.batches.counts``); the API then compacts it (:meth:`ItemResults.compact_chunk`):
+ends (``shared/jobs/transition.lua``); the API then compacts it (:meth:`ItemResults.compact_chunk`):
 its rows go to :class:`FinishedResults`, the batch hash notes ``k:<chunk>``, and the item
 records go. A running batch so keeps full job records only for chunks with an item still to
 end; its last chunk, usually partial, is compacted when the batch ends (:meth:`ItemResults.compact`).

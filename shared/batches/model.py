@@ -83,6 +83,13 @@ class BatchItemCreate(BaseModel):
         None, max_length=MAX_REF_CHARS, description="Your reference for this item (a file name, a product id), echoed."
     )
 
+    @model_validator(mode="after")
+    def _one_image(self) -> BatchItemCreate:
+        # The shape of the request, so it refuses the request whole (an item's content fails that item alone).
+        if (self.image_url is None) == (self.image_base64 is None):
+            raise ValueError("give exactly one image per item: image_url or image_base64")
+        return self
+
 
 class BatchItems(BaseModel):
     """Items to add to a batch, and whether more will follow (``POST /v1/batches/{id}/items``).

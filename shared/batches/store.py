@@ -1,10 +1,10 @@
-"""Batch records in Redis: creating a batch and its item jobs in one pipeline, its counts, and its results.
+"""Batch records in Redis: a batch's hash, its items (created as jobs by the one create script), counts and results.
 
 A batch is a hash: its options, ``total`` items, ``done`` items, a count per job
 status (``n:<status>``) and its timings (epoch seconds). Its items are ordinary job
 records (so ``/v1/jobs/{id}`` and the worker see jobs), whose ``batch_id`` lets
 :meth:`shared.jobs.store.JobStore.transition` keep the counts current
-(``shared.batches.counts``). As each results chunk's items all end, and when the batch
+(``shared/jobs/transition.lua``). As each results chunk's items all end, and when the batch
 ends, their results are compacted into :class:`shared.batches.results.FinishedResults`
 and the item records are deleted (``shared.batches.item_results``).
 """
@@ -18,24 +18,50 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.batches.counts import CLOSE_BATCH_LUA, RESERVE_IN_FLIGHT_LUA
 from shared.batches.item_results import ItemResults
 from shared.batches.model import Batch, BatchItemResult, parse_item_job_id
 from shared.batches.results import FinishedResults, RedisFinishedResults
 from shared.errors import BatchClosed, BatchNotFound
 from shared.jobs.model import Job, JobStatus
-from shared.jobs.store import encode_fields, map_redis_errors
+from shared.jobs.shares import OwnerShares
+from shared.jobs.store import JobStore, map_redis_errors
 from shared.keys import Keys
+
+# KEYS[1] the batch hash, KEYS[2] the ended-batches list; ARGV[1] the batch id.
+# Closing a batch to new items: if every item it holds has already ended, it ends now.
+# Returns 0 when the batch is missing, 1 when closed with items still to end, 2 when it ended.
+_CLOSE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HDEL', KEYS[1], 'open') == 0 then return 1 end
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if done < total then return 1 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'finished_at', t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 2
+"""
 
 # How QueueUnavailable names this store.
 _WHAT = "the batch store (Redis)"
 
-# KEYS[1] the batch hash; ARGV[1] items to add. Returns the first new index, -1 when the
-# batch is missing and -2 when it is closed to new items.
+# KEYS[1] the batch hash; ARGV[1] items to add. Counts them as queued already (their jobs are created
+# next, by create.lua). Returns the first new index, -1 when the batch is missing and -2 when it is
+# closed to new items.
 _ALLOCATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'open') == 0 then return -2 end
+redis.call('HINCRBY', KEYS[1], 'n:queued', tonumber(ARGV[1]))
 return redis.call('HINCRBY', KEYS[1], 'total', tonumber(ARGV[1])) - tonumber(ARGV[1])
+"""
+# KEYS[1] the batch hash; ARGV[1] the first index allocated, ARGV[2] how many. Gives an allocation
+# whose items were never created back, if no later allocation follows it. Returns 1 when given back,
+# 0 when another allocation came after it (the caller then creates its items failed, so none is missing).
+_RELEASE_LUA = """
+if tonumber(redis.call('HGET', KEYS[1], 'total') or '-1') ~= tonumber(ARGV[1]) + tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'n:queued', -tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[1], 'total', -tonumber(ARGV[2]))
+return 1
 """
 
 
@@ -56,23 +82,25 @@ class BatchStore:
         self.ttl_s = ttl_s
         self.results: FinishedResults = results or RedisFinishedResults(redis, keys)
         self.item_results = ItemResults(redis, keys, self.results, self.get)
-        self._reserve = redis.register_script(RESERVE_IN_FLIGHT_LUA)
+        self.jobs = JobStore(redis, keys, ttl_s)
         self._allocate = redis.register_script(_ALLOCATE_LUA)
-        self._close = redis.register_script(CLOSE_BATCH_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._close = redis.register_script(_CLOSE_LUA)
 
-    async def reserve_in_flight(self, owner: str, count: int, cap: int) -> bool:
-        """Count ``count`` more items in flight for ``owner``; False (nothing counted) beyond ``cap``."""
-        with map_redis_errors(_WHAT):
-            reserved = await self._reserve(keys=[self.keys.items_in_flight(owner)], args=[count, cap, self.ttl_s])
-        return int(reserved) >= 0
+    async def create(
+        self,
+        batch: Batch,
+        items: Sequence[Job],
+        uploads: Mapping[str, bytes],
+        upload_ttl_s: int,
+        shares: OwnerShares | None = None,
+    ) -> None:
+        """Store the batch, then its first items (queued) through the one create script; all or nothing.
 
-    async def release_in_flight(self, owner: str, count: int) -> None:
-        """Undo a reservation whose items were never stored."""
-        with map_redis_errors(_WHAT):
-            await self.redis.decrby(self.keys.items_in_flight(owner), count)
-
-    async def create(self, batch: Batch, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int) -> None:
-        """Store the batch and its first items (queued), in one transaction of a few round trips."""
+        Raises:
+            OwnerQuotaExceeded, QueueFull, TooManyItemsInFlight: a quota of the key is full; nothing is stored.
+            QueueUnavailable: Redis cannot be reached.
+        """
         fields: dict[str, Any] = {
             "owner": batch.owner,
             "total": batch.total,
@@ -84,7 +112,7 @@ class BatchStore:
             "created_at": _epoch(batch.created_at),
             "expires_at": _epoch(batch.expires_at),
             "inflight_key": self.keys.items_in_flight(batch.owner),
-            f"n:{JobStatus.QUEUED}": 0,
+            f"n:{JobStatus.QUEUED}": len(items),
         }
         if batch.is_open:
             fields["open"] = 1
@@ -93,8 +121,14 @@ class BatchStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
-                self._queue_items(pipe, batch.id, items, uploads, upload_ttl_s)
                 await pipe.execute()
+        try:
+            await self.jobs.create_many(items, uploads, upload_ttl_s=upload_ttl_s, shares=shares, is_batch=True)
+        except Exception:
+            # Nobody knows the batch's id yet: refused, it leaves nothing behind.
+            with map_redis_errors(_WHAT):
+                await self.redis.delete(key)
+            raise
 
     async def allocate(self, batch_id: str, count: int) -> int:
         """Reserve ``count`` indexes at the end of an open batch; returns the first.
@@ -112,29 +146,29 @@ class BatchStore:
         return first
 
     async def add_items(
-        self, batch_id: str, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int
+        self, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int, shares: OwnerShares
     ) -> None:
-        """Store items whose indexes :meth:`allocate` reserved."""
-        with map_redis_errors(_WHAT):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                self._queue_items(pipe, batch_id, items, uploads, upload_ttl_s)
-                await pipe.execute()
+        """Store items whose indexes :meth:`allocate` reserved (refused: see :meth:`release`).
 
-    def _queue_items(
-        self, pipe: Any, batch_id: str, items: Sequence[Job], uploads: Mapping[str, bytes], upload_ttl_s: int
-    ) -> None:
-        # What JobStore.create does per job, for many jobs in one pipeline; None fields are
-        # left out (Job's defaults fill them when read), which keeps each record small.
-        for job in items:
-            key = self.keys.job(job.id)
-            pipe.hset(key, mapping=encode_fields(job.model_dump(mode="json", exclude_none=True)))
-            pipe.expire(key, self.ttl_s)
-            if job.id in uploads:
-                pipe.set(self.keys.upload(job.id), uploads[job.id], ex=upload_ttl_s)
-        pipe.hincrby(self.keys.batch(batch_id), f"n:{JobStatus.QUEUED}", len(items))
-        pipe.hincrby(self.keys.job_counts(), f"entered:{JobStatus.QUEUED}", len(items))
-        pipe.hincrby(self.keys.job_counts(), f"current:{JobStatus.QUEUED}", len(items))
-        pipe.zadd(self.keys.queued_jobs(), {job.id: job.created_at.timestamp() for job in items})
+        Raises:
+            OwnerQuotaExceeded, QueueFull, TooManyItemsInFlight: a quota of the key is full; nothing was stored.
+            QueueUnavailable: Redis cannot be reached.
+        """
+        await self.jobs.create_many(items, uploads, upload_ttl_s=upload_ttl_s, shares=shares, is_batch=True)
+
+    async def release(self, batch_id: str, first: int, count: int) -> bool:
+        """Give back indexes whose items were refused; False when a later allocation follows them.
+
+        Then the caller stores them anyway (:meth:`add_placeholders`) and fails them, so the batch's
+        count of items still ends.
+        """
+        with map_redis_errors(_WHAT):
+            return bool(await self._release(keys=[self.keys.batch(batch_id)], args=[first, count]))
+
+    async def add_placeholders(self, items: Sequence[Job]) -> None:
+        """Store refused items without their images, counted in flight (uncapped), for the caller to fail."""
+        uncapped = OwnerShares(max_items_in_flight=2**53)
+        await self.jobs.create_many(items, {}, upload_ttl_s=1, shares=uncapped, is_batch=True)
 
     async def close(self, batch_id: str) -> bool:
         """Take no more items; True when that ended the batch (every item had already ended)."""

@@ -127,15 +127,54 @@ class JobStore:
                 already fill ``max_total_upload_bytes``.
             QueueUnavailable: Redis cannot be reached, or is full.
         """
+        uploads = {job.id: upload} if upload else {}
+        await self.create_many(
+            [job], uploads, upload_ttl_s=upload_ttl_s, shares=shares, max_queue_depth=max_queue_depth
+        )
+
+    async def create_many(
+        self,
+        jobs: Sequence[Job],
+        uploads: Mapping[str, bytes],
+        *,
+        upload_ttl_s: int,
+        shares: OwnerShares | None = None,
+        max_queue_depth: int = 0,
+        is_batch: bool = False,
+    ) -> None:
+        """Store jobs of one owner, all or none, in one run of ``create.lua`` (every door comes here).
+
+        A batch's items (``is_batch``) count as items in flight (``shares.max_items_in_flight``)
+        instead of on the queue share, are not listed in the owner's job index, and are stored
+        without their empty fields; their uploads count on the upload share like any job's.
+
+        Raises:
+            OwnerQuotaExceeded, QueueFull, TooManyItemsInFlight: a quota is full; nothing was stored.
+            QueueUnavailable: Redis cannot be reached, or is full.
+        """
+        if not jobs:
+            return
         limits = shares or OwnerShares()
-        args: list[str | bytes] = [str(self.ttl_s), str(upload_ttl_s), job.owner, str(job.status), job.id]
-        args += [repr(job.created_at.timestamp()), upload or b""]
-        args += [str(limits.max_queued_jobs), str(limits.max_upload_bytes), str(limits.max_total_upload_bytes)]
-        args.append(str(max_queue_depth))
-        for name, value in encode_fields(job.model_dump(mode="json")).items():
-            args += [name, value]
-        keys = [self.keys.job(job.id), self.keys.upload(job.id), self.keys.job_counts(), self.keys.queued_jobs()]
-        keys += [*self._share_keys(), self.keys.owner_jobs(job.owner), self.keys.caption_queue()]
+        owner = jobs[0].owner
+        max_queued = 0 if is_batch else limits.max_queued_jobs
+        max_in_flight = limits.max_items_in_flight if is_batch else 0
+        args: list[str | bytes] = [str(self.ttl_s), str(upload_ttl_s), owner, str(max_queued)]
+        args += [str(limits.max_upload_bytes), str(limits.max_total_upload_bytes), str(max_queue_depth)]
+        args += [str(max_in_flight), "0" if is_batch else "1", str(len(jobs))]
+        keys = [self.keys.job_counts(), self.keys.queued_jobs(), *self._share_keys(), self.keys.owner_jobs(owner)]
+        keys += [self.keys.caption_queue(), self.keys.items_in_flight(owner)]
+        for job in jobs:
+            fields = encode_fields(job.model_dump(mode="json", exclude_none=is_batch))
+            args += [
+                job.id,
+                str(job.status),
+                repr(job.created_at.timestamp()),
+                uploads.get(job.id, b""),
+                str(len(fields)),
+            ]
+            for name, value in fields.items():
+                args += [name, value]
+            keys += [self.keys.job(job.id), self.keys.upload(job.id)]
         with map_redis_errors():
             refused, held = await self._create(keys=keys, args=args)
         if refused:

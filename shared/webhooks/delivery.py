@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from shared.batches.model import Batch, BatchPublic
 from shared.jobs.model import FINAL_STATUSES, Job, JobPublic, JobStatus, WebhookState, utc_now
 from shared.jobs.store import JobStore
 from shared.keys import WEBHOOK_TASK, Keys
@@ -108,16 +107,6 @@ def build_delivery(job: Job, status: JobStatus, now: datetime) -> WebhookDeliver
         event=event_type(status),
         data=data.model_dump(mode="json"),
         now=now,
-    )
-
-
-def batch_delivery(batch: Batch, now: datetime) -> WebhookDelivery:
-    """The batch's own event (``batch.completed`` or ``batch.canceled``), with the batch as ``GET`` shows it."""
-    if batch.webhook_url is None:
-        raise ValueError(f"batch {batch.id} has no webhook_url")
-    data = BatchPublic.from_batch(batch).model_dump(mode="json")
-    return build_event(
-        subject_id=batch.id, owner=batch.owner, url=batch.webhook_url, event=f"batch.{batch.state}", data=data, now=now
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.completion import Completion
 from shared.error_families import CaptionizerError
 from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrashed
 from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobTimings, utc_now
@@ -71,6 +72,8 @@ class JobRunner:
         self.prepare = prepare
         self.model_name = model_name
         self.on_event = on_event
+        # Every end of a job goes through the one completion door; this process adds its metrics.
+        self.completion = Completion(store, on_event, self._record)
         self.gate = gate or DeliveryGate()
         self.prompts = prompts or PromptShares(settings.max_prompts_per_key)
         self.fetches = fetches or FetchShares(settings.max_fetches_per_key)
@@ -199,15 +202,7 @@ class JobRunner:
     async def _end(self, job: Job, status: JobStatus, sources: list[JobStatus], **fields: Any) -> Job | None:
         """Write a final status; None when the job had moved on (e.g. canceled meanwhile)."""
         fields["stage"] = None
-        if not await self.store.transition(job.id, status, from_status=sources, **fields):
-            logger.info("result discarded", extra={"job_id": job.id, "status": str(status)})
-            return None
-        ended = job.model_copy(update={**fields, "status": status})
-        if job.source == "upload":
-            await self.store.delete_upload(job.id)
-        self._record(ended)
-        await self.on_event(ended, status)
-        return ended
+        return await self.completion.end(job, status, sources, **fields)
 
     def _record(self, job: Job) -> None:
         code = job.error.code if job.error else ""

@@ -59,7 +59,7 @@ def api_settings() -> Settings:
 def api_harness(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> ApiHarness:
     """``create_app(api_settings)`` with every Redis client on one fake server and a recording queue."""
     server = FakeServer()
-    queue = FakeQueue()
+    queue = FakeQueue(bulk_queue=Keys(api_settings.key_prefix).bulk_queue())
     redis_class = SimpleNamespace(from_url=lambda *args, **kwargs: FakeAsyncRedis(server=server))
     monkeypatch.setattr(api.app, "Redis", redis_class)
     monkeypatch.setattr(api.app, "TaskQueue", lambda settings, redis: queue)

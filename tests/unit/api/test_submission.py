@@ -1,4 +1,4 @@
-"""JobSubmitter: a request becomes one stored, queued job, or a typed refusal that leaves nothing behind."""
+"""Admission: a request becomes one stored, queued job, or a typed refusal that leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from fakeredis.aioredis import FakeRedis
 from PIL import Image
 
-from api.admission import JobSubmitter, owner_shares
+from api.admission import Admission, Door, owner_shares
 from shared.errors import (
     IdempotencyConflict,
     InvalidRequest,
@@ -30,7 +30,7 @@ from tests.fakes import FakeQueue
 OWNER = "key_0123456789abcdef"
 URL = "https://example.com/a.png"
 
-Scenario = Callable[[JobSubmitter, FakeQueue], Awaitable[None]]
+Scenario = Callable[[Admission, FakeQueue], Awaitable[None]]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -45,7 +45,7 @@ def run(scenario: Scenario, *, settings: Settings | None = None, fail: bool = Fa
         queue = FakeQueue(fail=fail)
         store = JobStore(redis, Keys(chosen.key_prefix), chosen.job_ttl_s)
         try:
-            await scenario(JobSubmitter(chosen, store, queue), queue)  # type: ignore[arg-type]
+            await scenario(Admission(chosen, store, queue), queue)  # type: ignore[arg-type]
         finally:
             await redis.aclose()
 
@@ -59,8 +59,8 @@ def _png_base64() -> str:
 
 
 def test_a_url_request_is_stored_then_queued_with_the_default_length() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
-        job = await submitter.submit(JobCreate(image_url=URL, prompt="a photo of"), OWNER)
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
+        job = await submitter.admit_job(JobCreate(image_url=URL, prompt="a photo of"), OWNER, Door.JOB)
         assert queue.queued == [job.id]
         stored = await submitter.store.get(job.id)
         assert stored is not None and stored.status is JobStatus.QUEUED and stored.owner == OWNER
@@ -70,9 +70,9 @@ def test_a_url_request_is_stored_then_queued_with_the_default_length() -> None:
 
 
 def test_a_base64_image_is_decoded_and_kept_as_the_jobs_upload() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
         encoded = _png_base64()
-        job = await submitter.submit(JobCreate(image_base64=encoded), OWNER)
+        job = await submitter.admit_job(JobCreate(image_base64=encoded), OWNER, Door.JOB)
         assert job.source == "upload"
         assert await submitter.store.read_upload(job.id) == base64.b64decode(encoded)
 
@@ -93,9 +93,9 @@ def test_a_base64_image_is_decoded_and_kept_as_the_jobs_upload() -> None:
     ids=["no image", "two images", "long prompt", "too many tokens", "metadata url", "private webhook", "not image"],
 )
 def test_a_refused_request_stores_and_queues_nothing(request_body: dict[str, Any], error: type[Exception]) -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
         with pytest.raises(error):
-            await submitter.submit(JobCreate(**request_body), OWNER)
+            await submitter.admit_job(JobCreate(**request_body), OWNER, Door.JOB)
         assert queue.queued == []
         assert await submitter.store.redis.keys("*") == []
 
@@ -103,8 +103,8 @@ def test_a_refused_request_stores_and_queues_nothing(request_body: dict[str, Any
 
 
 def test_a_blank_prompt_is_no_prompt_and_a_deadline_is_dated_from_creation() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
-        job = await submitter.submit(JobCreate(image_url=URL, prompt="   ", deadline_s=30), OWNER)
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
+        job = await submitter.admit_job(JobCreate(image_url=URL, prompt="   ", deadline_s=30), OWNER, Door.JOB)
         assert job.prompt is None
         assert job.deadline_at is not None and (job.deadline_at - job.created_at).total_seconds() == 30
 
@@ -112,9 +112,9 @@ def test_a_blank_prompt_is_no_prompt_and_a_deadline_is_dated_from_creation() -> 
 
 
 def test_a_job_the_broker_refuses_is_recorded_failed_with_the_reason() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
         with pytest.raises(QueueUnavailable):
-            await submitter.submit(JobCreate(image_url=URL), OWNER)
+            await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB)
         [key] = await submitter.store.redis.keys(submitter.store.keys.job("*"))
         job = await submitter.store.get(key.decode().rsplit(":", 1)[-1])
         assert job is not None and job.status is JobStatus.FAILED
@@ -124,10 +124,10 @@ def test_a_job_the_broker_refuses_is_recorded_failed_with_the_reason() -> None:
 
 
 def test_a_full_queue_is_refused_before_anything_is_stored() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
         await submitter.store.redis.rpush(submitter.store.keys.caption_queue(), "a", "b")
         with pytest.raises(QueueFull) as refused:
-            await submitter.submit(JobCreate(image_url=URL), OWNER)
+            await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB)
         assert refused.value.extra["retry_after_s"] == 10
         assert queue.queued == []
 
@@ -135,26 +135,28 @@ def test_a_full_queue_is_refused_before_anything_is_stored() -> None:
 
 
 def test_the_same_idempotency_key_and_body_make_one_job() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
-        first = await submitter.submit(JobCreate(image_url=URL), OWNER, idempotency_key="k-1")
-        again = await submitter.submit(JobCreate(image_url=URL), OWNER, idempotency_key="k-1")
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
+        first = await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB, idempotency_key="k-1")
+        again = await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB, idempotency_key="k-1")
         assert again.id == first.id and queue.queued == [first.id]
         with pytest.raises(IdempotencyConflict):
-            await submitter.submit(JobCreate(image_url=URL, prompt="other"), OWNER, idempotency_key="k-1")
+            await submitter.admit_job(JobCreate(image_url=URL, prompt="other"), OWNER, Door.JOB, idempotency_key="k-1")
         # Keys are per owner: another owner's same key is a new job.
-        other = await submitter.submit(JobCreate(image_url=URL), "key_fedcba9876543210", idempotency_key="k-1")
+        other = await submitter.admit_job(
+            JobCreate(image_url=URL), "key_fedcba9876543210", Door.JOB, idempotency_key="k-1"
+        )
         assert other.id != first.id
 
     run(scenario)
 
 
 def test_a_key_whose_job_was_never_accepted_can_be_retried() -> None:
-    async def scenario(submitter: JobSubmitter, queue: FakeQueue) -> None:
+    async def scenario(submitter: Admission, queue: FakeQueue) -> None:
         queue.fail = True
         with pytest.raises(QueueUnavailable):
-            await submitter.submit(JobCreate(image_url=URL), OWNER, idempotency_key="k-2")
+            await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB, idempotency_key="k-2")
         queue.fail = False
-        job = await submitter.submit(JobCreate(image_url=URL), OWNER, idempotency_key="k-2")
+        job = await submitter.admit_job(JobCreate(image_url=URL), OWNER, Door.JOB, idempotency_key="k-2")
         assert queue.queued == [job.id]
 
     run(scenario)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 
 import fakeredis.aioredis
 import pytest
 
+import shared.jobs
 from api.batches.closer import BatchCloser
 from shared.batches.model import (
     Batch,
@@ -20,8 +22,9 @@ from shared.batches.model import (
 )
 from shared.batches.results import RESULTS_CHUNK_ITEMS, decode_rows, encode_rows
 from shared.batches.store import BatchStore
-from shared.errors import BatchClosed
+from shared.errors import BatchClosed, OwnerQuotaExceeded, TooManyItemsInFlight
 from shared.jobs.model import Job, JobErrorInfo, JobStatus, utc_now
+from shared.jobs.shares import OwnerShares
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 
@@ -54,8 +57,7 @@ async def make_batch(batches: BatchStore, total: int, *, is_open: bool = False, 
         )
         for i in range(total)
     ]
-    assert await batches.reserve_in_flight(owner, total, cap=100_000)
-    await batches.create(batch, items, {}, upload_ttl_s=60)
+    await batches.create(batch, items, {}, upload_ttl_s=60, shares=OwnerShares(max_items_in_flight=100_000))
     return batch
 
 
@@ -126,13 +128,37 @@ def test_closing_a_batch_whose_items_have_all_ended_ends_it() -> None:
     run(scenario)
 
 
-def test_in_flight_reservations_stop_at_the_cap() -> None:
+def test_items_in_flight_and_upload_bytes_are_counted_by_the_create_script_all_or_nothing() -> None:
     async def scenario(batches: BatchStore, jobs: JobStore, redis: fakeredis.aioredis.FakeRedis) -> None:
-        assert await batches.reserve_in_flight("o", 8, cap=10)
-        assert not await batches.reserve_in_flight("o", 3, cap=10)
-        assert await batches.reserve_in_flight("o", 2, cap=10)
-        await batches.release_in_flight("o", 10)
-        assert await batches.reserve_in_flight("o", 10, cap=10)
+        shares = OwnerShares(max_upload_bytes=100, max_total_upload_bytes=1_000, max_items_in_flight=10)
+        now = utc_now()
+
+        def new_batch(total: int) -> tuple[Batch, list[Job]]:
+            batch = Batch(id=new_batch_id(), owner="o", total=total, max_new_tokens=12, created_at=now, expires_at=now)
+            return batch, [
+                Job(id=item_job_id(batch.id, i), owner="o", source="upload", batch_id=batch.id) for i in range(total)
+            ]
+
+        first, items = new_batch(8)
+        await batches.create(first, items, {items[0].id: b"x" * 60}, upload_ttl_s=60, shares=shares)
+        assert int(await redis.get(KEYS.items_in_flight("o"))) == 8
+        # Three more would pass the cap of 10; two more inline images would pass the upload share of 100.
+        over_cap, items = new_batch(3)
+        with pytest.raises(TooManyItemsInFlight):
+            await batches.create(over_cap, items, {}, upload_ttl_s=60, shares=shares)
+        over_bytes, items = new_batch(2)
+        with pytest.raises(OwnerQuotaExceeded):
+            await batches.create(over_bytes, items, {items[0].id: b"y" * 41}, upload_ttl_s=60, shares=shares)
+        # Refused, they left nothing: no batch, no item, no upload, no count.
+        for refused in (over_cap, over_bytes):
+            assert await batches.get(refused.id) is None
+            assert await jobs.get(item_job_id(refused.id, 0)) is None
+            assert await redis.exists(KEYS.upload(item_job_id(refused.id, 0))) == 0
+        assert int(await redis.get(KEYS.items_in_flight("o"))) == 8
+        assert int(await redis.hget(KEYS.owner_upload_bytes(), "o")) == 60
+        # Ending the item with the upload gives its bytes back.
+        await finish(jobs, item_job_id(first.id, 0))
+        assert int(await redis.hget(KEYS.owner_upload_bytes(), "o")) == 0
 
     run(scenario)
 
@@ -262,3 +288,9 @@ def test_the_closer_compacts_listed_chunks_and_picks_up_what_a_dead_api_left() -
         assert await redis.exists(KEYS.job(item_job_id(batch.id, 0))) == 0
 
     run(scenario)
+
+
+def test_the_status_script_segments_results_as_the_compaction_reads_them() -> None:
+    # transition.lua counts each results segment's ended items; its size must be the readers' own.
+    lua = (Path(shared.jobs.__file__).parent / "transition.lua").read_text()
+    assert f"local RESULTS_CHUNK_ITEMS = {RESULTS_CHUNK_ITEMS}\n" in lua
