@@ -36,6 +36,8 @@ class ServiceSnapshot:
     job_counts: dict[str, int] = field(default_factory=dict)
     caption_queue_depth: int = 0
     bulk_queue_depth: int = 0
+    #: Batch chunk messages waiting in the keys' backlogs for their turn on the bulk queue.
+    bulk_backlog_depth: int = 0
     #: Jobs the caption workers hold a task message for (running, or waiting in a chunk in hand).
     jobs_in_hand: int = 0
     webhook_queue_depth: int = 0
@@ -61,12 +63,14 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
             counts, captions, bulk, webhooks, retries, outcomes, waiting = await pipe.execute()
         workers = await WorkerHeartbeats(redis, keys).read_ready()
         in_hand = await read_jobs_in_hand(redis, keys)
+        backlog = await read_backlog_depth(redis, keys)
     except REDIS_ERRORS:
         return ServiceSnapshot(redis_up=False)
     return ServiceSnapshot(
         job_counts=_int_values(counts),
         caption_queue_depth=int(captions),
         bulk_queue_depth=int(bulk),
+        bulk_backlog_depth=backlog,
         jobs_in_hand=in_hand,
         webhook_queue_depth=int(webhooks),
         webhook_keys_waiting=int(waiting),
@@ -92,14 +96,28 @@ async def read_jobs_in_hand(redis: Redis, keys: Keys) -> int:
     return sum(int(size) for size in sizes)
 
 
+async def read_backlog_depth(redis: Redis, keys: Keys) -> int:
+    """Chunk messages in every key's bulk backlog (shared.broker.bulk_backlog): the ring, then one LLEN per key."""
+    owners: list[bytes | str] = await redis.lrange(keys.bulk_ring(), 0, -1)  # type: ignore[misc]
+    if not owners:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.llen(keys.bulk_backlog(_text(owner)))
+        lengths = await pipe.execute()
+    return sum(int(length) for length in lengths)
+
+
 def outstanding_work(snapshot: ServiceSnapshot) -> int:
-    """Everything the caption workers have yet to finish: both queues' messages and the jobs they hold.
+    """Everything the caption workers have yet to finish: queued and backlogged messages, and jobs in hand.
 
     A bulk message is a chunk of several items and an interactive one a single job, so this counts
     messages waiting plus jobs in hand; what matters to the scaler is that it is above zero whenever
     any work is outstanding, and grows with it.
     """
-    return snapshot.caption_queue_depth + snapshot.bulk_queue_depth + snapshot.jobs_in_hand
+    return (
+        snapshot.caption_queue_depth + snapshot.bulk_queue_depth + snapshot.bulk_backlog_depth + snapshot.jobs_in_hand
+    )
 
 
 def render_metrics(snapshot: ServiceSnapshot) -> bytes:
@@ -124,6 +142,7 @@ class _SnapshotCollector(Collector):
         queues = GaugeMetricFamily("captionizer_queue_depth", "Tasks waiting in a Celery queue.", labels=["queue"])
         queues.add_metric(["captions"], snap.caption_queue_depth)
         queues.add_metric(["captions-bulk"], snap.bulk_queue_depth)
+        queues.add_metric(["bulk-backlogs"], snap.bulk_backlog_depth)
         queues.add_metric(["webhooks"], snap.webhook_queue_depth)
         yield queues
         yield _gauge("captionizer_jobs_in_hand", "Jobs the caption workers hold a task message for.", snap.jobs_in_hand)

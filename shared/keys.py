@@ -157,6 +157,14 @@ class Keys:
         """Sorted set of one owner's deliveries in progress (score: lease end, epoch seconds)."""
         return f"{self.prefix}:webhook-slots:{owner}"
 
+    def bulk_backlog(self, owner: str) -> str:
+        """List of one key's batch chunk messages waiting for their turn on the bulk queue (shared.broker.bulk_backlog)."""
+        return f"{self.prefix}:bulk-backlog:{owner}"
+
+    def bulk_ring(self) -> str:
+        """List of the keys with a bulk backlog, in round-robin order (each once)."""
+        return f"{self.prefix}:bulk-ring"
+
     def webhook_waiting(self, owner: str) -> str:
         """Sorted set of one owner's deliveries waiting for a free slot (score: when they began waiting)."""
         return f"{self.prefix}:webhook-waiting:{owner}"

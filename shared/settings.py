@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Batch items one API key may have queued or running at once; beyond it a batch answers 429.",
     )
+    bulk_queue_depth: int = Field(
+        4,
+        ge=1,
+        description="Batch chunk messages the bulk queue holds at most; the rest wait in their key's backlog and "
+        "are fed round-robin across keys, so a small batch waits behind at most this many chunks.",
+    )
     batch_chunk_items: int = Field(
         32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
     )

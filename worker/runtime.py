@@ -25,6 +25,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from model.errors import PromptTooLongError
+from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import restored_within_s, visibility_timeout_s
 from shared.errors import PromptTooLong
 from shared.heartbeats import WorkerHeartbeats
@@ -147,6 +148,8 @@ class CaptionRuntime:
         self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
         # Decoding child processes, one per prepare thread (worker.intake.decoders); None when the budget is 0.
         self._decoders: DecodeProcesses | None = None
+        # Each key's batch chunks waiting for the bulk queue (shared.broker.bulk_backlog); made in _open.
+        self._backlog: BulkBacklog | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
         self._chunks: ChunkRunner | None = None
@@ -184,7 +187,7 @@ class CaptionRuntime:
             raise RuntimeError("the caption runtime is not started")
         # Past the redelivery timeout the broker hands the chunk to another worker anyway.
         return self._call(
-            self._holding(job_ids, self._chunks.run(job_ids)), timeout_s=visibility_timeout_s(self.settings)
+            self._holding(job_ids, self._fed(self._chunks.run(job_ids))), timeout_s=visibility_timeout_s(self.settings)
         )
 
     def stop(self) -> None:
@@ -213,6 +216,20 @@ class CaptionRuntime:
         with self._running.holding(job_ids):
             return await delivery
 
+    async def _fed(self, delivery: Awaitable[T]) -> T:
+        """Refill the bulk queue from the keys' backlogs (this chunk's message just left it), then run the delivery."""
+        await self._feed_bulk_queue()
+        return await delivery
+
+    async def _feed_bulk_queue(self) -> None:
+        if self._backlog is None:
+            return
+        try:
+            await self._backlog.feed()
+        except REDIS_ERRORS:
+            # The backlog keeps the messages; the next chunk or heartbeat feeds them.
+            logger.warning("feeding the bulk queue failed", exc_info=True)
+
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
         # hiredis packs the commands (shared.redis_packing): redis-py's Python packer was an eighth of the loop's CPU.
@@ -240,6 +257,7 @@ class CaptionRuntime:
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
+        self._backlog = BulkBacklog(redis, self.keys, queue_depth=self.settings.bulk_queue_depth)
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         holder = f"{self.worker_id}:{secrets.token_hex(4)}"
         self._running = RunningJobs(redis, self.keys, holder, vouch_s=restored_within_s(self.settings))
@@ -250,7 +268,10 @@ class CaptionRuntime:
         quiet_s = visibility_timeout_s(self.settings)
         queues = [self.keys.caption_queue(), self.keys.bulk_queue()]
         vouch_s = restored_within_s(self.settings)
-        sweeper = OrphanSweeper(store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s, vouch_s=vouch_s)
+        sweeper = OrphanSweeper(
+            store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s, vouch_s=vouch_s,
+            backlog=self._backlog,
+        )  # fmt: skip
         lock = self.keys.orphan_sweep_lock()
         return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
 
@@ -309,6 +330,8 @@ class CaptionRuntime:
                 await self._beat(redis)
             except REDIS_ERRORS:
                 logger.warning("heartbeat failed", exc_info=True, extra={"worker_id": self.worker_id})
+            # A backstop: chunks and the API feed the bulk queue as they go (shared.broker.bulk_backlog).
+            await self._feed_bulk_queue()
             # A timer, not a wait on state: the key must be refreshed before it expires.
             await asyncio.sleep(self.settings.worker_heartbeat_s)
 

@@ -323,7 +323,9 @@ def test_every_queue_the_caption_workers_consume_has_a_scale_rule_from_zero(bice
     env = _env_values(bicep, owner, _container(bicep, owner, "captionWorker"))
     keys = Keys(env.get("CAPTIONIZER_KEY_PREFIX", Settings.model_fields["key_prefix"].default))
     redis_rules = {
-        rule["custom"]["metadata"]["listName"]: rule["custom"] for rule in scale["rules"] if rule["custom"]["type"] == "redis"
+        rule["custom"]["metadata"]["listName"]: rule["custom"]
+        for rule in scale["rules"]
+        if rule["custom"]["type"] == "redis"
     }
     # A list with no rule is work no replica wakes for: a bulk-only load sat at zero replicas before #23.
     assert set(_consumed_queues(bicep, owner, "captionWorker")) <= set(redis_rules)

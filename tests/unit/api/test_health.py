@@ -137,16 +137,19 @@ def test_metrics_and_the_scaler_see_both_queues_and_the_jobs_in_hand(
         await redis.zadd(keys.held_jobs("w1"), {"job_a": 1.0})
         await redis.zadd(keys.held_jobs("w2"), {f"job_b{n}": 1.0 for n in range(4)})
         await redis.zadd(keys.webhook_waiting_owners(), {"greedy": 1.0})
+        await redis.rpush(keys.bulk_ring(), "k1")
+        await redis.rpush(keys.bulk_backlog("k1"), "chunk-4", "chunk-5")
 
     asyncio.run(seed())
     found = samples(client.get("/metrics").text)
     assert found[("captionizer_queue_depth", (("queue", "captions"),))] == 1
     assert found[("captionizer_queue_depth", (("queue", "captions-bulk"),))] == 3
     assert found[("captionizer_jobs_in_hand", ())] == 5
-    assert found[("captionizer_outstanding_work", ())] == 9
+    assert found[("captionizer_queue_depth", (("queue", "bulk-backlogs"),))] == 2
+    assert found[("captionizer_outstanding_work", ())] == 11
     assert found[("captionizer_webhook_keys_waiting", ())] == 1
     # KEDA's metrics-api trigger reads this: a bulk-only load, or work only in hand, is never zero.
-    assert client.get("/scaler").json() == {"outstanding": 9}
+    assert client.get("/scaler").json() == {"outstanding": 11}
 
 
 def test_the_scaler_needs_no_key_and_says_when_redis_is_away(keyed_settings: Settings, api_settings: Settings) -> None:
