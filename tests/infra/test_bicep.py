@@ -348,7 +348,8 @@ def test_work_in_hand_keeps_a_replica_through_the_outstanding_work_endpoint(bice
     (rule,) = [rule for rule in scale["rules"] if rule["custom"]["type"] == "metrics-api"]
     metadata = rule["custom"]["metadata"]
     # The endpoint the API serves (api/routes/health.py), exempt from the Front Door check like the probes.
-    assert str(metadata["url"]).endswith("/scaler")
+    url = metadata["url"]
+    assert isinstance(url, Expr) and url.text.strip("'").endswith(".fqdn}/scaler"), url
     assert "/scaler" in PROBE_PATHS
     assert (metadata["format"], metadata["valueLocation"], metadata["activationTargetValue"]) == (
         "json", "outstanding", "0",
