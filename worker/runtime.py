@@ -27,12 +27,13 @@ from redis.asyncio import Redis
 from model.errors import PromptTooLongError
 from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import restored_within_s, visibility_timeout_s
+from shared.broker.routing import batch_items_route, single_job_route
 from shared.errors import PromptTooLong
 from shared.heartbeats import WorkerHeartbeats
 from shared.intake.model_limits import ModelLimits, publish_model_limits
 from shared.jobs.model import Job, JobStatus, utc_now
 from shared.jobs.store import REDIS_ERRORS, JobStore
-from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
+from shared.keys import Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import EMBEDDED_MODEL, Settings
 from shared.webhooks.delivery import SendTask, dispatch_webhook
@@ -276,14 +277,11 @@ class CaptionRuntime:
         return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
 
     async def _requeue(self, job: Job) -> None:
-        # A batch item goes back behind the interactive jobs, as a chunk of one.
-        args: list[Any]
-        if getattr(job, "batch_id", None):
-            name, args, queue = CAPTION_CHUNK_TASK, [[job.id]], self.keys.bulk_queue()
-        else:
-            name, args, queue = CAPTION_TASK, [job.id], self.keys.caption_queue()
+        # A batch item goes back behind the interactive jobs, as a task message of one: the API's own rule.
+        is_item = getattr(job, "batch_id", None)
+        route = batch_items_route(self.keys, [job.id]) if is_item else single_job_route(self.keys, job.id)
         # Off the loop: Celery's publish blocks on the broker.
-        await asyncio.to_thread(self.send_task, name, args=args, queue=queue)
+        await asyncio.to_thread(self.send_task, route.task, args=route.args, queue=route.queue)
 
     async def _close(self) -> None:
         for task in (self._heartbeat, self._sweeper):

@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 from api.broker.task_messages import event_topic, node_name, task_message, task_sent_event
 from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import celery_config
+from shared.broker.routing import batch_items_route, single_job_route
 from shared.jobs.store import REDIS_ERRORS, map_redis_errors
-from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
+from shared.keys import Keys
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,14 +87,15 @@ class TaskQueue:
         Raises:
             QueueUnavailable: Redis cannot be reached, or is full.
         """
-        queue = self.keys.caption_queue()
+        route = single_job_route(self.keys, job_id)
+        queue = route.queue
         # Per call, as Celery names the sender: a process forked after the app was built has its own pid.
         origin = node_name()
-        message = task_message(CAPTION_TASK, job_id, [job_id], queue, origin=origin, reply_to=self.celery.thread_oid)
+        message = task_message(route.task, job_id, route.args, queue, origin=origin, reply_to=self.celery.thread_oid)
         event = b""
         if self._sends_events:
             clock = self.celery.clock.forward()
-            event = task_sent_event(CAPTION_TASK, job_id, [job_id], queue, hostname=origin, clock=clock)
+            event = task_sent_event(route.task, job_id, route.args, queue, hostname=origin, clock=clock)
         binding = "" if self._declared else _BINDING_SEP.join([queue, "", queue])
         keys = [queue, self._event_topic, *(key.format(queue) for key in _BINDING_KEYS)]
         with map_redis_errors("the task queue (Redis)"):
@@ -109,12 +111,13 @@ class TaskQueue:
         so the batch still ends.
         """
         chunks = [list(job_ids[i : i + items_per_message]) for i in range(0, len(job_ids), items_per_message)]
-        queue, origin = self.keys.bulk_queue(), node_name()
+        origin = node_name()
+        routes = [batch_items_route(self.keys, chunk) for chunk in chunks]
         messages = [
             task_message(
-                CAPTION_CHUNK_TASK, str(uuid.uuid4()), [chunk], queue, origin=origin, reply_to=self.celery.thread_oid
+                route.task, str(uuid.uuid4()), route.args, route.queue, origin=origin, reply_to=self.celery.thread_oid
             )
-            for chunk in chunks
+            for route in routes
         ]
         try:
             await self.backlog.append(owner, messages)

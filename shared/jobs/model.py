@@ -98,11 +98,19 @@ class JobTimings(BaseModel):
 
     queue_wait_s: float | None = Field(None, description="From creation until a worker started the job.")
     fetch_s: float | None = Field(None, description="Downloading (or reading the upload) and decoding the image.")
-    batch_wait_s: float | None = Field(None, description="From the image being ready until its batch's generate began.")
-    generate_s: float | None = Field(None, description="The batch's generate call, shared by every job in it.")
+    batch_wait_s: float | None = Field(
+        None, description="From the image being ready until its model batch's generate began."
+    )
+    generate_s: float | None = Field(None, description="The model batch's generate call, shared by every job in it.")
     total_s: float | None = Field(None, description="From creation until the job ended.")
-    batch_size: int | None = Field(None, description="Jobs captioned together in the same generate call.")
-    batch_id: str | None = None
+    batch_size: int | None = Field(
+        None, description="Jobs captioned together in the same generate call (a model batch)."
+    )
+    batch_id: str | None = Field(
+        None,
+        description="The model batch (one generate call) this job was captioned in; a client's batch is the job's "
+        "own batch_id.",
+    )
 
 
 class WebhookState(BaseModel):

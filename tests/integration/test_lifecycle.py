@@ -72,7 +72,7 @@ def test_every_process_logs_json_lines_and_metrics_count_the_jobs(chaos: Chaos, 
         records = [json.loads(line) for line in lines]  # every line about the job is one JSON event
         assert events <= {record["event"] for record in records if record.get("job_id") == job_ids[0]}
     [ended] = [r for r in chaos.log_events("worker", "job ended") if r["job_id"] == job_ids[0]]
-    assert ended["status"] == "succeeded" and ended["batch_id"] and ended["duration_s"] > 0
+    assert ended["status"] == "succeeded" and ended["model_batch_id"] and ended["duration_s"] > 0
     metrics = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(chaos.api.get("/metrics").text)

@@ -217,7 +217,7 @@ class JobRunner:
                 "job_id": job.id,
                 "status": str(job.status),
                 "code": code or None,
-                "batch_id": job.timings.batch_id,
+                "model_batch_id": job.timings.batch_id,
                 "duration_s": job.timings.total_s,
             },
         )

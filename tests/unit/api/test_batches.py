@@ -147,6 +147,20 @@ def test_the_items_in_flight_cap_answers_429_with_retry_after(client: TestClient
     assert client.post("/v1/batches", json={"items": urls(6)}, headers=auth(KEY_B)).status_code == 202
 
 
+def test_a_key_at_its_cap_is_refused_before_its_items_are_validated_and_can_still_close_a_batch(
+    client: TestClient, api_harness: ApiHarness
+) -> None:
+    opened = client.post("/v1/batches", json={"items": urls(20), "more_items": True}, headers=auth())
+    assert opened.status_code == 202, opened.text
+    # At the cap, even a body the schema would refuse (a bad item in it) gets the cap's answer: it was not validated.
+    bad = [*urls(2), {"image_url": "https://example.com/a.png", "unknown": 1}]
+    for path in ("/v1/batches", f"/v1/batches/{opened.json()['id']}/items"):
+        refused = client.post(path, json={"items": bad}, headers=auth())
+        assert refused.status_code == 429 and refused.json()["code"] == "too_many_items_in_flight", refused.text
+    closed = client.post(f"/v1/batches/{opened.json()['id']}/items", json={"items": []}, headers=auth())
+    assert closed.status_code == 202 and closed.json()["status"] == "running"
+
+
 def test_another_keys_batch_and_items_answer_404(client: TestClient) -> None:
     batch = client.post("/v1/batches", json={"items": urls(2)}, headers=auth()).json()
     for path in (batch["url"], batch["results_url"], f"/v1/jobs/{item_job_id(batch['id'], 0)}"):
