@@ -295,7 +295,8 @@ class Admission:
         """
         refused = [jobs[offset].id for offset in admitted.refused]
         passed = [job.id for offset, job in enumerate(jobs) if offset not in admitted.refused]
-        unsent = await self.queue.enqueue_item_messages(passed, self.settings.batch_chunk_items)
+        owner = jobs[0].owner if jobs else ""
+        unsent = await self.queue.enqueue_item_messages(owner, passed, self.settings.batch_chunk_items)
         await self._fail_refused(jobs, admitted.refused)
         if unsent:
             error = QueueUnavailable("the task queue (Redis) cannot be reached")

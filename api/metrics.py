@@ -35,7 +35,14 @@ class ServiceSnapshot:
     redis_up: bool = True
     job_counts: dict[str, int] = field(default_factory=dict)
     caption_queue_depth: int = 0
+    bulk_queue_depth: int = 0
+    #: Batch chunk messages waiting in the keys' backlogs for their turn on the bulk queue.
+    bulk_backlog_depth: int = 0
+    #: Jobs the caption workers hold a task message for (running, or waiting in a chunk in hand).
+    jobs_in_hand: int = 0
     webhook_queue_depth: int = 0
+    #: Keys with webhook deliveries waiting for one of their delivery slots.
+    webhook_keys_waiting: int = 0
     webhook_retries_scheduled: int = 0
     webhook_outcomes: dict[str, int] = field(default_factory=dict)
     #: The caption cache's counters (``hits``, ``misses``, ``deduplicated``, ``evictions``) and its entries.
@@ -51,24 +58,82 @@ async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job_counts())
             pipe.llen(keys.caption_queue())
+            pipe.llen(keys.bulk_queue())
             pipe.llen(keys.webhook_queue())
             pipe.zcard(keys.webhook_schedule())
             pipe.hgetall(keys.webhook_outcomes())
             pipe.hgetall(keys.cache_stats())
             pipe.zcard(keys.cache_lru())
-            counts, captions, webhooks, retries, outcomes, cache_counts, cache_entries = await pipe.execute()
+            pipe.zcard(keys.webhook_waiting_owners())
+            (
+                counts,
+                captions,
+                bulk,
+                webhooks,
+                retries,
+                outcomes,
+                cache_counts,
+                cache_entries,
+                waiting,
+            ) = await pipe.execute()
         workers = await WorkerHeartbeats(redis, keys).read_ready()
+        in_hand = await read_jobs_in_hand(redis, keys)
+        backlog = await read_backlog_depth(redis, keys)
     except REDIS_ERRORS:
         return ServiceSnapshot(redis_up=False)
     return ServiceSnapshot(
         job_counts=_int_values(counts),
         caption_queue_depth=int(captions),
+        bulk_queue_depth=int(bulk),
+        bulk_backlog_depth=backlog,
+        jobs_in_hand=in_hand,
         webhook_queue_depth=int(webhooks),
+        webhook_keys_waiting=int(waiting),
         webhook_retries_scheduled=int(retries),
         webhook_outcomes=_int_values(outcomes),
         cache_counts=_int_values(cache_counts),
         cache_entries=int(cache_entries),
         workers=workers,
+    )
+
+
+async def read_jobs_in_hand(redis: Redis, keys: Keys) -> int:
+    """Jobs the caption workers hold a task message for, from their running-jobs sets (worker.recovery.running_jobs).
+
+    A worker's set expires when it stops writing (it died), so only live holders count. Two round
+    trips: the holder index, then one ZCARD per holder (a handful of replicas).
+    """
+    holders = await redis.zrange(keys.job_holders(), 0, -1)
+    if not holders:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for holder in holders:
+            pipe.zcard(keys.held_jobs(_text(holder)))
+        sizes = await pipe.execute()
+    return sum(int(size) for size in sizes)
+
+
+async def read_backlog_depth(redis: Redis, keys: Keys) -> int:
+    """Chunk messages in every key's bulk backlog (shared.broker.bulk_backlog): the ring, then one LLEN per key."""
+    owners: list[bytes | str] = await redis.lrange(keys.bulk_ring(), 0, -1)  # type: ignore[misc]
+    if not owners:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.llen(keys.bulk_backlog(_text(owner)))
+        lengths = await pipe.execute()
+    return sum(int(length) for length in lengths)
+
+
+def outstanding_work(snapshot: ServiceSnapshot) -> int:
+    """Everything the caption workers have yet to finish: queued and backlogged messages, and jobs in hand.
+
+    A bulk message is a chunk of several items and an interactive one a single job, so this counts
+    messages waiting plus jobs in hand; what matters to the scaler is that it is above zero whenever
+    any work is outstanding, and grows with it.
+    """
+    return (
+        snapshot.caption_queue_depth + snapshot.bulk_queue_depth + snapshot.bulk_backlog_depth + snapshot.jobs_in_hand
     )
 
 
@@ -93,8 +158,21 @@ class _SnapshotCollector(Collector):
         yield from _job_families(snap.job_counts)
         queues = GaugeMetricFamily("captionizer_queue_depth", "Tasks waiting in a Celery queue.", labels=["queue"])
         queues.add_metric(["captions"], snap.caption_queue_depth)
+        queues.add_metric(["captions-bulk"], snap.bulk_queue_depth)
+        queues.add_metric(["bulk-backlogs"], snap.bulk_backlog_depth)
         queues.add_metric(["webhooks"], snap.webhook_queue_depth)
         yield queues
+        yield _gauge("captionizer_jobs_in_hand", "Jobs the caption workers hold a task message for.", snap.jobs_in_hand)
+        yield _gauge(
+            "captionizer_outstanding_work",
+            "Caption queue messages waiting plus jobs in hand: what the scaler reads (GET /scaler).",
+            outstanding_work(snap),
+        )
+        yield _gauge(
+            "captionizer_webhook_keys_waiting",
+            "Keys with webhook deliveries waiting for one of their delivery slots.",
+            snap.webhook_keys_waiting,
+        )
         yield _gauge(
             "captionizer_webhook_retries_scheduled",
             "Webhook retries waiting for their time.",

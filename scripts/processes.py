@@ -47,6 +47,27 @@ def _die_with_parent() -> None:
     set_parent_death_signal(signal.SIGKILL)
 
 
+def session_cpu_s(session_id: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each live process in session ``session_id``, by pid, read from /proc.
+
+    A :class:`ManagedProcess` starts its own session, so this is the process and every child it made
+    (the caption worker's decoding children included). Fields 6, 14 and 15 of /proc/PID/stat (proc(5)).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[3]) == session_id:
+            found[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -83,6 +83,14 @@ class TooManyPixels(InputError):
     title = "Too many pixels"
 
 
+class ImageTooComplex(InputError):
+    """Decoding the image would cost far more than its pixels need (a scan or chunk bomb, or past ``decode_cpu_budget_s``)."""
+
+    code = "image_too_complex"
+    status = 422
+    title = "Image too costly to decode"
+
+
 class ImageAspectRatio(InputError):
     """The image is far longer than wide, or the reverse (``max_image_aspect_ratio``)."""
 

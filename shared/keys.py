@@ -193,6 +193,22 @@ class Keys:
         """Hash of cache counters (``hits``, ``misses``, ``deduplicated``, ``evictions``), for /metrics."""
         return f"{self.prefix}:cache:stats"
 
+    def bulk_backlog(self, owner: str) -> str:
+        """List of one key's batch chunk messages waiting for their turn on the bulk queue (shared.broker.bulk_backlog)."""
+        return f"{self.prefix}:bulk-backlog:{owner}"
+
+    def bulk_ring(self) -> str:
+        """List of the keys with a bulk backlog, in round-robin order (each once)."""
+        return f"{self.prefix}:bulk-ring"
+
+    def webhook_waiting(self, owner: str) -> str:
+        """Sorted set of one owner's deliveries waiting for a free slot (score: when they began waiting)."""
+        return f"{self.prefix}:webhook-waiting:{owner}"
+
+    def webhook_waiting_owners(self) -> str:
+        """Sorted set of owners with deliveries waiting for a slot (score: when to look at them again at the latest)."""
+        return f"{self.prefix}:webhook-waiting-owners"
+
     def caption_queue(self) -> str:
         """Name of the Celery caption queue (a Redis list of the same name)."""
         return CAPTION_QUEUE if self.prefix == "captionizer" else f"{self.prefix}-{CAPTION_QUEUE}"

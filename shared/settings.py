@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Batch items one API key may have queued or running at once; beyond it a batch answers 429.",
     )
+    bulk_queue_depth: int = Field(
+        4,
+        ge=1,
+        description="Batch chunk messages the bulk queue holds at most; the rest wait in their key's backlog and "
+        "are fed round-robin across keys, so a small batch waits behind at most this many chunks.",
+    )
     batch_chunk_items: int = Field(
         32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
     )
@@ -231,6 +237,18 @@ class Settings(BaseSettings):
         20.0,
         ge=1.0,
         description="Longest side over shortest side the decoder accepts; beyond it the model sees only a sliver.",
+    )
+    max_jpeg_scans: int = Field(
+        100,
+        ge=1,
+        description="Most scans a JPEG may have; each scan is a pass over the whole image, and encoders write "
+        "about 10, so more is refused before decoding (image_too_complex).",
+    )
+    decode_cpu_budget_s: int = Field(
+        10,
+        ge=0,
+        description="CPU seconds one image may take to decode, in a child process killed past it "
+        "(image_too_complex); 0 decodes in the worker's threads with no budget.",
     )
     upload_ttl_s: int = Field(
         3_600, ge=60, description="How long an uploaded image waits in Redis for a worker to read it, in seconds."

@@ -109,8 +109,8 @@ class FakeQueue:
         self.sent.append((name, args, queue))
         return None
 
-    async def enqueue_item_messages(self, job_ids: Sequence[str], items_per_message: int) -> list[str]:
-        """As TaskQueue's: the messages on the bulk queue; with ``fail``, every id comes back unsent."""
+    async def enqueue_item_messages(self, owner: str, job_ids: Sequence[str], items_per_message: int) -> list[str]:
+        """As TaskQueue's, with no backlog: the messages straight on the bulk queue; with ``fail``, every id comes back unsent."""
         if self.fail:
             return list(job_ids)
         for first in range(0, len(job_ids), items_per_message):

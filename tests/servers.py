@@ -84,6 +84,28 @@ def _jpeg_bomb() -> bytes:
     return bytes(data)
 
 
+def scan_bomb_jpeg(scans: int = 10_000, side_px: int = 2048) -> bytes:
+    """A progressive greyscale JPEG whose last scan is sent ``scans`` times over: a few bytes each, one pass each.
+
+    libjpeg warns about the repeated refinement scans but decodes every one of them, and each walks
+    the whole coefficient buffer, so the CPU cost grows with ``scans`` while the file stays small.
+    """
+    data = _encode(Image.new("L", (side_px, side_px), 128), "JPEG", progressive=True, quality=90)
+    last_sos = data.rindex(b"\xff\xda")
+    eoi = data.rindex(b"\xff\xd9")
+    first = data.index(b"\xff\xda")
+    # Keep the scan count of the original (libjpeg writes 6 for greyscale) and repeat its last scan.
+    original = data[first:eoi].count(b"\xff\xda")
+    return data[:eoi] + data[last_sos:eoi] * max(0, scans - original) + data[eoi:]
+
+
+def png_chunk_bomb(chunks: int = 50_000) -> bytes:
+    """A small valid PNG padded with ``chunks`` empty private ancillary chunks (each handled in Python by Pillow)."""
+    data = _encode(Image.new("RGB", (8, 8), RED), "PNG")
+    iend = data.rindex(b"IEND") - 4
+    return data[:iend] + _png_chunk(b"prVt", b"") * chunks + data[iend:]
+
+
 def _corrupt_png() -> bytes:
     """A PNG whose image data is garbage, with chunk CRCs that match (so only the decoder notices)."""
     header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0))
@@ -154,6 +176,9 @@ def hostile_images() -> dict[str, tuple[bytes, str]]:
         "bomb.png": (png_bomb(), "image/png"),
         "bomb.gif": (_gif_bomb(), "image/gif"),
         "bomb.jpg": (_jpeg_bomb(), "image/jpeg"),
+        # 10,000 scans of a 1024x1024 greyscale JPEG: 150 kB, seconds of CPU to decode.
+        "scan-bomb.jpg": (scan_bomb_jpeg(scans=10_000, side_px=1024), "image/jpeg"),
+        "chunk-bomb.png": (png_chunk_bomb(), "image/png"),
         "truncated.png": (noisy_png[: len(noisy_png) // 2], "image/png"),
         "truncated.jpg": (noisy_jpeg[: len(noisy_jpeg) // 2], "image/jpeg"),
         "corrupt.png": (_corrupt_png(), "image/png"),

@@ -25,8 +25,8 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# One hostile host may not take every pooled connection of a worker.
-_CONNECTIONS_PER_HOST = 8
+#: Connections a worker opens to one host at once: one hostile host may not take every pooled connection.
+CONNECTIONS_PER_HOST = 8
 
 
 class GuardedResolver(AbstractResolver):
@@ -69,7 +69,7 @@ def make_guarded_connector(settings: Settings, *, dns: AbstractResolver | None =
         resolver=resolver,
         # aiohttp skips the resolver for literal IP hosts, so the socket factory checks those.
         socket_factory=None if allow_private else _create_public_socket,
-        limit_per_host=_CONNECTIONS_PER_HOST,
+        limit_per_host=CONNECTIONS_PER_HOST,
     )
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from model.errors import PromptTooLongError
+from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import restored_within_s, visibility_timeout_s
 from shared.broker.routing import batch_items_route, single_job_route
 from shared.errors import PromptTooLong
@@ -44,6 +45,7 @@ from worker.captioning.chunks import ChunkRunner
 from worker.captioning.job_writes import CoalescingJobStore
 from worker.captioning.pipeline import JobRunner, PrepareFn
 from worker.captioning.standins import load_standin
+from worker.intake.decoders import DecodeProcesses
 from worker.intake.images import decode_image, fetch_image_bytes, make_fetch_session
 from worker.recovery.redelivery import OrphanSweeper
 from worker.recovery.running_jobs import RunningJobs
@@ -119,11 +121,21 @@ def caption_fn_for(captioner: CaptionModel, settings: Settings) -> CaptionFn:
     return caption
 
 
-def prepare_fn_for(captioner: CaptionModel, settings: Settings) -> PrepareFn:
-    """Bytes to the model's input for one image: decode (bounded), then the model's preprocessing."""
+def prepare_fn_for(captioner: CaptionModel, settings: Settings, decoders: DecodeProcesses | None) -> PrepareFn:
+    """Bytes to the model's input for one image: decode (bounded), then the model's preprocessing.
 
-    def prepare(data: bytes) -> Any:
+    With ``decoders`` the decode runs in a child process under ``decode_cpu_budget_s``; without
+    (budget 0), decoding and preprocessing share one of the loop's threads.
+    """
+
+    def decode_and_preprocess(data: bytes) -> Any:
         return captioner.preprocess([decode_image(data, settings, model_input_px=captioner.input_size_px)])
+
+    async def prepare(data: bytes) -> Any:
+        if decoders is None:
+            return await asyncio.to_thread(decode_and_preprocess, data)
+        image = await decoders.decode(data)
+        return await asyncio.to_thread(captioner.preprocess, [image])
 
     return prepare
 
@@ -140,9 +152,12 @@ class CaptionRuntime:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._loop = asyncio.new_event_loop()
         # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.captioning.pipeline).
-        self._loop.set_default_executor(
-            ThreadPoolExecutor(settings.prepare_threads or os.cpu_count() or 1, thread_name_prefix="prepare")
-        )
+        self._prepare_threads = settings.prepare_threads or os.cpu_count() or 1
+        self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
+        # Decoding child processes, one per prepare thread (worker.intake.decoders); None when the budget is 0.
+        self._decoders: DecodeProcesses | None = None
+        # Each key's batch chunks waiting for the bulk queue (shared.broker.bulk_backlog); made in _open.
+        self._backlog: BulkBacklog | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="caption-runtime", daemon=True)
         self._runner: JobRunner | None = None
         self._chunks: ChunkRunner | None = None
@@ -181,7 +196,7 @@ class CaptionRuntime:
             raise RuntimeError("the caption runtime is not started")
         # Past the redelivery timeout the broker hands the chunk to another worker anyway.
         return self._call(
-            self._holding(job_ids, self._chunks.run(job_ids)), timeout_s=visibility_timeout_s(self.settings)
+            self._holding(job_ids, self._fed(self._chunks.run(job_ids))), timeout_s=visibility_timeout_s(self.settings)
         )
 
     def stop(self) -> None:
@@ -210,6 +225,20 @@ class CaptionRuntime:
         with self._running.holding(job_ids):
             return await delivery
 
+    async def _fed(self, delivery: Awaitable[T]) -> T:
+        """Refill the bulk queue from the keys' backlogs (this chunk's message just left it), then run the delivery."""
+        await self._feed_bulk_queue()
+        return await delivery
+
+    async def _feed_bulk_queue(self) -> None:
+        if self._backlog is None:
+            return
+        try:
+            await self._backlog.feed()
+        except REDIS_ERRORS:
+            # The backlog keeps the messages; the next chunk or heartbeat feeds them.
+            logger.warning("feeding the bulk queue failed", exc_info=True)
+
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
         # hiredis packs the commands (shared.redis_packing): redis-py's Python packer was an eighth of the loop's CPU.
@@ -233,10 +262,14 @@ class CaptionRuntime:
             self.settings,
             model=model_identity(self.captioner),
         )  # fmt: skip
+        if self.settings.decode_cpu_budget_s:
+            self._decoders = DecodeProcesses(
+                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
+            )
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
-            prepare=prepare_fn_for(self.captioner, self.settings),
+            prepare=prepare_fn_for(self.captioner, self.settings, self._decoders),
             model_name=self.captioner.name,
             count_tokens=self.captioner.count_tokens,
             on_event=functools.partial(dispatch_webhook, store, self.send_task),
@@ -244,6 +277,7 @@ class CaptionRuntime:
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
+        self._backlog = BulkBacklog(redis, self.keys, queue_depth=self.settings.bulk_queue_depth)
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         holder = f"{self.worker_id}:{secrets.token_hex(4)}"
         self._running = RunningJobs(redis, self.keys, holder, vouch_s=restored_within_s(self.settings))
@@ -254,7 +288,10 @@ class CaptionRuntime:
         quiet_s = visibility_timeout_s(self.settings)
         queues = [self.keys.caption_queue(), self.keys.bulk_queue()]
         vouch_s = restored_within_s(self.settings)
-        sweeper = OrphanSweeper(store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s, vouch_s=vouch_s)
+        sweeper = OrphanSweeper(
+            store, queue_names=queues, requeue=self._requeue, quiet_s=quiet_s, vouch_s=vouch_s,
+            backlog=self._backlog,
+        )  # fmt: skip
         lock = self.keys.orphan_sweep_lock()
         return asyncio.create_task(sweeper.sweep_forever(lock, quiet_s / 2), name="orphan-sweeper")
 
@@ -283,6 +320,8 @@ class CaptionRuntime:
             await self._cache.close()
         await self._runner.batcher.stop()
         await self._session.close()
+        if self._decoders is not None:
+            self._decoders.close()
         await redis.aclose()
 
     async def _beat(self, redis: Redis) -> None:
@@ -311,6 +350,8 @@ class CaptionRuntime:
                 await self._beat(redis)
             except REDIS_ERRORS:
                 logger.warning("heartbeat failed", exc_info=True, extra={"worker_id": self.worker_id})
+            # A backstop: chunks and the API feed the bulk queue as they go (shared.broker.bulk_backlog).
+            await self._feed_bulk_queue()
             # A timer, not a wait on state: the key must be refreshed before it expires.
             await asyncio.sleep(self.settings.worker_heartbeat_s)
 

@@ -8,15 +8,15 @@ the app's asyncio Redis client; every other task (webhooks, batch chunks) goes t
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import anyio.to_thread
 from celery import Celery
-from kombu.exceptions import KombuError
 from redis.asyncio import Redis
 
 from api.broker.task_messages import event_topic, node_name, task_message, task_sent_event
+from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import celery_config
 from shared.broker.routing import batch_items_route, single_job_route
 from shared.jobs.store import REDIS_ERRORS, map_redis_errors
@@ -59,6 +59,7 @@ class TaskQueue:
         # As Celery's task_send_sent_event: the task-sent event only when task events are on (Flower).
         self._sends_events = settings.task_events
         self._publish = redis.register_script(_PUBLISH_TASK_LUA)
+        self.backlog = BulkBacklog(redis, self.keys, queue_depth=settings.bulk_queue_depth)
         # set_as_current=False: this client must not become the process's default app.
         self.celery = Celery("captionizer-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
@@ -101,26 +102,34 @@ class TaskQueue:
             await self._publish(keys=keys, args=[message, event, binding])
         self._declared = True
 
-    async def enqueue_item_messages(self, job_ids: Sequence[str], items_per_message: int) -> list[str]:
-        """Queue a batch's items on the bulk queue, ``items_per_message`` job ids per task message, in order.
+    async def enqueue_item_messages(self, owner: str, job_ids: Sequence[str], items_per_message: int) -> list[str]:
+        """Queue a batch's items, ``items_per_message`` job ids per task message, in order, in ``owner``'s backlog.
 
-        Returns the ids whose message was not sent (empty when all went): the caller fails them, so
-        the batch still ends. One thread hop for every message: kombu's publish blocks on the broker.
+        The messages wait in the key's backlog and reach the bulk queue round-robin with other keys'
+        (:mod:`shared.broker.bulk_backlog`); this feeds at once, so an idle service starts them now.
+        Returns the ids whose message was not stored (all or none, one script): the caller fails them,
+        so the batch still ends.
         """
-        messages = [list(job_ids[i : i + items_per_message]) for i in range(0, len(job_ids), items_per_message)]
-        sent = await anyio.to_thread.run_sync(self._send_messages, messages)
-        return [job_id for message in messages[sent:] for job_id in message]
-
-    def _send_messages(self, messages: list[list[str]]) -> int:
-        """Send task messages in order; how many went before the first that did not."""
-        for number, message in enumerate(messages):
-            route = batch_items_route(self.keys, message)
-            try:
-                self.send_task(route.task, args=route.args, queue=route.queue)
-            except (KombuError, *REDIS_ERRORS):
-                logger.warning("a task message of batch items could not be sent", exc_info=True)
-                return number
-        return len(messages)
+        chunks = [list(job_ids[i : i + items_per_message]) for i in range(0, len(job_ids), items_per_message)]
+        origin = node_name()
+        routes = [batch_items_route(self.keys, chunk) for chunk in chunks]
+        messages = [
+            task_message(
+                route.task, str(uuid.uuid4()), route.args, route.queue, origin=origin, reply_to=self.celery.thread_oid
+            )
+            for route in routes
+        ]
+        try:
+            await self.backlog.append(owner, messages)
+        except REDIS_ERRORS:
+            logger.warning("the task messages of batch items could not be stored", exc_info=True)
+            return list(job_ids)
+        try:
+            await self.backlog.feed()
+        except REDIS_ERRORS:
+            # Stored: the workers feed them on their next chunk or heartbeat.
+            logger.warning("feeding the bulk queue failed", exc_info=True)
+        return []
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -53,7 +53,7 @@ def _envelope(body: Any, headers: dict[str, Any], properties: dict[str, Any]) ->
     return json.dumps(message).encode()
 
 
-def task_message(task: str, task_id: str, args: list[str], queue: str, *, origin: str, reply_to: str) -> bytes:
+def task_message(task: str, task_id: str, args: list[Any], queue: str, *, origin: str, reply_to: str) -> bytes:
     """The message ``send_task(task, args=args, task_id=task_id, queue=queue)`` LPUSHes on ``queue``."""
     argsrepr = repr(args)
     headers: dict[str, Any] = {

@@ -20,8 +20,9 @@ from shared.error_families import CaptionizerError
 from shared.errors import ForbiddenOrigin, HostNotAllowed, UploadTooLarge
 from shared.settings import Settings
 
-#: Paths the platform's probes call directly, not through Front Door; they reveal nothing.
-PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+#: Paths the platform's probes and KEDA's scaler call directly, not through Front Door; they reveal nothing
+#: but readiness and one count of outstanding work.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/scaler"})
 
 # OWASP Secure Headers Project / HTTP Headers Cheat Sheet. default-src 'self' keeps the
 # web page to its own scripts and styles (no inline code); frame-ancestors 'none' and

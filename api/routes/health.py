@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.deps import AppKeys, AppSettings, KeyHolder, RedisClient
 from api.http.problems import problem_responses
 from api.http.security import EDGE_ERRORS
-from api.metrics import CONTENT_TYPE, read_snapshot, render_metrics
+from api.metrics import CONTENT_TYPE, outstanding_work, read_snapshot, render_metrics
 from shared import errors
 from shared.errors import ModelNotReady
 from shared.heartbeats import WorkerHeartbeats
@@ -50,6 +50,30 @@ async def readyz(redis: RedisClient, keys: AppKeys, settings: AppSettings) -> Re
     if not workers and settings.ready_requires_worker:
         raise ModelNotReady("no caption worker has its model loaded yet")
     return Readiness(workers=workers)
+
+
+class Outstanding(BaseModel):
+    """What ``/scaler`` reports: the caption workers' outstanding work, for KEDA's ``metrics-api`` scaler."""
+
+    outstanding: int = Field(description="Messages waiting on the caption and bulk queues plus jobs held by workers.")
+
+
+@router.get(
+    "/scaler",
+    operation_id="getOutstandingWork",
+    summary="Outstanding work, for the autoscaler",
+    responses=problem_responses(errors.QueueUnavailable),
+)
+async def scaler(redis: RedisClient, keys: AppKeys) -> Outstanding:
+    """Work the caption workers have yet to finish, read from Redis: KEDA's ``metrics-api`` trigger polls it.
+
+    Unauthenticated and outside the Front Door check, like the probes, because KEDA calls it
+    directly; it reveals one number. See docs/deploy.md for why the scaler reads this and not the lists.
+    """
+    snapshot = await read_snapshot(redis, keys)
+    if not snapshot.redis_up:
+        raise errors.QueueUnavailable("Redis did not answer")
+    return Outstanding(outstanding=outstanding_work(snapshot))
 
 
 @router.get(

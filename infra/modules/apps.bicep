@@ -232,8 +232,9 @@ resource captionWorker 'Microsoft.App/containerApps@2025-01-01' = {
             '-A'
             'worker'
             'worker'
+            // Interactive jobs first, then batch chunks (worker/tasks.py): the order of -Q is the order consumed.
             '-Q'
-            'captions'
+            'captions,captions-bulk'
             '--loglevel'
             'INFO'
           ]
@@ -257,13 +258,15 @@ resource captionWorker 'Microsoft.App/containerApps@2025-01-01' = {
         minReplicas: 0
         maxReplicas: captionWorkerMaxReplicas
         pollingInterval: 15
-        // Jobs a worker holds (acks_late) leave the list; keep the replica while it may still
-        // be working, and longer than a cold start, so bursts don't pay it twice.
+        // Long enough to outlast a cold start, so bursts don't pay it twice. Work in hand is not idle
+        // time: the metrics-api rule below counts it, so a busy replica is never scaled in.
         cooldownPeriod: 600
+        // One rule per list the workers consume (so a bulk-only load wakes a worker from zero even with
+        // the API away), and one on GET /scaler, which adds the jobs the workers hold (docs/deploy.md).
         rules: [
           {
-            // Ref: https://keda.sh/docs/latest/scalers/redis-lists/ -- a Celery queue on Redis is
-            // a list named after the queue (shared/keys.py CAPTION_QUEUE).
+            // Ref: https://keda.sh/docs/latest/scalers/redis-lists/ -- a Celery queue on Redis is a list
+            // named after the queue (shared/keys.py CAPTION_QUEUE, BULK_QUEUE).
             name: 'caption-queue'
             custom: {
               type: 'redis'
@@ -282,6 +285,43 @@ resource captionWorker 'Microsoft.App/containerApps@2025-01-01' = {
                   triggerParameter: 'password'
                 }
               ]
+            }
+          }
+          {
+            // Batch chunks: without this rule a bulk-only load never woke a worker from zero.
+            name: 'bulk-queue'
+            custom: {
+              type: 'redis'
+              metadata: {
+                address: '${redisHost}:${redisPort}'
+                listName: 'captions-bulk'
+                listLength: string(captionJobsPerReplica)
+                activationListLength: '0'
+                databaseIndex: '0'
+                enableTLS: 'true'
+              }
+              // KEDA's redis scaler takes a password, not an Entra ID token.
+              auth: [
+                {
+                  secretRef: 'redis-key'
+                  triggerParameter: 'password'
+                }
+              ]
+            }
+          }
+          {
+            // Ref: https://keda.sh/docs/latest/scalers/metrics-api/ -- the API reads both queues and the
+            // workers' running-jobs sets (api/metrics.py outstanding_work); /scaler skips the Front Door check.
+            name: 'outstanding-work'
+            custom: {
+              type: 'metrics-api'
+              metadata: {
+                url: 'https://${api.properties.configuration.ingress.fqdn}/scaler'
+                format: 'json'
+                valueLocation: 'outstanding'
+                targetValue: string(captionJobsPerReplica)
+                activationTargetValue: '0'
+              }
             }
           }
         ]

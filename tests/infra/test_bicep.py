@@ -15,7 +15,8 @@ from bicep_source import NO_DEFAULT, BicepFile, BicepProject, Expr, ForLoop, Par
 from dockerfile_source import parse_dockerfile
 from infra_toolbox import INFRA_DIR, REPO_ROOT, InfraTools, run_tool
 
-from shared.keys import CAPTION_QUEUE, WEBHOOK_QUEUE, Keys
+from api.http.security import PROBE_PATHS
+from shared.keys import BULK_QUEUE, CAPTION_QUEUE, WEBHOOK_QUEUE, Keys
 from shared.settings import Settings
 
 GPU_PROFILE_TYPES = {"Consumption-GPU-NC8as-T4", "Consumption-GPU-NC24-A100"}
@@ -298,35 +299,61 @@ def test_caption_worker_runs_on_the_gpu_profile_and_api_and_webhooks_do_not(bice
         assert _props(bicep, owner, symbol)["workloadProfileName"] == "Consumption"
 
 
-def test_gpu_container_is_first_and_consumes_the_caption_queue(bicep: BicepProject) -> None:
+def _consumed_queues(bicep: BicepProject, owner: BicepFile, symbol: str) -> list[str]:
+    command = _container(bicep, owner, symbol, 0)["command"]
+    return str(command[command.index("-Q") + 1]).split(",")
+
+
+def test_gpu_container_is_first_and_consumes_the_caption_then_the_bulk_queue(bicep: BicepProject) -> None:
     owner, _ = _app(bicep, "captionWorker")
     command = _container(bicep, owner, "captionWorker", 0)["command"]
-    assert command[command.index("-Q") + 1] == CAPTION_QUEUE
+    # Interactive jobs first: the worker consumes its queues in the order -Q lists them.
+    assert _consumed_queues(bicep, owner, "captionWorker") == [CAPTION_QUEUE, BULK_QUEUE]
     # The worker sizes its own threads pool from max_batch_size; a -c here would only mislead.
     assert "--concurrency" not in command
     assert _env_values(bicep, owner, _container(bicep, owner, "captionWorker"))["CAPTIONIZER_DEVICE"] == "cuda"
 
 
-def test_caption_worker_scales_from_zero_on_the_celery_caption_queue(bicep: BicepProject) -> None:
+def test_every_queue_the_caption_workers_consume_has_a_scale_rule_from_zero(bicep: BicepProject) -> None:
     owner, _ = _app(bicep, "captionWorker")
     properties = _props(bicep, owner, "captionWorker")
     scale = properties["template"]["scale"]
     assert scale["minReplicas"] == 0
     assert _main_param(bicep, scale["maxReplicas"], owner).decorators["minValue"][0] >= 1
-    (rule,) = scale["rules"]
-    custom = rule["custom"]
-    assert custom["type"] == "redis"
     env = _env_values(bicep, owner, _container(bicep, owner, "captionWorker"))
-    prefix = env.get("CAPTIONIZER_KEY_PREFIX", Settings.model_fields["key_prefix"].default)
-    assert custom["metadata"]["listName"] == Keys(prefix).caption_queue() == CAPTION_QUEUE
-    assert custom["metadata"]["enableTLS"] == "true"
-    (auth,) = custom["auth"]
-    assert auth["triggerParameter"] == "password"
+    keys = Keys(env.get("CAPTIONIZER_KEY_PREFIX", Settings.model_fields["key_prefix"].default))
+    redis_rules = {
+        rule["custom"]["metadata"]["listName"]: rule["custom"]
+        for rule in scale["rules"]
+        if rule["custom"]["type"] == "redis"
+    }
+    # A list with no rule is work no replica wakes for: a bulk-only load sat at zero replicas before #23.
+    assert set(_consumed_queues(bicep, owner, "captionWorker")) <= set(redis_rules)
+    assert {keys.caption_queue(), keys.bulk_queue()} == set(redis_rules)
     secrets = {
         _resolved(bicep, owner, secret)["name"]: _resolved(bicep, owner, secret)
         for secret in properties["configuration"]["secrets"]
     }
-    assert "keyVaultUrl" in secrets[auth["secretRef"]], "KEDA's Redis password comes from Key Vault"
+    for custom in redis_rules.values():
+        assert custom["metadata"]["enableTLS"] == "true"
+        assert custom["metadata"]["activationListLength"] == "0"
+        (auth,) = custom["auth"]
+        assert auth["triggerParameter"] == "password"
+        assert "keyVaultUrl" in secrets[auth["secretRef"]], "KEDA's Redis password comes from Key Vault"
+
+
+def test_work_in_hand_keeps_a_replica_through_the_outstanding_work_endpoint(bicep: BicepProject) -> None:
+    owner, _ = _app(bicep, "captionWorker")
+    scale = _props(bicep, owner, "captionWorker")["template"]["scale"]
+    (rule,) = [rule for rule in scale["rules"] if rule["custom"]["type"] == "metrics-api"]
+    metadata = rule["custom"]["metadata"]
+    # The endpoint the API serves (api/routes/health.py), exempt from the Front Door check like the probes.
+    url = metadata["url"]
+    assert isinstance(url, Expr) and url.text.strip("'").endswith(".fqdn}/scaler"), url
+    assert "/scaler" in PROBE_PATHS
+    assert (metadata["format"], metadata["valueLocation"], metadata["activationTargetValue"]) == (
+        "json", "outstanding", "0",
+    )  # fmt: skip
 
 
 def test_webhook_worker_consumes_the_webhook_queue(bicep: BicepProject) -> None:

@@ -96,3 +96,56 @@ def test_a_key_s_batch_on_a_tarpit_host_holds_only_its_fetch_share_and_another_k
     # Read through the batch: once it ends, its item records are compacted away.
     wait_until(lambda: _batch(api, batch_id)["status"] == "completed", timeout_s=_DEADLINE_S, what="A's batch")
     assert _batch(api, batch_id)["counts"]["succeeded"] == len(items)
+
+
+# --- a fetch waiting for a busy host's connection holds no share ----------------------------------------
+
+# Over the 8 connections a worker gives one host, so jobs queue for the host before the key's share runs out.
+_WIDE_SHARE = 12
+_ON_TARPIT = 20
+
+
+@pytest.fixture(scope="module")
+def wide_share_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
+    env = {
+        "CAPTIONIZER_KEY_PREFIX": "hostshare",
+        "CAPTIONIZER_MAX_FETCHES_PER_KEY": str(_WIDE_SHARE),
+        "CAPTIONIZER_FETCH_TIMEOUT_S": str(_HOLD_S),
+        "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_HOLD_S),
+        "CAPTIONIZER_WORKER_THREADS": "64",
+    }
+    with standin_stack(tmp_path_factory.mktemp("host-share-logs"), image_server, env) as stack:
+        yield stack
+
+
+def test_jobs_waiting_for_a_tarpit_host_s_connections_leave_the_key_s_share_to_its_image_on_another_host(
+    wide_share_stack: LocalStack, image_server: HostileServer
+) -> None:
+    tarpit = image_server.tarpit("host-share")
+    with httpx.Client(base_url=wide_share_stack.api_url, timeout=60) as api:
+        chaos = Chaos(wide_share_stack, api)
+        try:
+            # 20 of tenant A's jobs on a host that never answers: 8 hold its connections, 12 wait for one.
+            a_jobs = []
+            for _ in range(_ON_TARPIT):
+                created = api.post(
+                    "/v1/jobs", json={"image_url": image_server.url("/tarpit/host-share")}, headers=_as(TENANT_A_KEY)
+                )
+                assert created.status_code == 202, created.text
+                a_jobs.append(created.json()["id"])
+            wait_until(lambda: chaos.count_in(a_jobs, "running") == _ON_TARPIT, timeout_s=_DEADLINE_S, what="A running")
+            wait_until(
+                lambda: tarpit.open == _PER_HOST, timeout_s=_DEADLINE_S, what=lambda: f"{tarpit.open} hanging, not 8"
+            )
+            # The same key's image on another origin (localhost, not 127.0.0.1): the 12 waiting for the
+            # tarpit's connections hold none of the key's 12 shares, so it is fetched at once.
+            other_host = image_server.url("/image/shape.png", host="localhost")
+            created = api.post("/v1/jobs", json={"image_url": other_host}, headers=_as(TENANT_A_KEY))
+            assert created.status_code == 202, created.text
+            good = created.json()["id"]
+            wait_until(lambda: chaos.count_in([good], "succeeded") == 1, timeout_s=_DEADLINE_S, what="the good job")
+            assert chaos.count_in(a_jobs, "running") == _ON_TARPIT
+            assert tarpit.max_open == _PER_HOST
+        finally:
+            tarpit.release()
+            chaos.close()

@@ -41,6 +41,8 @@ WORKER_REFUSALS = [
     ("/image/tall.png", "image_aspect_ratio", None),
     ("/image/page.html", "not_an_image", None),
     ("/image/truncated.jpg", "image_corrupt", None),
+    ("/image/scan-bomb.jpg", "image_too_complex", None),  # refused from its structure before decoding
+    ("/image/chunk-bomb.png", "image_too_complex", None),
     ("/status/404", "fetch_failed", 404),
     ("/declared-huge", "image_too_large", None),
     ("/chain/5", "fetch_failed", 302),

@@ -27,16 +27,17 @@ from worker.caching import CaptionCache
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, BatchResult
 from worker.captioning.prompts import PromptShares
-from worker.intake.fetch_shares import FetchShares
+from worker.intake.fetch_shares import FetchShares, origin_of
 from worker.recovery.redelivery import DeliveryGate
 
 logger = logging.getLogger(__name__)
 
 #: Downloads the image at a URL (``worker.intake.images.fetch_image_bytes`` bound to a session).
 FetchFn = Callable[[str], Awaitable[bytes]]
-#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise); runs in a
-#: worker thread, many at once, so nothing per image is left for the thread that calls the model.
-PrepareFn = Callable[[bytes], Any]
+#: Decodes image bytes and prepares the model's input from them (decode, resize, normalise), off the
+#: event loop (decoding in a child process, preprocessing in a thread), many at once, so nothing per
+#: image is left for the thread that calls the model. Cancelling it stops the decode (worker.intake.decoders).
+PrepareFn = Callable[[bytes], Awaitable[Any]]
 #: Called after every status change, with the job after the change.
 EventFn = Callable[[Job, JobStatus], Awaitable[object]]
 
@@ -159,8 +160,8 @@ class JobRunner:
 
     async def _compute(self, job: Job, data: bytes, began: float, interactive: bool) -> _Captioned:
         # Off the loop, which keeps fetching other jobs' images, and off the model's thread: decoding
-        # and the processor run here, in parallel (Pillow and numpy release the GIL while they work).
-        inputs = await asyncio.to_thread(self.prepare, data)
+        # and the processor run in parallel; the job's deadline cancels a decode still running.
+        inputs = await self.prepare(data)
         fetch_s = time.perf_counter() - began
         # A key with many distinct prompts waits here rather than splitting everyone's batches (worker.captioning.prompts).
         async with self.prompts.hold(job.owner, job.options.prompt):
@@ -175,8 +176,9 @@ class JobRunner:
             return data
         if job.image_url is None:
             raise InternalError("the job has neither an image URL nor an upload")
-        # A key with images on slow hosts waits for its own fetches, never holds all of them (worker.intake.fetch_shares).
-        async with self.fetches.hold(job.owner):
+        # A key with images on slow hosts waits for its own fetches, never holds all of them, and a fetch
+        # waiting for a busy host's connection holds nothing meanwhile (worker.intake.fetch_shares).
+        async with self.fetches.hold(job.owner, origin_of(job.image_url)):
             return await self.fetch(job.image_url)
 
     async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:

@@ -35,6 +35,7 @@ from shared.errors import (
 from shared.intake.uploads import IMAGE_MEDIA_TYPES, SNIFF_BYTES, sniff_image_type
 from shared.settings import Settings
 from worker.egress import checked_url, make_egress_session
+from worker.intake.decode_cost import check_decode_cost
 
 logger = logging.getLogger(__name__)
 
@@ -188,11 +189,14 @@ def decode_image(data: bytes, settings: Settings, *, model_input_px: int) -> Ima
         NotAnImage: the bytes are not an accepted image format (by magic bytes).
         TooManyPixels: the header declares more than ``max_image_pixels`` pixels.
         ImageAspectRatio: the header's sides differ by more than ``max_image_aspect_ratio`` times.
+        ImageTooComplex: the file asks for far more decoding passes than its pixels need (worker.intake.decode_cost).
         ImageCorrupt: the format is recognised but the data is truncated or malformed.
     """
     image_format = sniff_image_type(data)
     if image_format is None:
         raise NotAnImage("the data is not an image we accept (" + ", ".join(IMAGE_MEDIA_TYPES.values()) + ")")
+    # Before the header is even parsed: a scan bomb costs nothing to refuse here, seconds of CPU later.
+    check_decode_cost(data, image_format, max_jpeg_scans=settings.max_jpeg_scans)
     image = _open_bounded(data, image_format, settings)
     max_short_side_px = DECODE_SIDE_FACTOR * model_input_px
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared.broker.bulk_backlog import BulkBacklog
 from shared.errors import QueueUnavailable
 from shared.jobs.model import Job, JobStatus
 from shared.jobs.store import REDIS_ERRORS, JobStore
@@ -132,8 +133,11 @@ class OrphanSweeper:
         vouch_s: float,
         recheck_s: float = RECHECK_S,
         clock: Callable[[], float] = time.time,
+        backlog: BulkBacklog | None = None,
     ) -> None:
         self.store = store
+        #: The keys' bulk backlogs hold messages too: their jobs are accounted for (shared.broker.bulk_backlog).
+        self.backlog = backlog
         self.redis: Redis = store.redis
         self.queue_names = list(queue_names)
         self.requeue = requeue
@@ -178,8 +182,10 @@ class OrphanSweeper:
         """Ids of the jobs with a message in a queue, or vouched for by the running-jobs registry."""
         # Queues first, in the order messages travel (a task takes its message from a queue, then holds
         # it); one caught between the two reads is seen by the second look, ``recheck_s`` later.
+        # Backlogs before the queues: the feeder moves messages from one to the other.
+        backlogs = await self.backlog.backlog_names() if self.backlog is not None else []
         async with self.redis.pipeline(transaction=True) as pipe:
-            for queue_name in self.queue_names:
+            for queue_name in [*backlogs, *self.queue_names]:
                 pipe.lrange(queue_name, 0, -1)
             waiting = await pipe.execute()
         vouched = await read_vouched(self.redis, self.store.keys, since_s=self._vouching_since())

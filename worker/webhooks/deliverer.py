@@ -8,6 +8,7 @@ GPU worker. What to deliver and when (retries, each key's share of deliveries) i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import secrets
@@ -21,19 +22,22 @@ from shared.intake.urls import validate_url
 from shared.jobs.model import WebhookState
 from shared.jobs.store import JobStore
 from shared.settings import Settings
-from shared.webhooks.delivery import WebhookDelivery, is_final_event
+from shared.webhooks.delivery import SendTask, WebhookDelivery, enqueue_delivery, is_final_event
 from shared.webhooks.secrets import WebhookSecrets
 from worker.webhooks.requests import AttemptResult, SessionFactory, make_webhook_session, post_delivery, sign_headers
 from worker.webhooks.schedule import DeliverySlots, RetrySchedule
 
 logger = logging.getLogger(__name__)
 
-# A delivery held back by its key's share is queued again this much later (the mover polls each second).
-_DEFER_S = 1.0
 # Each retry's delay is its configured value times a factor in this range, so
 # receivers that failed together are not retried in lockstep (AWS "Exponential
 # Backoff And Jitter").
 _JITTER = (0.8, 1.2)
+
+
+def delivery_lease_s(settings: Settings) -> float:
+    """How long a delivery slot is held at most: one attempt's timeout and a margin (then a dead holder's slot frees)."""
+    return settings.webhook_timeout_s + 30
 
 
 def retry_delay_s(attempt: int, delays_s: Sequence[float], rng: random.Random) -> float | None:
@@ -89,32 +93,45 @@ class WebhookDeliverer:
     open_session: SessionFactory = make_webhook_session
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    #: Queues a woken delivery at once (Celery's ``send_task``); None leaves it to the retry mover.
+    send_task: SendTask | None = None
     secrets: WebhookSecrets = field(init=False)
     slots: DeliverySlots = field(init=False)
 
     def __post_init__(self) -> None:
         redis, keys, settings = self.store.redis, self.store.keys, self.settings
         self.secrets = WebhookSecrets(redis, keys, settings.webhook_secret_grace_s)
-        # A slot is held for one attempt at most, so its lease is the attempt's timeout and a margin.
-        lease_s = settings.webhook_timeout_s + 30
+        lease_s = delivery_lease_s(settings)
         self.slots = DeliverySlots(redis, keys, settings.webhook_max_concurrent_per_key, lease_s=lease_s)
 
     async def deliver(self, delivery: WebhookDelivery) -> WebhookState | None:
         """Attempt ``delivery`` once; returns the record written (or due) for the job.
 
         Returns None when the owner's key already holds its share of deliveries in
-        progress: the delivery goes back to the schedule, unattempted, so a slow
-        receiver holds at most that many of the webhook worker's threads.
+        progress: the delivery waits, unattempted, in the owner's waiting set until
+        one of those ends (:class:`~shared.webhooks.DeliverySlots`), so a slow
+        receiver holds at most that many of the webhook worker's threads, and its
+        waiting deliveries cost nothing until a slot frees.
         """
         token = secrets.token_hex(8)
-        if not await self.slots.take(delivery.owner, token, self.clock()):
-            await self.schedule.add(delivery, due_s=self.clock() + _DEFER_S)
+        if not await self.slots.take_or_wait(delivery, token, self.clock()):
             logger.info("webhook deferred: its key holds its share", extra=_ids(delivery))
             return None
         try:
             return await self._deliver(delivery)
         finally:
-            await self.slots.release(delivery.owner, token)
+            await self._release(delivery.owner, token)
+
+    async def _release(self, owner: str, token: str) -> None:
+        """Give the slot back; the owner's oldest waiting delivery, woken by it, is queued at once."""
+        now_s = self.clock()
+        if self.send_task is None:  # no queue at hand: the retry mover queues it within a poll
+            await self.slots.release(owner, token, now_s)
+            return
+        # On the schedule under a lease meanwhile: should this worker die before queueing it, the mover will.
+        for woken in await self.slots.release(owner, token, now_s, due_s=now_s + self.schedule.lease_s):
+            await asyncio.to_thread(enqueue_delivery, self.send_task, self.store.keys, woken)
+            await self.schedule.remove_claimed(woken, now_s)
 
     async def _deliver(self, delivery: WebhookDelivery) -> WebhookState:
         owns_record = await self._mark_delivering(delivery)

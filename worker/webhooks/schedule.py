@@ -93,6 +93,8 @@ class RetryMover(threading.Thread):
         *,
         poll_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        slots_limit: int = 0,
+        slots_lease_s: float = 60.0,
     ) -> None:
         super().__init__(name="webhook-retry-mover", daemon=True)
         self.redis_url = redis_url
@@ -100,6 +102,9 @@ class RetryMover(threading.Thread):
         self.send_task = send_task
         self.poll_s = poll_s
         self.clock = clock
+        # The owners' delivery slots, to wake deliveries whose slot holders died (DeliverySlots.wake_due).
+        self.slots_limit = slots_limit
+        self.slots_lease_s = slots_lease_s
         self._stop_requested = threading.Event()
 
     def run(self) -> None:
@@ -113,9 +118,12 @@ class RetryMover(threading.Thread):
     async def _loop(self) -> None:
         redis = Redis.from_url(self.redis_url)
         schedule = RetrySchedule(redis, self.keys)
+        slots = DeliverySlots(redis, self.keys, self.slots_limit, lease_s=self.slots_lease_s)
         try:
             while not self._stop_requested.is_set():
                 try:
+                    # One range read per poll when no owner is overdue: waiting deliveries cost nothing here.
+                    await slots.wake_due(self.clock())
                     await move_due_retries(schedule, self.send_task, self.clock())
                 except Exception:
                     # Redis or the broker away: the entries stay scheduled; try again next poll.
@@ -126,22 +134,59 @@ class RetryMover(threading.Thread):
             await redis.aclose()
 
 
-# KEYS[1] the owner's slots. ARGV[1] now, ARGV[2] lease end, ARGV[3] the limit, ARGV[4] this attempt's token.
-# Leases, not a counter: a worker killed mid-attempt frees its slot when the lease ends.
-_TAKE_SLOT_LUA = """
+# KEYS[1] the owner's slots, KEYS[2] its waiting deliveries, KEYS[3] the owners with waiting deliveries.
+# ARGV[1] now, ARGV[2] lease end, ARGV[3] the limit, ARGV[4] this attempt's token, ARGV[5] the delivery
+# (JSON), ARGV[6] the owner, ARGV[7] when to look at the owner again at the latest.
+# Leases, not a counter: a worker killed mid-attempt frees its slot when the lease ends. Taking a slot and
+# joining the waiting set are one step, so a slot freed in between cannot miss this delivery.
+_TAKE_OR_WAIT_LUA = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
-return 1
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 1)
+  return 1
+end
+redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[7], ARGV[6])
+return 0
+"""
+# KEYS[1] the owner's slots, KEYS[2] its waiting deliveries, KEYS[3] the owners with waiting deliveries,
+# KEYS[4] the retry schedule. ARGV[1] now, ARGV[2] the limit (0: none), ARGV[3] most to wake, ARGV[4] the
+# owner, ARGV[5] when to look at the owner again, ARGV[6] the token of a slot to give back ('' for none),
+# ARGV[7] the score the woken deliveries get on the retry schedule.
+# Wakes as many waiting deliveries, oldest first, as there are free slots (at most ARGV[3]), moving them
+# onto the retry schedule (so a caller that dies before queueing them loses nothing), and returns them.
+_RELEASE_AND_WAKE_LUA = """
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[1], ARGV[6]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local free = tonumber(ARGV[3])
+if tonumber(ARGV[2]) > 0 then free = math.min(free, tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])) end
+local woken = {}
+if free > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[2], free)
+  for i = 1, #popped, 2 do
+    redis.call('ZADD', KEYS[4], ARGV[7], popped[i])
+    woken[#woken + 1] = popped[i]
+  end
+end
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[4])
+else
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[5], ARGV[4])
+end
+return woken
 """
 
 
 class DeliverySlots:
     """Each owner's deliveries in progress, at most ``limit`` at once over every webhook worker (0: no limit).
 
-    One key's slow receiver then holds at most ``limit`` of the webhook threads,
-    and every other key's deliveries still go out.
+    One key's slow receiver then holds at most ``limit`` of the webhook threads, and every other key's
+    deliveries still go out. A delivery that finds its owner's slots full waits in the owner's waiting
+    set, costing nothing while it waits: the attempt that frees a slot takes the oldest waiting delivery
+    out and queues it (through the retry schedule, under a lease, so a crash loses nothing). So each waiting delivery costs one deferral per slot freed, never
+    one per second. Should a slot's holder die instead, its lease ends and :meth:`wake_due` (run by the
+    retry mover, in bounded pages) wakes the owner's waiting deliveries after at most one lease.
     """
 
     def __init__(self, redis: Redis, keys: Keys, limit: int, *, lease_s: float) -> None:
@@ -149,16 +194,49 @@ class DeliverySlots:
         self.keys = keys
         self.limit = limit
         self.lease_s = lease_s
-        self._take = redis.register_script(_TAKE_SLOT_LUA)
+        self._take_or_wait = redis.register_script(_TAKE_OR_WAIT_LUA)
+        self._release_and_wake = redis.register_script(_RELEASE_AND_WAKE_LUA)
 
-    async def take(self, owner: str, token: str, now_s: float) -> bool:
-        """Hold one of ``owner``'s slots under ``token``; False when all are held."""
+    async def take_or_wait(self, delivery: WebhookDelivery, token: str, now_s: float) -> bool:
+        """Hold one of the owner's slots under ``token``; False when all are held and ``delivery`` now waits."""
         if self.limit <= 0:
             return True
-        args: list[float | int | str] = [now_s, now_s + self.lease_s, self.limit, token]
-        return bool(await self._take(keys=[self.keys.webhook_slots(owner)], args=args))
+        owner = delivery.owner
+        keys = [self.keys.webhook_slots(owner), self.keys.webhook_waiting(owner), self.keys.webhook_waiting_owners()]
+        args: list[float | int | str] = [
+            now_s, now_s + self.lease_s, self.limit, token, delivery.model_dump_json(), owner, now_s + self.lease_s,
+        ]  # fmt: skip
+        return bool(await self._take_or_wait(keys=keys, args=args))
 
-    async def release(self, owner: str, token: str) -> None:
-        """Give back the slot held under ``token``."""
-        if self.limit > 0:
-            await self.redis.zrem(self.keys.webhook_slots(owner), token)
+    async def release(
+        self, owner: str, token: str, now_s: float, *, due_s: float | None = None
+    ) -> list[WebhookDelivery]:
+        """Give back the slot held under ``token`` and wake the owner's oldest waiting delivery.
+
+        The woken delivery is put on the retry schedule at ``due_s`` (default: now, for the mover to
+        queue); a caller that queues it itself passes a lease end, then takes it off with
+        :meth:`RetrySchedule.remove_claimed`. Returns the woken deliveries (at most one).
+        """
+        if self.limit <= 0:
+            return []
+        return await self._wake(owner, now_s, most=1, token=token, due_s=now_s if due_s is None else due_s)
+
+    async def wake_due(self, now_s: float, page: int = 100) -> int:
+        """Wake the waiting deliveries of owners not looked at for a lease (their slots' holders died), a page at a time."""
+        if self.limit <= 0:
+            return 0
+        owners = await self.redis.zrangebyscore(self.keys.webhook_waiting_owners(), "-inf", now_s, start=0, num=page)
+        woken = 0
+        for raw in owners:
+            owner = raw.decode() if isinstance(raw, bytes) else str(raw)
+            woken += len(await self._wake(owner, now_s, most=self.limit, token="", due_s=now_s))
+        return woken
+
+    async def _wake(self, owner: str, now_s: float, *, most: int, token: str, due_s: float) -> list[WebhookDelivery]:
+        keys = [
+            self.keys.webhook_slots(owner), self.keys.webhook_waiting(owner),
+            self.keys.webhook_waiting_owners(), self.keys.webhook_schedule(),
+        ]  # fmt: skip
+        args: list[float | int | str] = [now_s, self.limit, most, owner, now_s + self.lease_s, token, due_s]
+        woken = await self._release_and_wake(keys=keys, args=args)
+        return [WebhookDelivery.model_validate_json(member) for member in woken]

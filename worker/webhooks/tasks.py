@@ -20,8 +20,8 @@ from shared.jobs.store import REDIS_ERRORS, JobStore
 from shared.keys import WEBHOOK_TASK, Keys
 from shared.redis_packing import pack_with_hiredis
 from shared.settings import Settings
-from shared.webhooks.delivery import WebhookDelivery
-from worker.webhooks.deliverer import WebhookDeliverer
+from shared.webhooks.delivery import SendTask, WebhookDelivery
+from worker.webhooks.deliverer import WebhookDeliverer, delivery_lease_s
 from worker.webhooks.schedule import RetryMover, RetrySchedule
 
 logger = logging.getLogger(__name__)
@@ -44,14 +44,15 @@ class _Runtime(threading.local):
 _runtime = _Runtime()
 
 
-def _deliverer_for(settings: Settings) -> tuple[asyncio.Runner, WebhookDeliverer]:
+def _deliverer_for(settings: Settings, send_task: SendTask | None) -> tuple[asyncio.Runner, WebhookDeliverer]:
     if _runtime.runner is None or _runtime.deliverer is None or _runtime.deliverer.settings is not settings:
         runner = asyncio.Runner()
         # The client binds to the loop that first uses it, so it is made inside it.
         redis = runner.run(_make_redis(settings))
         keys = Keys(settings.key_prefix)
         store = JobStore(redis, keys, settings.job_ttl_s)
-        _runtime.runner, _runtime.deliverer = runner, WebhookDeliverer(settings, store, RetrySchedule(redis, keys))
+        deliverer = WebhookDeliverer(settings, store, RetrySchedule(redis, keys), send_task=send_task)
+        _runtime.runner, _runtime.deliverer = runner, deliverer
     return _runtime.runner, _runtime.deliverer
 
 
@@ -59,10 +60,10 @@ async def _make_redis(settings: Settings) -> Redis:
     return pack_with_hiredis(Redis.from_url(settings.redis_url))
 
 
-def deliver_webhook(settings: Settings, payload: dict[str, Any]) -> str:
+def deliver_webhook(settings: Settings, payload: dict[str, Any], send_task: SendTask | None = None) -> str:
     """Body of the Celery task: one attempt at one delivery; returns the outcome."""
     delivery = WebhookDelivery.model_validate(payload)
-    runner, deliverer = _deliverer_for(settings)
+    runner, deliverer = _deliverer_for(settings, send_task)
     try:
         state = runner.run(deliverer.deliver(delivery))
         return DEFERRED if state is None else state.status
@@ -80,7 +81,8 @@ def register_webhook_task(app: Celery, settings: Settings) -> None:
     # with the same webhook-id, so the receiver can drop the duplicate.
     @app.task(name=WEBHOOK_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
     def _deliver(payload: dict[str, Any]) -> str:
-        return deliver_webhook(settings, payload)
+        # app.send_task queues the delivery a freed slot wakes (WebhookDeliverer._release).
+        return deliver_webhook(settings, payload, app.send_task)
 
 
 def is_consuming(app: Celery, queue: str) -> bool:
@@ -99,7 +101,10 @@ def install_retry_mover(app: Celery, settings: Settings) -> None:
 
     def _start(sender: Any = None, **_: Any) -> None:
         if is_consuming(app, keys.webhook_queue()):
-            mover = RetryMover(settings.redis_url, keys, app.send_task)
+            mover = RetryMover(
+                settings.redis_url, keys, app.send_task,
+                slots_limit=settings.webhook_max_concurrent_per_key, slots_lease_s=delivery_lease_s(settings),
+            )  # fmt: skip
             mover.start()
             movers.append(mover)
             # scripts/stack.py waits for this line: the worker now consumes the webhook queue.

@@ -123,6 +123,46 @@ def test_metrics_take_an_api_key(keyed_settings: Settings, api_harness: ApiHarne
         assert client.get("/healthz").status_code == 200
 
 
+def test_metrics_and_the_scaler_see_both_queues_and_the_jobs_in_hand(
+    client: TestClient, api_harness: ApiHarness
+) -> None:
+    keys = Keys(api_harness.settings.key_prefix)
+    assert client.get("/scaler").json() == {"outstanding": 0}
+
+    async def seed() -> None:
+        redis = api_harness.redis()
+        await redis.rpush(keys.caption_queue(), "a")
+        await redis.rpush(keys.bulk_queue(), "chunk-1", "chunk-2", "chunk-3")
+        # Two workers hold jobs: one runs a single job, the other a chunk of four (the queues are empty of them).
+        await redis.zadd(keys.job_holders(), {"w1": 1.0, "w2": 1.0})
+        await redis.zadd(keys.held_jobs("w1"), {"job_a": 1.0})
+        await redis.zadd(keys.held_jobs("w2"), {f"job_b{n}": 1.0 for n in range(4)})
+        await redis.zadd(keys.webhook_waiting_owners(), {"greedy": 1.0})
+        await redis.rpush(keys.bulk_ring(), "k1")
+        await redis.rpush(keys.bulk_backlog("k1"), "chunk-4", "chunk-5")
+
+    asyncio.run(seed())
+    found = samples(client.get("/metrics").text)
+    assert found[("captionizer_queue_depth", (("queue", "captions"),))] == 1
+    assert found[("captionizer_queue_depth", (("queue", "captions-bulk"),))] == 3
+    assert found[("captionizer_jobs_in_hand", ())] == 5
+    assert found[("captionizer_queue_depth", (("queue", "bulk-backlogs"),))] == 2
+    assert found[("captionizer_outstanding_work", ())] == 11
+    assert found[("captionizer_webhook_keys_waiting", ())] == 1
+    # KEDA's metrics-api trigger reads this: a bulk-only load, or work only in hand, is never zero.
+    assert client.get("/scaler").json() == {"outstanding": 11}
+
+
+def test_the_scaler_needs_no_key_and_says_when_redis_is_away(keyed_settings: Settings, api_settings: Settings) -> None:
+    with TestClient(api.app.create_app(keyed_settings)) as client:
+        assert client.get("/scaler").json() == {"outstanding": 0}
+    with TestClient(
+        api.app.create_app(api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    ) as client:
+        response = client.get("/scaler")
+        assert (response.status_code, response.json()["code"]) == (503, "queue_unavailable")
+
+
 def test_readyz_and_metrics_never_scan_the_keyspace(redis_server_url: str) -> None:
     settings = Settings(
         redis_url=redis_server_url,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.intake.fetch_shares import FetchShares
+from worker.intake.fetch_shares import FetchShares, origin_of
 
 
 def test_a_key_s_fetch_beyond_its_share_waits_until_one_ends_and_other_keys_go_straight_in() -> None:
@@ -96,3 +96,84 @@ async def _hold_until(shares: FetchShares, owner: str, entered: asyncio.Event, l
     async with shares.hold(owner):
         entered.set()
         await leave.wait()
+
+
+# --- per host: a fetch waiting for a busy host's connection holds nothing ------------------------------
+
+
+def test_a_fetch_waiting_for_a_busy_host_does_not_hold_its_key_s_share_from_another_host() -> None:
+    async def scenario() -> None:
+        shares = FetchShares(max_fetches_per_key=4, per_host=2)
+        tarpit, good = "http://tarpit.test", "http://good.test"
+        held = [shares.hold("k", tarpit) for _ in range(2)]
+        for hold in held:
+            await hold.__aenter__()
+        # Ten more of the key's fetches on the tarpit wait for its connections, holding no share.
+        waiting = [asyncio.create_task(_enter_and_leave_host(shares, "k", tarpit)) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert shares.fetches_of("k") == 2 and shares.fetches_to(tarpit) == 2
+        # The key's image on another host goes straight in.
+        await asyncio.wait_for(_enter_and_leave_host(shares, "k", good), 5)
+        assert not any(task.done() for task in waiting)
+        for hold in held:
+            await hold.__aexit__(None, None, None)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert shares.fetches_of("k") == 0 and shares.fetches_to(tarpit) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_host_s_slots_are_shared_by_keys_and_a_freed_one_goes_to_the_first_waiter_with_room() -> None:
+    async def scenario() -> None:
+        shares = FetchShares(max_fetches_per_key=1, per_host=1)
+        first = shares.hold("a", "http://h.test")
+        await first.__aenter__()
+        order: list[str] = []
+        # a's second fetch waits for a's share and the host; b's waits for the host only.
+        a_next = asyncio.create_task(_record(shares, "a", "http://h.test", order))
+        b_next = asyncio.create_task(_record(shares, "b", "http://h.test", order))
+        await asyncio.sleep(0)
+        assert order == []
+        await first.__aexit__(None, None, None)
+        await asyncio.wait_for(asyncio.gather(a_next, b_next), 5)
+        assert order == ["a", "b"]  # arrival order once each had room
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_wait_for_a_host_leaves_nothing_held() -> None:
+    async def scenario() -> None:
+        shares = FetchShares(max_fetches_per_key=0, per_host=1)
+        first = shares.hold("a", "http://h.test")
+        await first.__aenter__()
+        waiting = asyncio.create_task(_enter_and_leave_host(shares, "b", "http://h.test"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await first.__aexit__(None, None, None)
+        assert shares.fetches_of("b") == 0 and shares.fetches_to("http://h.test") == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://img.test:8080/a/b.png?x=1", "http://img.test:8080"),
+        ("https://IMG.test/a.png", "https://img.test"),
+        ("not a url", None),
+    ],
+)
+def test_the_origin_is_what_connections_are_pooled_by(url: str, origin: str | None) -> None:
+    assert origin_of(url) == origin
+
+
+async def _enter_and_leave_host(shares: FetchShares, owner: str, host: str) -> None:
+    async with shares.hold(owner, host):
+        pass
+
+
+async def _record(shares: FetchShares, owner: str, host: str, order: list[str]) -> None:
+    async with shares.hold(owner, host):
+        order.append(owner)

@@ -88,7 +88,7 @@ def run(
             holder[0].events.append((job.id, status))
 
         runner = JobRunner(
-            settings_obj, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings_obj, model_input_px=model.input_size_px),
+            settings_obj, store, batcher, fetch=fetch, prepare=lambda data: asyncio.to_thread(decode_image, data, settings_obj, model_input_px=model.input_size_px),
             model_name="fake", on_event=on_event, count_tokens=model.count_tokens,
         )  # fmt: skip
         holder.append(Harness(store, runner, model))

@@ -137,7 +137,7 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
             pass
 
         runner = JobRunner(
-            settings, store, batcher, fetch=fetch, prepare=lambda data: decode_image(data, settings, model_input_px=model.input_size_px),
+            settings, store, batcher, fetch=fetch, prepare=lambda data: asyncio.to_thread(decode_image, data, settings, model_input_px=model.input_size_px),
             model_name="fake", on_event=on_event,
         )  # fmt: skip
         for job_id in ("job_ordinary", "job_survivor"):

@@ -22,6 +22,7 @@ from shared.settings import Settings
 from tests.fakes import FakeCaptioner, FakeQueue, fake_caption
 from worker.captioning.chunks import ItemsInHand
 from worker.captioning.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
+from worker.intake.decoders import DecodeProcesses
 from worker.runtime import CaptionRuntime, caption_fn_for, load_captioner, prepare_fn_for
 
 
@@ -69,8 +70,21 @@ def test_the_batcher_sees_one_call_per_batch_with_each_row_s_limit() -> None:
 
 
 def test_preparing_decodes_then_runs_the_model_s_preprocessing() -> None:
-    prepared = prepare_fn_for(FakeCaptioner(), Settings())(_png(30))  # type: ignore[arg-type]
+    prepare = prepare_fn_for(FakeCaptioner(), Settings(), None)  # type: ignore[arg-type]
+    prepared = asyncio.run(prepare(_png(30)))
     assert [image.size for image in prepared] == [(30, 10)]
+
+
+def test_preparing_with_decoding_children_gives_the_same_input() -> None:
+    async def scenario() -> list[tuple[int, int]]:
+        decoders = DecodeProcesses(Settings(), model_input_px=FakeCaptioner().input_size_px, processes=1)
+        try:
+            prepared = await prepare_fn_for(FakeCaptioner(), Settings(), decoders)(_png(30))  # type: ignore[arg-type]
+            return [image.size for image in prepared]
+        finally:
+            decoders.close()
+
+    assert asyncio.run(scenario()) == [(30, 10)]
 
 
 def test_a_chunk_with_more_images_than_the_limit_enters_alone_and_the_next_waits() -> None:

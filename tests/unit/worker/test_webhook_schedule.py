@@ -104,13 +104,56 @@ def make_slots(limit: int, lease_s: float = 30.0) -> DeliverySlots:
     return DeliverySlots(fakeredis.aioredis.FakeRedis(), Keys("t"), limit, lease_s=lease_s)
 
 
+def waiting(owner: str, n: int) -> WebhookDelivery:
+    return WebhookDelivery(
+        webhook_id=f"msg_{owner}_{n}", job_id=f"job_{n}", owner=owner, url="http://r/", event="job.succeeded", body="{}"
+    )
+
+
+async def schedule_members(slots: DeliverySlots) -> list[tuple[str, float]]:
+    entries = await slots.redis.zrange(slots.keys.webhook_schedule(), 0, -1, withscores=True)
+    return [(WebhookDelivery.model_validate_json(member).webhook_id, score) for member, score in entries]
+
+
 def test_a_key_holds_at_most_its_limit_and_others_are_apart() -> None:
     async def scenario() -> None:
         slots = make_slots(limit=2)
-        assert [await slots.take("a", token, T0) for token in ("1", "2", "3")] == [True, True, False]
-        assert await slots.take("b", "1", T0)
-        await slots.release("a", "1")
-        assert await slots.take("a", "3", T0)
+        taken = [await slots.take_or_wait(waiting("a", n), str(n), T0) for n in (1, 2, 3)]
+        assert taken == [True, True, False]
+        assert await slots.take_or_wait(waiting("b", 1), "1", T0)
+        # The freed slot wakes a's waiting delivery (due now on the schedule) and is free for it.
+        assert [d.webhook_id for d in await slots.release("a", "1", T0 + 5)] == ["msg_a_3"]
+        assert await schedule_members(slots) == [("msg_a_3", T0 + 5)]
+        assert await slots.take_or_wait(waiting("a", 3), "3", T0 + 6)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_deliveries_wake_one_per_freed_slot_oldest_first_and_cost_nothing_meanwhile() -> None:
+    async def scenario() -> None:
+        slots = make_slots(limit=1)
+        assert await slots.take_or_wait(waiting("a", 0), "hanging", T0)
+        for n in range(1, 501):
+            assert not await slots.take_or_wait(waiting("a", n), f"t{n}", T0 + n / 1000)
+        # Nothing is due while the holder hangs: no poll touches the 500 waiting deliveries.
+        assert await slots.wake_due(T0 + 10) == 0
+        assert await schedule_members(slots) == []
+        woken = await slots.release("a", "hanging", T0 + 20, due_s=T0 + 80)
+        assert [d.webhook_id for d in woken] == ["msg_a_1"]
+        # On the schedule under a lease: the releasing worker queues it; the mover only if that worker died.
+        assert await schedule_members(slots) == [("msg_a_1", T0 + 80)]
+        assert await slots.redis.zcard(slots.keys.webhook_waiting("a")) == 499
+
+    asyncio.run(scenario())
+
+
+def test_the_same_delivery_deferred_twice_waits_once() -> None:
+    async def scenario() -> None:
+        slots = make_slots(limit=1)
+        assert await slots.take_or_wait(waiting("a", 0), "hanging", T0)
+        assert not await slots.take_or_wait(waiting("a", 1), "x", T0)
+        assert not await slots.take_or_wait(waiting("a", 1), "y", T0 + 1)
+        assert await slots.redis.zcard(slots.keys.webhook_waiting("a")) == 1
 
     asyncio.run(scenario())
 
@@ -118,9 +161,14 @@ def test_a_key_holds_at_most_its_limit_and_others_are_apart() -> None:
 def test_a_slot_of_a_worker_that_died_frees_itself_when_its_lease_ends() -> None:
     async def scenario() -> None:
         slots = make_slots(limit=1, lease_s=30)
-        assert await slots.take("a", "dead", T0)
-        assert not await slots.take("a", "next", T0 + 29)
-        assert await slots.take("a", "next", T0 + 30)
+        assert await slots.take_or_wait(waiting("a", 0), "dead", T0)
+        assert not await slots.take_or_wait(waiting("a", 1), "next", T0 + 29)
+        # The holder never releases; the mover's look at overdue owners wakes the waiting one after a lease.
+        assert await slots.wake_due(T0 + 29 + 29) == 0
+        assert await slots.wake_due(T0 + 29 + 30) == 1
+        assert await schedule_members(slots) == [("msg_a_1", T0 + 59)]
+        assert await slots.redis.zcard(slots.keys.webhook_waiting_owners()) == 0
+        assert await slots.take_or_wait(waiting("a", 1), "next", T0 + 60)
 
     asyncio.run(scenario())
 
@@ -128,7 +176,7 @@ def test_a_slot_of_a_worker_that_died_frees_itself_when_its_lease_ends() -> None
 def test_limit_zero_means_no_limit() -> None:
     async def scenario() -> None:
         slots = make_slots(limit=0)
-        assert all([await slots.take("a", str(i), T0) for i in range(100)])
+        assert all([await slots.take_or_wait(waiting("a", i), str(i), T0) for i in range(100)])
 
     asyncio.run(scenario())
 

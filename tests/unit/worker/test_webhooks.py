@@ -315,7 +315,7 @@ def test_redis_trouble_puts_the_attempt_back_on_the_queue(
 
     delivery = build_delivery(make_job(), JobStatus.SUCCEEDED, datetime.now(UTC))
     with asyncio.Runner() as runner:
-        monkeypatch.setattr(webhook_tasks, "_deliverer_for", lambda _settings: (runner, StoreDown()))
+        monkeypatch.setattr(webhook_tasks, "_deliverer_for", lambda _settings, _send_task: (runner, StoreDown()))
         with pytest.raises(Reject) as rejected:
             webhook_tasks.deliver_webhook(webhook_settings, delivery.model_dump(mode="json"))
     assert rejected.value.requeue is True
@@ -356,6 +356,32 @@ def test_after_a_rotation_both_secrets_sign_and_the_extra_ones_too(webhook_setti
     run(scenario)
 
 
+def test_the_attempt_that_frees_a_slot_queues_the_oldest_waiting_delivery_at_once(settings: Settings) -> None:
+    async def scenario() -> None:
+        h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200, 200])
+        h.deliverer.send_task = h.send_task
+        jobs = [make_job(id=f"job_{n}", owner="tenant-a") for n in range(3)]
+        for job in jobs:
+            await h.store.create(job)
+        first, *waiting = [build_delivery(job, JobStatus.SUCCEEDED, datetime.now(UTC)) for job in jobs]
+        hanging = first.model_copy(update={"webhook_id": "msg_hanging"})
+        assert await h.deliverer.slots.take_or_wait(hanging, "hanging", h.clock())
+        for delivery in waiting:
+            assert await h.deliverer.deliver(delivery) is None
+        await h.deliverer._release("tenant-a", "hanging")
+        # The oldest waiting one is on the webhook queue, off the schedule; the other still waits, unqueued.
+        assert [WebhookDelivery.model_validate(sent).webhook_id for sent in h.sent] == [waiting[0].webhook_id]
+        assert await scheduled_retries(h.schedule) == []
+        assert await h.redis.zcard(h.keys.webhook_waiting("tenant-a")) == 1
+        state = await h.deliverer.deliver(waiting[0])
+        assert state is not None and state.status == "delivered"
+        # Its attempt freed the slot again: the last one is queued in turn.
+        assert [WebhookDelivery.model_validate(sent).webhook_id for sent in h.sent][-1] == waiting[1].webhook_id
+        assert await h.redis.zcard(h.keys.webhook_waiting("tenant-a")) == 0
+
+    run(scenario)
+
+
 def test_a_key_holding_its_share_is_deferred_unattempted_and_others_go_out(settings: Settings) -> None:
     async def scenario() -> None:
         h = Harness(settings.model_copy(update={"webhook_max_concurrent_per_key": 1}), [200])
@@ -363,16 +389,20 @@ def test_a_key_holding_its_share_is_deferred_unattempted_and_others_go_out(setti
         for job in (greedy, other):
             await h.store.create(job)
         # tenant-a's one slot is held by a delivery hanging on its slow receiver.
-        assert await h.deliverer.slots.take("tenant-a", "hanging", h.clock())
         held_back = build_delivery(greedy, JobStatus.SUCCEEDED, datetime.now(UTC))
+        hanging = held_back.model_copy(update={"webhook_id": "msg_hanging"})
+        assert await h.deliverer.slots.take_or_wait(hanging, "hanging", h.clock())
         assert await h.deliverer.deliver(held_back) is None
         assert h.session.requests == []
-        assert await scheduled_retries(h.schedule) == [(held_back, T0 + 1)]
+        # It waits for the slot, off the schedule: nothing re-queues it while the slow one hangs.
+        assert await scheduled_retries(h.schedule) == []
+        assert await h.redis.zcard(h.keys.webhook_waiting("tenant-a")) == 1
         assert (await h.webhook_record("job_greedy")) is None  # not attempted, so not recorded
         state = await h.deliverer.deliver(build_delivery(other, JobStatus.SUCCEEDED, datetime.now(UTC)))
         assert state is not None and state.status == "delivered"
         # Once the slow one ends, the deferred delivery goes out on its next turn.
-        await h.deliverer.slots.release("tenant-a", "hanging")
+        assert await h.deliverer.slots.release("tenant-a", "hanging", h.clock()) == [held_back]
+        assert await scheduled_retries(h.schedule) == [(held_back, T0)]
         state = await h.deliverer.deliver(held_back)
         assert state is not None and state.status == "delivered"
         assert await h.redis.zcard(h.keys.webhook_slots("tenant-a")) == 0

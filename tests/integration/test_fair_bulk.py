@@ -1,0 +1,78 @@
+"""Fair bulk order on the real stack: a key's small batch does not wait for another key's earlier, larger one.
+
+A stack of its own: a simulated accelerator that holds each model batch 300 ms (``sleep:300``), chunks of 4
+items, one chunk in hand at a time, and a bulk queue fed one message deep. Tenant A posts 40 items (10
+chunks), then tenant B posts 4 (one chunk). Round-robin, B's chunk runs after at most the chunk A has in
+hand, the one queued and one turn: when B's batch ends, A's has at least 3 chunks to go. One FIFO for all
+(before issue #23) ended all of A's batch first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.stack import LocalStack
+from tests.integration.chaos import wait_until
+from tests.servers import HostileServer
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack
+
+pytestmark = pytest.mark.slow
+
+_CHUNK = 4
+_A_ITEMS = 40
+_DEADLINE_S = 120
+
+
+@pytest.fixture(scope="module")
+def fair_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
+    env = {
+        "CAPTIONIZER_KEY_PREFIX": "fairbulk",
+        "CAPTIONIZER_MODEL": "sleep:300",
+        "CAPTIONIZER_BATCH_CHUNK_ITEMS": str(_CHUNK),
+        "CAPTIONIZER_BULK_ITEMS_IN_HAND": str(_CHUNK),
+        "CAPTIONIZER_MAX_BATCH_SIZE": str(_CHUNK),
+        "CAPTIONIZER_BULK_QUEUE_DEPTH": "1",
+    }
+    with standin_stack(tmp_path_factory.mktemp("fair-bulk-logs"), image_server, env) as stack:
+        yield stack
+
+
+def _post(api: httpx.Client, key: str, items: int, url: str) -> str:
+    body = {"items": [{"image_url": url} for _ in range(items)], "max_new_tokens": 5}
+    response = api.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 202, response.text
+    batch_id: str = response.json()["id"]
+    return batch_id
+
+
+def _batch(api: httpx.Client, key: str, batch_id: str) -> dict[str, Any]:
+    response = api.get(f"/v1/batches/{batch_id}", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_small_batch_of_another_key_ends_while_a_larger_earlier_one_still_runs(
+    fair_stack: LocalStack, image_server: HostileServer
+) -> None:
+    url = image_server.url("/image/shape.png")
+    with httpx.Client(base_url=fair_stack.api_url, timeout=60) as api:
+        a_batch = _post(api, TENANT_A_KEY, _A_ITEMS, url)
+        b_batch = _post(api, TENANT_B_KEY, _CHUNK, url)
+        wait_until(
+            lambda: _batch(api, TENANT_B_KEY, b_batch)["status"] == "completed", timeout_s=_DEADLINE_S, what="B's batch"
+        )
+        a_then = _batch(api, TENANT_A_KEY, a_batch)
+        b_then = _batch(api, TENANT_B_KEY, b_batch)
+        assert b_then["counts"]["succeeded"] == _CHUNK
+        # Read after B's ended: A's progress only grows, so A had at least this much to go when B ended.
+        assert a_then["status"] == "running", a_then
+        assert a_then["done"] <= _A_ITEMS - 3 * _CHUNK, a_then
+        wait_until(
+            lambda: _batch(api, TENANT_A_KEY, a_batch)["status"] == "completed", timeout_s=_DEADLINE_S, what="A's batch"
+        )
+        assert _batch(api, TENANT_A_KEY, a_batch)["counts"]["succeeded"] == _A_ITEMS

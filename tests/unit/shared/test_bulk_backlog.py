@@ -1,0 +1,64 @@
+"""BulkBacklog: each key's chunk messages reach the bulk queue round-robin, and only while it is short."""
+
+from __future__ import annotations
+
+import asyncio
+
+import fakeredis.aioredis
+
+from shared.broker.bulk_backlog import BulkBacklog
+from shared.keys import Keys
+
+
+def make_backlog(depth: int) -> BulkBacklog:
+    return BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=depth)
+
+
+async def queued_in_consuming_order(backlog: BulkBacklog) -> list[bytes]:
+    # kombu LPUSHes and BRPOPs: the list read from its right end is the consuming order.
+    queued: list[bytes] = await backlog.redis.lrange(backlog.keys.bulk_queue(), 0, -1)
+    return list(reversed(queued))
+
+
+def test_keys_take_turns_whatever_each_queued_first() -> None:
+    async def scenario() -> None:
+        backlog = make_backlog(depth=100)
+        await backlog.append("greedy", [f"a{n}".encode() for n in range(6)])
+        await backlog.append("small", [b"b0", b"b1"])
+        await backlog.append("third", [b"c0"])
+        assert await backlog.feed() == 9
+        order = await queued_in_consuming_order(backlog)
+        assert order == [b"a0", b"b0", b"c0", b"a1", b"b1", b"a2", b"a3", b"a4", b"a5"]
+        assert await backlog.redis.llen(backlog.keys.bulk_ring()) == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_queue_is_fed_only_up_to_its_depth_so_a_late_key_waits_behind_at_most_that_many() -> None:
+    async def scenario() -> None:
+        backlog = make_backlog(depth=2)
+        await backlog.append("greedy", [f"a{n}".encode() for n in range(2_000)])
+        assert await backlog.feed() == 2
+        assert await backlog.feed() == 0  # full: nothing moves
+        await backlog.append("small", [b"b0"])
+        # Workers take messages (BRPOP); each feed gives the next key on the ring its turn: the greedy
+        # key was at the head, then the small one, whatever the greedy key still has waiting.
+        for _ in range(2):
+            await backlog.redis.rpop(backlog.keys.bulk_queue())
+            assert await backlog.feed() == 1
+        assert await queued_in_consuming_order(backlog) == [b"a2", b"b0"]
+        assert await backlog.redis.llen(backlog.keys.bulk_backlog("greedy")) == 1_997
+
+    asyncio.run(scenario())
+
+
+def test_a_key_is_on_the_ring_once_while_it_has_a_backlog_and_the_sweep_sees_it() -> None:
+    async def scenario() -> None:
+        backlog = make_backlog(depth=1)
+        await backlog.append("k", [b"m0"])
+        await backlog.append("k", [b"m1", b"m2"])
+        assert await backlog.redis.lrange(backlog.keys.bulk_ring(), 0, -1) == [b"k"]
+        assert await backlog.backlog_names() == [backlog.keys.bulk_backlog("k")]
+        assert await backlog.append("k", []) == 0
+
+    asyncio.run(scenario())

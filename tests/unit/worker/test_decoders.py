@@ -1,0 +1,98 @@
+"""Decoding in child processes (worker.intake.decoders): a CPU budget per image, and a cancelled decode stops at once.
+
+Real child processes (forkserver), real scan bombs: the budget is enforced by the kernel (RLIMIT_CPU), so
+nothing here can be faked. The scan ceiling is lifted so that the bomb reaches the decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from shared.errors import ImageCorrupt, ImageTooComplex
+from shared.settings import Settings
+from tests.servers import scan_bomb_jpeg
+from worker.intake.decoders import DecodeProcesses
+
+# Minutes of CPU to decode in full, a few hundred kB to send.
+_BOMB = scan_bomb_jpeg(scans=40_000, side_px=2048)
+
+
+def _png(size: tuple[int, int] = (96, 64)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _decoders(settings: Settings) -> DecodeProcesses:
+    lifted = settings.model_copy(update={"decode_cpu_budget_s": 1, "max_jpeg_scans": 1_000_000})
+    return DecodeProcesses(lifted, model_input_px=224, processes=1)
+
+
+def test_an_image_decodes_in_a_child_exactly_as_in_the_worker(settings: Settings) -> None:
+    async def scenario() -> None:
+        decoders = _decoders(settings)
+        try:
+            image = await decoders.decode(_png())
+            assert (image.mode, image.size, image.getpixel((5, 5))) == ("RGB", (96, 64), (200, 10, 10))
+        finally:
+            decoders.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_decoder_error_keeps_its_code_and_the_child_serves_the_next(settings: Settings) -> None:
+    async def scenario() -> None:
+        decoders = _decoders(settings)
+        try:
+            with pytest.raises(ImageCorrupt):
+                await decoders.decode(_png()[:60])
+            assert (await decoders.decode(_png())).size == (96, 64)
+        finally:
+            decoders.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_scan_bomb_past_the_budget_fails_image_too_complex_and_its_child_is_gone(settings: Settings) -> None:
+    async def scenario() -> None:
+        decoders = _decoders(settings)
+        try:
+            with pytest.raises(ImageTooComplex) as caught:
+                await decoders.decode(_BOMB)
+            assert "more than 1 s of CPU" in caught.value.message
+            assert decoders.children_alive() == 0
+            assert (await decoders.decode(_png())).size == (96, 64)  # a fresh child
+        finally:
+            decoders.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_decode_kills_its_child_at_once(settings: Settings) -> None:
+    async def scenario() -> None:
+        decoders = DecodeProcesses(
+            settings.model_copy(update={"decode_cpu_budget_s": 600, "max_jpeg_scans": 1_000_000}),
+            model_input_px=224,
+            processes=1,
+        )
+        try:
+            await decoders.decode(_png())  # the child is up
+            idle_cpu_s = decoders.children_cpu_s()
+            decoding = asyncio.create_task(decoders.decode(_BOMB))
+            deadline = time.monotonic() + 30
+            while decoders.children_cpu_s() < idle_cpu_s + 0.2:  # the child is decoding the bomb
+                assert time.monotonic() < deadline, "the child never started decoding"
+                await asyncio.sleep(0.01)
+            decoding.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await decoding
+            assert decoders.children_alive() == 0
+        finally:
+            decoders.close()
+
+    asyncio.run(scenario())
