@@ -179,3 +179,36 @@ def problem_responses(*errors: type[CaptionizerError]) -> dict[int | str, dict[s
         if entry["description"] != cls.title:
             entry["description"] = f"{entry['description']}; {cls.title}"
     return responses
+
+
+# OpenAI's error envelope, as the facade answers it; members beyond the four ride along (job_id...).
+_OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "string"},
+            },
+        }
+    },
+}
+
+
+def openai_error_responses(*errors: type[CaptionizerError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the facade's routes: the same errors, in OpenAI's shape and status, as JSON."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for cls in errors:
+        status = openai_status(cls.status)
+        content = {"application/json": {"schema": _OPENAI_ERROR_SCHEMA, "examples": {}}}
+        entry = responses.setdefault(status, {"description": cls.title, "content": content})
+        example = openai_error_body(cls.code, cls.status, cls.__doc__ or cls.title, {})
+        entry["content"]["application/json"]["examples"][cls.code] = {"summary": cls.title, "value": example}
+        if cls.title not in entry["description"]:
+            entry["description"] = f"{entry['description']}; {cls.title}"
+    return responses

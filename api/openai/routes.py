@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.admission import Door
 from api.deps import CurrentCaller, Reader, services_of
 from api.http.auth import CALLER_ERRORS
-from api.http.problems import problem_responses
+from api.http.problems import openai_error_responses
 from api.http.security import EDGE_ERRORS
 from api.jobs.events import wait_for_caption
 from api.openai.batches import ERROR_FILE_PREFIX, OUTPUT_FILE_PREFIX
@@ -54,7 +54,9 @@ _MAX_FILENAME_CHARS = 255
 _MAX_FORM_FIELDS = 8
 
 router = APIRouter(
-    prefix=PREFIX, tags=["openai"], responses=problem_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest)
+    prefix=PREFIX,
+    tags=["openai"],
+    responses=openai_error_responses(*CALLER_ERRORS, *EDGE_ERRORS, errors.InvalidRequest),
 )
 
 
@@ -89,7 +91,7 @@ async def openai_list_models(request: Request, caller: Reader) -> ModelList:
                 }
             }
         },
-        **problem_responses(
+        **openai_error_responses(
             errors.UrlNotAllowed,
             errors.UploadTooLarge,
             errors.NotAnImage,
@@ -127,7 +129,7 @@ async def _stream(chunks: list[ChatCompletionChunk]) -> AsyncIterator[bytes]:
     yield sse_event("[DONE]")
 
 
-@router.post("/files", summary="Upload a batch input file (OpenAI: create file)", responses=problem_responses(
+@router.post("/files", summary="Upload a batch input file (OpenAI: create file)", responses=openai_error_responses(
     errors.UploadTooLarge, errors.UnsupportedMediaType
 ))  # fmt: skip
 async def openai_create_file(request: Request, caller: CurrentCaller) -> FileObject:
@@ -198,7 +200,7 @@ async def openai_list_files(
 
 
 @router.get("/files/{file_id}", summary="Read a file's metadata (OpenAI: retrieve file)",
-            responses=problem_responses(errors.FileNotFound))  # fmt: skip
+            responses=openai_error_responses(errors.FileNotFound))  # fmt: skip
 async def openai_read_file(file_id: _FileId, request: Request, caller: Reader) -> FileObject:
     """An input file, or a batch's output or error file (made once its batch has ended)."""
     services = services_of(request)
@@ -222,7 +224,7 @@ async def openai_read_file(file_id: _FileId, request: Request, caller: Reader) -
     "/files/{file_id}/content",
     summary="Read a file's content (OpenAI: retrieve file content)",
     response_class=Response,
-    responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}, **problem_responses(
+    responses={200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}, **openai_error_responses(
         errors.FileNotFound
     )},
 )  # fmt: skip
@@ -250,7 +252,7 @@ async def _generated_content(services: Services, file_id: str, owner: str) -> As
 _BatchId = Annotated[str, Path(max_length=256, description="The batch's id (also a native /v1/batches id).")]
 
 
-@router.post("/batches", summary="Run a batch input file (OpenAI: create batch)", responses=problem_responses(
+@router.post("/batches", summary="Run a batch input file (OpenAI: create batch)", responses=openai_error_responses(
     errors.FileNotFound, errors.TooManyItemsInFlight, errors.QueueUnavailable
 ))  # fmt: skip
 async def openai_create_batch(body: BatchCreateRequest, request: Request, caller: CurrentCaller) -> BatchObject:
@@ -282,7 +284,7 @@ async def openai_list_batches(
 
 
 @router.get("/batches/{batch_id}", summary="Read a batch (OpenAI: retrieve batch)",
-            responses=problem_responses(errors.BatchNotFound))  # fmt: skip
+            responses=openai_error_responses(errors.BatchNotFound))  # fmt: skip
 async def openai_read_batch(batch_id: _BatchId, request: Request, caller: Reader) -> BatchObject:
     """The batch's status and request counts; output and error file ids once it has ended."""
     services = services_of(request)
@@ -291,7 +293,7 @@ async def openai_read_batch(batch_id: _BatchId, request: Request, caller: Reader
 
 
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch (OpenAI: cancel batch)",
-             responses=problem_responses(errors.BatchNotFound))  # fmt: skip
+             responses=openai_error_responses(errors.BatchNotFound))  # fmt: skip
 async def openai_cancel_batch(batch_id: _BatchId, request: Request, caller: CurrentCaller) -> BatchObject:
     """Cancel the requests not yet run; those already answered stay in the output file."""
     services = services_of(request)

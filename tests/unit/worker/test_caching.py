@@ -205,7 +205,7 @@ def run(scenario: Callable[[Harness], Awaitable[None]], **settings: Any) -> Harn
     async def fetch(url: str) -> bytes:
         return images[url.rsplit("/", 1)[-1].split(".")[0]]
 
-    def prepare(data: bytes) -> Any:
+    async def prepare(data: bytes) -> Any:
         holder[0].prepared.append(len(data))
         return decode_image(data, settings_obj, model_input_px=model.input_size_px)
 
