@@ -246,16 +246,17 @@ GUARDS: dict[str, tuple[Case, str]] = {
 }
 
 
-@pytest.mark.parametrize("door", list(Door))
-@pytest.mark.parametrize("name", list(GUARDS))
+#: Every guard at every door that can carry its input (GET /caption has no webhook, options or upload;
+#: the facade no webhook). A Door with no driver fails here, at collection, until it is wired.
+APPLICABLE = [(door, name) for door in Door for name in GUARDS if _applies(DRIVERS[door], GUARDS[name][0])]
+
+
+@pytest.mark.parametrize(("door", "name"), APPLICABLE)
 def test_each_guard_gives_the_same_outcome_through_every_door(
     client: TestClient, api_harness: ApiHarness, door: Door, name: str
 ) -> None:
     case, expected = GUARDS[name]
     driver = DRIVERS[door]
-    if not _applies(driver, case):
-        missing = "webhook" if case.webhook_url is not None else "options" if case.needs_options else "inline image"
-        pytest.skip(f"{door} carries no {missing}")
     publish(api_harness, ModelLimits(model="embedded", max_prompt_tokens=10, prompt_tokenizer=BERT_WORDPIECE))
     assert driver.send(client, KEY_A, case).code == expected
 
