@@ -266,7 +266,6 @@ class CaptionRuntime:
             self._decoders = DecodeProcesses(
                 self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
             )
-            self._decoders.start()
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),

@@ -98,20 +98,6 @@ class DecodeProcesses:
             self._idle.put_nowait(child)
         return _image_from(answer)
 
-    def start(self) -> None:
-        """Start every child now, at worker start-up, rather than on first use.
-
-        A warm shutdown (SIGTERM to the worker's process group, as `make run`'s Ctrl-C or a container
-        stop may send) also ends the forkserver, after which no child could be started: the jobs in hand
-        must find their children already running.
-        """
-        started: list[_Child | None] = []
-        while not self._idle.empty():
-            child = self._idle.get_nowait()
-            started.append(child if child is not None else self._start_child())
-        for child in started:
-            self._idle.put_nowait(child)
-
     def children_alive(self) -> int:
         """How many decoding children are running now."""
         return sum(1 for child in self._children if child.process.is_alive())
@@ -180,10 +166,6 @@ def serve_decodes(conn: Connection, settings: Settings, model_input_px: int) -> 
     # Imported here: the child needs the decoder, the parent module only the process handling.
     from worker.intake.images import decode_image
 
-    # Out of the worker's process group: a SIGTERM or SIGINT sent to the group starts the worker's warm
-    # shutdown, and the jobs in hand still need their decodes. The worker kills its children itself
-    # (DecodeProcesses.close), and a child whose worker died reads EOF on its pipe and returns.
-    os.setpgrp()
     budget_s = settings.decode_cpu_budget_s
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:

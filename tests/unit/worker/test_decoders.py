@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 
 import pytest
@@ -93,24 +92,6 @@ def test_a_cancelled_decode_kills_its_child_at_once(settings: Settings) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await decoding
             assert decoders.children_alive() == 0
-        finally:
-            decoders.close()
-
-    asyncio.run(scenario())
-
-
-def test_started_children_run_outside_the_workers_process_group(settings: Settings) -> None:
-    # A SIGTERM to the worker's group (a warm shutdown) must not end the decodes its jobs in hand need.
-    async def scenario() -> None:
-        decoders = _decoders(settings.model_copy(update={"decode_cpu_budget_s": 1}))
-        try:
-            decoders.start()
-            assert decoders.children_alive() == 1
-            image = await decoders.decode(_png())  # served by the child started up front
-            assert image.size == (96, 64)
-            pids = [child.process.pid for child in decoders._children]
-            assert len(pids) == 1 and pids[0] is not None
-            assert os.getpgid(pids[0]) != os.getpgrp()
         finally:
             decoders.close()
 
