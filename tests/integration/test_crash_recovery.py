@@ -180,17 +180,30 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
     # a worker even takes them, so a sweep looks at them while their messages are held.
     backlog = {"created_at": utc_now() - timedelta(seconds=60)}
     try:
-        # Three chunks hang at the tarpit and fill the bulk images in hand (3 x 8); the other chunks the
-        # worker holds (worker.broker.bulk_flow bounds them) wait, their jobs still queued, for room.
+        # Every chunk starts with a job that hangs at the tarpit. Whichever three chunks' bodies reach the
+        # room first (pool threads start in no set order on a loaded machine) fill the bulk images in hand
+        # (3 x 8) and hang; the other chunks the worker holds (worker.broker.bulk_flow bounds them) wait,
+        # their jobs still queued, for room.
         held = max_chunks_held(items_in_hand=3 * 8, batch_size=8, pool_threads=RELIABILITY_WORKER_THREADS)
-        hanging = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(3)]
-        waiting = sender.store([shape] * 8 * (held - 3), **backlog)
-        sender.send_chunks([job_id for chunk in hanging for job_id in chunk] + waiting, chunk_size=8)
+        chunks = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(held)]
+        queued_ids = [job_id for chunk in chunks for job_id in chunk]
+        sender.send_chunks(queued_ids, chunk_size=8)
+
+        def unended(chunk: list[str]) -> bool:
+            return chaos.count_in(chunk, "succeeded", "failed") < len(chunk)
+
+        def holding_all() -> bool:
+            # A hanging job times out after 10 s and its chunk ends, so those chunks are left out.
+            live = [job_id for chunk in chunks if unended(chunk) for job_id in chunk]
+            return tarpit.open == 3 and len(live) > 3 * 8 and set(live) <= held_in_registry(chaos)
+
         with chaos.supervise():
             wait_until(
-                lambda: tarpit.open == 3 and set(waiting) <= held_in_registry(chaos),
+                holding_all,
                 timeout_s=90,
-                what="the worker holding all the chunks it may, three at the tarpit",
+                what=lambda: f"the worker holding all {held} chunks it may, three at the tarpit; tarpit open "
+                f"{tarpit.open}, {len(set(queued_ids) - held_in_registry(chaos))} jobs not held, "
+                f"{chaos.status_counts(queued_ids)}",
             )
             # Stored, never queued: an API killed between storing a job and sending its task.
             lost = sender.store([shape], **backlog)
@@ -198,10 +211,13 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
             # registry accounts for the waiting jobs both times, so only the lost job is an orphan.
             assert sweep_now(chaos) <= set(lost)
             chaos.kill_worker()
-            assert chaos.count_in(waiting, "queued") == len(waiting)  # held, not started, when the worker died
+            # The chunks held, not started, when the worker died: all but the three in hand (and any that
+            # entered after one of those timed out).
+            waiting = [job_id for chunk in chunks if chaos.count_in(chunk, "queued") == len(chunk) for job_id in chunk]
+            assert len(waiting) >= 8
             assert sweep_now(chaos) <= set(lost)
             tarpit.release()
-            job_ids = [*lost, *(job_id for chunk in hanging for job_id in chunk), *waiting]
+            job_ids = [*lost, *queued_ids]
             jobs = chaos.wait_all_final(job_ids, timeout_s=150)
     finally:
         sender.close()
