@@ -51,6 +51,11 @@ def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
     # SO_REUSEADDR, as uvicorn sets it: connections of an earlier run in TIME_WAIT do not block
     # the port, while another listening socket still does (Linux socket(7)).
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # uvicorn's --fd wraps the descriptor as AF_UNIX (socket.fromfd with a fixed family), so asyncio
+    # never sets TCP_NODELAY on the connections it accepts, as it does for TCP: every answer after the
+    # first on a kept-alive connection then waited out the client's delayed ACK, +40 ms
+    # (bench/README.md, "The API's own latency"). Linux copies the option from the listener to them.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
         sock.listen(2048)  # uvicorn's default backlog
