@@ -48,6 +48,8 @@ def stack_env(image_port: str) -> dict[str, str]:
         "CAPTIONIZER_ALLOWED_PORTS": f"80,443,{image_port}",
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
         "CAPTIONIZER_RATE_LIMIT_READS_PER_MINUTE": "0",
+        # The rounds send the same images again: with the cache on, both ways would be answered from it.
+        "CAPTIONIZER_CACHE_ENABLED": "false",
         "CAPTIONIZER_OWNER_QUEUE_SHARE": "1",
         "CAPTIONIZER_WORKER_METRICS_PORT": "0",
         "CAPTIONIZER_LOG_LEVEL": "WARNING",
