@@ -46,7 +46,7 @@ from worker.captioning.job_writes import CoalescingJobStore
 from worker.captioning.pipeline import JobRunner, PrepareFn
 from worker.captioning.standins import load_standin
 from worker.intake.decoders import DecodeProcesses
-from worker.intake.images import decode_image, fetch_image_bytes, make_fetch_session
+from worker.intake.images import ImageBytes, decode_image, fetch_image_bytes, make_fetch_session
 from worker.recovery.redelivery import OrphanSweeper
 from worker.recovery.running_jobs import RunningJobs
 
@@ -356,5 +356,5 @@ class CaptionRuntime:
             await asyncio.sleep(self.settings.worker_heartbeat_s)
 
 
-async def _fetch(session: Any, settings: Settings, url: str) -> bytes:
+async def _fetch(session: Any, settings: Settings, url: str) -> ImageBytes:
     return await fetch_image_bytes(session, url, settings)

@@ -1,6 +1,7 @@
 """The caption cache as the job pipeline sees it: claim a job's key, reuse a hit, record a miss.
 
-:meth:`CaptionCache.claim` is entered once the image's bytes are read. It ends in one of three ways:
+:meth:`CaptionCache.claim` is entered once the image's bytes are read, with their SHA-256 (taken as they
+arrived, ``worker.intake.images.ImageBytes``). It ends in one of three ways:
 
 - **hit**: an entry exists; the job ends with it, before any decode or model work;
 - **miss**: the key is leased to this job, which computes and records the result (:meth:`Claim.record`);
@@ -30,7 +31,7 @@ from shared.errors import ImageAspectRatio, ImageCorrupt, NotAnImage, TooManyPix
 from shared.jobs.model import CacheOutcome, Job
 from shared.jobs.store import REDIS_ERRORS
 from shared.settings import Settings
-from worker.caching.identity import CacheKey, image_digest, make_key
+from worker.caching.identity import CacheKey, make_key
 from worker.caching.store import LEASED, WAIT, CacheStore, Entry
 
 logger = logging.getLogger(__name__)
@@ -88,20 +89,20 @@ class CaptionCache:
         self._settled: dict[str, asyncio.Event] = {}
         self._renewer: asyncio.Task[None] | None = None
 
-    def key_for(self, job: Job, data: bytes) -> CacheKey | None:
-        """The job's cache key, or None when the deployment or the job turned the cache off."""
+    def key_for(self, job: Job, image_sha256: str) -> CacheKey | None:
+        """The job's cache key from its image's SHA-256, or None when the deployment or the job turned the cache off."""
         if not self.settings.cache_enabled or not job.use_cache:
             return None
-        return make_key(job.owner, image_digest(data), job.options, model=self.model, settings=self.settings)
+        return make_key(job.owner, image_sha256, job.options, model=self.model, settings=self.settings)
 
     @contextlib.asynccontextmanager
-    async def claim(self, job: Job, data: bytes) -> AsyncIterator[Claim]:
+    async def claim(self, job: Job, image_sha256: str) -> AsyncIterator[Claim]:
         """Claim ``job``'s key for the block: a hit, or a lease held until the block records or leaves.
 
         Raises:
             QueueUnavailable: Redis cannot be reached.
         """
-        key = self.key_for(job, data)
+        key = self.key_for(job, image_sha256)
         if key is None:
             yield Claim(None, job.id, owner_tag(job.owner), "off")
             return

@@ -31,11 +31,6 @@ class CacheKey:
     scope: str
 
 
-def image_digest(data: bytes) -> str:
-    """The SHA-256 of an image's bytes, as they were read; the bytes themselves are never kept."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def model_identity(captioner: Any) -> str:
     """The model as the key sees it: name, revision (digest or commit), dtype and device type."""
     device = getattr(captioner.device, "type", str(captioner.device))

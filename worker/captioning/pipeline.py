@@ -28,12 +28,13 @@ from worker.captioning import metrics
 from worker.captioning.batching import Batcher, BatchResult
 from worker.captioning.prompts import PromptShares
 from worker.intake.fetch_shares import FetchShares, origin_of
+from worker.intake.images import ImageBytes
 from worker.recovery.redelivery import DeliveryGate
 
 logger = logging.getLogger(__name__)
 
-#: Downloads the image at a URL (``worker.intake.images.fetch_image_bytes`` bound to a session).
-FetchFn = Callable[[str], Awaitable[bytes]]
+#: Downloads the image at a URL, hashing it as it arrives (``worker.intake.images.fetch_image_bytes`` bound to a session).
+FetchFn = Callable[[str], Awaitable[ImageBytes]]
 #: Decodes image bytes and prepares the model's input from them (decode, resize, normalise), off the
 #: event loop (decoding in a child process, preprocessing in a thread), many at once, so nothing per
 #: image is left for the thread that calls the model. Cancelling it stops the decode (worker.intake.decoders).
@@ -146,11 +147,12 @@ class JobRunner:
 
     async def _caption(self, job: Job, interactive: bool) -> _Captioned:
         began = time.perf_counter()
-        data = await self._read_image(job)
+        image = await self._read_image(job)
+        data = image.data
         if self.cache is None:
             return await self._compute(job, data, began, interactive)
         # A hit ends here, before decoding; an identical job in flight is waited for (worker.caching).
-        async with self.cache.claim(job, data) as claim:
+        async with self.cache.claim(job, image.sha256) as claim:
             if claim.entry is not None:
                 caption = claim.hit_caption()
                 return _Captioned(caption, time.perf_counter() - began, None, "hit", claim.cached_from)
@@ -168,12 +170,12 @@ class JobRunner:
             result = await self.batcher.caption(inputs, job.options, interactive=interactive)
         return _Captioned(result.caption, fetch_s, result)
 
-    async def _read_image(self, job: Job) -> bytes:
+    async def _read_image(self, job: Job) -> ImageBytes:
         if job.source == "upload":
             data = await self.store.read_upload(job.id)
             if data is None:
                 raise UploadExpired("the uploaded image expired before a worker read it")
-            return data
+            return ImageBytes.of(data)
         if job.image_url is None:
             raise InternalError("the job has neither an image URL nor an upload")
         # A key with images on slow hosts waits for its own fetches, never holds all of them, and a fetch

@@ -11,10 +11,12 @@ orientation and converted to RGB. Every failure is one of the typed errors in :m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import struct
 import zlib
+from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import aiohttp
@@ -83,8 +85,25 @@ def make_fetch_session(settings: Settings, *, dns: AbstractResolver | None = Non
     return make_egress_session(settings, headers=REQUEST_HEADERS, timeout=_client_timeout(settings), dns=dns)
 
 
-async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: Settings) -> bytes:
-    """Download the image at ``url`` (bounded, SSRF-checked) and return its bytes.
+@dataclass(frozen=True, slots=True)
+class ImageBytes:
+    """An image's bytes as read, and their SHA-256 (the caption cache's key, ``worker.caching.identity``).
+
+    A download's digest is taken chunk by chunk as the bytes arrive, while the rest of the body is still
+    on its way, so a cache hit needs no second pass over them; only the bytes are kept, not a copy.
+    """
+
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> ImageBytes:
+        """Bytes that arrived whole (an upload read from Redis): hashed at once."""
+        return cls(data, hashlib.sha256(data).hexdigest())
+
+
+async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: Settings) -> ImageBytes:
+    """Download the image at ``url`` (bounded, SSRF-checked) and return its bytes, hashed as they arrived.
 
     Raises:
         UrlNotAllowed: a hop's URL, or an address its host resolves to, is not allowed.
@@ -106,7 +125,7 @@ async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: 
         raise FetchFailed(f"the image could not be downloaded: {detail}") from exc
 
 
-async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: Settings) -> bytes:
+async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: Settings) -> ImageBytes:
     """Fetch ``url``, following at most ``max_redirects`` redirects, each checked before it is followed."""
     current, last_status = url, 0
     for _ in range(settings.max_redirects + 1):
@@ -141,17 +160,19 @@ def _redirect_location(response: aiohttp.ClientResponse) -> str | None:
     return None
 
 
-async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    """Read the body, refusing it as soon as it is declared or grows larger than ``max_bytes``."""
+async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> ImageBytes:
+    """Read and hash the body, refusing it as soon as it is declared or grows larger than ``max_bytes``."""
     declared = response.content_length
     if declared is not None and declared > max_bytes:
         response.close()
         raise ImageTooLarge(f"the image is declared as {declared} bytes; the limit is {max_bytes}")
     body = bytearray()
+    digest = hashlib.sha256()
     sniffed = False
     # Content-Length can lie, and chunked bodies have none: count what actually arrives.
     async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
         body += chunk
+        digest.update(chunk)
         if len(body) > max_bytes:
             response.close()  # drop the connection: the rest of the body is never read
             raise ImageTooLarge(f"the image is larger than {max_bytes} bytes")
@@ -160,7 +181,7 @@ async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
             _check_image_head(bytes(body[:SNIFF_BYTES]), response)
     if not sniffed:
         _check_image_head(bytes(body), response)
-    return bytes(body)
+    return ImageBytes(bytes(body), digest.hexdigest())
 
 
 def _check_image_head(head: bytes, response: aiohttp.ClientResponse) -> None:

@@ -21,11 +21,11 @@ from tests.fakes import FakeCaptioner, fake_caption
 from worker.caching import CacheStore, CaptionCache
 from worker.caching import store as cache_store
 from worker.caching.cache import Claim
-from worker.caching.identity import image_digest, make_key, model_identity
+from worker.caching.identity import make_key, model_identity
 from worker.caching.store import LEASED, WAIT, Entry
 from worker.captioning.batching import Batcher
 from worker.captioning.pipeline import JobRunner
-from worker.intake.images import decode_image
+from worker.intake.images import ImageBytes, decode_image
 
 KEYS = Keys("t")
 
@@ -46,7 +46,7 @@ def new_store(redis: Any, *, max_entries: int = 100, ttl_s: int = 600, lease_s: 
 def key(owner: str = "alice", data: bytes = b"image", model: str = "m@r1", **changes: Any) -> str:
     settings = Settings(**{name: value for name, value in changes.items() if name in Settings.model_fields})
     options = JobOptions(**{name: value for name, value in changes.items() if name in JobOptions.model_fields})
-    return make_key(owner, image_digest(data), options, model=model, settings=settings).digest
+    return make_key(owner, ImageBytes.of(data).sha256, options, model=model, settings=settings).digest
 
 
 @pytest.mark.parametrize(
@@ -202,8 +202,8 @@ def run(scenario: Callable[[Harness], Awaitable[None]], **settings: Any) -> Harn
     holder: list[Harness] = []
     images = {"red": png(), "blue": png((20, 20, 200)), "garbage": b"GIF89a but not really an image at all"}
 
-    async def fetch(url: str) -> bytes:
-        return images[url.rsplit("/", 1)[-1].split(".")[0]]
+    async def fetch(url: str) -> ImageBytes:
+        return ImageBytes.of(images[url.rsplit("/", 1)[-1].split(".")[0]])
 
     async def prepare(data: bytes) -> Any:
         holder[0].prepared.append(len(data))

@@ -9,6 +9,7 @@ name can reach the test server and everything after it is checked by the code un
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import socket
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from shared.errors import FetchFailed
 from shared.settings import Settings
 from tests.servers import BLUE, GREEN, RED, WHITE, HostileServer, hostile_images
 from worker.egress import GuardedResolver
-from worker.intake.images import decode_image, fetch_image_bytes, make_fetch_session
+from worker.intake.images import ImageBytes, decode_image, fetch_image_bytes, make_fetch_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +99,7 @@ def intake(url: str, settings: Settings, dns: FakeDns | None = None) -> Image.Im
 
     async def fetch() -> bytes:
         async with make_fetch_session(settings, dns=dns) as session:
-            return await fetch_image_bytes(session, url, settings)
+            return (await fetch_image_bytes(session, url, settings)).data
 
     with asyncio.Runner(loop_factory=NatLoop) as runner:
         data = runner.run(fetch())
@@ -248,6 +249,23 @@ def test_a_large_png_is_shrunk_to_twice_the_model_input(server: HostileServer) -
     assert_close(image.getpixel((10, 10)), GREEN, tolerance=0)
 
 
+def test_a_download_is_hashed_as_it_arrives_over_several_reads(server: HostileServer) -> None:
+    # large.jpg (94,629 bytes) arrives in more than one 64 KiB read: the digest covers every one of
+    # them, the bytes of the final hop only (after a redirect), as ImageBytes.of would hash them whole.
+    settings = make_settings(server)
+    sent = hostile_images()["large.jpg"][0]
+
+    async def fetch(path: str) -> ImageBytes:
+        async with make_fetch_session(settings) as session:
+            return await fetch_image_bytes(session, server.url(path), settings)
+
+    with asyncio.Runner(loop_factory=NatLoop) as runner:
+        fetched = runner.run(fetch("/image/large.jpg"))
+    assert len(sent) > 64 * 1024
+    assert fetched.data == sent
+    assert fetched.sha256 == hashlib.sha256(sent).hexdigest() == ImageBytes.of(sent).sha256
+
+
 def test_a_short_chain_of_relative_redirects_is_followed(server: HostileServer) -> None:
     assert intake(server.url("/chain/3"), make_settings(server)).size == (160, 160)
 
@@ -393,7 +411,7 @@ def test_the_shared_session_serves_the_next_job_after_hostile_ones(server: Hosti
 
     async def job(session: aiohttp.ClientSession, path: str) -> str:
         try:
-            data = await fetch_image_bytes(session, server.url(path), settings)
+            data = (await fetch_image_bytes(session, server.url(path), settings)).data
             return str(decode_image(data, settings, model_input_px=MODEL_INPUT_PX).size)
         except CaptionizerError as exc:
             return exc.code

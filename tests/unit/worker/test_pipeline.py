@@ -20,7 +20,7 @@ from shared.settings import Settings
 from tests.fakes import FakeCaptioner, fake_caption
 from worker.captioning.batching import Batcher
 from worker.captioning.pipeline import JobRunner
-from worker.intake.images import decode_image
+from worker.intake.images import ImageBytes, decode_image
 
 RED = Image.new("RGB", (40, 30), (220, 30, 30))
 
@@ -63,17 +63,17 @@ def run(
     model = model or FakeCaptioner()
     holder: list[Harness] = []
 
-    async def fetch(url: str) -> bytes:
+    async def fetch(url: str) -> ImageBytes:
         holder[0].fetched.append(url)
         if "missing" in url:
             raise FetchFailed("the image server answered 404", upstream_status=404)
         if "garbage" in url:
-            return b"this is not an image"
+            return ImageBytes.of(b"this is not an image")
         if "explode" in url:
             raise KeyError("a bug")
         if "hang" in url:
             await asyncio.Event().wait()
-        return png()
+        return ImageBytes.of(png())
 
     async def main() -> None:
         store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=600)
@@ -197,8 +197,10 @@ def test_a_model_error_fails_only_the_image_that_caused_it() -> None:
         jobs = [await h.add() for _ in range(3)]
         original_fetch = h.runner.fetch
 
-        async def fetch(url: str) -> bytes:
-            return png(Image.new("RGB", (41, 30))) if url.endswith("odd.png") else await original_fetch(url)
+        async def fetch(url: str) -> ImageBytes:
+            return (
+                ImageBytes.of(png(Image.new("RGB", (41, 30)))) if url.endswith("odd.png") else await original_fetch(url)
+            )
 
         h.runner.fetch = fetch
         odd = await h.add(image_url="http://img.test/odd.png")

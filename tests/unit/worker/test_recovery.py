@@ -20,7 +20,7 @@ from shared.settings import Settings
 from tests.fakes import FakeCaptioner
 from worker.captioning.batching import Batcher
 from worker.captioning.pipeline import JobRunner
-from worker.intake.images import decode_image
+from worker.intake.images import ImageBytes, decode_image
 from worker.recovery.redelivery import DeliveryGate, NotAdmittedError, OrphanSweeper, job_ids_in_message
 from worker.recovery.running_jobs import RunningJobs
 
@@ -130,8 +130,8 @@ def test_a_redelivered_job_is_captioned_alone_after_the_running_batch() -> None:
         )  # fmt: skip
         batcher.start()
 
-        async def fetch(url: str) -> bytes:
-            return _png()
+        async def fetch(url: str) -> ImageBytes:
+            return ImageBytes.of(_png())
 
         async def on_event(job: Job, status: JobStatus) -> None:
             pass
