@@ -41,7 +41,8 @@ from shared.webhooks.delivery import dispatch_webhook
 
 logger = logging.getLogger(__name__)
 
-# Per-item checks run at most this long before yielding to the event loop (a base64 image decodes in ~1 ms/MB).
+# Per-item checks run at most this long before yielding to the event loop (a base64 image decodes in ~1 ms/MB):
+# issue 22's bound ("never block the event loop for more than a few milliseconds"), not a measured speed-up.
 _SLICE_S = 0.003
 
 

@@ -53,7 +53,7 @@ class ServiceSnapshot:
 
 
 async def read_snapshot(redis: Redis, keys: Keys) -> ServiceSnapshot:
-    """Read every number in two round trips; ``redis_up`` is False when Redis does not answer."""
+    """Read every number (the counters in one pipeline); ``redis_up`` is False when Redis does not answer."""
     try:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.job_counts())

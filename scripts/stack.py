@@ -54,7 +54,8 @@ def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
     # uvicorn's --fd wraps the descriptor as AF_UNIX (socket.fromfd with a fixed family), so asyncio
     # never sets TCP_NODELAY on the connections it accepts, as it does for TCP: every answer after the
     # first on a kept-alive connection then waited out the client's delayed ACK, +40 ms
-    # (bench/README.md, "The API's own latency"). Linux copies the option from the listener to them.
+    # (bench/README.md, "Admission": idle /healthz p50 0.52 ms against 44). Linux copies the option
+    # from the listener to them.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
@@ -157,7 +158,8 @@ class LocalStack:
         """Start a caption worker and wait for its heartbeat (model loaded, warm)."""
         # Captions only: deliveries run in their own worker, so a hanging receiver never holds a caption thread.
         # Niced: here the API shares the cores with the model, and its requests are short and waited on,
-        # while a batch only takes a little longer (`nice` execs, so the pid is the worker's).
+        # while a batch only takes a little longer (`nice` execs, so the pid is the worker's). POST p99
+        # under a saturated worker: 19.6 ms against 34-139 (bench/README.md, "End to end", embedded model).
         argv = [
             "nice", "-n", str(WORKER_NICENESS),
             sys.executable, "-m", "celery", "-A", self.worker_app, "worker",

@@ -3,8 +3,10 @@
 redis-py's asyncio connections pack every command in Python, one argument at a time: for the job
 store's create script (some 60 arguments) that took about 100 µs of CPU, against 5 µs for
 ``hiredis.pack_command``, which redis-py's synchronous connections use whenever hiredis is
-installed (``redis.connection.HiredisRespSerializer``). :func:`pack_with_hiredis` gives an asyncio
-client's connections that same serializer; what goes on the wire is the same RESP.
+installed (``redis.connection.HiredisRespSerializer``); for a transition, 2.1 µs against 11.1 µs
+(bench/README.md, "A single job: one request or two" and "The API's share of a single job").
+:func:`pack_with_hiredis` gives an asyncio client's connections that same serializer; what goes on
+the wire is the same RESP.
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ class CaptionRuntime:
 
     async def _open(self) -> None:
         # Made inside the loop: asyncio clients bind to the loop that first uses them.
-        # hiredis packs the commands (shared.redis_packing): redis-py's Python packer was an eighth of the loop's CPU.
+        # hiredis packs the commands: redis-py's Python packer was an eighth of the loop's CPU (shared.redis_packing).
         redis = pack_with_hiredis(Redis.from_url(self.settings.redis_url))
         store = CoalescingJobStore(redis, self.keys, self.settings.job_ttl_s)
         session = make_fetch_session(self.settings)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from shared.batches.model import Batch, BatchItemResult, item_job_id, parse_item_job_id
 from shared.batches.results import RESULTS_CHUNK_ITEMS, FinishedResults, chunk_of
-from shared.jobs.model import Job, JobErrorInfo, JobStatus, JobUsage
+from shared.jobs.model import Job, JobStatus
 from shared.jobs.store import map_redis_errors
 from shared.keys import Keys
 
@@ -149,19 +149,9 @@ def _live_row(batch_id: str, index: int, raw: Sequence[bytes | None]) -> BatchIt
     status, caption, error, ref, usage = (json.loads(value) if value is not None else None for value in raw)
     if status is None:
         return None
-    return BatchItemResult(
-        index=index,
-        id=item_job_id(batch_id, index),
-        ref=ref,
-        status=JobStatus(status),
-        caption=caption,
-        error=JobErrorInfo.model_validate(error) if error else None,
-        usage=JobUsage.model_validate(usage) if usage else None,
-    )
+    return BatchItemResult.of_item(batch_id, index, status, caption, ref, error, usage)
 
 
 def _queued_row(batch_id: str, index: int) -> BatchItemResult:
     # A record not written yet (an append in progress) reads as queued.
-    return BatchItemResult(
-        index=index, id=item_job_id(batch_id, index), ref=None, status=JobStatus.QUEUED, caption=None, error=None
-    )
+    return BatchItemResult.of_item(batch_id, index, JobStatus.QUEUED, None, None, None, None)

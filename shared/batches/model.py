@@ -12,7 +12,7 @@ import re
 import secrets
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -268,6 +268,21 @@ class BatchItemResult(BaseModel):
     caption: str | None
     error: JobErrorInfo | None
     usage: JobUsage | None = Field(None, description="Tokens of prompt and caption, for an item that succeeded.")
+
+    @classmethod
+    def of_item(
+        cls, batch_id: str, index: int, status: str, caption: str | None, ref: str | None, error: Any, usage: Any
+    ) -> BatchItemResult:
+        """Item ``index``'s result from its stored fields (a live job record's or a compacted row's, JSON-decoded)."""
+        return cls(
+            index=index,
+            id=item_job_id(batch_id, index),
+            ref=ref,
+            status=JobStatus(status),
+            caption=caption,
+            error=JobErrorInfo.model_validate(error) if error else None,
+            usage=JobUsage.model_validate(usage) if usage else None,
+        )
 
 
 class BatchResultsPage(BaseModel):

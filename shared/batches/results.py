@@ -17,8 +17,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from shared.batches.model import BatchItemResult, item_job_id
-from shared.jobs.model import JobErrorInfo, JobStatus, JobUsage
+from shared.batches.model import BatchItemResult
 from shared.keys import Keys
 
 #: Items per compacted record: a results page of the maximum size reads one or two records.
@@ -66,16 +65,8 @@ def decode_rows(batch_id: str, chunk: int, data: bytes) -> list[BatchItemResult]
 
 def _row(batch_id: str, index: int, fields: list[Any]) -> BatchItemResult:
     # Rows compacted before usage was recorded have four fields.
-    status, caption, ref, error_fields, usage_fields = (*fields, None)[:5]
-    return BatchItemResult(
-        index=index,
-        id=item_job_id(batch_id, index),
-        ref=ref,
-        status=JobStatus(status),
-        caption=caption,
-        error=JobErrorInfo.model_validate(error_fields) if error_fields else None,
-        usage=JobUsage.model_validate(usage_fields) if usage_fields else None,
-    )
+    status, caption, ref, error, usage = (*fields, None)[:5]
+    return BatchItemResult.of_item(batch_id, index, status, caption, ref, error, usage)
 
 
 class RedisFinishedResults:

@@ -25,9 +25,10 @@ from redis import Redis
 
 from scripts.stack import LocalStack
 from tests.integration.chaos import wait_until
+from tests.integration.conftest import own_stack
 from tests.integration.test_cli import run_cli
 from tests.servers import HostileServer
-from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,9 @@ _DEADLINE_S = 120
 _PREFIX = "cachetest"
 
 
-@pytest.fixture(scope="module")
-def cache_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {
+cache_stack = own_stack(
+    "cache",
+    {
         "CAPTIONIZER_KEY_PREFIX": _PREFIX,
         "CAPTIONIZER_MODEL": f"sleep:{_MODEL_MS}",
         "CAPTIONIZER_CACHE_ENABLED": "true",
@@ -52,9 +53,8 @@ def cache_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileS
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_TIME_LIMIT_S),
         "CAPTIONIZER_REDELIVERY_TIMEOUT_S": str(_REDELIVERY_S),
         "CAPTIONIZER_MAX_BATCH_SIZE": "16",
-    }
-    with standin_stack(tmp_path_factory.mktemp("cache-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 @pytest.fixture

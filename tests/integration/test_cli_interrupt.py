@@ -23,9 +23,9 @@ import pytest
 
 from scripts.stack import LocalStack
 from tests.integration.chaos import wait_until
+from tests.integration.conftest import own_stack
 from tests.integration.test_cli import CLI, cli_env, run_cli, save_shape
 from tests.servers import HostileServer
-from tests.stack import standin_stack
 from worker.captioning.standins import STANDIN_CAPTION
 
 pytestmark = pytest.mark.slow
@@ -37,17 +37,16 @@ _HOLD_S = 600
 _BATCH_LINE = re.compile(r"^batch (bat_[A-Za-z0-9_-]{22}): (\d+) images$")
 
 
-@pytest.fixture(scope="module")
-def gated_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    """Redis, a one-thread caption worker with the null model, and the API; all stopped at the end."""
-    env = {
+# Redis, a one-thread caption worker with the null model, and the API; all stopped at the end.
+gated_stack = own_stack(
+    "interrupt",
+    {
         "CAPTIONIZER_KEY_PREFIX": "interrupt",
         "CAPTIONIZER_WORKER_THREADS": "1",
         "CAPTIONIZER_FETCH_TIMEOUT_S": str(_HOLD_S),
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_HOLD_S),
-    }
-    with standin_stack(tmp_path_factory.mktemp("interrupt-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 @pytest.fixture

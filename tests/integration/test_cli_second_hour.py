@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ import pytest
 from scripts.stack import LocalStack
 from shared.settings import Settings
 from tests.integration.chaos import wait_until
+from tests.integration.conftest import own_stack
 from tests.integration.test_cli import CLI, cli_env, json_rows, run_cli, save_shape
 from tests.servers import HostileServer
-from tests.stack import standin_stack
 from worker.captioning.standins import STANDIN_CAPTION
 
 pytestmark = pytest.mark.slow
@@ -33,11 +33,10 @@ _DEADLINE_S = 600
 DEFAULT_RATE_LIMIT = Settings.model_fields["rate_limit_per_minute"].default
 
 
-@pytest.fixture(scope="module")
-def paced_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {"CAPTIONIZER_KEY_PREFIX": "second-hour", "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": str(DEFAULT_RATE_LIMIT)}
-    with standin_stack(tmp_path_factory.mktemp("second-hour-logs"), image_server, env) as stack:
-        yield stack
+paced_stack = own_stack(
+    "second-hour",
+    {"CAPTIONIZER_KEY_PREFIX": "second-hour", "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": str(DEFAULT_RATE_LIMIT)},
+)
 
 
 def test_300_files_named_one_by_one_are_all_captioned_at_the_default_rate_limit(

@@ -9,7 +9,6 @@ another tenant's, is captioned. With the default ceiling the same bomb never rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,8 +16,9 @@ import pytest
 
 from scripts.processes import session_cpu_s
 from scripts.stack import LocalStack
+from tests.integration.conftest import own_stack
 from tests.servers import HostileServer, scan_bomb_jpeg
-from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,15 @@ _BOMB = scan_bomb_jpeg(scans=40_000, side_px=2048)
 _WAIT_S = 60
 
 
-@pytest.fixture(scope="module")
-def budget_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {
+budget_stack = own_stack(
+    "decode-budget",
+    {
         "CAPTIONIZER_KEY_PREFIX": "decodebudget",
         "CAPTIONIZER_MAX_JPEG_SCANS": "1000000",
         "CAPTIONIZER_DECODE_CPU_BUDGET_S": "1",
         "CAPTIONIZER_PREPARE_THREADS": "1",
-    }
-    with standin_stack(tmp_path_factory.mktemp("decode-budget-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 def _ended(api: httpx.Client, job: dict[str, Any], key: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ hand, the one queued and one turn: when B's batch ends, A's has at least 3 chunk
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,8 +16,9 @@ import pytest
 
 from scripts.stack import LocalStack
 from tests.integration.chaos import wait_until
+from tests.integration.conftest import own_stack
 from tests.servers import HostileServer
-from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +27,17 @@ _A_ITEMS = 40
 _DEADLINE_S = 120
 
 
-@pytest.fixture(scope="module")
-def fair_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {
+fair_stack = own_stack(
+    "fair-bulk",
+    {
         "CAPTIONIZER_KEY_PREFIX": "fairbulk",
         "CAPTIONIZER_MODEL": "sleep:300",
         "CAPTIONIZER_BATCH_CHUNK_ITEMS": str(_CHUNK),
         "CAPTIONIZER_BULK_ITEMS_IN_HAND": str(_CHUNK),
         "CAPTIONIZER_MAX_BATCH_SIZE": str(_CHUNK),
         "CAPTIONIZER_BULK_QUEUE_DEPTH": "1",
-    }
-    with standin_stack(tmp_path_factory.mktemp("fair-bulk-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 def _post(api: httpx.Client, key: str, items: int, url: str) -> str:

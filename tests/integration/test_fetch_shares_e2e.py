@@ -17,8 +17,9 @@ import pytest
 from scripts.stack import LocalStack
 from shared.batches.model import item_job_id
 from tests.integration.chaos import Chaos, wait_until
+from tests.integration.conftest import own_stack
 from tests.servers import HostileServer
-from tests.stack import TENANT_A_KEY, TENANT_B_KEY, standin_stack
+from tests.stack import TENANT_A_KEY, TENANT_B_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +30,16 @@ _DEADLINE_S = 120
 _HOLD_S = 600
 
 
-@pytest.fixture(scope="module")
-def share_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {
+share_stack = own_stack(
+    "fetch-share",
+    {
         "CAPTIONIZER_KEY_PREFIX": "fetchshare",
         "CAPTIONIZER_MAX_FETCHES_PER_KEY": str(_FETCHES_PER_KEY),
         # The hanging fetches outlast the test however slow the machine: only the tarpit's release ends them.
         "CAPTIONIZER_FETCH_TIMEOUT_S": str(_HOLD_S),
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_HOLD_S),
-    }
-    with standin_stack(tmp_path_factory.mktemp("fetch-share-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 @pytest.fixture
@@ -105,17 +105,16 @@ _WIDE_SHARE = 12
 _ON_TARPIT = 20
 
 
-@pytest.fixture(scope="module")
-def wide_share_stack(tmp_path_factory: pytest.TempPathFactory, image_server: HostileServer) -> Iterator[LocalStack]:
-    env = {
+wide_share_stack = own_stack(
+    "host-share",
+    {
         "CAPTIONIZER_KEY_PREFIX": "hostshare",
         "CAPTIONIZER_MAX_FETCHES_PER_KEY": str(_WIDE_SHARE),
         "CAPTIONIZER_FETCH_TIMEOUT_S": str(_HOLD_S),
         "CAPTIONIZER_JOB_TIME_LIMIT_S": str(_HOLD_S),
         "CAPTIONIZER_WORKER_THREADS": "64",
-    }
-    with standin_stack(tmp_path_factory.mktemp("host-share-logs"), image_server, env) as stack:
-        yield stack
+    },
+)
 
 
 def test_jobs_waiting_for_a_tarpit_host_s_connections_leave_the_key_s_share_to_its_image_on_another_host(

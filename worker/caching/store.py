@@ -3,13 +3,14 @@
 Every change is one of three Lua scripts, kept as files beside this module with their KEYS and
 ARGV written at their top: ``claim.lua`` (hit, lease or wait, for many keys at once),
 ``store.lua`` (write an entry, evict past the bound, end the lease) and ``lease.lua`` (renew or end
-leases). Claims made in the same turn of the event loop go to Redis in one script call: a chunk's
-jobs whose images arrive together cost one round trip between them, not one each.
+leases). Claims made in the same turn of the event loop go to Redis in one script call
+(``worker.coalescing``): a chunk's jobs whose images arrive together cost one round trip between
+them, not one each (the hit path's design, bench/README.md "The caption cache"; not measured on its
+own, unlike worker.captioning.job_writes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 
 from shared.jobs.store import map_redis_errors
 from shared.keys import Keys
+from worker.coalescing import TurnCoalescer
 
 _WHAT = "the caption cache (Redis)"
 _SCRIPTS = Path(__file__).resolve().parent
@@ -66,7 +68,8 @@ class Entry:
         return cls(job_id=job_id, owner_tag=owner_tag, error_code=code, error_message=message)
 
 
-_Claim = tuple[str, str, bool, "asyncio.Future[str]"]
+#: One claim: the key's digest, the claiming job, whether it waited already.
+_Claim = tuple[str, str, bool]
 
 
 class CacheStore:
@@ -81,8 +84,7 @@ class CacheStore:
         self._claim = redis.register_script(_script("claim.lua"))
         self._store = redis.register_script(_script("store.lua"))
         self._lease = redis.register_script(_script("lease.lua"))
-        self._pending: list[_Claim] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._claims: TurnCoalescer[_Claim, str] = TurnCoalescer(self._claim_all)
 
     async def claim(self, digest: str, job_id: str, *, waited: bool = False) -> Entry | str:
         """The entry under ``digest`` (a hit), else :data:`LEASED` (``job_id`` computes it) or :data:`WAIT`.
@@ -90,39 +92,19 @@ class CacheStore:
         Raises:
             QueueUnavailable: Redis cannot be reached.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        self._pending.append((digest, job_id, waited, future))
-        if len(self._pending) == 1:
-            # After every callback already due in this turn: the other jobs whose images arrived
-            # with this one add their claims first (as worker.job_writes does for transitions).
-            loop.call_soon(self._flush)
-        reply = await future
+        reply = await self._claims.call((digest, job_id, waited))
         return reply if reply in (LEASED, WAIT) else Entry.decode(reply)
 
-    def _flush(self) -> None:
-        claims, self._pending = self._pending, []
-        task = asyncio.create_task(self._send(claims))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, claims: list[_Claim]) -> None:
+    async def _claim_all(self, claims: list[_Claim]) -> list[str]:
+        """One ``claim.lua`` call for the claims of one loop turn; its replies, in order."""
         keys = [self.keys.cache_lru(), self.keys.cache_stats()]
         args: list[Any] = [_now_ms(), self.lease_ms, self.ttl_s]
-        for digest, job_id, waited, _ in claims:
+        for digest, job_id, waited in claims:
             keys += [self.keys.cache_entry(digest), self.keys.cache_lease(digest)]
             args += [digest, job_id, "1" if waited else "0"]
-        try:
-            with map_redis_errors(_WHAT):
-                replies = await self._claim(keys=keys, args=args)
-        except Exception as exc:
-            for *_, future in claims:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (*_, future), reply in zip(claims, replies, strict=True):
-            if not future.done():
-                future.set_result(reply.decode() if isinstance(reply, bytes) else str(reply))
+        with map_redis_errors(_WHAT):
+            replies = await self._claim(keys=keys, args=args)
+        return [reply.decode() if isinstance(reply, bytes) else str(reply) for reply in replies]
 
     async def store(self, digest: str, entry: Entry, *, ttl_s: int) -> int:
         """Write ``entry`` for ``ttl_s`` seconds, end its job's lease; returns the entries evicted to make room."""

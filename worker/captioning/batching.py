@@ -3,7 +3,8 @@
 A group runs as soon as it holds ``max_batch_size`` images or its oldest image has
 waited ``max_wait_s``, whichever is first. One batch generates at a time, in a
 dedicated thread, so the event loop keeps fetching the next batch's images while
-the current one generates. A batch whose generate call fails is retried one image
+the current one generates: the model was inside ``generate`` 0.997-0.999 of every
+``make bench-e2e`` run (bench/README.md, "End to end"). A batch whose generate call fails is retried one image
 at a time, so a bad image fails only its own job (LitServe fails the whole batch).
 
 Interactive images go first: among the groups ready to run, one holding an

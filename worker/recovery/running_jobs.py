@@ -4,7 +4,9 @@ A delivery holds its job, or every job of its chunk, from the moment its task bo
 until it returns. Each worker process counts what its deliveries hold in memory and mirrors
 it into a Redis sorted set of its own (``Keys.held_jobs``), each id scored by when it was
 written, through one writer task that sends what changed at most every ``flush_interval_s``:
-one round trip for many deliveries, none on a delivery's own path. Every write also
+one round trip for many deliveries, none on a delivery's own path (bench/README.md, "The running-jobs
+registry's cost per delivery": 3.7 µs of CPU and 8 writes for 20,000 deliveries, against 195.9 µs and
+40,000 written through). Every write also
 refreshes the set's expiry and the process's score in ``Keys.job_holders``, the index the
 sweeper reads instead of scanning keys.
 

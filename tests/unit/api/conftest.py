@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from fakeredis import FakeServer
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import api.app
+from api.http.auth import hash_key
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
@@ -40,14 +42,33 @@ class ApiHarness:
         return JobStore(self.redis(), Keys(self.settings.key_prefix), self.settings.job_ttl_s)
 
 
+#: The ``make_api_settings`` fixture: :func:`build_api_settings`.
+MakeApiSettings = Callable[..., Settings]
+
+
+def build_api_settings(*, keys: Sequence[str] = (), **overrides: Any) -> Settings:
+    """An API test's settings: no rate limit, the test key prefix, then ``overrides``.
+
+    With ``keys`` the API accepts those API keys only; without, anonymous callers from the test clients.
+    """
+    values: dict[str, Any] = {"rate_limit_per_minute": 0, "key_prefix": "captionizer-test"}
+    if keys:
+        values["api_key_hashes"] = [hash_key(key) for key in keys]
+    else:
+        values |= {"allow_anonymous": True, "anonymous_hosts": TEST_CLIENT_HOSTS}
+    return Settings(**(values | overrides))
+
+
 @pytest.fixture
-def api_settings() -> Settings:
+def make_api_settings() -> MakeApiSettings:
+    """:func:`build_api_settings`, for a test module's own ``api_settings`` or a test that builds its app."""
+    return build_api_settings
+
+
+@pytest.fixture
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
     """Anonymous access, no rate limit, small upload limits that tests can exceed cheaply."""
-    return Settings(
-        allow_anonymous=True,
-        anonymous_hosts=TEST_CLIENT_HOSTS,
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
+    return make_api_settings(
         max_upload_bytes=64 * 1024,
         max_request_bytes=128 * 1024,
         max_prompt_chars=50,

@@ -27,6 +27,7 @@ from shared.jobs.model import Job, new_job_id
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.unit.api.conftest import build_api_settings
 
 KEY_A = "cap_abuse-owner-a-0123456789abcdefghijklmnopqrstuv"
 KEY_B = "cap_abuse-owner-b-0123456789abcdefghijklmnopqrstuv"
@@ -104,15 +105,11 @@ async def call(
 
 def _settings(redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "redis_url": redis_url,
         "key_prefix": PREFIX,
-        "api_key_hashes": [hash_key(KEY_A), hash_key(KEY_B)],
-        "allow_anonymous": False,
-        "rate_limit_per_minute": 0,
         "max_request_bytes": MAX_REQUEST_BYTES,
         "max_upload_bytes": MAX_REQUEST_BYTES // 2,
     }
-    return Settings(**{**values, **overrides})
+    return build_api_settings(keys=[KEY_A, KEY_B], redis_url=redis_url, **{**values, **overrides})
 
 
 @asynccontextmanager

@@ -8,24 +8,21 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from api.http.auth import hash_key
 from shared.batches.model import item_job_id
 from shared.jobs.model import JobStatus
 from shared.keys import CAPTION_CHUNK_TASK
 from shared.settings import Settings
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 from tests.unit.api.test_jobs import png_bytes
 
 KEY_A, KEY_B = "cap_batch-tests-key-a", "cap_batch-tests-key-b"
 
 
 @pytest.fixture
-def api_settings() -> Settings:
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
     """Two keys, small chunks and a small in-flight cap, so limits are cheap to reach."""
-    return Settings(
-        api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
+    return make_api_settings(
+        keys=[KEY_A, KEY_B],
         max_upload_bytes=64 * 1024,
         max_request_bytes=2 * 1024 * 1024,
         batch_chunk_items=4,

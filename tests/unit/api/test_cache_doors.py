@@ -18,21 +18,16 @@ from fastapi.testclient import TestClient
 from shared.batches.model import item_job_id
 from shared.jobs.model import Job
 from shared.settings import Settings
-from tests.conftest import TEST_CLIENT_HOSTS
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 from tests.unit.api.test_jobs import png_bytes
 
 URL = "https://example.com/a.png"
 
 
 @pytest.fixture
-def api_settings() -> Settings:
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
     """Anonymous access, no rate limit; /caption answers 504 quickly (there is no worker here)."""
-    return Settings(
-        allow_anonymous=True,
-        anonymous_hosts=TEST_CLIENT_HOSTS,
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
+    return make_api_settings(
         max_upload_bytes=64 * 1024,
         max_request_bytes=2 * 1024 * 1024,
         caption_wait_s=0.05,

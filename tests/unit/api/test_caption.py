@@ -13,21 +13,14 @@ from fastapi.testclient import TestClient
 from shared.jobs.model import JobErrorInfo, JobStatus
 from shared.jobs.store import JobStore
 from shared.settings import Settings
-from tests.conftest import TEST_CLIENT_HOSTS
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 
 Worker = Callable[[JobStore, str], Awaitable[None]]
 
 
 @pytest.fixture
-def api_settings() -> Settings:
-    return Settings(
-        allow_anonymous=True,
-        anonymous_hosts=TEST_CLIENT_HOSTS,
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
-        caption_wait_s=0.5,
-    )
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
+    return make_api_settings(caption_wait_s=0.5)
 
 
 def caption_with(api_harness: ApiHarness, url: str, worker: Worker) -> httpx.Response:

@@ -16,6 +16,7 @@ from shared.jobs.model import JobStatus
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.unit.api.conftest import MakeApiSettings
 
 KEY_A = "cap_listing-owner-a-0123456789abcdefghijklmnopqrst"
 KEY_B = "cap_listing-owner-b-0123456789abcdefghijklmnopqrst"
@@ -24,13 +25,9 @@ Step = Callable[[httpx.AsyncClient, JobStore], Any]
 
 
 @pytest.fixture
-def settings(fresh_redis_url: str) -> Settings:
-    return Settings(
-        redis_url=fresh_redis_url,
-        key_prefix=PREFIX,
-        api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
-        rate_limit_per_minute=0,
-        rate_limit_reads_per_minute=0,
+def settings(fresh_redis_url: str, make_api_settings: MakeApiSettings) -> Settings:
+    return make_api_settings(
+        keys=[KEY_A, KEY_B], redis_url=fresh_redis_url, key_prefix=PREFIX, rate_limit_reads_per_minute=0
     )
 
 

@@ -15,21 +15,16 @@ import api.app
 from api.http.auth import hash_key
 from shared.jobs.model import JobStatus, JobUsage
 from shared.settings import Settings
-from tests.conftest import TEST_CLIENT_HOSTS
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 
 KEY_A = "cap_openai-a-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_B = "cap_openai-b-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @pytest.fixture
-def api_settings() -> Settings:
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
     """The API unit tests' settings, with a batch file limit below their request limit."""
-    return Settings(
-        allow_anonymous=True,
-        anonymous_hosts=TEST_CLIENT_HOSTS,
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
+    return make_api_settings(
         max_upload_bytes=64 * 1024,
         max_request_bytes=128 * 1024,
         openai_max_file_bytes=96 * 1024,

@@ -30,7 +30,7 @@ from api.http.auth import hash_key, owner_of
 from shared.intake.model_limits import BERT_WORDPIECE, ModelLimits
 from shared.keys import WEBHOOK_TASK
 from shared.settings import Settings
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 from tests.unit.api.test_prompt_limit import publish
 
 KEY_A = "cap_parity-owner-a-0123456789abcdefghijklmnopqrst"
@@ -54,11 +54,10 @@ _ICO = b"\x00\x00\x01\x00\x01\x00\x10\x10\x00\x00\x01\x00\x20\x00" + b"\x00" * 6
 
 
 @pytest.fixture
-def api_settings() -> Settings:
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
     """Two keys; shares small enough to reach in a few requests: 3 queued jobs, 4 items in flight, 10 KB uploads."""
-    return Settings(
-        api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
-        rate_limit_per_minute=0,
+    return make_api_settings(
+        keys=[KEY_A, KEY_B],
         key_prefix="captionizer-parity",
         max_upload_bytes=16 * 1024,
         max_request_bytes=256 * 1024,

@@ -18,9 +18,7 @@ from PIL import Image
 
 import api.app
 from shared.jobs.model import MAX_WEBHOOK_EVENTS
-from shared.settings import Settings
-from tests.conftest import TEST_CLIENT_HOSTS
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 
 # Strings that may go without maxLength: the multipart image, bounded by max_upload_bytes
 # (413 upload_too_large) in a way a schema cannot state.
@@ -110,12 +108,9 @@ def test_the_walk_catches_an_unbounded_string_array_and_number(spec: dict[str, A
 
 
 @pytest.fixture
-def roomy_client(api_harness: ApiHarness) -> Iterator[TestClient]:
+def roomy_client(api_harness: ApiHarness, make_api_settings: MakeApiSettings) -> Iterator[TestClient]:
     """The app with the default 15 MiB body limit, so only the schema's bounds stand in the way."""
-    settings = Settings(
-        allow_anonymous=True, anonymous_hosts=TEST_CLIENT_HOSTS, rate_limit_per_minute=0, key_prefix="captionizer-test"
-    )
-    with TestClient(api.app.create_app(settings)) as client:
+    with TestClient(api.app.create_app(make_api_settings())) as client:
         yield client
 
 

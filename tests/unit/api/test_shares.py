@@ -22,6 +22,7 @@ from shared.jobs.model import JobStatus
 from shared.jobs.store import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.unit.api.conftest import build_api_settings
 
 KEY_A = "cap_shares-owner-a-0123456789abcdefghijklmnopqrstu"
 KEY_B = "cap_shares-owner-b-0123456789abcdefghijklmnopqrstu"
@@ -32,16 +33,9 @@ Scenario = Callable[[httpx.AsyncClient, JobStore], Awaitable[None]]
 
 
 def _settings(redis_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "key_prefix": PREFIX,
-        "api_key_hashes": [hash_key(KEY_A), hash_key(KEY_B)],
-        "rate_limit_per_minute": 0,
-        # Four jobs per key, sixteen in all.
-        "max_queue_depth": 16,
-        "owner_queue_share": 0.25,
-    }
-    return Settings(**{**values, **overrides})
+    # Four jobs per key, sixteen in all.
+    values: dict[str, Any] = {"key_prefix": PREFIX, "max_queue_depth": 16, "owner_queue_share": 0.25}
+    return build_api_settings(keys=[KEY_A, KEY_B], redis_url=redis_url, **{**values, **overrides})
 
 
 @asynccontextmanager

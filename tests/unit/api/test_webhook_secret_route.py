@@ -12,7 +12,7 @@ from api.http.auth import hash_key, owner_of
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.webhooks.secrets import WebhookSecrets
-from tests.unit.api.conftest import ApiHarness
+from tests.unit.api.conftest import ApiHarness, MakeApiSettings
 
 KEY_A = "cap_key-a-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_B = "cap_key-b-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -20,13 +20,8 @@ GRACE_S = 600
 
 
 @pytest.fixture
-def api_settings() -> Settings:
-    return Settings(
-        api_key_hashes=[hash_key(KEY_A), hash_key(KEY_B)],
-        rate_limit_per_minute=0,
-        key_prefix="captionizer-test",
-        webhook_secret_grace_s=GRACE_S,
-    )
+def api_settings(make_api_settings: MakeApiSettings) -> Settings:
+    return make_api_settings(keys=[KEY_A, KEY_B], webhook_secret_grace_s=GRACE_S)
 
 
 def secret_of(client: TestClient, key: str) -> str:
