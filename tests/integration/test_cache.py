@@ -202,11 +202,12 @@ def test_the_size_bound_holds_under_a_stream_of_distinct_images(
     api: httpx.Client, cache_stack: LocalStack, redis: Redis
 ) -> None:
     images = [image() for _ in range(3 * _MAX_ENTRIES)]
-    # The first image ends before the others are sent, so it is the least recently used entry
-    # whatever order the concurrent rest end in.
+    # The first image ends before the others are sent and the last one after they all ended, so they
+    # are the least and the most recently used entries whatever order the concurrent rest end in.
     jobs = [final(api, submit(api, images[0]))]
-    ids = [submit(api, data) for data in images[1:]]
+    ids = [submit(api, data) for data in images[1:-1]]
     jobs += [final(api, job_id) for job_id in ids]
+    jobs.append(final(api, submit(api, images[-1])))
     assert {job["status"] for job in jobs} == {"succeeded"} and {job["cache"] for job in jobs} == {"miss"}
     entries = list(redis.scan_iter(match=cache_stack.keys.cache_entry("*")))
     assert len(entries) == _MAX_ENTRIES
