@@ -186,10 +186,16 @@ def redis_bytes_per_item(redis: Redis, keys: Keys, job_ids: list[str]) -> float:
 def decode_capacity(pngs: list[bytes], model: str, seconds: float = 3.0) -> dict[str, float]:
     """Images/s the machine prepares (the worker's decode + the model's preprocessing) with one thread per core,
     and the CPU ms each image took (the figure a loaded machine does not distort)."""
-    from worker.runtime import load_captioner, prepare_fn_for
+    from worker.intake.images import decode_image
+    from worker.runtime import load_captioner
 
     settings = Settings(model=model)
-    prepare = prepare_fn_for(load_captioner(settings), settings)
+    captioner = load_captioner(settings)
+
+    def prepare(data: bytes) -> Any:
+        # What the worker's prepare does in a thread when decoding in threads (worker.runtime.prepare_fn_for).
+        return captioner.preprocess([decode_image(data, settings, model_input_px=captioner.input_size_px)])
+
     threads = os.cpu_count() or 1
     done, cpu_s = [0] * threads, [0.0] * threads
     deadline = time.monotonic() + seconds
