@@ -154,7 +154,8 @@ class CaptionRuntime:
         # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.captioning.pipeline).
         self._prepare_threads = settings.prepare_threads or os.cpu_count() or 1
         self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
-        # Decoding child processes, one per prepare thread (worker.intake.decoders); None when the budget is 0.
+        # Decoding child processes, one per prepare thread (worker.intake.decoders), started by start(); None
+        # when the budget is 0.
         self._decoders: DecodeProcesses | None = None
         # Each key's batch chunks waiting for the bulk queue (shared.broker.bulk_backlog); made in _open.
         self._backlog: BulkBacklog | None = None
@@ -173,7 +174,14 @@ class CaptionRuntime:
         return self.settings.bulk_items_in_hand or 3 * self.batch_size
 
     def start(self) -> None:
-        """Open connections, start batching and the heartbeat (the model is already loaded)."""
+        """Start the decoding children, open connections, start batching and the heartbeat (the model is loaded)."""
+        if self.settings.decode_cpu_budget_s:
+            # Now, in the main thread, not on first use: a warm shutdown ends the forkserver with the
+            # worker's process group, and the jobs in hand then need children already running.
+            self._decoders = DecodeProcesses(
+                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
+            )
+            self._decoders.start()
         self._thread.start()
         self._call(self._open())
         metrics.MODEL_LOADED.set(1)
@@ -202,6 +210,8 @@ class CaptionRuntime:
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
         if not self._thread.is_alive():
+            if self._decoders is not None:
+                self._decoders.close()
             if self._thread.ident is None and not self._loop.is_closed():
                 self._loop.close()  # never started
             return
@@ -262,10 +272,6 @@ class CaptionRuntime:
             self.settings,
             model=model_identity(self.captioner),
         )  # fmt: skip
-        if self.settings.decode_cpu_budget_s:
-            self._decoders = DecodeProcesses(
-                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
-            )
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),

@@ -201,9 +201,11 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
             wait_until(
                 holding_all,
                 timeout_s=90,
-                what=lambda: f"the worker holding all {held} chunks it may, three at the tarpit; tarpit open "
-                f"{tarpit.open}, {len(set(queued_ids) - held_in_registry(chaos))} jobs not held, "
-                f"{chaos.status_counts(queued_ids)}",
+                what=lambda: (
+                    f"the worker holding all {held} chunks it may, three at the tarpit; tarpit open "
+                    f"{tarpit.open}, {len(set(queued_ids) - held_in_registry(chaos))} jobs not held, "
+                    f"{chaos.status_counts(queued_ids)}"
+                ),
             )
             # Stored, never queued: an API killed between storing a job and sending its task.
             lost = sender.store([shape], **backlog)
