@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Batch chunk messages the bulk queue holds at most; the rest wait in their key's backlog and "
         "are fed round-robin across keys, so a small batch waits behind at most this many chunks.",
     )
+    bulk_chunks_per_key: int = Field(
+        8,
+        ge=1,
+        description="Batch chunk messages one key may have out at once (on the bulk queue or held by a worker), per "
+        "ready caption worker; the rest wait in the key's backlog, so a key whose chunks hang on a slow host leaves "
+        "room in the workers for other keys' chunks. Keep it below the chunks a worker holds (12 by default).",
+    )
     batch_chunk_items: int = Field(
         32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
     )

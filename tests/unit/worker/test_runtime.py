@@ -94,9 +94,74 @@ def test_a_chunk_with_more_images_than_the_limit_enters_alone_and_the_next_waits
         waiting = asyncio.create_task(in_hand.enter(1))
         await asyncio.sleep(0)
         assert not waiting.done() and in_hand.count == 6
-        await in_hand.leave(6)
+        in_hand.leave(6)
         await asyncio.wait_for(waiting, 5)
         assert in_hand.count == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_key_below_its_share_enters_while_another_keys_chunks_fill_the_room() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=24)
+        await in_hand.enter(32, "hanging")  # one chunk larger than the room: it enters alone
+        second = asyncio.create_task(in_hand.enter(32, "hanging"))
+        small = asyncio.create_task(in_hand.enter(10, "small"))
+        await asyncio.wait_for(small, 5)  # below its share (24 / 2 keys), within the ceiling (48)
+        assert not second.done() and in_hand.by_owner == {"hanging": 32, "small": 10}
+        # Below the ceiling (48) a key below its share enters, whatever its size; at the ceiling none does.
+        third_key = asyncio.create_task(in_hand.enter(10, "third"))
+        await asyncio.wait_for(third_key, 5)
+        fourth_key = asyncio.create_task(in_hand.enter(1, "fourth"))
+        await asyncio.sleep(0)
+        assert not fourth_key.done() and in_hand.count == 52
+        in_hand.leave(10, "small")
+        await asyncio.wait_for(fourth_key, 5)
+        assert not second.done() and in_hand.waiting() == 1
+        in_hand.leave(32, "hanging")
+        in_hand.leave(10, "third")
+        in_hand.leave(1, "fourth")
+        await asyncio.wait_for(second, 5)
+        assert in_hand.by_owner == {"hanging": 32}
+
+    asyncio.run(scenario())
+
+
+def test_waiting_chunks_enter_round_robin_by_key_whatever_each_queued_first() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=4)
+        await in_hand.enter(4, "greedy")
+        await in_hand.enter(4, "small")  # below its share: up to the ceiling (8)
+        entered: list[str] = []
+
+        async def enter(owner: str) -> None:
+            await in_hand.enter(4, owner)
+            entered.append(owner)
+
+        waiting = []
+        for owner in ["greedy", "greedy", "small"]:  # greedy's two chunks arrived first
+            waiting.append(asyncio.create_task(enter(owner)))
+            await asyncio.sleep(0)
+        for owner in ["greedy", "small", "greedy"]:  # the chunks in hand end one by one
+            in_hand.leave(4, owner)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert entered == ["greedy", "small", "greedy"]
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_chunk_leaves_no_count_behind() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=4)
+        await in_hand.enter(4, "a")
+        waiting = asyncio.create_task(in_hand.enter(4, "a"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        in_hand.leave(4, "a")
+        assert (in_hand.count, in_hand.by_owner, in_hand.waiting()) == (0, {}, 0)
 
     asyncio.run(scenario())
 
