@@ -227,3 +227,25 @@ async def _create(server: FakeServer, job: Job, data: bytes) -> None:
 async def _get(server: FakeServer, job_id: str) -> Job | None:
     async with FakeRedis(server=server) as redis:
         return await JobStore(redis, Keys(), 600).get(job_id)
+
+
+def test_a_chunk_that_ended_no_longer_counts_toward_its_key_s_cap(server: FakeServer) -> None:
+    settings = Settings(key_prefix="captionizer", worker_metrics_port=0, max_batch_size=4, decode_cpu_budget_s=0)
+    runtime = CaptionRuntime(settings, FakeQueue().send_task, FakeCaptioner())  # type: ignore[arg-type]
+    ids = [f"job_upload_{n}" for n in range(2)]
+    for job_id in ids:
+        asyncio.run(_create(server, Job(id=job_id, source="upload", max_new_tokens=3), _png(20)))
+
+    async def out(*members: str) -> set[bytes]:
+        async with FakeRedis(server=server) as redis:
+            if members:
+                await redis.zadd(Keys().bulk_out("key_a"), dict.fromkeys(members, 1e12))
+            return set(await redis.zrange(Keys().bulk_out("key_a"), 0, -1))
+
+    assert asyncio.run(out("chunk-1", "chunk-2")) == {b"chunk-1", b"chunk-2"}  # fed, held by workers
+    runtime.start()
+    try:
+        assert runtime.run_chunk(ids, "key_a", "chunk-1") == [JobStatus.SUCCEEDED] * 2
+    finally:
+        runtime.stop()
+    assert asyncio.run(out()) == {b"chunk-2"}
