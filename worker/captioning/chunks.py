@@ -47,9 +47,10 @@ class ItemsInHand:
     are in hand, so a chunk larger than the limit still runs, alone). Waiting chunks are let in
     round-robin by key, in arrival order within a key. And a key holding less than its fair share of
     the room (``limit`` over the keys with chunks in hand or waiting) enters even when the room is
-    full, while fewer than ``2 x limit`` are in hand (so at most that plus one chunk): a key whose images hang on a host that never answers fills the
-    room for a whole fetch timeout, and another key's chunk must not wait behind it. A chunk is counted
-    out when its last job ends (:meth:`ChunkRunner.run`).
+    full, while fewer than ``2 x limit`` images are in hand (so never more than that plus one chunk):
+    a key whose images hang on a host that never answers fills the room for a whole fetch timeout,
+    and another key's chunk must not wait behind it. A chunk is counted out when its last job ends
+    (:meth:`ChunkRunner.run`).
     """
 
     def __init__(self, limit: int) -> None:
