@@ -90,6 +90,12 @@ class CaptionService:
         self.bulk_flow = BulkFlow(Keys(self.settings.key_prefix).bulk_queue(), max_chunks=limit)
         self.bulk_flow.connect()
         logger.info("bulk flow", extra={"max_chunks_held": limit, "pool_threads": pool_threads})
+        if self.settings.bulk_chunks_per_key >= limit:
+            # shared.broker.bulk_backlog: then one key whose chunks hang can fill this worker's hands.
+            logger.warning(
+                "bulk_chunks_per_key leaves no room for other keys' chunks in this worker",
+                extra={"bulk_chunks_per_key": self.settings.bulk_chunks_per_key, "max_chunks_held": limit},
+            )
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """Stop the runtime after the pool has finished its running jobs (Celery ``worker_shutdown``)."""
