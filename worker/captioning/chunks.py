@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.jobs.model import JobStatus
+from shared.jobs.model import Job, JobStatus
 from worker.captioning.pipeline import JobRunner
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ class ItemsInHand:
 
     A chunk enters when there is room: the images in hand plus its own are within ``limit`` (or none
     are in hand, so a chunk larger than the limit still runs, alone). Waiting chunks are let in
-    round-robin by key, in arrival order within a key. And a key holding less than its fair share of
-    the room (``limit`` over the keys with chunks in hand or waiting) enters even when the room is
-    full, while fewer than ``2 x limit`` images are in hand (so never more than that plus one chunk):
+    round-robin by key, in arrival order within a key. And while two or more keys have chunks in hand
+    or waiting, a key holding less than its fair share of the room (``limit`` over those keys) enters
+    even when the room is full, while fewer than ``2 x limit`` images are in hand (so never more than that plus one chunk):
     a key whose images hang on a host that never answers fills the room for a whole fetch timeout,
-    and another key's chunk must not wait behind it. A chunk is counted out when its last job ends
-    (:meth:`ChunkRunner.run`).
+    and another key's chunk must not wait behind it. Each image is counted out as its job ends
+    (:meth:`ChunkRunner.run`), not when its whole chunk does.
     """
 
     def __init__(self, limit: int) -> None:
@@ -110,6 +110,8 @@ class ItemsInHand:
         if self.count == 0 or self.count + ticket.items <= self.limit:
             return True
         keys = len(self.by_owner.keys() | self._waiting.keys())
+        if keys < 2:
+            return False  # shares are between keys: alone, a key has the room, and only the room
         below_share = self.by_owner[ticket.owner] < self.limit / keys
         # Below the ceiling, not within it: a key's first chunk may be larger than the room (it is sized to
         # the batch, not to the worker), so the bound is the ceiling plus one chunk.
@@ -140,16 +142,24 @@ class ChunkRunner:
         """
         ids = list(dict.fromkeys(job_ids))  # a listed id twice would run twice in parallel
         await self.in_hand.enter(len(ids), owner)
+        in_hand = len(ids)
+
+        async def run_one(job_id: str, seen: Job | None) -> JobStatus | None:
+            nonlocal in_hand
+            try:
+                return await self.runner.run_seen(job_id, seen, interactive=False)
+            finally:
+                # Its image is out of hand: room for the next chunk, whatever its siblings still wait on.
+                in_hand -= 1
+                self.in_hand.leave(1, owner)
+
         try:
             seen = await self.runner.store.get_many(ids)
             outcomes = await asyncio.gather(
-                *(self.runner.run_seen(job_id, seen.get(job_id), interactive=False) for job_id in ids),
-                return_exceptions=True,
+                *(run_one(job_id, seen.get(job_id)) for job_id in ids), return_exceptions=True
             )
         finally:
-            # The whole chunk, once its slowest job has ended: the room stays bounded by chunks, and a
-            # chunk hanging on a slow host holds only its key's share of it (ItemsInHand).
-            self.in_hand.leave(len(ids), owner)
+            self.in_hand.leave(in_hand, owner)  # what never ran: get_many failed, or the delivery was cancelled
         return _statuses_or_raise(outcomes)
 
 

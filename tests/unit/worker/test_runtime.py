@@ -20,7 +20,7 @@ from shared.jobs.store import JobStore
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 from tests.fakes import FakeCaptioner, FakeQueue, fake_caption
-from worker.captioning.chunks import ItemsInHand
+from worker.captioning.chunks import ChunkRunner, ItemsInHand
 from worker.captioning.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
 from worker.intake.decoders import DecodeProcesses
 from worker.runtime import CaptionRuntime, caption_fn_for, load_captioner, prepare_fn_for
@@ -249,3 +249,42 @@ def test_a_chunk_that_ended_no_longer_counts_toward_its_key_s_cap(server: FakeSe
     finally:
         runtime.stop()
     assert asyncio.run(out()) == {b"chunk-2"}
+
+
+def test_each_image_of_a_chunk_leaves_the_room_as_its_job_ends() -> None:
+    async def scenario() -> None:
+        hanging = asyncio.Event()
+
+        async def get_many(ids: list[str]) -> dict[str, Any]:
+            return {}
+
+        async def run_seen(job_id: str, seen: Any, *, interactive: bool) -> JobStatus:
+            if job_id == "hangs":
+                await hanging.wait()
+            return JobStatus.SUCCEEDED
+
+        runner = SimpleNamespace(store=SimpleNamespace(get_many=get_many), run_seen=run_seen)
+        chunks = ChunkRunner(runner, max_items_in_hand=4)  # type: ignore[arg-type]
+        first = asyncio.create_task(chunks.run(["hangs", "a", "b", "c"], "k"))
+        second = asyncio.create_task(chunks.run(["d", "e", "f"], "k"))
+        # The second chunk's three images fit once the first's three quick ones have left.
+        assert await asyncio.wait_for(second, 5) == [JobStatus.SUCCEEDED] * 3
+        assert not first.done() and chunks.in_hand.count == 1
+        hanging.set()
+        assert await asyncio.wait_for(first, 5) == [JobStatus.SUCCEEDED] * 4
+        assert (chunks.in_hand.count, chunks.in_hand.by_owner) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_a_key_alone_never_has_more_than_the_room_whatever_its_share() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=8)
+        await in_hand.enter(6, "alone")
+        waiting = asyncio.create_task(in_hand.enter(4, "alone"))
+        await asyncio.sleep(0)
+        assert not waiting.done() and in_hand.count == 6
+        in_hand.leave(6, "alone")
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())
