@@ -14,9 +14,10 @@ from celery import Celery
 from redis.asyncio import Redis
 
 from shared.broker.config import celery_config
+from shared.broker.routing import batch_items_route
 from shared.jobs.model import Job, new_job_id
 from shared.jobs.store import JobStore
-from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
+from shared.keys import CAPTION_TASK, Keys
 from shared.settings import Settings
 
 
@@ -35,11 +36,16 @@ class ChunkSender:
         asyncio.run(self._create(jobs))
         return [job.id for job in jobs]
 
-    def send_chunks(self, job_ids: Sequence[str], chunk_size: int) -> int:
-        """Queue ``job_ids`` on the bulk queue, ``chunk_size`` per message; returns the number of messages."""
+    def send_chunks(self, job_ids: Sequence[str], chunk_size: int, owner: str | None = None) -> int:
+        """Queue ``job_ids`` on the bulk queue, ``chunk_size`` per message (naming ``owner``, if given).
+
+        Straight onto the queue, past the keys' backlogs and their caps (shared.broker.bulk_backlog).
+        Returns the number of messages.
+        """
         chunks = [list(job_ids[i : i + chunk_size]) for i in range(0, len(job_ids), chunk_size)]
         for chunk in chunks:
-            self.app.send_task(CAPTION_CHUNK_TASK, args=[chunk], queue=self.keys.bulk_queue())
+            route = batch_items_route(self.keys, chunk, owner)
+            self.app.send_task(route.task, args=route.args, queue=route.queue)
         return len(chunks)
 
     def send_single(self, job_id: str) -> None:

@@ -197,6 +197,10 @@ class Keys:
         """List of one key's batch chunk messages waiting for their turn on the bulk queue (shared.broker.bulk_backlog)."""
         return f"{self.prefix}:bulk-backlog:{owner}"
 
+    def bulk_out(self, owner: str) -> str:
+        """Sorted set of one key's chunk message ids fed to the bulk queue and not yet ended (score: when fed)."""
+        return f"{self.prefix}:bulk-out:{owner}"
+
     def bulk_ring(self) -> str:
         """List of the keys with a bulk backlog, in round-robin order (each once)."""
         return f"{self.prefix}:bulk-ring"

@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Batch chunk messages the bulk queue holds at most; the rest wait in their key's backlog and "
         "are fed round-robin across keys, so a small batch waits behind at most this many chunks.",
     )
+    bulk_chunks_per_key: int = Field(
+        8,
+        ge=1,
+        description="Batch chunk messages one key may have out at once (on the bulk queue or held by a worker), per "
+        "ready caption worker; the rest wait in the key's backlog, so a key whose chunks hang on a slow host leaves "
+        "room in the workers for other keys' chunks. Keep it below the chunks a worker holds (12 by default).",
+    )
     batch_chunk_items: int = Field(
         32, ge=1, le=1_024, description="Batch items per queue message (one chunk); size it to fill a model batch."
     )
@@ -245,12 +252,11 @@ class Settings(BaseSettings):
         "about 10, so more is refused before decoding (image_too_complex).",
     )
     decode_cpu_budget_s: int = Field(
-        0,
+        10,
         ge=0,
         description="CPU seconds one image may take to decode, in a child process killed past it "
-        "(image_too_complex); 0 (the default) decodes in the worker's threads with no budget beyond the "
-        "structural limits (max_jpeg_scans, PNG chunks). Opt-in: a warm shutdown's SIGTERM to the worker's "
-        "process group also ends the decoding children.",
+        "(image_too_complex); the costliest legitimate images take a second or two (a 21 MB WebP of noise: "
+        "1.4 s). 0 decodes in the worker's threads with no budget beyond the structural limits.",
     )
     upload_ttl_s: int = Field(
         3_600, ge=60, description="How long an uploaded image waits in Redis for a worker to read it, in seconds."

@@ -28,7 +28,7 @@ from model.errors import PromptTooLongError
 from shared.broker.bulk_backlog import BulkBacklog
 from shared.broker.config import restored_within_s, visibility_timeout_s
 from shared.broker.routing import batch_items_route, single_job_route
-from shared.errors import PromptTooLong
+from shared.errors import PromptTooLong, QueueUnavailable
 from shared.heartbeats import WorkerHeartbeats
 from shared.intake.model_limits import ModelLimits, publish_model_limits
 from shared.jobs.model import Job, JobStatus, utc_now
@@ -41,13 +41,13 @@ from worker.caching import CacheStore, CaptionCache
 from worker.caching.identity import model_identity
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, CaptionFn
-from worker.captioning.chunks import ChunkRunner
+from worker.captioning.chunks import UNKNOWN_OWNER, ChunkRunner
 from worker.captioning.job_writes import CoalescingJobStore
 from worker.captioning.pipeline import JobRunner, PrepareFn
 from worker.captioning.standins import load_standin
 from worker.intake.decoders import DecodeProcesses
 from worker.intake.images import ImageBytes, decode_image, fetch_image_bytes, make_fetch_session
-from worker.recovery.redelivery import OrphanSweeper
+from worker.recovery.redelivery import NotAdmittedError, OrphanSweeper
 from worker.recovery.running_jobs import RunningJobs
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class CaptionRuntime:
         # asyncio.to_thread's pool: decoding and preprocessing, in parallel (worker.captioning.pipeline).
         self._prepare_threads = settings.prepare_threads or os.cpu_count() or 1
         self._loop.set_default_executor(ThreadPoolExecutor(self._prepare_threads, thread_name_prefix="prepare"))
-        # Decoding child processes, one per prepare thread (worker.intake.decoders); None when the budget is 0.
+        # Decoding child processes, one per prepare thread (worker.intake.decoders), started by start(); None
+        # when the budget is 0.
         self._decoders: DecodeProcesses | None = None
         # Each key's batch chunks waiting for the bulk queue (shared.broker.bulk_backlog); made in _open.
         self._backlog: BulkBacklog | None = None
@@ -173,7 +174,14 @@ class CaptionRuntime:
         return self.settings.bulk_items_in_hand or 3 * self.batch_size
 
     def start(self) -> None:
-        """Open connections, start batching and the heartbeat (the model is already loaded)."""
+        """Start the decoding children, open connections, start batching and the heartbeat (the model is loaded)."""
+        if self.settings.decode_cpu_budget_s:
+            # Now, in the main thread, not on first use: a warm shutdown ends the forkserver with the
+            # worker's process group, and the jobs in hand then need children already running.
+            self._decoders = DecodeProcesses(
+                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
+            )
+            self._decoders.start()
         self._thread.start()
         self._call(self._open())
         metrics.MODEL_LOADED.set(1)
@@ -190,18 +198,25 @@ class CaptionRuntime:
         timeout_s = 2 * self.settings.job_time_limit_s + _RUN_JOB_MARGIN_S
         return self._call(self._holding([job_id], self._runner.run(job_id)), timeout_s=timeout_s)
 
-    def run_chunk(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
-        """Run one delivery of a batch chunk (worker.captioning.chunks); called from Celery's pool threads."""
+    def run_chunk(
+        self, job_ids: Sequence[str], owner: str = UNKNOWN_OWNER, chunk_id: str | None = None
+    ) -> list[JobStatus | None]:
+        """Run one delivery of a batch chunk (worker.captioning.chunks); called from Celery's pool threads.
+
+        ``owner`` is the key the chunk's message names and ``chunk_id`` the message's task id: once the
+        chunk has ended it stops counting toward the key's cap on the bulk queue (shared.broker.bulk_backlog).
+        """
         if self._chunks is None:
             raise RuntimeError("the caption runtime is not started")
+        delivery = self._released(owner, chunk_id, self._fed(self._chunks.run(job_ids, owner)))
         # Past the redelivery timeout the broker hands the chunk to another worker anyway.
-        return self._call(
-            self._holding(job_ids, self._fed(self._chunks.run(job_ids))), timeout_s=visibility_timeout_s(self.settings)
-        )
+        return self._call(self._holding(job_ids, delivery), timeout_s=visibility_timeout_s(self.settings))
 
     def stop(self) -> None:
         """Stop the heartbeat (and remove it), close connections and end the loop thread."""
         if not self._thread.is_alive():
+            if self._decoders is not None:
+                self._decoders.close()
             if self._thread.ident is None and not self._loop.is_closed():
                 self._loop.close()  # never started
             return
@@ -229,6 +244,29 @@ class CaptionRuntime:
         """Refill the bulk queue from the keys' backlogs (this chunk's message just left it), then run the delivery."""
         await self._feed_bulk_queue()
         return await delivery
+
+    async def _released(self, owner: str, chunk_id: str | None, delivery: Awaitable[T]) -> T:
+        """Run a chunk's delivery; once its message is done with, take it off its key's out set and feed."""
+        try:
+            result = await delivery
+        except (QueueUnavailable, NotAdmittedError):
+            raise  # rejected with requeue (worker.tasks): the message goes back to the queue, still out
+        except Exception:
+            await self._release_chunk(owner, chunk_id)  # acknowledged all the same (acks_late on failure)
+            raise
+        await self._release_chunk(owner, chunk_id)
+        return result
+
+    async def _release_chunk(self, owner: str, chunk_id: str | None) -> None:
+        if chunk_id is None or self._backlog is None:
+            return
+        try:
+            await self._backlog.release(owner, chunk_id)
+        except REDIS_ERRORS:
+            # It stays counted until its entry goes stale (shared.broker.bulk_backlog).
+            logger.warning("releasing a chunk from its key's cap failed", exc_info=True)
+            return
+        await self._feed_bulk_queue()  # the key may be under its cap again
 
     async def _feed_bulk_queue(self) -> None:
         if self._backlog is None:
@@ -262,10 +300,6 @@ class CaptionRuntime:
             self.settings,
             model=model_identity(self.captioner),
         )  # fmt: skip
-        if self.settings.decode_cpu_budget_s:
-            self._decoders = DecodeProcesses(
-                self.settings, model_input_px=self.captioner.input_size_px, processes=self._prepare_threads
-            )
         self._runner = JobRunner(
             self.settings, store, batcher,
             fetch=functools.partial(_fetch, session, self.settings),
@@ -277,7 +311,7 @@ class CaptionRuntime:
         )  # fmt: skip
         self._chunks = ChunkRunner(self._runner, max_items_in_hand=self.items_in_hand)
         self._session = session
-        self._backlog = BulkBacklog(redis, self.keys, queue_depth=self.settings.bulk_queue_depth)
+        self._backlog = BulkBacklog.for_settings(redis, self.keys, self.settings)
         self._heartbeat = asyncio.create_task(self._beat_forever(redis), name="heartbeat")
         holder = f"{self.worker_id}:{secrets.token_hex(4)}"
         self._running = RunningJobs(redis, self.keys, holder, vouch_s=restored_within_s(self.settings))
@@ -298,7 +332,8 @@ class CaptionRuntime:
     async def _requeue(self, job: Job) -> None:
         # A batch item goes back behind the interactive jobs, as a task message of one: the API's own rule.
         is_item = getattr(job, "batch_id", None)
-        route = batch_items_route(self.keys, [job.id]) if is_item else single_job_route(self.keys, job.id)
+        owner = getattr(job, "owner", None)
+        route = batch_items_route(self.keys, [job.id], owner) if is_item else single_job_route(self.keys, job.id)
         # Off the loop: Celery's publish blocks on the broker.
         await asyncio.to_thread(self.send_task, route.task, args=route.args, queue=route.queue)
 

@@ -30,6 +30,7 @@ from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 from worker.broker.bulk_flow import BulkFlow, max_chunks_held
 from worker.captioning import metrics
+from worker.captioning.chunks import UNKNOWN_OWNER
 from worker.recovery.redelivery import NotAdmittedError
 from worker.runtime import CaptionModel, CaptionRuntime, load_captioner
 
@@ -89,6 +90,12 @@ class CaptionService:
         self.bulk_flow = BulkFlow(Keys(self.settings.key_prefix).bulk_queue(), max_chunks=limit)
         self.bulk_flow.connect()
         logger.info("bulk flow", extra={"max_chunks_held": limit, "pool_threads": pool_threads})
+        if self.settings.bulk_chunks_per_key >= limit:
+            # shared.broker.bulk_backlog: then one key whose chunks hang can fill this worker's hands.
+            logger.warning(
+                "bulk_chunks_per_key leaves no room for other keys' chunks in this worker",
+                extra={"bulk_chunks_per_key": self.settings.bulk_chunks_per_key, "max_chunks_held": limit},
+            )
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """Stop the runtime after the pool has finished its running jobs (Celery ``worker_shutdown``)."""
@@ -104,14 +111,15 @@ class CaptionService:
         with _requeue_when_unfinished(job_ids=[job_id]):
             self._runtime().run_job(job_id)
 
-    def run_chunk(self, job_ids: list[str]) -> None:
-        """Body of the chunk task: the jobs of one chunk of a batch."""
-        if not isinstance(job_ids, list) or not all(isinstance(job_id, str) for job_id in job_ids):
+    def run_chunk(self, job_ids: list[str], owner: str | None = None, chunk_id: str | None = None) -> None:
+        """Body of the chunk task: the jobs of one chunk of a batch, owned by ``owner`` (None: not named)."""
+        valid_ids = isinstance(job_ids, list) and all(isinstance(job_id, str) for job_id in job_ids)
+        if not valid_ids or not isinstance(owner, str | None):
             # Acknowledged and dropped: a message no redelivery can make valid.
-            logger.error("malformed chunk message ignored", extra={"message_args": repr(job_ids)[:200]})
+            logger.error("malformed chunk message ignored", extra={"message_args": repr((job_ids, owner))[:200]})
             return
         with _requeue_when_unfinished(job_ids=job_ids):
-            self._runtime().run_chunk(job_ids)
+            self._runtime().run_chunk(job_ids, owner or UNKNOWN_OWNER, chunk_id)
 
     def _runtime(self) -> CaptionRuntime:
         if self.runtime is None:
@@ -189,9 +197,10 @@ def register_caption_task(app: Celery, settings: Settings, service: CaptionServi
     def caption(job_id: str) -> None:
         service.run(job_id)
 
-    @app.task(name=CAPTION_CHUNK_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
-    def caption_chunk(job_ids: list[str]) -> None:
-        service.run_chunk(job_ids)
+    # bind=True: the message's task id is what the feeder counted toward the owner's cap.
+    @app.task(name=CAPTION_CHUNK_TASK, ignore_result=True, bind=True)  # type: ignore[untyped-decorator]
+    def caption_chunk(task: Any, job_ids: list[str], owner: str | None = None) -> None:
+        service.run_chunk(job_ids, owner, task.request.id)
 
     # weak=False: the handlers are bound methods that nothing else keeps alive.
     signals.worker_init.connect(service.on_worker_init, weak=False)

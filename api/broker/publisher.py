@@ -59,7 +59,7 @@ class TaskQueue:
         # As Celery's task_send_sent_event: the task-sent event only when task events are on (Flower).
         self._sends_events = settings.task_events
         self._publish = redis.register_script(_PUBLISH_TASK_LUA)
-        self.backlog = BulkBacklog(redis, self.keys, queue_depth=settings.bulk_queue_depth)
+        self.backlog = BulkBacklog.for_settings(redis, self.keys, settings)
         # set_as_current=False: this client must not become the process's default app.
         self.celery = Celery("captionizer-api", set_as_current=False)
         self.celery.conf.update(celery_config(settings))
@@ -112,7 +112,7 @@ class TaskQueue:
         """
         chunks = [list(job_ids[i : i + items_per_message]) for i in range(0, len(job_ids), items_per_message)]
         origin = node_name()
-        routes = [batch_items_route(self.keys, chunk) for chunk in chunks]
+        routes = [batch_items_route(self.keys, chunk, owner) for chunk in chunks]
         messages = [
             task_message(
                 route.task, str(uuid.uuid4()), route.args, route.queue, origin=origin, reply_to=self.celery.thread_oid

@@ -27,6 +27,11 @@ def single_job_route(keys: Keys, job_id: str) -> Route:
     return Route(CAPTION_TASK, [job_id], keys.caption_queue())
 
 
-def batch_items_route(keys: Keys, job_ids: Sequence[str]) -> Route:
-    """One task message of a batch's items: their ids, on the bulk queue."""
-    return Route(CAPTION_CHUNK_TASK, [list(job_ids)], keys.bulk_queue())
+def batch_items_route(keys: Keys, job_ids: Sequence[str], owner: str | None = None) -> Route:
+    """One task message of a batch's items: their ids and the key that owns them, on the bulk queue.
+
+    The worker shares its room for bulk images between owners (``worker.captioning.chunks``) and ends
+    the chunk's count toward its owner's cap on the bulk queue (``shared.broker.bulk_backlog``).
+    """
+    args: list[Any] = [list(job_ids)] if owner is None else [list(job_ids), owner]
+    return Route(CAPTION_CHUNK_TASK, args, keys.bulk_queue())

@@ -25,6 +25,7 @@ from tests.stack import (
     RELIABILITY_WORKER_THREADS,
 )
 from worker.broker.bulk_flow import max_chunks_held
+from worker.egress import CONNECTIONS_PER_HOST
 from worker.recovery.redelivery import OrphanSweeper
 
 pytestmark = pytest.mark.slow
@@ -180,12 +181,13 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
     # a worker even takes them, so a sweep looks at them while their messages are held.
     backlog = {"created_at": utc_now() - timedelta(seconds=60)}
     try:
-        # Every chunk starts with a job that hangs at the tarpit. Whichever three chunks' bodies reach the
-        # room first (pool threads start in no set order on a loaded machine) fill the bulk images in hand
-        # (3 x 8) and hang; the other chunks the worker holds (worker.broker.bulk_flow bounds them) wait,
+        # Every job hangs at the tarpit. Whichever three chunks' bodies reach the room first (pool threads
+        # start in no set order on a loaded machine) fill the bulk images in hand (3 x 8; each image leaves
+        # the room only as its job ends) and hang, 8 at the tarpit (its host's connection slots) and 16
+        # waiting for a slot; the other chunks the worker holds (worker.broker.bulk_flow bounds them) wait,
         # their jobs still queued, for room.
         held = max_chunks_held(items_in_hand=3 * 8, batch_size=8, pool_threads=RELIABILITY_WORKER_THREADS)
-        chunks = [sender.store([image_server.url(f"/tarpit/{run}")] + [shape] * 7, **backlog) for _ in range(held)]
+        chunks = [sender.store([image_server.url(f"/tarpit/{run}")] * 8, **backlog) for _ in range(held)]
         queued_ids = [job_id for chunk in chunks for job_id in chunk]
         sender.send_chunks(queued_ids, chunk_size=8)
 
@@ -195,14 +197,14 @@ def test_the_sweep_leaves_a_dead_workers_chunks_to_kombu_and_queues_a_lost_job_a
         def holding_all() -> bool:
             # A hanging job times out after 10 s and its chunk ends, so those chunks are left out.
             live = [job_id for chunk in chunks if unended(chunk) for job_id in chunk]
-            return tarpit.open == 3 and len(live) > 3 * 8 and set(live) <= held_in_registry(chaos)
+            return tarpit.open == CONNECTIONS_PER_HOST and len(live) > 3 * 8 and set(live) <= held_in_registry(chaos)
 
         with chaos.supervise():
             wait_until(
                 holding_all,
                 timeout_s=90,
                 what=lambda: (
-                    f"the worker holding all {held} chunks it may, three at the tarpit; tarpit open "
+                    f"the worker holding all {held} chunks it may, {CONNECTIONS_PER_HOST} at the tarpit; tarpit open "
                     f"{tarpit.open}, {len(set(queued_ids) - held_in_registry(chaos))} jobs not held, "
                     f"{chaos.status_counts(queued_ids)}"
                 ),

@@ -9,6 +9,10 @@ it has used plus ``decode_cpu_budget_s``: past it the kernel sends SIGXCPU, whos
 the process (setrlimit(2)). The parent reads that death as ``image_too_complex``. When the job's own
 deadline comes first (``job_time_limit_s``), the waiting coroutine is cancelled and kills the child
 there and then. A killed child is replaced on the next decode.
+
+The children are started with the worker (:meth:`DecodeProcesses.start`) and leave its process group,
+so a warm shutdown's group SIGTERM leaves them to finish the jobs in hand; a child whose worker died
+reads EOF on its pipe and exits, so none outlives its worker.
 """
 
 from __future__ import annotations
@@ -98,6 +102,20 @@ class DecodeProcesses:
             self._idle.put_nowait(child)
         return _image_from(answer)
 
+    def start(self) -> None:
+        """Start every child now, at worker start-up in the main thread, rather than on first use.
+
+        A warm shutdown (SIGTERM to the worker's process group, as `make run`'s Ctrl-C or a container
+        stop may send) also ends the forkserver, which is in that group, after which no child could be
+        started: the jobs in hand must find their children already running (see :func:`serve_decodes`).
+        """
+        started: list[_Child | None] = []
+        while not self._idle.empty():
+            child = self._idle.get_nowait()
+            started.append(child if child is not None else self._start_child())
+        for child in started:
+            self._idle.put_nowait(child)
+
     def children_alive(self) -> int:
         """How many decoding children are running now."""
         return sum(1 for child in self._children if child.process.is_alive())
@@ -166,6 +184,12 @@ def serve_decodes(conn: Connection, settings: Settings, model_input_px: int) -> 
     # Imported here: the child needs the decoder, the parent module only the process handling.
     from worker.intake.images import decode_image
 
+    # Out of the worker's process group: a SIGTERM or SIGINT sent to the group starts the worker's warm
+    # shutdown, and the jobs in hand still need their decodes. The worker kills its children itself
+    # (DecodeProcesses.close). A worker that dies without closing (SIGKILL) leaves this child to read EOF
+    # on its pipe, since the worker held the only other end, and return. PR_SET_PDEATHSIG would not do:
+    # a forkserver child's parent is the forkserver, which the warm shutdown's group signal ends too.
+    os.setpgrp()
     budget_s = settings.decode_cpu_budget_s
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     while True:
@@ -180,10 +204,13 @@ def serve_decodes(conn: Connection, settings: Settings, model_input_px: int) -> 
         try:
             image = decode_image(data, settings, model_input_px=model_input_px)
         except CaptionizerError as exc:
-            conn.send(("error", exc.code, exc.message))
-            continue
+            answer: tuple[Any, ...] = ("error", exc.code, exc.message)
         except Exception:  # e.g. MemoryError: this image's job fails, the child serves the next
             logging.getLogger(__name__).exception("decoding failed unexpectedly")
-            conn.send(("error", InternalError.code, "unexpected error while decoding; see the worker logs"))
-            continue
-        conn.send(("image", image.mode, image.size, image.tobytes()))
+            answer = ("error", InternalError.code, "unexpected error while decoding; see the worker logs")
+        else:
+            answer = ("image", image.mode, image.size, image.tobytes())
+        try:
+            conn.send(answer)
+        except OSError:  # BrokenPipeError: the worker died (or killed us) mid-decode; nobody waits for this
+            return

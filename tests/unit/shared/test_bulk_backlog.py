@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import fakeredis.aioredis
 
 from shared.broker.bulk_backlog import BulkBacklog
+from shared.heartbeats import WorkerHeartbeats
 from shared.keys import Keys
 
 
@@ -60,5 +62,51 @@ def test_a_key_is_on_the_ring_once_while_it_has_a_backlog_and_the_sweep_sees_it(
         assert await backlog.redis.lrange(backlog.keys.bulk_ring(), 0, -1) == [b"k"]
         assert await backlog.backlog_names() == [backlog.keys.bulk_backlog("k")]
         assert await backlog.append("k", []) == 0
+
+    asyncio.run(scenario())
+
+
+def _celery_message(task_id: str) -> bytes:
+    # What the feeder reads of Celery's message format (protocol 2): the task id in the headers.
+    return json.dumps({"body": "", "headers": {"id": task_id, "task": "captionizer.caption_chunk"}}).encode()
+
+
+def test_a_key_at_its_cap_of_chunks_out_is_passed_over_until_a_worker_releases_one() -> None:
+    async def scenario() -> None:
+        backlog = BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=100, chunks_per_key=2)
+        await backlog.append("hanging", [_celery_message(f"a{n}") for n in range(5)])
+        await backlog.append("small", [_celery_message("b0")])
+        assert await backlog.feed() == 3  # a0, b0, a1: then the hanging key is at its cap
+        assert await backlog.chunks_out("hanging") == 2
+        assert await backlog.feed() == 0
+        await backlog.release("hanging", "a0")  # a worker ended chunk a0
+        assert await backlog.feed() == 1
+        order = [json.loads(raw)["headers"]["id"] for raw in await queued_in_consuming_order(backlog)]
+        assert order == ["a0", "b0", "a1", "a2"]
+
+    asyncio.run(scenario())
+
+
+def test_the_cap_grows_with_the_ready_workers() -> None:
+    async def scenario() -> None:
+        backlog = BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=100, chunks_per_key=2)
+        beats = WorkerHeartbeats(backlog.redis, backlog.keys)
+        for worker_id in ("w1", "w2"):
+            await beats.beat(worker_id, {}, ttl_s=60)
+        await backlog.append("k", [_celery_message(f"a{n}") for n in range(9)])
+        assert await backlog.feed() == 4
+
+    asyncio.run(scenario())
+
+
+def test_an_id_never_released_stops_counting_once_stale() -> None:
+    async def scenario() -> None:
+        backlog = BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=100, chunks_per_key=1, stale_s=60)
+        await backlog.append("k", [_celery_message("a0"), _celery_message("a1")])
+        assert await backlog.feed() == 1
+        # Fed two minutes ago and never released (its message lost with a Redis that restarted).
+        await backlog.redis.zadd(backlog.keys.bulk_out("k"), {"a0": 1.0})
+        assert await backlog.feed() == 1
+        assert await backlog.chunks_out("k") == 1
 
     asyncio.run(scenario())

@@ -7,7 +7,12 @@ nothing here can be faked. The scan ceiling is lifted so that the bomb reaches t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -96,3 +101,70 @@ def test_a_cancelled_decode_kills_its_child_at_once(settings: Settings) -> None:
             decoders.close()
 
     asyncio.run(scenario())
+
+
+def test_started_children_run_outside_the_workers_process_group(settings: Settings) -> None:
+    # A SIGTERM to the worker's group (a warm shutdown) must not end the decodes its jobs in hand need.
+    async def scenario() -> None:
+        decoders = _decoders(settings)
+        try:
+            decoders.start()
+            assert decoders.children_alive() == 1
+            image = await decoders.decode(_png())  # served by the child started up front
+            assert image.size == (96, 64)
+            pids = [child.process.pid for child in decoders._children]
+            assert len(pids) == 1 and pids[0] is not None
+            assert os.getpgid(pids[0]) != os.getpgrp()
+        finally:
+            decoders.close()
+
+    asyncio.run(scenario())
+
+
+# A stand-in worker: starts two decoding children, prints their pids, then waits to be killed.
+_WORKER = """
+import signal, sys
+from shared.settings import Settings
+from worker.intake.decoders import DecodeProcesses
+decoders = DecodeProcesses(Settings(decode_cpu_budget_s=5), model_input_px=224, processes=2)
+decoders.start()
+print(" ".join(str(child.process.pid) for child in decoders._children), flush=True)
+signal.pause()
+"""
+
+
+def _is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan's zombie waits for whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_idle_children_exit_when_their_worker_is_killed() -> None:
+    # chaos.kill_worker SIGKILLs the worker's group; the children are outside it, and must not outlive it.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    children: list[int] = []
+    try:
+        assert worker.stdout is not None
+        children = [int(pid) for pid in worker.stdout.readline().split()]
+        assert len(children) == 2 and all(_is_running(pid) for pid in children)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_is_running(pid) for pid in children):
+            assert time.monotonic() < deadline, "a decoding child outlived its worker"
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        if worker.stdout is not None:
+            worker.stdout.close()
+        for pid in children:
+            if _is_running(pid):  # only when the test failed: one of ours is still running
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

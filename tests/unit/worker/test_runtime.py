@@ -20,7 +20,7 @@ from shared.jobs.store import JobStore
 from shared.keys import CAPTION_CHUNK_TASK, CAPTION_TASK, Keys
 from shared.settings import Settings
 from tests.fakes import FakeCaptioner, FakeQueue, fake_caption
-from worker.captioning.chunks import ItemsInHand
+from worker.captioning.chunks import ChunkRunner, ItemsInHand
 from worker.captioning.standins import STANDIN_CAPTION, NullCaptioner, SleepCaptioner
 from worker.intake.decoders import DecodeProcesses
 from worker.runtime import CaptionRuntime, caption_fn_for, load_captioner, prepare_fn_for
@@ -94,9 +94,74 @@ def test_a_chunk_with_more_images_than_the_limit_enters_alone_and_the_next_waits
         waiting = asyncio.create_task(in_hand.enter(1))
         await asyncio.sleep(0)
         assert not waiting.done() and in_hand.count == 6
-        await in_hand.leave(6)
+        in_hand.leave(6)
         await asyncio.wait_for(waiting, 5)
         assert in_hand.count == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_key_below_its_share_enters_while_another_keys_chunks_fill_the_room() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=24)
+        await in_hand.enter(32, "hanging")  # one chunk larger than the room: it enters alone
+        second = asyncio.create_task(in_hand.enter(32, "hanging"))
+        small = asyncio.create_task(in_hand.enter(10, "small"))
+        await asyncio.wait_for(small, 5)  # below its share (24 / 2 keys), within the ceiling (48)
+        assert not second.done() and in_hand.by_owner == {"hanging": 32, "small": 10}
+        # Below the ceiling (48) a key below its share enters, whatever its size; at the ceiling none does.
+        third_key = asyncio.create_task(in_hand.enter(10, "third"))
+        await asyncio.wait_for(third_key, 5)
+        fourth_key = asyncio.create_task(in_hand.enter(1, "fourth"))
+        await asyncio.sleep(0)
+        assert not fourth_key.done() and in_hand.count == 52
+        in_hand.leave(10, "small")
+        await asyncio.wait_for(fourth_key, 5)
+        assert not second.done() and in_hand.waiting() == 1
+        in_hand.leave(32, "hanging")
+        in_hand.leave(10, "third")
+        in_hand.leave(1, "fourth")
+        await asyncio.wait_for(second, 5)
+        assert in_hand.by_owner == {"hanging": 32}
+
+    asyncio.run(scenario())
+
+
+def test_waiting_chunks_enter_round_robin_by_key_whatever_each_queued_first() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=4)
+        await in_hand.enter(4, "greedy")
+        await in_hand.enter(4, "small")  # below its share: up to the ceiling (8)
+        entered: list[str] = []
+
+        async def enter(owner: str) -> None:
+            await in_hand.enter(4, owner)
+            entered.append(owner)
+
+        waiting = []
+        for owner in ["greedy", "greedy", "small"]:  # greedy's two chunks arrived first
+            waiting.append(asyncio.create_task(enter(owner)))
+            await asyncio.sleep(0)
+        for owner in ["greedy", "small", "greedy"]:  # the chunks in hand end one by one
+            in_hand.leave(4, owner)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert entered == ["greedy", "small", "greedy"]
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_chunk_leaves_no_count_behind() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=4)
+        await in_hand.enter(4, "a")
+        waiting = asyncio.create_task(in_hand.enter(4, "a"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        in_hand.leave(4, "a")
+        assert (in_hand.count, in_hand.by_owner, in_hand.waiting()) == (0, {}, 0)
 
     asyncio.run(scenario())
 
@@ -162,3 +227,64 @@ async def _create(server: FakeServer, job: Job, data: bytes) -> None:
 async def _get(server: FakeServer, job_id: str) -> Job | None:
     async with FakeRedis(server=server) as redis:
         return await JobStore(redis, Keys(), 600).get(job_id)
+
+
+def test_a_chunk_that_ended_no_longer_counts_toward_its_key_s_cap(server: FakeServer) -> None:
+    settings = Settings(key_prefix="captionizer", worker_metrics_port=0, max_batch_size=4, decode_cpu_budget_s=0)
+    runtime = CaptionRuntime(settings, FakeQueue().send_task, FakeCaptioner())  # type: ignore[arg-type]
+    ids = [f"job_upload_{n}" for n in range(2)]
+    for job_id in ids:
+        asyncio.run(_create(server, Job(id=job_id, source="upload", max_new_tokens=3), _png(20)))
+
+    async def out(*members: str) -> set[bytes]:
+        async with FakeRedis(server=server) as redis:
+            if members:
+                await redis.zadd(Keys().bulk_out("key_a"), dict.fromkeys(members, 1e12))
+            return set(await redis.zrange(Keys().bulk_out("key_a"), 0, -1))
+
+    assert asyncio.run(out("chunk-1", "chunk-2")) == {b"chunk-1", b"chunk-2"}  # fed, held by workers
+    runtime.start()
+    try:
+        assert runtime.run_chunk(ids, "key_a", "chunk-1") == [JobStatus.SUCCEEDED] * 2
+    finally:
+        runtime.stop()
+    assert asyncio.run(out()) == {b"chunk-2"}
+
+
+def test_each_image_of_a_chunk_leaves_the_room_as_its_job_ends() -> None:
+    async def scenario() -> None:
+        hanging = asyncio.Event()
+
+        async def get_many(ids: list[str]) -> dict[str, Any]:
+            return {}
+
+        async def run_seen(job_id: str, seen: Any, *, interactive: bool) -> JobStatus:
+            if job_id == "hangs":
+                await hanging.wait()
+            return JobStatus.SUCCEEDED
+
+        runner = SimpleNamespace(store=SimpleNamespace(get_many=get_many), run_seen=run_seen)
+        chunks = ChunkRunner(runner, max_items_in_hand=4)  # type: ignore[arg-type]
+        first = asyncio.create_task(chunks.run(["hangs", "a", "b", "c"], "k"))
+        second = asyncio.create_task(chunks.run(["d", "e", "f"], "k"))
+        # The second chunk's three images fit once the first's three quick ones have left.
+        assert await asyncio.wait_for(second, 5) == [JobStatus.SUCCEEDED] * 3
+        assert not first.done() and chunks.in_hand.count == 1
+        hanging.set()
+        assert await asyncio.wait_for(first, 5) == [JobStatus.SUCCEEDED] * 4
+        assert (chunks.in_hand.count, chunks.in_hand.by_owner) == (0, {})
+
+    asyncio.run(scenario())
+
+
+def test_a_key_alone_never_has_more_than_the_room_whatever_its_share() -> None:
+    async def scenario() -> None:
+        in_hand = ItemsInHand(limit=8)
+        await in_hand.enter(6, "alone")
+        waiting = asyncio.create_task(in_hand.enter(4, "alone"))
+        await asyncio.sleep(0)
+        assert not waiting.done() and in_hand.count == 6
+        in_hand.leave(6, "alone")
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())
