@@ -44,7 +44,7 @@ from redis import Redis
 
 from bench.image_server import drawn_pngs
 from scripts.chunks import ChunkSender
-from scripts.processes import ManagedProcess, free_port
+from scripts.processes import ManagedProcess, free_port, session_cpu_s
 from scripts.stack import REPO_ROOT, LocalStack
 from shared.jobs.store import decode_job
 from shared.keys import Keys
@@ -81,18 +81,29 @@ def process_cpu_s(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def process_tree_cpu_s(pid: int | str) -> float:
+    """CPU seconds of ``pid`` and, when it leads a session (a ``ManagedProcess``), of every live process in it.
+
+    The caption worker decodes in child processes of its own (``worker.intake.decoders``): counting the
+    worker's process alone left their CPU out. A child that ends between two readings takes its CPU with it.
+    """
+    if isinstance(pid, str) or os.getsid(pid) != pid:
+        return process_cpu_s(pid)
+    return sum(session_cpu_s(pid).values())
+
+
 class CpuMeter:
-    """CPU seconds each named process spent between :meth:`start` and :meth:`stop`."""
+    """CPU seconds each named process (with its session's children) spent between :meth:`start` and :meth:`stop`."""
 
     def __init__(self, pids: dict[str, int | str]) -> None:
         self.pids = pids
         self._before: dict[str, float] = {}
 
     def start(self) -> None:
-        self._before = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._before = {name: process_tree_cpu_s(pid) for name, pid in self.pids.items()}
 
     def per_item_ms(self, items: int) -> dict[str, float]:
-        spent = {name: process_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
+        spent = {name: process_tree_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
         return {name: round(1000 * seconds / items, 3) for name, seconds in spent.items()}
 
 

@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,22 +96,36 @@ def _b_figures(api: httpx.Client, server: HostileServer, receiver: WebhookReceiv
 
 
 def _start_a(api: httpx.Client, server: HostileServer, receiver: WebhookReceiver, scale: float) -> dict[str, Any]:
-    """Tenant A's hostile load, all at once; returns the scan-bomb job ids."""
-    tarpit = [{"image_url": server.url("/tarpit/bench-a")}] * int(2_000 * scale)
-    api.post("/v1/batches", json={"items": tarpit}, headers=_auth(KEY_A)).raise_for_status()
-    bombs = []
-    for _ in range(2):
-        files = {"file": ("bomb.jpg", scan_bomb_jpeg(scans=20_000, side_px=2048), "image/jpeg")}
-        bombs.append(api.post("/v1/jobs", files=files, headers=_auth(KEY_A)).json()["id"])
-    for _ in range(int(40 * scale) or 1):
-        api.post("/v1/jobs", json={"image_url": server.url("/delayed/15")}, headers=_auth(KEY_A)).raise_for_status()
+    """Tenant A's hostile load, all at once; returns the scan-bomb job ids and the tarpit batch's id.
+
+    The batch with hanging item webhooks goes first: a key's own batches are fed in the order it posted
+    them (fair order is between keys, docs/batches.md), so posted after the tarpit batch, its items
+    would wait for A's tarpit chunks and its webhooks would never hang while B is measured.
+    """
     hooked = {
         "items": [{"image_url": server.url("/image/shape.png")}] * int(1_000 * scale),
         "webhook_url": receiver.url_for(then=HANG),
         "webhook_item_events": True,
     }
     api.post("/v1/batches", json=hooked, headers=_auth(KEY_A)).raise_for_status()
-    return {"bombs": bombs}
+    tarpit = [{"image_url": server.url("/tarpit/bench-a")}] * int(2_000 * scale)
+    posted = api.post("/v1/batches", json={"items": tarpit}, headers=_auth(KEY_A))
+    posted.raise_for_status()
+    bombs = []
+    for _ in range(2):
+        files = {"file": ("bomb.jpg", scan_bomb_jpeg(scans=20_000, side_px=2048), "image/jpeg")}
+        bombs.append(api.post("/v1/jobs", files=files, headers=_auth(KEY_A)).json()["id"])
+    for _ in range(int(40 * scale) or 1):
+        api.post("/v1/jobs", json={"image_url": server.url("/delayed/15")}, headers=_auth(KEY_A)).raise_for_status()
+    return {"bombs": bombs, "tarpit_batch": posted.json()["id"]}
+
+
+def _wait_for(predicate: Callable[[], bool], what: Callable[[], str], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what()}")
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -146,7 +161,23 @@ def main() -> None:
             with httpx.Client(base_url=stack.api_url, timeout=120) as api:
                 solo = _b_figures(api, server, receiver, args.jobs)
                 started = _start_a(api, server, receiver, scale)
+                # B is measured once A's load is in the worker's hands: requests hanging at the tarpit and
+                # item webhooks hanging at A's receiver (what each looked like during B is printed too).
+                _wait_for(
+                    lambda: server.tarpit("bench-a").open > 0 and receiver.hanging > 0,
+                    lambda: (
+                        f"A's load to hang: tarpit open {server.tarpit('bench-a').open}, "
+                        f"webhooks hanging {receiver.hanging}"
+                    ),
+                )
                 beside = _b_figures(api, server, receiver, args.jobs)
+                a_during_b = {
+                    "tarpit_requests_open": server.tarpit("bench-a").open,
+                    "webhook_deliveries_hanging": receiver.hanging,
+                    "tarpit_batch": api.get(f"/v1/batches/{started['tarpit_batch']}", headers=_auth(KEY_A)).json()[
+                        "counts"
+                    ],
+                }
                 bombs = [api.get(f"/v1/jobs/{job_id}", headers=_auth(KEY_A)).json() for job_id in started["bombs"]]
                 assert stack.worker is not None
                 worker = stack.worker.pid
@@ -160,7 +191,7 @@ def main() -> None:
     spent = sum(later.get(pid, 0.0) - cpu for pid, cpu in after_bombs.items() if pid in later)
     print(json.dumps({
         "model": args.model, "scale_of_a": scale, "load_average": os.getloadavg(),
-        "b_alone": solo, "b_beside_a": beside,
+        "b_alone": solo, "b_beside_a": beside, "a_while_b_was_measured": a_during_b,
         "ratios": {name: round(beside[name] / solo[name], 2) if solo[name] else None for name in solo},
         "scan_bombs": [(job["status"], (job.get("error") or {}).get("code")) for job in bombs],
         "decoder_cpu_s_after_bombs_ended": round(spent, 3),

@@ -19,7 +19,8 @@ Fed round-robin is not enough when a key's chunks hang (issue #23: a batch on a 
 answers): a worker holds a bounded number of chunk messages (``worker.broker.bulk_flow``) and would
 hold only that key's, stop consuming, and leave another key's chunk in the queue for a whole fetch
 timeout. So the feeder also caps the chunk messages each key has out, on the queue or held by a
-worker: ``bulk_chunks_per_key`` per ready caption worker. A key at its cap is passed over on the
+worker: ``bulk_chunks_per_key`` per ready caption worker, split evenly between the keys with a backlog
+(two hanging keys get half each, so together they never fill what a worker holds). A key at its cap is passed over on the
 ring (its messages stay in its backlog); each message's task id is added to the key's out set
 (``Keys.bulk_out``) when it is fed, and the worker removes it once that chunk has ended
 (:meth:`BulkBacklog.release`), then feeds. Celery's own redelivery is untouched: a message a dead
@@ -53,13 +54,18 @@ return redis.call('LLEN', KEYS[1])
 # backlog key prefix (a key's backlog is prefix .. key), ARGV[3] chunks one key may have out per ready worker,
 # ARGV[4] the out-set key prefix, ARGV[5] seconds after which an unreleased id leaves its out set.
 # Moves one message per turn from the key at the head of the ring, which goes back to the tail while it has
-# more: round-robin over the keys with work. A key at its cap is passed over; once every key on the ring
-# was passed over in a row, it stops. Returns how many messages moved.
+# more: round-robin over the keys with work. A key at its cap (ARGV[3] x ready workers, split between the keys
+# on the ring) is passed over; once every key on the ring was passed over in a row, it stops. Returns how many
+# messages moved.
 _FEED_LUA = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local workers = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
-local cap = tonumber(ARGV[3]) * math.max(workers, 1)
+-- The chunks out per ready worker are split between the keys with a backlog, so that however many keys
+-- hang, all of them together never have more out than one key alone may: a worker always has a free
+-- hand for the next key's message.
+local keys_with_work = math.max(redis.call('LLEN', KEYS[2]), 1)
+local cap = math.max(1, math.floor(tonumber(ARGV[3]) * math.max(workers, 1) / keys_with_work))
 local stale_s = tonumber(ARGV[5])
 local moved = 0
 local passed_over = 0

@@ -76,13 +76,32 @@ def test_a_key_at_its_cap_of_chunks_out_is_passed_over_until_a_worker_releases_o
         backlog = BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=100, chunks_per_key=2)
         await backlog.append("hanging", [_celery_message(f"a{n}") for n in range(5)])
         await backlog.append("small", [_celery_message("b0")])
-        assert await backlog.feed() == 3  # a0, b0, a1: then the hanging key is at its cap
+        # Two keys with a backlog: the cap of 2 is split, 1 each: a0, b0.
+        assert await backlog.feed() == 2
+        # The small key has no backlog left: the hanging key alone may have 2 out, a1.
+        assert await backlog.feed() == 1
         assert await backlog.chunks_out("hanging") == 2
         assert await backlog.feed() == 0
         await backlog.release("hanging", "a0")  # a worker ended chunk a0
         assert await backlog.feed() == 1
         order = [json.loads(raw)["headers"]["id"] for raw in await queued_in_consuming_order(backlog)]
         assert order == ["a0", "b0", "a1", "a2"]
+
+    asyncio.run(scenario())
+
+
+def test_keys_that_hang_together_never_have_more_out_than_one_key_may() -> None:
+    async def scenario() -> None:
+        backlog = BulkBacklog(fakeredis.aioredis.FakeRedis(), Keys("t"), queue_depth=100, chunks_per_key=8)
+        for owner in ("a", "c"):
+            await backlog.append(owner, [_celery_message(f"{owner}{n}") for n in range(50)])
+        await backlog.feed()
+        # Half of the 8 each (one ready worker or none): 8 out in all, below the 12 a worker holds.
+        assert (await backlog.chunks_out("a"), await backlog.chunks_out("c")) == (4, 4)
+        # A third key arrives while both hang (nothing released): it gets its turn at once.
+        await backlog.append("b", [_celery_message("b0")])
+        assert await backlog.feed() == 1
+        assert await backlog.chunks_out("b") == 1
 
     asyncio.run(scenario())
 
