@@ -104,25 +104,24 @@ async def read_jobs_in_hand(redis: Redis, keys: Keys) -> int:
     trips: the holder index, then one ZCARD per holder (a handful of replicas).
     """
     holders = await redis.zrange(keys.job_holders(), 0, -1)
-    if not holders:
-        return 0
-    async with redis.pipeline(transaction=False) as pipe:
-        for holder in holders:
-            pipe.zcard(keys.held_jobs(_text(holder)))
-        sizes = await pipe.execute()
-    return sum(int(size) for size in sizes)
+    return await _sum_of_sizes(redis, "ZCARD", [keys.held_jobs(_text(holder)) for holder in holders])
 
 
 async def read_backlog_depth(redis: Redis, keys: Keys) -> int:
     """Chunk messages in every key's bulk backlog (shared.broker.bulk_backlog): the ring, then one LLEN per key."""
     owners: list[bytes | str] = await redis.lrange(keys.bulk_ring(), 0, -1)  # type: ignore[misc]
-    if not owners:
+    return await _sum_of_sizes(redis, "LLEN", [keys.bulk_backlog(_text(owner)) for owner in owners])
+
+
+async def _sum_of_sizes(redis: Redis, size_command: str, names: list[str]) -> int:
+    """The sum of ``size_command`` (ZCARD, LLEN) over the keys ``names``, in one round trip; 0 for none."""
+    if not names:
         return 0
     async with redis.pipeline(transaction=False) as pipe:
-        for owner in owners:
-            pipe.llen(keys.bulk_backlog(_text(owner)))
-        lengths = await pipe.execute()
-    return sum(int(length) for length in lengths)
+        for name in names:
+            pipe.execute_command(size_command, name)
+        sizes = await pipe.execute()
+    return sum(int(size) for size in sizes)
 
 
 def outstanding_work(snapshot: ServiceSnapshot) -> int:
