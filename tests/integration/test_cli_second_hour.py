@@ -8,10 +8,11 @@ The stack's model is the ``null`` stand-in: what is tested is the client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from shared.settings import Settings
 from tests.integration.chaos import wait_until
 from tests.integration.conftest import own_stack
 from tests.integration.test_cli import CLI, cli_env, json_rows, run_cli, save_shape
-from tests.servers import HostileServer
+from tests.servers import HostileServer, Tarpit
 from worker.captioning.standins import STANDIN_CAPTION
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,29 @@ paced_stack = own_stack(
     "second-hour",
     {"CAPTIONIZER_KEY_PREFIX": "second-hour", "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": str(DEFAULT_RATE_LIMIT)},
 )
+
+
+@contextlib.contextmanager
+def cli_beside_tarpit(
+    argv: list[str], stack: LocalStack, tarpit: Tarpit, *, ctrl_c: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """The CLI running ``argv`` against ``stack``; on leaving, the tarpit is released and the CLI never outlives the test.
+
+    With ``ctrl_c``, SIGINT gets its default action in the child, as in a terminal, even where the test
+    run ignores it (a shell's background job). Only then: a ``preexec_fn`` in this threaded process can
+    deadlock the child before it execs (subprocess's documentation).
+    """
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(stack), preexec_fn=preexec
+    )
+    try:
+        yield process
+    finally:
+        tarpit.release()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=60)
 
 
 def test_300_files_named_one_by_one_are_all_captioned_at_the_default_rate_limit(
@@ -95,20 +119,11 @@ def test_ctrl_c_prints_the_captions_received_and_lists_the_job_still_running(
     tarpit = image_server.tarpit("second-hour-interrupt")
     held = image_server.url("/tarpit/second-hour-interrupt")
     never = image_server.url("/image/shape.png?n=4")
-    process = subprocess.Popen(
-        [str(CLI), "caption", first, second, held, never, "--wait", "--concurrency", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(paced_stack),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    try:
+    argv = [str(CLI), "caption", first, second, held, never, "--wait", "--concurrency", "1"]
+    with cli_beside_tarpit(argv, paced_stack, tarpit, ctrl_c=True) as process:
         _wait_until(lambda: tarpit.open == 1 or process.poll() is not None, "the third image fetching")
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=_DEADLINE_S)
-    finally:
-        tarpit.release()
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=60)
 
     assert process.returncode == 130, stderr
     received = [line.split() for line in stdout.splitlines()[1:]]  # the table, without its header
@@ -130,21 +145,12 @@ def test_batch_results_wait_streams_until_the_batch_ends(paced_stack: LocalStack
         created = api.post("/v1/batches", json={"items": items})
         assert created.status_code == 202, created.text
         batch_id = created.json()["id"]
-    process = subprocess.Popen(
-        [str(CLI), "batch", "results", batch_id, "--wait"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(paced_stack),
-    )  # fmt: skip
-    try:
+    with cli_beside_tarpit([str(CLI), "batch", "results", batch_id, "--wait"], paced_stack, tarpit) as process:
         _wait_until(lambda: tarpit.open == 1, "the held item fetching")
         # The held item cannot end until released, so the command is surely still waiting for it.
         assert process.poll() is None
         tarpit.release()
         stdout, stderr = process.communicate(timeout=_DEADLINE_S)
-    finally:
-        tarpit.release()
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=60)
 
     assert process.returncode == 0, stderr
     rows = [json.loads(line) for line in stdout.splitlines()]
