@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -26,6 +27,8 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
 # "owner/name" or "name" as the Hub spells repository ids; anything else can only be a folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _WARMUP_IMAGE_SIDE = 8
+#: Distinct prompts and captions whose tokens a captioner remembers.
+_ENCODED_TEXTS = 4096
 # Tokenizers whose pre-tokenizer splits on whitespace and punctuation, each piece giving at least one token.
 _WORDPIECE_PRE_TOKENIZER = "BertPreTokenizer"
 
@@ -56,6 +59,10 @@ class Captioner:
         #: "bert-wordpiece" when every word or punctuation mark of a prompt is at least one token (GIT's BERT
         #: tokenizer), which lets the API bound a prompt's tokens without the tokenizer; else "other".
         self.prompt_tokenizer = _prompt_tokenizer_kind(self.tokenizer)
+        # Every job's usage counts its prompt's and its caption's tokens, and both repeat (a cache hit's caption
+        # always does): the tokenizer call was 6 % of a worker's CPU on the cache's hit path (bench/README.md,
+        # "The caption cache"). Bounded, per captioner: texts are at most a prompt's or a caption's length.
+        self._encode_prompt = functools.lru_cache(maxsize=_ENCODED_TEXTS)(self._encode_text)
 
     @classmethod
     def load(
@@ -200,14 +207,17 @@ class Captioner:
         """Tokens the model's tokenizer makes of ``text``, without [CLS]/[SEP] (0 for none): a job's ``usage``."""
         return len(self._encode_prompt(text)[0])
 
-    def _encode_prompt(self, prompt: str | None) -> tuple[list[int], str]:
-        """Token ids of ``prompt`` without [CLS]/[SEP] (as HF's GIT VQA example), and its decoded text."""
+    def _encode_text(self, prompt: str | None) -> tuple[tuple[int, ...], str]:
+        """Token ids of ``prompt`` without [CLS]/[SEP] (as HF's GIT VQA example), and its decoded text.
+
+        Called through ``_encode_prompt``, its memo: the ids are a tuple, so no caller can change a shared answer.
+        """
         text = (prompt or "").strip()
         if not text:
-            return [], ""
+            return (), ""
         ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
         # Decoded rather than the raw prompt: the tokenizer lower-cases and drops [UNK] on the way back.
-        return ids, self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return tuple(ids), self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def input_size_px(image_processor: Any) -> int:

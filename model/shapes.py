@@ -50,10 +50,14 @@ SIZES: dict[str, tuple[float, float]] = {"small": (0.2, 0.4), "large": (0.6, 0.9
 DEFAULT_IMAGE_SIZE = 128
 #: Bounds of the image sides that ``random_image_size`` picks, and of their aspect ratio.
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_ASPECT = 32, 1024, 3.0
-#: The ranges of aspect ratio (longer side / shorter) that ``random_aspect`` picks from, evenly.
+#: The ranges of aspect ratio (longer side / shorter) that ``random_aspect`` picks from, and how often each.
 ASPECT_RANGES: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 2.0), (2.0, MAX_ASPECT))
+#: Half of the drawings wider than 2:1: there a small shape is squeezed to a few pixels across, and a large
+#: one to a sliver with less area than a small square shape in a square image. Up to 2:1 lies between the
+#: other two and is learnt from them (README, "The model").
+ASPECT_WEIGHTS: tuple[float, ...] = (0.3, 0.2, 0.5)
 #: Share of evenly drawn shapes (``draw_varied_batch``) that sit in the middle of the image rather than anywhere.
-CENTRED_SHARE = 0.25
+CENTRED_SHARE = 0.2
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
 _TRIANGLE_HEIGHT = (0.75, 1.0)  # of its base
@@ -217,7 +221,7 @@ def draw_varied_batch(
     Args:
         max_side: draw an image whose longer side is above this at that side instead, same aspect ratio
             and same drawing otherwise. Training uses it: a model that sees every image squeezed to
-            64 px cannot tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
+            128 px can hardly tell a 1024-px drawing from its 256-px rendering, and drawing it costs 16 times less.
         evenly: give each corner of the world its share (``random_aspect``, ``CENTRED_SHARE``). Drawn
             the way the world's images fall, exactly square images and centred shapes are rare, and a
             model trained so takes a small square's shape of span 0.30-0.40 for a large one.
@@ -239,8 +243,8 @@ def draw_varied_batch(
 
 
 def random_aspect(rng: random.Random) -> float:
-    """Width / height: exactly square, up to 2:1 or 2:1 to 3:1, a third of the time each, either orientation."""
-    low, high = rng.choice(ASPECT_RANGES)
+    """Width / height: exactly square, up to 2:1 or 2:1 to 3:1 (by ``ASPECT_WEIGHTS``), either orientation."""
+    low, high = rng.choices(ASPECT_RANGES, weights=ASPECT_WEIGHTS)[0]
     ratio = math.exp(rng.uniform(math.log(low), math.log(high)))
     return ratio if rng.random() < 0.5 else 1 / ratio
 

@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Seed of the training set; evaluation defaults to others so its images are unseen.
 TRAIN_SEED = 1234
-DEFAULT_STEPS = 2_600
+DEFAULT_STEPS = 2_200
 #: Drawings in the training set (drawn once, then sampled with replacement and mirrored).
-DEFAULT_DRAWINGS = 64_000
+DEFAULT_DRAWINGS = 56_000
 PEAK_LEARNING_RATE = 2e-3
 DEFAULT_BATCH_SIZE = 256
 #: Share of each batch drawn in proportion to the rows' last losses (``RowSampler``).
@@ -106,7 +106,7 @@ def train(
     peak_lr: float = PEAK_LEARNING_RATE,
     bf16: bool = True,
     focus: float = DEFAULT_FOCUS,
-    evenly: bool = False,
+    evenly: bool = True,
 ) -> tuple[GitForCausalLM, GitProcessor]:
     """Train on a fixed deterministic set of drawings (mirrored at random); returns the model in eval mode.
 
@@ -265,7 +265,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's weights")
     parser.add_argument("--lr", type=float, default=PEAK_LEARNING_RATE, help="peak learning rate")
     parser.add_argument("--focus", type=float, default=DEFAULT_FOCUS, help="share of each batch drawn by loss")
-    parser.add_argument("--evenly", action="store_true", help="draw every aspect range and centred shapes evenly")
+    parser.add_argument(
+        "--evenly",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw every aspect range and centred shapes evenly (--no-evenly: as the world's images fall)",
+    )
     parser.add_argument("--fp32", action="store_true", help="train in float32 rather than bfloat16 autocast")
     parser.add_argument("--evaluate", action="store_true", help="only measure the checkpoint in --out")
     parser.add_argument("--n", type=int, default=100, help="drawings per stratum and drawer in the evaluation")

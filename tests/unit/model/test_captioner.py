@@ -6,6 +6,7 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -118,6 +119,16 @@ def test_images_of_mixed_sizes_and_modes_share_a_batch(embedded_captioner: Capti
 
 def test_empty_batch_gives_no_captions(embedded_captioner: Captioner) -> None:
     assert embedded_captioner.caption([]) == []
+
+
+def test_token_counts_are_remembered_and_stay_exact() -> None:
+    captioner = Captioner.load(EMBEDDED_MODEL_DIR, device="cpu")
+    captioner.tokenizer = tokenizer = mock.Mock(wraps=captioner.tokenizer)
+    texts = ["a large red circle on a white background", "  What is it?  ", "", None]
+    first = [captioner.count_tokens(text) for text in texts]
+    assert first == [8, 4, 0, 0]  # "what is it ?": the BERT tokenizer splits off the question mark
+    assert [captioner.count_tokens(text) for text in texts] == first
+    assert tokenizer.call_count == 2  # the two non-empty texts, once each
 
 
 def test_fixed_length_generation_and_beam_search(embedded_captioner: Captioner) -> None:

@@ -21,14 +21,13 @@ STRATUM_SAMPLE = 20
 FLOOR = 0.85
 #: Strata whose floor is lower, by name (``evaluate.Stratum.name``): the checkpoint's weak corners.
 LOWER_FLOORS: dict[str, float] = {
-    "1:1 small 0.30-0.40 anywhere PNG": 0.60,  # measured 70 / 80 % (trainer's / independent drawer)
-    "1:1 small 0.30-0.40 centred PNG": 0.60,  # 70 / 80 %
-    "2:1 to 3:1 small 0.20-0.30 anywhere JPEG": 0.60,  # 90 / 70 %
-    "1:1 small 0.30-0.40 centred JPEG": 0.65,  # 85 / 75 %
-    "1:1 small 0.30-0.40 anywhere JPEG": 0.70,  # 80 / 90 %
-    "2:1 to 3:1 large 0.60-0.75 centred JPEG": 0.70,  # 80 / 90 %
-    "2:1 to 3:1 small 0.20-0.30 anywhere PNG": 0.70,  # 80 / 85 %
-    "2:1 to 3:1 large 0.60-0.75 centred PNG": 0.75,  # 85 / 95 %
+    "2:1 to 3:1 small 0.20-0.30 anywhere JPEG": 0.70,  # measured 80 / 90 % (trainer's / independent drawer)
+    "2:1 to 3:1 small 0.20-0.30 anywhere PNG": 0.70,  # 80 / 90 %
+    "2:1 to 3:1 large 0.60-0.75 anywhere JPEG": 0.80,  # 100 / 90 %
+    "2:1 to 3:1 large 0.60-0.75 anywhere PNG": 0.80,  # 90 / 90 %
+    "2:1 to 3:1 large 0.60-0.75 centred JPEG": 0.80,  # 90 / 90 %
+    "2:1 to 3:1 large 0.60-0.75 centred PNG": 0.80,  # 90 / 95 %
+    "up to 2:1 small 0.30-0.40 anywhere PNG": 0.80,  # 95 / 90 %
 }
 
 

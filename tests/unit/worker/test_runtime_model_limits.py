@@ -25,8 +25,8 @@ def embedded() -> Captioner:
 
 
 def test_the_embedded_models_limits_come_from_its_config(embedded: Captioner) -> None:
-    # config.json: 32 text positions; processor_config.json: a 64 px square.
-    assert (embedded.max_prompt_tokens, embedded.input_size_px, embedded.prompt_tokenizer) == (30, 64, BERT_WORDPIECE)
+    # config.json: 32 text positions; processor_config.json: a 128 px square.
+    assert (embedded.max_prompt_tokens, embedded.input_size_px, embedded.prompt_tokenizer) == (30, 128, BERT_WORDPIECE)
 
 
 @pytest.mark.parametrize("prompt", [" ".join(["a"] * 31), "猫" * 31], ids=["words", "cjk"])
