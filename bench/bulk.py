@@ -113,6 +113,7 @@ def worker_metrics(port: int) -> dict[str, float]:
         "captionizer_batch_generate_seconds_sum",
         "captionizer_batch_generate_seconds_count",
         "captionizer_generate_thread_cpu_seconds_total",
+        "captionizer_batch_size_sum",
     )
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     values = {}

@@ -7,7 +7,8 @@
 1. **bulk**: one batch through ``POST /v1/batches`` of ``--items`` image URLs, of which ``--repeat-share``
    repeat ``--distinct`` images and the rest are each an image of its own, shuffled (seed 0); it waits for
    the batch to complete: items/s, CPU ms per item of every process (``/proc/<pid>/stat``), the batch's
-   ``cache_hits``;
+   ``cache_hits``, and from the worker's ``/metrics`` what the thread that calls the model did (its model
+   batches, images per batch, how much of the phase it was generating, and how much of that it was on a CPU);
 2. **singles**: ``--singles`` single jobs, one at a time, each ``POST /v1/jobs`` with ``Prefer: wait``
    for an image the bulk phase captioned (with the cache on, all hits): p50/p99 latency, CPU ms per job;
 3. with the cache on, **Redis bytes per entry**: ``MEMORY USAGE`` of the entries (sampled) plus the LRU
@@ -35,7 +36,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
-from bench.bulk import CpuMeter, _quantile, start_image_server
+from bench.bulk import CpuMeter, _quantile, start_image_server, worker_metrics
 from bench.image_server import drawn_pngs
 from scripts.processes import free_port
 from scripts.stack import LocalStack
@@ -66,7 +67,7 @@ def workload(args: argparse.Namespace) -> list[int]:
     return numbers
 
 
-def stack_env(args: argparse.Namespace, image_port: str, *, cache: bool) -> dict[str, str]:
+def stack_env(args: argparse.Namespace, image_port: str, *, cache: bool, metrics_port: int) -> dict[str, str]:
     return {
         "CAPTIONIZER_MODEL": args.model,
         "CAPTIONIZER_KEY_PREFIX": "bench-cache-on" if cache else "bench-cache-off",
@@ -78,13 +79,14 @@ def stack_env(args: argparse.Namespace, image_port: str, *, cache: bool) -> dict
         "CAPTIONIZER_RATE_LIMIT_PER_MINUTE": "0",
         "CAPTIONIZER_RATE_LIMIT_READS_PER_MINUTE": "0",
         "CAPTIONIZER_OWNER_QUEUE_SHARE": "1",
-        "CAPTIONIZER_WORKER_METRICS_PORT": "0",
+        "CAPTIONIZER_WORKER_METRICS_PORT": str(metrics_port),
         "CAPTIONIZER_LOG_LEVEL": "WARNING",
     }
 
 
-def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter) -> dict[str, Any]:
+def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter, metrics_port: int) -> dict[str, Any]:
     items = [{"image_url": f"{base}/img/{n}.png"} for n in numbers]
+    metrics_before = worker_metrics(metrics_port)
     cpu.start()
     began = time.perf_counter()
     posted = http.post("/v1/batches", json={"items": items, "max_new_tokens": 10})
@@ -97,6 +99,7 @@ def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter) -
         time.sleep(_POLL_S)  # a bench's poll of the batch's counts, as the CLI does
     wall_s = time.perf_counter() - began
     per_item = cpu.per_item_ms(len(numbers))
+    model_thread = model_thread_figures(metrics_before, worker_metrics(metrics_port), wall_s)
     busy = {name: ms for name, ms in per_item.items() if name != "images"}
     return {
         "items": len(numbers),
@@ -106,6 +109,28 @@ def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter) -
         "cpu_ms_per_item_api_worker_redis": round(sum(busy.values()), 3),
         "succeeded": batch["counts"]["succeeded"],
         "cache_hits": batch.get("cache_hits", 0),
+        "model_thread": model_thread,
+    }
+
+
+def model_thread_figures(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """What the one thread that calls the model did during the bulk phase, from the worker's counters.
+
+    ``busy_share``: its generate calls' wall time over the phase's; ``on_cpu_share``: its own CPU time
+    over its generate calls' wall time (the rest it waited: for the GIL, which the event loop's work
+    holds, or for the CPU). Both near 1 and 0.3-0.6 say the phase was held by that thread.
+    """
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    batches = spent["captionizer_batch_generate_seconds_count"]
+    generate_s = spent["captionizer_batch_generate_seconds_sum"]
+    return {
+        "model_batches": batches,
+        "images_per_model_batch": round(spent["captionizer_batch_size_sum"] / batches, 1) if batches else 0.0,
+        "generate_s": round(generate_s, 2),
+        "busy_share": round(generate_s / wall_s, 2),
+        "on_cpu_share": round(spent["captionizer_generate_thread_cpu_seconds_total"] / generate_s, 2)
+        if generate_s
+        else 0.0,
     }
 
 
@@ -154,8 +179,9 @@ def redis_bytes_per_entry(redis: Redis, keys: Keys) -> dict[str, float]:
 def measure(args: argparse.Namespace, log_dir: Path, base: str, images_pid: int, *, cache: bool) -> dict[str, Any]:
     """Both phases on a stack of their own, with the cache on or off."""
     numbers = workload(args)
-    stack = LocalStack(log_dir / ("on" if cache else "off"), env=stack_env(args, base.rsplit(":", 1)[1], cache=cache),
-                       api_port=free_port(), webhooks=False)  # fmt: skip
+    metrics_port = free_port()
+    env = stack_env(args, base.rsplit(":", 1)[1], cache=cache, metrics_port=metrics_port)
+    stack = LocalStack(log_dir / ("on" if cache else "off"), env=env, api_port=free_port(), webhooks=False)
     (log_dir / ("on" if cache else "off")).mkdir(exist_ok=True)
     try:
         stack.start(timeout_s=300)
@@ -163,7 +189,7 @@ def measure(args: argparse.Namespace, log_dir: Path, base: str, images_pid: int,
         cpu = CpuMeter({"api": stack.api.pid, "worker": stack.worker.pid, "redis": stack.redis.pid,
                         "images": images_pid})  # fmt: skip
         with httpx.Client(base_url=stack.api_url, timeout=600) as http:
-            bulk = run_bulk(http, base, numbers, cpu)
+            bulk = run_bulk(http, base, numbers, cpu, metrics_port)
             singles = run_singles(http, base, [n % args.distinct for n in range(args.singles)], cpu)
         figures: dict[str, Any] = {"bulk": bulk, "singles": singles}
         if cache:
