@@ -52,12 +52,12 @@ DEFAULT_IMAGE_SIZE = 128
 MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_ASPECT = 32, 1024, 3.0
 #: The ranges of aspect ratio (longer side / shorter) that ``random_aspect`` picks from, and how often each.
 ASPECT_RANGES: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.0, 2.0), (2.0, MAX_ASPECT))
-#: Half of the drawings wider than 2:1: there a small shape is squeezed to a few pixels across, and a large
+#: Most drawings (60 %) wider than 2:1: there a small shape is squeezed to a few pixels across, and a large
 #: one to a sliver with less area than a small square shape in a square image. Up to 2:1 lies between the
 #: other two and is learnt from them (README, "The model").
-ASPECT_WEIGHTS: tuple[float, ...] = (0.3, 0.2, 0.5)
+ASPECT_WEIGHTS: tuple[float, ...] = (0.25, 0.15, 0.6)
 #: Share of evenly drawn shapes (``draw_varied_batch``) that sit in the middle of the image rather than anywhere.
-CENTRED_SHARE = 0.2
+CENTRED_SHARE = 0.1
 
 _COLOUR_JITTER = 18  # per channel, so the model learns hues rather than exact values
 _TRIANGLE_HEIGHT = (0.75, 1.0)  # of its base

@@ -21,13 +21,10 @@ STRATUM_SAMPLE = 20
 FLOOR = 0.85
 #: Strata whose floor is lower, by name (``evaluate.Stratum.name``): the checkpoint's weak corners.
 LOWER_FLOORS: dict[str, float] = {
-    "2:1 to 3:1 small 0.20-0.30 anywhere JPEG": 0.70,  # measured 80 / 90 % (trainer's / independent drawer)
-    "2:1 to 3:1 small 0.20-0.30 anywhere PNG": 0.70,  # 80 / 90 %
-    "2:1 to 3:1 large 0.60-0.75 anywhere JPEG": 0.80,  # 100 / 90 %
-    "2:1 to 3:1 large 0.60-0.75 anywhere PNG": 0.80,  # 90 / 90 %
-    "2:1 to 3:1 large 0.60-0.75 centred JPEG": 0.80,  # 90 / 90 %
-    "2:1 to 3:1 large 0.60-0.75 centred PNG": 0.80,  # 90 / 95 %
-    "up to 2:1 small 0.30-0.40 anywhere PNG": 0.80,  # 95 / 90 %
+    "2:1 to 3:1 small 0.20-0.30 anywhere PNG": 0.70,  # measured 80 / 90 % (trainer's / independent drawer)
+    "2:1 to 3:1 small 0.20-0.30 anywhere JPEG": 0.80,  # 90 / 100 %
+    "2:1 to 3:1 large 0.60-0.75 centred JPEG": 0.80,  # 100 / 90 %
+    "1:1 large 0.75-0.95 anywhere JPEG": 0.80,  # 95 / 90 %
 }
 
 
