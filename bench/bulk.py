@@ -124,6 +124,11 @@ def worker_metrics(port: int) -> dict[str, float]:
     return values
 
 
+def spent_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """How much each of the worker's counters (``worker_metrics``) grew between two reads."""
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 def succeeded_or_failed(redis: Redis, keys: Keys) -> int:
     counts = {name.decode(): int(value) for name, value in redis.hgetall(keys.job_counts()).items()}
     return counts.get("entered:succeeded", 0) + counts.get("entered:failed", 0)
@@ -321,11 +326,10 @@ def _bulk_figures(
     args: argparse.Namespace, ids: list[str], wall_s: float, store_s: float, per_item: dict[str, float],
     before: dict[str, float], after: dict[str, float], delays: list[float], redis: Redis, stack: LocalStack,
 ) -> dict[str, Any]:  # fmt: skip
-    generate_s = after["captionizer_batch_generate_seconds_sum"] - before["captionizer_batch_generate_seconds_sum"]
-    batches = after["captionizer_batch_generate_seconds_count"] - before["captionizer_batch_generate_seconds_count"]
-    thread_cpu_s = (
-        after["captionizer_generate_thread_cpu_seconds_total"] - before["captionizer_generate_thread_cpu_seconds_total"]
-    )
+    spent = spent_between(before, after)
+    generate_s = spent["captionizer_batch_generate_seconds_sum"]
+    batches = spent["captionizer_batch_generate_seconds_count"]
+    thread_cpu_s = spent["captionizer_generate_thread_cpu_seconds_total"]
     batch_s = generate_s / batches if batches else None
     p99 = _quantile(delays, 0.99)
     statuses = {str(decode_job(redis.hgetall(stack.keys.job(job_id))).status) for job_id in ids[:: len(ids) // 50 or 1]}

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
-from bench.bulk import CpuMeter, _quantile, start_image_server, worker_metrics
+from bench.bulk import CpuMeter, _quantile, spent_between, start_image_server, worker_metrics
 from bench.image_server import drawn_pngs
 from scripts.processes import free_port
 from scripts.stack import LocalStack
@@ -120,7 +120,7 @@ def model_thread_figures(before: dict[str, float], after: dict[str, float], wall
     over its generate calls' wall time (the rest it waited: for the GIL, which the event loop's work
     holds, or for the CPU). Both near 1 and 0.3-0.6 say the phase was held by that thread.
     """
-    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    spent = spent_between(before, after)
     batches = spent["captionizer_batch_generate_seconds_count"]
     generate_s = spent["captionizer_batch_generate_seconds_sum"]
     return {

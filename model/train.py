@@ -269,7 +269,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--evenly",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="draw every aspect range and centred shapes evenly (--no-evenly: as the world's images fall)",
+        help="draw each aspect range and centred shapes by their set shares, shapes.ASPECT_WEIGHTS and "
+        "shapes.CENTRED_SHARE (--no-evenly: as the world's images fall)",
     )
     parser.add_argument("--fp32", action="store_true", help="train in float32 rather than bfloat16 autocast")
     parser.add_argument("--evaluate", action="store_true", help="only measure the checkpoint in --out")
