@@ -1,6 +1,6 @@
 """Train the tiny embedded GIT captioner on drawn shapes, save it as a checkpoint, and measure it.
 
-``python -m model.train [--out model/embedded] [--steps N] [--drawings N]`` draws a fixed training set
+``python -m model.train [--out model/embedded] [--steps N] [--drawings N] [--train-seed S]`` draws a fixed training set
 (``model.shapes``, all the variety the world's rules allow), trains on it and saves;
 ``python -m model.train --evaluate [--out DIR] [--n 100] [--seed S] [--json]`` prints exact-match accuracy
 in every stratum of the world (aspect ratio, span band, position, format), worst first, on the trainer's
@@ -258,6 +258,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
     parser.add_argument("--out", type=Path, default=EMBEDDED_MODEL_DIR, help="checkpoint folder")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=TRAIN_SEED,
+        help="seed of the training set, the weights' start and the data order (judge a recipe over several)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="drawings per step")
     parser.add_argument("--drawings", type=int, default=DEFAULT_DRAWINGS, help="drawings in the training set")
@@ -290,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started, cpu_started = time.perf_counter(), _cpu_seconds()
         model, processor = train(
             steps=args.steps,
+            seed=args.train_seed,
             batch_size=args.batch_size,
             drawings=args.drawings,
             processes=args.processes,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoProcessor
 
 from model import EMBEDDED_MODEL_DIR, Captioner, embedded_architecture, evaluate, shapes, train
@@ -106,6 +107,22 @@ def test_training_is_deterministic_and_comes_back_ready_to_caption() -> None:
     images, _ = shapes.draw_varied_batch(random.Random(2), 2)
     captions = Captioner(first, processor, name="fresh").caption(images, max_new_tokens=3)
     assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
+
+
+def test_the_training_seed_on_the_command_line_picks_the_weights(tmp_path: Path) -> None:
+    def trained(seed: int, folder: str) -> dict[str, torch.Tensor]:
+        toy = ["--steps", "2", "--batch-size", "2", "--drawings", "4", "--processes", "1", "--threads", "1", "--n", "1"]
+        assert train.main([*toy, "--train-seed", str(seed), "--out", str(tmp_path / folder), "--json"]) == 0
+        return load_file(tmp_path / folder / "model.safetensors")
+
+    threads = torch.get_num_threads()
+    try:
+        first, again, other = trained(5, "first"), trained(5, "again"), trained(6, "other")
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's torch threads
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
 
 
 @pytest.fixture(scope="module")
