@@ -6,8 +6,8 @@
 
 1. **bulk**: one batch through ``POST /v1/batches`` of ``--items`` image URLs, of which ``--repeat-share``
    repeat ``--distinct`` images and the rest are each an image of its own, shuffled (seed 0); it waits for
-   the batch to complete: items/s, CPU ms per item of every process (``/proc/<pid>/stat``), the batch's
-   ``cache_hits``, and from the worker's ``/metrics`` what the thread that calls the model did (its model
+   the batch to complete: items/s, CPU ms per item of every process (``/proc/<pid>/stat``), the cores they
+   kept busy, the batch's ``cache_hits``, and from the worker's ``/metrics`` what the thread that calls the model did (its model
    batches, images per batch, how much of the phase it was generating, and how much of that it was on a CPU);
 2. **singles**: ``--singles`` single jobs, one at a time, each ``POST /v1/jobs`` with ``Prefer: wait``
    for an image the bulk phase captioned (with the cache on, all hits): p50/p99 latency, CPU ms per job;
@@ -107,6 +107,9 @@ def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter, m
         "wall_s": round(wall_s, 2),
         "cpu_ms_per_item": per_item,
         "cpu_ms_per_item_api_worker_redis": round(sum(busy.values()), 3),
+        # The stack's CPU over the phase's wall time, image server included: near the machine's cores, the
+        # phase was bound by CPU, and items/s can only follow CPU per item.
+        "cores_busy": round(sum(per_item.values()) * len(numbers) / 1000 / wall_s, 2),
         "succeeded": batch["counts"]["succeeded"],
         "cache_hits": batch.get("cache_hits", 0),
         "model_thread": model_thread,
