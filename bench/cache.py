@@ -7,8 +7,9 @@
 1. **bulk**: one batch through ``POST /v1/batches`` of ``--items`` image URLs, of which ``--repeat-share``
    repeat ``--distinct`` images and the rest are each an image of its own, shuffled (seed 0); it waits for
    the batch to complete: items/s, CPU ms per item of every process (``/proc/<pid>/stat``), the cores they
-   kept busy, the batch's ``cache_hits``, and from the worker's ``/metrics`` what the thread that calls the model did (its model
-   batches, images per batch, how much of the phase it was generating, and how much of that it was on a CPU);
+   kept busy, the batch's ``cache_hits``, and from the worker's ``/metrics`` what the thread that calls the
+   model did (its model batches, images per batch, how much of the phase it was generating, and how much of
+   that it was on a CPU);
 2. **singles**: ``--singles`` single jobs, one at a time, each ``POST /v1/jobs`` with ``Prefer: wait``
    for an image the bulk phase captioned (with the cache on, all hits): p50/p99 latency, CPU ms per job;
 3. with the cache on, **Redis bytes per entry**: ``MEMORY USAGE`` of the entries (sampled) plus the LRU
