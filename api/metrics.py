@@ -45,7 +45,7 @@ class ServiceSnapshot:
     webhook_keys_waiting: int = 0
     webhook_retries_scheduled: int = 0
     webhook_outcomes: dict[str, int] = field(default_factory=dict)
-    #: The caption cache's counters (``hits``, ``misses``, ``deduplicated``, ``evictions``) and its entries.
+    #: The caption cache's counters (``hits``, ``misses``, ``deduplicated``, ``fresh_url_hits``, ``evictions``) and its entries.
     cache_counts: dict[str, int] = field(default_factory=dict)
     cache_entries: int = 0
     #: One entry per ready worker: its heartbeat (``worker_id``, ``model``, ``model_load_s``...).
@@ -219,11 +219,19 @@ def _cache_families(counts: dict[str, int], entries: int) -> Iterable[Metric]:
         value=counts.get("deduplicated", 0),
     )
     yield CounterMetricFamily(
+        "captionizer_cache_fresh_url_hits",
+        "Hits answered without downloading the image: its URL's server had said the image stays fresh "
+        "(Cache-Control max-age or Expires). Counted among the hits too.",
+        value=counts.get("fresh_url_hits", 0),
+    )
+    yield CounterMetricFamily(
         "captionizer_cache_evictions",
         "Cache entries deleted to stay within cache_max_entries (least recently used first).",
         value=counts.get("evictions", 0),
     )
-    yield _gauge("captionizer_cache_entries", "Caption cache entries (members of the LRU set).", entries)
+    yield _gauge(
+        "captionizer_cache_entries", "Caption cache entries and fresh URLs' links (members of the LRU set).", entries
+    )
 
 
 def _worker_families(workers: list[dict[str, object]]) -> Iterable[Metric]:

@@ -240,7 +240,9 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_image_server(log_dir: Path, size_px: int, count: int = DISTINCT_IMAGES) -> tuple[ManagedProcess, str]:
+def start_image_server(
+    log_dir: Path, size_px: int, count: int = DISTINCT_IMAGES, cache_control: str = ""
+) -> tuple[ManagedProcess, str]:
     port = free_port()
     argv = [
         sys.executable,
@@ -252,6 +254,8 @@ def start_image_server(log_dir: Path, size_px: int, count: int = DISTINCT_IMAGES
         str(size_px),
         "--count",
         str(count),
+        "--cache-control",
+        cache_control,
     ]
     server = ManagedProcess("images", argv, log_path=log_dir / "images.log", env=dict(os.environ), cwd=REPO_ROOT)
     server.start()

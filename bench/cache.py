@@ -13,7 +13,12 @@
 2. **singles**: ``--singles`` single jobs, one at a time, each ``POST /v1/jobs`` with ``Prefer: wait``
    for an image the bulk phase captioned (with the cache on, all hits): p50/p99 latency, CPU ms per job;
 3. with the cache on, **Redis bytes per entry**: ``MEMORY USAGE`` of the entries (sampled) plus the LRU
-   set's bytes per member.
+   set's bytes per member, and the cache's counters (``fresh_url_hits``: hits without a download).
+
+The image server sends ``Cache-Control: --cache-control`` with every image (by default
+``public, max-age=86400``, what a site's static images usually carry), so repeats of a URL may be
+answered without downloading it again (docs/cache.md "Fresh URLs"); ``--cache-control ''`` sends none,
+and every repeat is downloaded and recognised by its bytes.
 
 The machine's load average is printed with the figures: items/s moves with other processes' load,
 CPU per item much less.
@@ -55,6 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--singles", type=int, default=200, help="single jobs after the batch (all hits when on)")
     parser.add_argument("--batch-size", type=int, default=32, help="the worker's max_batch_size")
     parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs, in pixels")
+    parser.add_argument(
+        "--cache-control", default="public, max-age=86400", help="the image server's Cache-Control; '' for none"
+    )
     return parser.parse_args(argv)
 
 
@@ -167,17 +175,20 @@ def run_singles(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter
 
 
 def redis_bytes_per_entry(redis: Redis, keys: Keys) -> dict[str, float]:
+    """Bytes per entry and per fresh URL's link (``u:`` members): its key (sampled) plus its share of the LRU set."""
     members = redis.zrange(keys.cache_lru(), 0, -1)
-    sample = members[:: max(1, len(members) // 200)]
-    entry_bytes = [redis.memory_usage(keys.cache_entry(member.decode())) or 0 for member in sample]
     lru_bytes = (redis.memory_usage(keys.cache_lru(), samples=0) or 0) / max(1, len(members))
-    entry_mean = statistics.fmean(entry_bytes) if entry_bytes else 0.0
-    return {
-        "entries": len(members),
-        "entry_key_bytes": round(entry_mean, 1),
-        "lru_set_bytes_per_entry": round(lru_bytes, 1),
-        "total_bytes_per_entry": round(entry_mean + lru_bytes, 1),
-    }
+    figures: dict[str, float] = {"lru_set_bytes_per_member": round(lru_bytes, 1)}
+    for kind, chosen in (
+        ("entry", [m for m in members if not m.startswith(b"u:")]),
+        ("link", [m for m in members if m.startswith(b"u:")]),
+    ):
+        sample = chosen[:: max(1, len(chosen) // 200)]
+        sizes = [redis.memory_usage(keys.cache_entry(member.decode())) or 0 for member in sample]
+        mean = statistics.fmean(sizes) if sizes else 0.0
+        figures |= {("entries" if kind == "entry" else "links"): len(chosen), f"{kind}_key_bytes": round(mean, 1)}
+        figures[f"total_bytes_per_{kind}"] = round(mean + lru_bytes, 1)
+    return figures
 
 
 def measure(args: argparse.Namespace, log_dir: Path, base: str, images_pid: int, *, cache: bool) -> dict[str, Any]:
@@ -200,6 +211,8 @@ def measure(args: argparse.Namespace, log_dir: Path, base: str, images_pid: int,
             redis = Redis.from_url(stack.redis_url)
             try:
                 figures["redis_bytes_per_entry"] = redis_bytes_per_entry(redis, stack.keys)
+                counters = redis.hgetall(stack.keys.cache_stats())
+                figures["cache_counters"] = {name.decode(): int(value) for name, value in counters.items()}
             finally:
                 redis.close()
         return figures
@@ -211,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     count = args.distinct + args.items - round(args.items * args.repeat_share)
-    images, base = start_image_server(log_dir, args.image_size, count=count)
+    images, base = start_image_server(log_dir, args.image_size, count=count, cache_control=args.cache_control)
     load_before = os.getloadavg()
     try:
         off = measure(args, log_dir, base, images.pid, cache=False)
@@ -227,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "distinct_repeated_images": args.distinct,
             "distinct_images_by_bytes": len({hashlib.sha256(png).digest() for png in pngs}),
             "image": f"{args.image_size}x{args.image_size} PNG by URL",
+            "cache_control": args.cache_control,
         },
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_at_end": os.getloadavg()},
         "at": datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -1,7 +1,8 @@
 """A fast local image server for the benches, in a process of its own so its CPU is measured apart.
 
 ``python -m bench.image_server --port P --size 128 --count 16`` serves ``/img/N.png`` (N modulo
-``--count``): drawn shapes of ``--size`` pixels square, PNG, made once at start.
+``--count``): drawn shapes of ``--size`` pixels square, PNG, made once at start. ``--cache-control V``
+sends ``Cache-Control: V`` with each (as a site's static images usually do); none by default.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ def drawn_pngs(size_px: int, count: int) -> list[bytes]:
     return images
 
 
-def make_app(pngs: list[bytes]) -> web.Application:
-    """``/img/{n}.png`` serves ``pngs[n % len(pngs)]``."""
+def make_app(pngs: list[bytes], cache_control: str = "") -> web.Application:
+    """``/img/{n}.png`` serves ``pngs[n % len(pngs)]``, with ``Cache-Control: cache_control`` unless empty."""
+    headers = {"Cache-Control": cache_control} if cache_control else {}
 
     async def image(request: web.Request) -> web.Response:
         index = int(request.match_info["n"]) % len(pngs)
-        return web.Response(body=pngs[index], content_type="image/png")
+        return web.Response(body=pngs[index], content_type="image/png", headers=headers)
 
     app = web.Application()
     app.router.add_get("/img/{n:\\d+}.png", image)
@@ -44,8 +46,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--cache-control", default="", help="the Cache-Control header's value; none when empty")
     args = parser.parse_args()
-    web.run_app(make_app(drawn_pngs(args.size, args.count)), host="127.0.0.1", port=args.port, access_log=None)
+    web.run_app(
+        make_app(drawn_pngs(args.size, args.count), args.cache_control),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+    )
 
 
 if __name__ == "__main__":

@@ -186,11 +186,11 @@ class Keys:
         return f"{self.prefix}:cache:l:{digest}"
 
     def cache_lru(self) -> str:
-        """Sorted set of cache entries' digests (score: last use, epoch ms): the eviction order and the size bound."""
+        """Sorted set of cache entries' digests and links' ``u:`` digests (score: last use, epoch ms): eviction order, bound."""
         return f"{self.prefix}:cache:lru"
 
     def cache_stats(self) -> str:
-        """Hash of cache counters (``hits``, ``misses``, ``deduplicated``, ``evictions``), for /metrics."""
+        """Hash of cache counters (``hits``, ``misses``, ``deduplicated``, ``fresh_url_hits``, ``evictions``), for /metrics."""
         return f"{self.prefix}:cache:stats"
 
     def bulk_backlog(self, owner: str) -> str:

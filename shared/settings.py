@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(
         100_000,
         ge=1,
-        description="Most cache entries kept; past it the least recently used are deleted (Redis runs noeviction, "
+        description="Most cache entries and fresh URLs' links kept; past it the least recently used are deleted (Redis runs noeviction, "
         "so the cache bounds itself). About 420 bytes of Redis each (bench/cache.py, docs/cache.md).",
     )
     cache_ttl_s: int = Field(
@@ -215,6 +215,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Lease of the job computing a cache key, renewed while it runs, in seconds: identical jobs wait "
         "for it, and take the work over when its worker dies and the lease lapses.",
+    )
+    cache_fresh_urls: bool = Field(
+        True,
+        description="While an image URL's server says its answer is fresh (Cache-Control max-age, or Expires; "
+        "never a guess), a repeat of that URL is answered from the cache without downloading it again, for at most "
+        "cache_ttl_s. Off: every job downloads its image.",
     )
 
     # --- Image intake -----------------------------------------------------------------

@@ -9,8 +9,10 @@ Unit tests (``tests/unit/worker/test_intake.py``) and the end-to-end tests both 
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import io
+import random
 import socket
 import struct
 import threading
@@ -198,6 +200,8 @@ async def _image(request: web.Request) -> web.StreamResponse:
     if not content_type:
         raise web.HTTPNotFound()
     headers = {"Content-Encoding": "gzip"} if request.match_info["name"].startswith("gzip") else {}
+    if "cc" in request.query:
+        headers["Cache-Control"] = request.query["cc"]
     response = web.Response(body=body, content_type=content_type, headers=headers)
     if "close" in request.query:
         response.force_close()  # no keep-alive: the client's next request must connect (and resolve) again
@@ -346,6 +350,21 @@ class Tarpit:
 
 
 _TARPITS: web.AppKey[dict[str, Tarpit]] = web.AppKey("tarpits", dict)
+_REQUESTS: web.AppKey[collections.Counter[str]] = web.AppKey("requests", collections.Counter)
+
+
+async def _unique(request: web.Request) -> web.StreamResponse:
+    """``/unique/TOKEN.png``: a PNG of random pixels seeded by TOKEN (a test's own image), counting its requests.
+
+    ``?cc=`` sets its Cache-Control.
+    """
+    token = request.match_info["token"]
+    request.app[_REQUESTS][token] += 1
+    rng = random.Random(token)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (16, 16), rng.randbytes(16 * 16 * 3)).save(out, "PNG")
+    headers = {"Cache-Control": request.query["cc"]} if "cc" in request.query else {}
+    return web.Response(body=out.getvalue(), content_type="image/png", headers=headers)
 
 
 async def _tarpit(request: web.Request) -> web.StreamResponse:
@@ -361,6 +380,7 @@ def make_app() -> web.Application:
     """The hostile application; see each handler's docstring for what it does."""
     app = web.Application()
     app[_TARPITS] = {}
+    app[_REQUESTS] = collections.Counter()
     routes: dict[str, Handler] = {
         "/image/{name}": _image,
         "/status/{code}": _status,
@@ -376,6 +396,7 @@ def make_app() -> web.Application:
         "/lying-long": _lying_long,
         "/lying-short": _lying_short,
         "/tarpit/{name}": _tarpit,
+        "/unique/{token}.png": _unique,
     }
     for path, handler in routes.items():
         app.router.add_get(path, handler)
@@ -403,6 +424,11 @@ class HostileServer:
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         """The absolute URL of ``path`` on this server (``host``: another name for it, e.g. localhost)."""
         return f"http://{host}:{self.port}{path}"
+
+    def requests_for(self, token: str) -> int:
+        """How many requests ``/unique/TOKEN.png`` has had."""
+        assert self._runner is not None, "the server is not running"
+        return self._runner.app[_REQUESTS][token]
 
     def tarpit(self, name: str) -> Tarpit:
         """The tarpit behind ``/tarpit/NAME`` (made now if no request reached it yet)."""

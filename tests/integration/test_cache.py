@@ -282,3 +282,82 @@ def test_a_decompression_bomb_sent_again_fails_from_the_cache_without_being_open
     assert first["error"]["code"] == again["error"]["code"] == "too_many_pixels"
     # Cheap to send, costly to open: the repeat is refused by its bytes' digest, before any decoder runs.
     assert (first["cache"], again["cache"], again["cached_from"]) == (None, "hit", first["id"])
+
+
+# --- fresh URLs: repeats answered without a download ---------------------------------------
+
+
+def submit_url(api: httpx.Client, url: str, *, key: str | None = None) -> dict[str, Any]:
+    response = api.post("/v1/jobs", json={"image_url": url}, headers=as_key(key))
+    assert response.status_code == 202, response.text
+    return final(api, response.json()["id"], key=key)
+
+
+def batch_of(api: httpx.Client, url: str, items: int) -> dict[str, Any]:
+    created = api.post("/v1/batches", json={"items": [{"image_url": url}] * items})
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["id"]
+    batch: dict[str, Any] = {}
+
+    def ended() -> bool:
+        nonlocal batch
+        batch = api.get(f"/v1/batches/{batch_id}").json()
+        return batch["status"] == "completed"
+
+    wait_until(ended, timeout_s=_DEADLINE_S, what=lambda: f"batch {batch_id} to complete (last seen {batch})")
+    return batch
+
+
+def test_a_repeat_of_a_fresh_url_is_answered_through_every_door_without_downloading_it_again(
+    api: httpx.Client, image_server: HostileServer
+) -> None:
+    token = os.urandom(8).hex()
+    url = image_server.url(f"/unique/{token}.png?cc=public%2C+max-age%3D600")
+    first = submit_url(api, url)
+    assert first["cache"] == "miss" and image_server.requests_for(token) == 1
+    before = metrics(api)
+
+    again = submit_url(api, url)
+    answer = api.get("/caption", params={"url": url})
+    batch = batch_of(api, url, 3)
+
+    assert (again["cache"], again["cached_from"], again["caption"]) == ("hit", first["id"], first["caption"])
+    assert answer.status_code == 200 and answer.json() == first["caption"]
+    assert batch["cache_hits"] == 3 and batch["counts"]["succeeded"] == 3
+    # One download in all: the server said the image stays fresh for ten minutes.
+    assert image_server.requests_for(token) == 1
+    after = metrics(api)
+    assert (
+        after["captionizer_cache_fresh_url_hits_total"] - before.get("captionizer_cache_fresh_url_hits_total", 0) == 5
+    )
+
+
+def test_a_url_whose_server_promises_nothing_is_downloaded_for_every_job(
+    api: httpx.Client, image_server: HostileServer
+) -> None:
+    token = os.urandom(8).hex()
+    for cache_control in ("", "?cc=no-cache%2C+max-age%3D600"):
+        url = image_server.url(f"/unique/{token}.png{cache_control}")
+        jobs = [submit_url(api, url) for _ in range(2)]
+        assert jobs[1]["cache"] == "hit"  # by its bytes, downloaded again
+    assert image_server.requests_for(token) == 4
+
+
+def test_a_fresh_url_tells_another_tenant_nothing_and_keeps_its_secrets_out_of_the_cache(
+    api: httpx.Client, image_server: HostileServer, redis: Redis
+) -> None:
+    token, secret = os.urandom(8).hex(), "sig-" + os.urandom(8).hex()
+    url = image_server.url(f"/unique/{token}.png?cc=max-age%3D600&signature={secret}")
+    theirs = submit_url(api, url, key=TENANT_A_KEY)
+    mine = submit_url(api, url, key=TENANT_B_KEY)
+    # B downloads and captions as if A had never sent the URL: no hit, no foreign job id, its own batch.
+    assert image_server.requests_for(token) == 2
+    assert (mine["cache"], mine["cached_from"]) == ("miss", None) and mine["timings"]["generate_s"] is not None
+    assert theirs["id"] not in str(mine)
+    # The URL (and the signature in its query) is hashed into the links' names, never stored in the cache.
+    cache_keys = list(redis.scan_iter(match=f"{_PREFIX}:cache:*"))
+    assert any(b":cache:e:u:" in name for name in cache_keys)
+    for name in cache_keys:
+        kind = redis.type(name)
+        stored = redis.get(name) if kind == b"string" else str(redis.zrange(name, 0, -1) if kind == b"zset" else b"")
+        assert secret.encode() not in name and secret not in str(stored)

@@ -12,6 +12,10 @@ arrived, ``worker.intake.images.ImageBytes``). It ends in one of three ways:
   moment it records or gives up; otherwise it claims again after a pause that grows to a quarter
   second. The job's own time limit bounds the wait.
 
+:meth:`CaptionCache.fresh_hit` comes first, before any download: a URL whose server said its answer stays
+fresh (``worker.intake.freshness``) was linked to its image's entry when it was last fetched, and a
+repeat within that time is a hit without downloading the image again.
+
 Leases last ``cache_lease_s`` and are renewed for the jobs still computing, every third of that, in
 one script call per worker; a worker that dies stops renewing, so its leases lapse within one length.
 """
@@ -23,7 +27,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shared.error_codes import error_for_code
 from shared.error_families import CaptionizerError
@@ -31,8 +35,8 @@ from shared.errors import ImageAspectRatio, ImageCorrupt, NotAnImage, TooManyPix
 from shared.jobs.model import CacheOutcome, Job
 from shared.jobs.store import REDIS_ERRORS
 from shared.settings import Settings
-from worker.caching.identity import CacheKey, make_key
-from worker.caching.store import LEASED, WAIT, CacheStore, Entry
+from worker.caching.identity import CacheKey, make_key, make_url_key
+from worker.caching.store import LEASED, WAIT, CacheStore, Entry, Link
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class Claim:
     entry: Entry | None = None
     #: On a hit: the producing job, when it belongs to the same owner (never another key's job).
     cached_from: str | None = None
+    #: The fresh URL's link to write with the entry (its job downloaded an image its server said stays fresh).
+    link: Link | None = None
     recorded: bool = field(default=False, repr=False)
 
     def hit_caption(self) -> str:
@@ -95,9 +101,27 @@ class CaptionCache:
             return None
         return make_key(job.owner, image_sha256, job.options, model=self.model, settings=self.settings)
 
+    async def fresh_hit(self, job: Job) -> Claim | None:
+        """A hit for ``job`` without its download, when its URL is still fresh and linked to an entry; else None.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached.
+        """
+        url_key = self._url_key_for(job)
+        if url_key is None:
+            return None
+        entry = await self.store.peek(url_key.digest)
+        if entry is None:
+            return None
+        tag = owner_tag(job.owner)
+        return Claim(None, job.id, tag, "hit", entry, entry.job_id if entry.owner_tag == tag else None)
+
     @contextlib.asynccontextmanager
-    async def claim(self, job: Job, image_sha256: str) -> AsyncIterator[Claim]:
+    async def claim(self, job: Job, image_sha256: str, *, fresh_s: float = 0.0) -> AsyncIterator[Claim]:
         """Claim ``job``'s key for the block: a hit, or a lease held until the block records or leaves.
+
+        ``fresh_s``: how long the image's server said its answer stays fresh; the job's URL is then
+        linked to the entry for that long (at most ``cache_ttl_s``), for :meth:`fresh_hit`.
 
         Raises:
             QueueUnavailable: Redis cannot be reached.
@@ -107,7 +131,10 @@ class CaptionCache:
             yield Claim(None, job.id, owner_tag(job.owner), "off")
             return
         claim = await self._claim(key, job)
+        claim.link = self._link_for(job, fresh_s)
         if claim.outcome == "hit":
+            if claim.link is not None:
+                await self._write_link(key.digest, claim)
             yield claim
             return
         self._hold(key.digest, job.id)
@@ -129,7 +156,8 @@ class CaptionCache:
         if claim.key is None or claim.outcome != "miss":
             return
         entry = Entry(job_id=claim.job_id, owner_tag=claim.owner_tag, caption=caption)
-        await self.store.store(claim.key.digest, entry, ttl_s=self.settings.cache_ttl_s)
+        links = [claim.link] if claim.link is not None else []
+        await self.store.store(claim.key.digest, entry, ttl_s=self.settings.cache_ttl_s, links=links)
         claim.recorded = True
 
     async def close(self) -> None:
@@ -160,12 +188,34 @@ class CaptionCache:
             await asyncio.sleep(pause_s)
             pause_s = min(2 * pause_s, _LONGEST_WAIT_S)
 
+    def _url_key_for(self, job: Job) -> CacheKey | None:
+        settings = self.settings
+        if not (settings.cache_enabled and settings.cache_fresh_urls and job.use_cache) or job.image_url is None:
+            return None
+        return make_url_key(job.owner, job.image_url, job.options, model=self.model, settings=self.settings)
+
+    def _link_for(self, job: Job, fresh_s: float) -> Link | None:
+        """The link to write for a job whose image its server said stays fresh for ``fresh_s``; None otherwise."""
+        ttl_ms = int(1000 * min(fresh_s, self.settings.cache_ttl_s))
+        url_key = self._url_key_for(job) if ttl_ms > 0 else None
+        return Link(url_key.digest, ttl_ms) if url_key is not None else None
+
+    async def _write_link(self, digest: str, claim: Claim) -> None:
+        try:
+            await self.store.link(digest, [claim.link] if claim.link is not None else [])
+        except CaptionizerError:
+            # Only a later repeat's download is at stake, not this job's result.
+            logger.warning("could not link a fresh URL to its cache entry", extra={"job_id": claim.job_id})
+
     async def _record_error(self, claim: Claim, exc: CaptionizerError) -> None:
         if claim.key is None or not self.settings.cache_error_ttl_s:
             return
         entry = Entry(job_id=claim.job_id, owner_tag=claim.owner_tag, error_code=exc.code, error_message=exc.message)
+        error_ttl_s = self.settings.cache_error_ttl_s
+        # A link never outlives the entry it names by much: a cached error lives minutes, not the URL's freshness.
+        links = [replace(claim.link, ttl_ms=min(claim.link.ttl_ms, 1000 * error_ttl_s))] if claim.link else []
         try:
-            await self.store.store(claim.key.digest, entry, ttl_s=self.settings.cache_error_ttl_s)
+            await self.store.store(claim.key.digest, entry, ttl_s=error_ttl_s, links=links)
             claim.recorded = True
         except CaptionizerError:
             logger.warning("could not cache an input error", extra={"job_id": claim.job_id, "code": exc.code})

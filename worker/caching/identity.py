@@ -44,12 +44,27 @@ def scope_of(owner: str, settings: Settings) -> str:
 
 def make_key(owner: str, image_sha256: str, options: JobOptions, *, model: str, settings: Settings) -> CacheKey:
     """The key of a job's caption (or of its image's input error)."""
+    return _key(owner, image_sha256, options, model=model, settings=settings)
+
+
+def make_url_key(owner: str, url: str, options: JobOptions, *, model: str, settings: Settings) -> CacheKey:
+    """The key of a fresh URL's link to its entry: :func:`make_key`'s material with the URL in place of the bytes.
+
+    The link (``worker.caching.store``) holds the digest of the key :func:`make_key` made from the image the
+    URL served, with the same scope, model, options and limits, so it can only ever name that entry.
+    The URL is hashed, never stored: a secret in its query string stays out of Redis.
+    """
+    return _key(owner, {"url": url}, options, model=model, settings=settings)
+
+
+def _key(owner: str, image: str | dict[str, str], options: JobOptions, *, model: str, settings: Settings) -> CacheKey:
     scope = scope_of(owner, settings)
     material = [
         KEY_VERSION,
         scope,
         model,
-        image_sha256,
+        # A SHA-256 as a string, or a URL as {"url": ...}: the two can never encode alike.
+        image,
         options.prompt,
         options.max_new_tokens,
         # The service sets no minimum length (the checkpoint's generation config, part of the revision,

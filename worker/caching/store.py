@@ -1,9 +1,16 @@
 """The cache in Redis: entries, leases, the LRU set that bounds them, and the counters /metrics reads.
 
-Every change is one of three Lua scripts, kept as files beside this module with their KEYS and
+Every change is one of four Lua scripts, kept as files beside this module with their KEYS and
 ARGV written at their top: ``claim.lua`` (hit, lease or wait, for many keys at once),
-``store.lua`` (write an entry, evict past the bound, end the lease) and ``lease.lua`` (renew or end
-leases). Claims made in the same turn of the event loop go to Redis in one script call
+``store.lua`` (write an entry and its URL links, evict past the bound, end the lease), ``lease.lua``
+(renew or end leases) and ``peek.lua`` (a fresh URL's entry through its link, for many at once).
+
+A **link** is a fresh URL's pointer to the entry of the image it served (``worker.intake.freshness``):
+named like an entry (``u:`` and the URL key's digest, under the entries' prefix), a member of the
+same LRU set, so the one bound and the one eviction cover entries and links alike. Its TTL is the
+time its server said the answer stays fresh, never renewed by a hit.
+
+Claims made in the same turn of the event loop go to Redis in one script call
 (``worker.coalescing``): a chunk's jobs whose images arrive together cost one round trip between
 them, not one each (the hit path's design, bench/README.md "The caption cache"; not measured on its
 own, unlike worker.captioning.job_writes).
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +78,21 @@ class Entry:
 
 #: One claim: the key's digest, the claiming job, whether it waited already.
 _Claim = tuple[str, str, bool]
+#: A link's LRU member (and, after the entries' prefix, its key's name) starts with this.
+LINK_MEMBER_PREFIX = "u:"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A fresh URL's link to write: the URL key's digest, and how long its server said the answer stays fresh."""
+
+    url_digest: str
+    ttl_ms: int
+
+    @property
+    def member(self) -> str:
+        """Its LRU member, and its key's name after the entries' prefix."""
+        return LINK_MEMBER_PREFIX + self.url_digest
 
 
 class CacheStore:
@@ -84,7 +107,9 @@ class CacheStore:
         self._claim = redis.register_script(_script("claim.lua"))
         self._store = redis.register_script(_script("store.lua"))
         self._lease = redis.register_script(_script("lease.lua"))
+        self._peek = redis.register_script(_script("peek.lua"))
         self._claims: TurnCoalescer[_Claim, str] = TurnCoalescer(self._claim_all)
+        self._peeks: TurnCoalescer[str, str] = TurnCoalescer(self._peek_all)
 
     async def claim(self, digest: str, job_id: str, *, waited: bool = False) -> Entry | str:
         """The entry under ``digest`` (a hit), else :data:`LEASED` (``job_id`` computes it) or :data:`WAIT`.
@@ -106,24 +131,46 @@ class CacheStore:
             replies = await self._claim(keys=keys, args=args)
         return [reply.decode() if isinstance(reply, bytes) else str(reply) for reply in replies]
 
-    async def store(self, digest: str, entry: Entry, *, ttl_s: int) -> int:
-        """Write ``entry`` for ``ttl_s`` seconds, end its job's lease; returns the entries evicted to make room."""
-        keys = [
-            self.keys.cache_lru(),
-            self.keys.cache_stats(),
-            self.keys.cache_entry(digest),
-            self.keys.cache_lease(digest),
-        ]
-        args: list[str | int] = [
-            entry.encode(),
-            ttl_s,
-            _now_ms(),
-            self.max_entries,
-            digest,
-            entry.job_id,
-            self.keys.cache_entry_prefix(),
-            self.ttl_s,
-        ]
+    async def peek(self, url_digest: str) -> Entry | None:
+        """The entry a fresh URL's link names (a hit without a download), or None.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached.
+        """
+        reply = await self._peeks.call(url_digest)
+        return Entry.decode(reply) if reply else None
+
+    async def _peek_all(self, url_digests: list[str]) -> list[str]:
+        """One ``peek.lua`` call for the peeks of one loop turn; its replies, in order."""
+        keys = [self.keys.cache_lru(), self.keys.cache_stats()]
+        members = [LINK_MEMBER_PREFIX + digest for digest in url_digests]
+        keys += [self.keys.cache_entry(member) for member in members]
+        with map_redis_errors(_WHAT):
+            replies = await self._peek(
+                keys=keys, args=[_now_ms(), self.ttl_s, self.keys.cache_entry_prefix(), *members]
+            )
+        return [reply.decode() if isinstance(reply, bytes) else str(reply) for reply in replies]
+
+    async def store(self, digest: str, entry: Entry, *, ttl_s: int, links: Sequence[Link] = ()) -> int:
+        """Write ``entry`` for ``ttl_s`` seconds with its URL links, end its job's lease; returns the evictions."""
+        writes = [(self.keys.cache_entry(digest), entry.encode(), ttl_s * 1000, digest)]
+        return await self._write(digest, entry.job_id, writes, links)
+
+    async def link(self, digest: str, links: Sequence[Link]) -> int:
+        """Write fresh URLs' links to the entry ``digest`` (found by a hit); returns the evictions."""
+        return await self._write(digest, "", [], links)
+
+    async def _write(
+        self, digest: str, job_id: str, writes: list[tuple[str, str, int, str]], links: Sequence[Link]
+    ) -> int:
+        writes += [(self.keys.cache_entry(link.member), digest, link.ttl_ms, link.member) for link in links]
+        if not writes:
+            return 0
+        keys = [self.keys.cache_lru(), self.keys.cache_stats(), self.keys.cache_lease(digest)]
+        args: list[str | int] = [_now_ms(), self.max_entries, self.keys.cache_entry_prefix(), self.ttl_s, job_id]
+        for key, value, ttl_ms, member in writes:
+            keys.append(key)
+            args += [value, max(1, ttl_ms), member]
         with map_redis_errors(_WHAT):
             return int(await self._store(keys=keys, args=args))
 

@@ -147,12 +147,17 @@ class JobRunner:
 
     async def _caption(self, job: Job, interactive: bool) -> _Captioned:
         began = time.perf_counter()
+        if self.cache is not None:
+            # A repeat of a URL its server said is still fresh ends here, without a download (worker.caching).
+            fresh = await self.cache.fresh_hit(job)
+            if fresh is not None:
+                return _Captioned(fresh.hit_caption(), time.perf_counter() - began, None, "hit", fresh.cached_from)
         image = await self._read_image(job)
         data = image.data
         if self.cache is None:
             return await self._compute(job, data, began, interactive)
         # A hit ends here, before decoding; an identical job in flight is waited for (worker.caching).
-        async with self.cache.claim(job, image.sha256) as claim:
+        async with self.cache.claim(job, image.sha256, fresh_s=image.fresh_s) as claim:
             if claim.entry is not None:
                 caption = claim.hit_caption()
                 return _Captioned(caption, time.perf_counter() - began, None, "hit", claim.cached_from)

@@ -38,6 +38,7 @@ from shared.intake.uploads import IMAGE_MEDIA_TYPES, SNIFF_BYTES, sniff_image_ty
 from shared.settings import Settings
 from worker.egress import checked_url, make_egress_session
 from worker.intake.decode_cost import check_decode_cost
+from worker.intake.freshness import reusable_for_s
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class ImageBytes:
 
     data: bytes
     sha256: str
+    #: Seconds for which the URL's server lets this answer be reused without asking it again (HTTP freshness,
+    #: ``worker.intake.freshness``); 0 for uploads, redirected downloads and servers that promise nothing.
+    fresh_s: float = 0.0
 
     @classmethod
     def of(cls, data: bytes) -> ImageBytes:
@@ -128,13 +132,18 @@ async def fetch_image_bytes(session: aiohttp.ClientSession, url: str, settings: 
 async def _follow_redirects(session: aiohttp.ClientSession, url: str, settings: Settings) -> ImageBytes:
     """Fetch ``url``, following at most ``max_redirects`` redirects, each checked before it is followed."""
     current, last_status = url, 0
-    for _ in range(settings.max_redirects + 1):
+    for hop in range(settings.max_redirects + 1):
         current = checked_url(current, settings)
         # The session's own headers and timeout apply (make_fetch_session): passing them again costs a merge per request.
         async with session.get(current, allow_redirects=False) as response:
             location = _redirect_location(response)
             if location is None:
-                return await _read_body(response, settings.max_image_bytes)
+                image = await _read_body(response, settings.max_image_bytes)
+                # Only the URL's own answer: a redirect's cacheability is not worked out (worker.intake.freshness).
+                if hop == 0 and settings.cache_enabled and settings.cache_fresh_urls:
+                    fresh_s = reusable_for_s(response.status, response.headers, shared=settings.cache_shared)
+                    return ImageBytes(image.data, image.sha256, fresh_s)
+                return image
             last_status = response.status
         current = _resolve_location(current, location)
     raise FetchFailed(f"more than {settings.max_redirects} redirects", upstream_status=last_status)

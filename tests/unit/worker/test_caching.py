@@ -22,7 +22,7 @@ from worker.caching import CacheStore, CaptionCache
 from worker.caching import store as cache_store
 from worker.caching.cache import Claim
 from worker.caching.identity import make_key, model_identity
-from worker.caching.store import LEASED, WAIT, Entry
+from worker.caching.store import LEASED, WAIT, Entry, Link
 from worker.captioning.batching import Batcher
 from worker.captioning.pipeline import JobRunner
 from worker.intake.images import ImageBytes, decode_image
@@ -172,6 +172,55 @@ def test_a_lease_is_renewed_only_by_its_holder() -> None:
     asyncio.run(scenario())
 
 
+def test_a_fresh_urls_link_names_its_entry_and_a_peek_hits_without_a_claim() -> None:
+    async def scenario() -> None:
+        redis = fakeredis.aioredis.FakeRedis()
+        store = new_store(redis)
+        assert await store.peek("u1") is None  # no link yet
+        entry = Entry(job_id="job_a", owner_tag="o", caption="a red square")
+        await store.store("d1", entry, ttl_s=600, links=[Link("u1", 60_000)])
+        assert await store.peek("u1") == entry
+        assert 0 < await redis.pttl(KEYS.cache_entry("u:u1")) <= 60_000
+        assert await redis.hgetall(KEYS.cache_stats()) == {b"hits": b"1", b"fresh_url_hits": b"1"}
+        await redis.delete(KEYS.cache_entry("d1"))
+        assert await store.peek("u1") is None  # the entry is gone: the job downloads and claims as usual
+        assert await redis.hget(KEYS.cache_stats(), "hits") == b"1"
+
+    asyncio.run(scenario())
+
+
+def test_a_peek_hit_keeps_the_links_ttl_and_renews_the_entrys() -> None:
+    async def scenario() -> None:
+        redis = fakeredis.aioredis.FakeRedis()
+        store = new_store(redis, ttl_s=600)
+        await store.store("d1", Entry(job_id="job_a", owner_tag="o", caption="c"), ttl_s=600, links=[])
+        await store.link("d1", [Link("u1", 30_000)])
+        await redis.expire(KEYS.cache_entry("d1"), 100)
+        assert await store.peek("u1") is not None
+        # The server's promise is not extended by our use of it; the caption's life starts again.
+        assert await redis.pttl(KEYS.cache_entry("u:u1")) <= 30_000
+        assert await redis.ttl(KEYS.cache_entry("d1")) > 100
+
+    asyncio.run(scenario())
+
+
+def test_links_count_against_the_bound_and_are_evicted_like_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(range(1_000_000, 2_000_000, 10))  # a distinct last-use score (ms) per call: the order under test
+    monkeypatch.setattr(cache_store, "_now_ms", lambda: next(clock))
+
+    async def scenario() -> None:
+        redis = fakeredis.aioredis.FakeRedis()
+        store = new_store(redis, max_entries=4)
+        for i in range(10):
+            entry = Entry(job_id=f"job_{i}", owner_tag="o", caption="c")
+            await store.store(f"d{i}", entry, ttl_s=600, links=[Link(f"u{i}", 60_000)])
+        names = [key async for key in redis.scan_iter(KEYS.cache_entry("*"))]
+        assert len(names) == 4 and await redis.zcard(KEYS.cache_lru()) == 4
+        assert sorted(name.decode().rsplit(":", 1)[-1] for name in names) == ["d8", "d9", "u8", "u9"]
+
+    asyncio.run(scenario())
+
+
 # --- the pipeline -------------------------------------------------------------------
 
 
@@ -183,6 +232,12 @@ class Harness:
     redis: Any
     prepared: list[int] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
+    #: Each download's URL, in order.
+    fetched: list[str] = field(default_factory=list)
+    #: Image name → what its server says: fresh for this many seconds (absent: nothing, 0).
+    fresh_s: dict[str, float] = field(default_factory=dict)
+    #: Image name → other bytes served in its place from now on (the image changed at its URL).
+    replaced: dict[str, bytes] = field(default_factory=dict)
 
     async def add(self, url: str = "http://img.test/red.png", **fields: Any) -> Job:
         job = Job(id=f"job_{len(self.images)}_{utc_now().timestamp()}", image_url=url).model_copy(update=fields)
@@ -203,7 +258,11 @@ def run(scenario: Callable[[Harness], Awaitable[None]], **settings: Any) -> Harn
     images = {"red": png(), "blue": png((20, 20, 200)), "garbage": b"GIF89a but not really an image at all"}
 
     async def fetch(url: str) -> ImageBytes:
-        return ImageBytes.of(images[url.rsplit("/", 1)[-1].split(".")[0]])
+        harness = holder[0]
+        harness.fetched.append(url)
+        name = url.rsplit("/", 1)[-1].split(".")[0]
+        image = ImageBytes.of(harness.replaced.get(name, images[name]))
+        return ImageBytes(image.data, image.sha256, harness.fresh_s.get(name, 0.0))
 
     async def prepare(data: bytes) -> Any:
         holder[0].prepared.append(len(data))
@@ -364,3 +423,96 @@ def test_the_caption_is_the_models() -> None:
         assert (await h.job(job.id)).caption == fake_caption(Image.open(io.BytesIO(png((20, 20, 200)))))
 
     run(scenario)
+
+
+# --- fresh URLs: repeats without a download ----------------------------------------------
+
+
+def test_a_repeat_of_a_fresh_url_is_a_hit_without_a_download() -> None:
+    async def scenario(h: Harness) -> None:
+        h.fresh_s["red"] = 600
+        first = await h.add()
+        await h.runner.run(first.id)
+        second = await h.add()
+        assert await h.runner.run(second.id) is JobStatus.SUCCEEDED
+        done = await h.job(second.id)
+        assert (done.cache, done.cached_from, done.caption) == ("hit", first.id, (await h.job(first.id)).caption)
+        assert h.fetched == ["http://img.test/red.png"] and h.model.batches == [1]
+        assert await h.redis.hget(KEYS.cache_stats(), "fresh_url_hits") == b"1"
+
+    run(scenario)
+
+
+def test_a_url_its_server_promises_nothing_for_is_downloaded_every_time() -> None:
+    async def scenario(h: Harness) -> None:
+        for _ in range(3):
+            await h.runner.run((await h.add()).id)
+        assert len(h.fetched) == 3 and h.model.batches == [1]  # hits by their bytes, each downloaded
+        assert await h.redis.hget(KEYS.cache_stats(), "fresh_url_hits") is None
+
+    run(scenario)
+
+
+def test_a_url_downloaded_again_after_its_freshness_reads_the_new_image() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.runner.run((await h.add()).id)
+        h.replaced["red"] = png((20, 200, 20))  # the site changed the image and said nothing of freshness
+        changed = await h.add()
+        await h.runner.run(changed.id)
+        done = await h.job(changed.id)
+        assert done.cache == "miss" and done.caption == fake_caption(Image.new("RGB", (40, 30), (20, 200, 20)))
+
+    run(scenario)
+
+
+def test_a_hit_by_bytes_links_a_fresh_url_too() -> None:
+    async def scenario(h: Harness) -> None:
+        await h.runner.run((await h.add("http://img.test/red.png")).id)
+        h.fresh_s["red"] = 600
+        await h.runner.run((await h.add("http://img.test/red.png")).id)  # a hit by its bytes, now linked
+        third = await h.add("http://img.test/red.png")
+        await h.runner.run(third.id)
+        assert len(h.fetched) == 2 and (await h.job(third.id)).cache == "hit"
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("second", "settings"),
+    [
+        ({"owner": "mallory"}, {}),
+        ({"use_cache": False}, {}),
+        ({"prompt": "a photo of"}, {}),
+        ({}, {"cache_fresh_urls": False}),
+    ],
+    ids=["another key", "opted out", "another prompt", "deployment turned it off"],
+)
+def test_a_fresh_url_is_downloaded_again_for_another_key_option_or_opt_out(
+    second: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    async def scenario(h: Harness) -> None:
+        h.fresh_s["red"] = 600
+        await h.runner.run((await h.add()).id)
+        again = await h.add(**second)
+        assert await h.runner.run(again.id) is JobStatus.SUCCEEDED
+        assert len(h.fetched) == 2
+        assert await h.redis.hget(KEYS.cache_stats(), "fresh_url_hits") is None
+
+    run(scenario, **settings)
+
+
+def test_a_fresh_url_that_served_garbage_fails_again_without_a_download() -> None:
+    async def scenario(h: Harness) -> None:
+        h.fresh_s["garbage"] = 600
+        first = await h.add("http://img.test/garbage.gif")
+        await h.runner.run(first.id)
+        second = await h.add("http://img.test/garbage.gif")
+        assert await h.runner.run(second.id) is JobStatus.FAILED
+        done = await h.job(second.id)
+        assert done.error is not None and done.error.code == "image_corrupt" and done.cache == "hit"
+        assert len(h.fetched) == 1
+        # The link lives no longer than the cached error it names, not the 600 s its server allowed.
+        links = [name async for name in h.redis.scan_iter(KEYS.cache_entry("u:*"))]
+        assert len(links) == 1 and 0 < await h.redis.pttl(links[0]) <= 30_000
+
+    run(scenario, cache_error_ttl_s=30)

@@ -266,6 +266,34 @@ def test_a_download_is_hashed_as_it_arrives_over_several_reads(server: HostileSe
     assert fetched.sha256 == hashlib.sha256(sent).hexdigest() == ImageBytes.of(sent).sha256
 
 
+@pytest.mark.parametrize(
+    ("path", "cache_settings", "fresh_s"),
+    [
+        ("/image/shape.png?cc=max-age%3D600", {}, 600),
+        ("/image/shape.png?cc=no-cache%2C+max-age%3D600", {}, 0),
+        ("/image/shape.png", {}, 0),
+        # The final hop promises, the URL itself did not: a redirect's freshness is not worked out.
+        ("/redirect?to=/image/shape.png%3Fcc%3Dmax-age%253D600", {}, 0),
+        ("/image/shape.png?cc=max-age%3D600", {"cache_fresh_urls": False}, 0),
+        ("/image/shape.png?cc=max-age%3D600", {"cache_enabled": False}, 0),
+    ],
+    ids=["max-age", "no-cache", "no promise", "redirected", "fresh urls off", "cache off"],
+)
+def test_a_download_carries_how_long_its_server_said_it_stays_fresh(
+    server: HostileServer, path: str, cache_settings: dict[str, Any], fresh_s: float
+) -> None:
+    settings = make_settings(server, **cache_settings)
+
+    async def fetch() -> ImageBytes:
+        async with make_fetch_session(settings) as session:
+            return await fetch_image_bytes(session, server.url(path), settings)
+
+    with asyncio.Runner(loop_factory=NatLoop) as runner:
+        fetched = runner.run(fetch())
+    assert fetched.data == hostile_images()["shape.png"][0]
+    assert fetched.fresh_s == pytest.approx(fresh_s, abs=2)
+
+
 def test_a_short_chain_of_relative_redirects_is_followed(server: HostileServer) -> None:
     assert intake(server.url("/chain/3"), make_settings(server)).size == (160, 160)
 
