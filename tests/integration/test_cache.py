@@ -320,16 +320,40 @@ def test_a_repeat_of_a_fresh_url_is_answered_through_every_door_without_download
     again = submit_url(api, url)
     answer = api.get("/caption", params={"url": url})
     batch = batch_of(api, url, 3)
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    chat = api.post(
+        "/openai/v1/chat/completions", json={"model": "any", "messages": [{"role": "user", "content": content}]}
+    )
 
     assert (again["cache"], again["cached_from"], again["caption"]) == ("hit", first["id"], first["caption"])
     assert answer.status_code == 200 and answer.json() == first["caption"]
     assert batch["cache_hits"] == 3 and batch["counts"]["succeeded"] == 3
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == first["caption"]
     # One download in all: the server said the image stays fresh for ten minutes.
     assert image_server.requests_for(token) == 1
     after = metrics(api)
-    assert (
-        after["captionizer_cache_fresh_url_hits_total"] - before.get("captionizer_cache_fresh_url_hits_total", 0) == 5
+    fresh_hits = after["captionizer_cache_fresh_url_hits_total"] - before.get(
+        "captionizer_cache_fresh_url_hits_total", 0
     )
+    assert fresh_hits == 6
+
+
+def test_the_size_bound_holds_under_a_stream_of_distinct_fresh_urls(
+    api: httpx.Client, cache_stack: LocalStack, image_server: HostileServer, redis: Redis
+) -> None:
+    tokens = [os.urandom(8).hex() for _ in range(2 * _MAX_ENTRIES)]
+    urls = [image_server.url(f"/unique/{token}.png?cc=max-age%3D600") for token in tokens]
+    jobs = []
+    for url in urls:
+        response = api.post("/v1/jobs", json={"image_url": url})
+        assert response.status_code == 202, response.text
+        jobs.append(response.json()["id"])
+    assert {final(api, job_id)["cache"] for job_id in jobs} == {"miss"}
+    # Entries and their links together stay within the bound: a greedy stream of URLs evicts, never grows.
+    assert redis.zcard(cache_stack.keys.cache_lru()) == _MAX_ENTRIES
+    assert len(list(redis.scan_iter(match=cache_stack.keys.cache_entry("*")))) == _MAX_ENTRIES
+    # 16 entries and 16 links written, 8 kept.
+    assert metrics(api)["captionizer_cache_evictions_total"] == 3 * _MAX_ENTRIES
 
 
 def test_a_url_whose_server_promises_nothing_is_downloaded_for_every_job(

@@ -113,10 +113,15 @@ def test_claims_in_one_loop_turn_are_one_script_call() -> None:
     asyncio.run(scenario())
 
 
-def test_past_the_bound_the_least_recently_used_entries_are_evicted(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter(range(1_000_000, 2_000_000, 10))  # a distinct last-use score (ms) per call: the order under test
+@pytest.fixture
+def ordered_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distinct last-use score (ms) per script call: the eviction order under test."""
+    clock = iter(range(1_000_000, 2_000_000, 10))
     monkeypatch.setattr(cache_store, "_now_ms", lambda: next(clock))
 
+
+@pytest.mark.usefixtures("ordered_clock")
+def test_past_the_bound_the_least_recently_used_entries_are_evicted() -> None:
     async def scenario() -> None:
         redis = fakeredis.aioredis.FakeRedis()
         store = new_store(redis, max_entries=3)
@@ -204,10 +209,8 @@ def test_a_peek_hit_keeps_the_links_ttl_and_renews_the_entrys() -> None:
     asyncio.run(scenario())
 
 
-def test_links_count_against_the_bound_and_are_evicted_like_entries(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter(range(1_000_000, 2_000_000, 10))  # a distinct last-use score (ms) per call: the order under test
-    monkeypatch.setattr(cache_store, "_now_ms", lambda: next(clock))
-
+@pytest.mark.usefixtures("ordered_clock")
+def test_links_count_against_the_bound_and_are_evicted_like_entries() -> None:
     async def scenario() -> None:
         redis = fakeredis.aioredis.FakeRedis()
         store = new_store(redis, max_entries=4)
