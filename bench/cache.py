@@ -101,6 +101,7 @@ def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter, m
     began_epoch_s = time.time()
     posted = http.post("/v1/batches", json={"items": items, "max_new_tokens": 10})
     posted.raise_for_status()
+    post_s = time.perf_counter() - began
     batch_id = posted.json()["id"]
     while True:
         batch = http.get(f"/v1/batches/{batch_id}").json()
@@ -120,6 +121,8 @@ def run_bulk(http: httpx.Client, base: str, numbers: list[int], cpu: CpuMeter, m
         "items_per_s": round(len(numbers) / wall_s, 1),
         "wall_s": round(wall_s, 3),
         "polled_wall_s": round(polled_wall_s, 3),
+        # The POST's own time: the batch's items are checked, stored and published before it answers.
+        "post_s": round(post_s, 3),
         "cpu_ms_per_item": per_item,
         "cpu_ms_per_item_api_worker_redis": round(sum(busy.values()), 3),
         # The stack's CPU over the phase's wall time, image server included: near the machine's cores, the
