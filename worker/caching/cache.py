@@ -134,7 +134,7 @@ class CaptionCache:
         claim.link = self._link_for(job, fresh_s)
         if claim.outcome == "hit":
             if claim.link is not None:
-                await self._write_link(key.digest, claim)
+                await self._write_link(key.digest, claim.link, job.id)
             yield claim
             return
         self._hold(key.digest, job.id)
@@ -192,7 +192,7 @@ class CaptionCache:
         settings = self.settings
         if not (settings.cache_enabled and settings.cache_fresh_urls and job.use_cache) or job.image_url is None:
             return None
-        return make_url_key(job.owner, job.image_url, job.options, model=self.model, settings=self.settings)
+        return make_url_key(job.owner, job.image_url, job.options, model=self.model, settings=settings)
 
     def _link_for(self, job: Job, fresh_s: float) -> Link | None:
         """The link to write for a job whose image its server said stays fresh for ``fresh_s``; None otherwise."""
@@ -200,12 +200,12 @@ class CaptionCache:
         url_key = self._url_key_for(job) if ttl_ms > 0 else None
         return Link(url_key.digest, ttl_ms) if url_key is not None else None
 
-    async def _write_link(self, digest: str, claim: Claim) -> None:
+    async def _write_link(self, digest: str, link: Link, job_id: str) -> None:
         try:
-            await self.store.link(digest, [claim.link] if claim.link is not None else [])
+            await self.store.link(digest, [link])
         except CaptionizerError:
             # Only a later repeat's download is at stake, not this job's result.
-            logger.warning("could not link a fresh URL to its cache entry", extra={"job_id": claim.job_id})
+            logger.warning("could not link a fresh URL to its cache entry", extra={"job_id": job_id})
 
     async def _record_error(self, claim: Claim, exc: CaptionizerError) -> None:
         if claim.key is None or not self.settings.cache_error_ttl_s:
