@@ -40,9 +40,12 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 
 #: Every legal status change. ``running -> running`` is a redelivery after a worker
 #: died mid-job (acks_late); final states have no way out, so a late duplicate can
-#: never overwrite a finished result.
+#: never overwrite a finished result. ``queued -> succeeded`` (or ``failed``) is a cache
+#: hit found before the job ran: a fresh URL's repeat, answered without a download.
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+    ),
     JobStatus.RUNNING: frozenset({JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),

@@ -71,10 +71,12 @@ if ARGV[2] ~= '' then
       if current then redis.call('HINCRBY', batch, 'n:' .. from, -1) end
       local t = redis.call('TIME')
       local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-      if to == 'running' then redis.call('HSETNX', batch, 'started_at', now) end
+      -- A batch starts when a worker takes its first item: to running, or ended from queued as a cache hit.
+      local hit = redis.call('HGET', KEYS[1], 'cache') == '"hit"'
+      if to == 'running' or (from == 'queued' and hit) then redis.call('HSETNX', batch, 'started_at', now) end
       if final[to] and not final[from] then
         -- The worker writes `cache` in this same transition: a cache hit is counted as the item ends.
-        if redis.call('HGET', KEYS[1], 'cache') == '"hit"' then redis.call('HINCRBY', batch, 'cache_hits', 1) end
+        if hit then redis.call('HINCRBY', batch, 'cache_hits', 1) end
         local in_flight = redis.call('HGET', batch, 'inflight_key')
         if in_flight then redis.call('DECR', in_flight) end
         local index = tonumber(string.match(ARGV[3], '_(%d+)$'))

@@ -326,6 +326,8 @@ def test_a_repeat_of_a_fresh_url_is_answered_through_every_door_without_download
     )
 
     assert (again["cache"], again["cached_from"], again["caption"]) == ("hit", first["id"], first["caption"])
+    # Answered from the queue: it never ran, yet says when a worker took it, as its batch does.
+    assert again["attempts"] == 0 and again["started_at"] is not None and batch["started_at"] is not None
     assert answer.status_code == 200 and answer.json() == first["caption"]
     assert batch["cache_hits"] == 3 and batch["counts"]["succeeded"] == 3
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == first["caption"]

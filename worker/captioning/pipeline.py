@@ -1,5 +1,10 @@
 """One delivery of one job: queued → running → succeeded or failed, with its timings.
 
+A repeat of a URL its server said is still fresh is answered from the cache before the job
+runs: queued → succeeded (or failed, for a cached input error), with no download, no
+decode and no ``running`` change or event, the two writes of a captioned job's start and
+end folded into one (worker.caching, docs/cache.md "Fresh URLs").
+
 Every status change goes through :meth:`JobStore.transition`; when it returns False
 the job was canceled, expired or already finished by another delivery (normal under
 ``acks_late``), and this delivery stops without writing anything else. Errors are
@@ -23,7 +28,7 @@ from shared.errors import InternalError, JobTimedOut, UploadExpired, WorkerCrash
 from shared.jobs.model import CacheOutcome, Job, JobErrorInfo, JobStatus, JobTimings, JobUsage, utc_now
 from shared.jobs.store import JobStore
 from shared.settings import Settings
-from worker.caching import CaptionCache
+from worker.caching import CaptionCache, Claim
 from worker.captioning import metrics
 from worker.captioning.batching import Batcher, BatchResult
 from worker.captioning.prompts import PromptShares
@@ -51,6 +56,14 @@ class _Captioned:
     batch: BatchResult | None
     cache: CacheOutcome | None = None
     cached_from: str | None = None
+
+
+@dataclass(frozen=True)
+class _FreshHit:
+    """A queued job's answer from its fresh URL's cache link, and how long finding it took."""
+
+    claim: Claim
+    peek_s: float
 
 
 class JobRunner:
@@ -108,6 +121,9 @@ class JobRunner:
             return await self._run_admitted(job_id, job, interactive)
 
     async def _run_admitted(self, job_id: str, seen: Job | None, interactive: bool) -> JobStatus | None:
+        hit = await self._fresh_hit_before_start(seen)
+        if seen is not None and hit is not None:
+            return await self._end_from_queue(seen, hit)
         job = await self._start(job_id, seen)
         if job is None or job.status is not JobStatus.RUNNING:
             return job.status if job is not None else None
@@ -134,7 +150,7 @@ class JobRunner:
             return None
         now = utc_now()
         if job.status is JobStatus.QUEUED and job.deadline_at is not None and now > job.deadline_at:
-            return await self._end(job, JobStatus.EXPIRED, [JobStatus.QUEUED], finished_at=now)
+            return await self._end(job, JobStatus.EXPIRED, JobStatus.QUEUED, finished_at=now)
         fields: dict[str, Any] = {"started_at": now, "stage": "fetching"}
         if not await self.store.transition(job_id, JobStatus.RUNNING, **fields):
             logger.info("job skipped", extra={"job_id": job_id, "reason": "started elsewhere or canceled"})
@@ -145,13 +161,28 @@ class JobRunner:
         await self.on_event(running, JobStatus.RUNNING)
         return running
 
+    async def _fresh_hit_before_start(self, job: Job | None) -> _FreshHit | None:
+        """The cache's answer to a queued job's fresh URL, found without a download; None to run the job."""
+        if self.cache is None or job is None or job.status is not JobStatus.QUEUED:
+            return None  # a redelivered job found running runs as it is, alone (worker.recovery.redelivery)
+        if job.deadline_at is not None and utc_now() > job.deadline_at:
+            return None  # _start expires it
+        began = time.perf_counter()
+        claim = await self.cache.fresh_hit(job)
+        return _FreshHit(claim, time.perf_counter() - began) if claim is not None else None
+
+    async def _end_from_queue(self, job: Job, hit: _FreshHit) -> JobStatus | None:
+        """End a queued job with its fresh URL's cached result: it never runs."""
+        taken = job.model_copy(update={"started_at": utc_now()})
+        try:
+            caption = hit.claim.hit_caption()
+        except CaptionizerError as exc:  # a cached input error (not_an_image...), as the first job failed
+            return await self._fail(taken, exc, from_status=JobStatus.QUEUED)
+        done = _Captioned(caption, hit.peek_s, None, "hit", hit.claim.cached_from)
+        return await self._succeed(taken, done, from_status=JobStatus.QUEUED)
+
     async def _caption(self, job: Job, interactive: bool) -> _Captioned:
         began = time.perf_counter()
-        if self.cache is not None:
-            # A repeat of a URL its server said is still fresh ends here, without a download (worker.caching).
-            fresh = await self.cache.fresh_hit(job)
-            if fresh is not None:
-                return _Captioned(fresh.hit_caption(), time.perf_counter() - began, None, "hit", fresh.cached_from)
         image = await self._read_image(job)
         data = image.data
         if self.cache is None:
@@ -188,7 +219,9 @@ class JobRunner:
         async with self.fetches.hold(job.owner, origin_of(job.image_url)):
             return await self.fetch(job.image_url)
 
-    async def _succeed(self, job: Job, done: _Captioned) -> JobStatus | None:
+    async def _succeed(
+        self, job: Job, done: _Captioned, *, from_status: JobStatus = JobStatus.RUNNING
+    ) -> JobStatus | None:
         finished_at = utc_now()
         batch = done.batch
         timings = JobTimings(
@@ -201,8 +234,10 @@ class JobRunner:
             total_s=_seconds_between(job.created_at, finished_at),
         )
         ended = await self._end(
-            job, JobStatus.SUCCEEDED, [JobStatus.RUNNING],
+            job, JobStatus.SUCCEEDED, from_status,
             caption=done.caption, model=self.model_name, finished_at=finished_at, timings=timings,
+            # Written again for a job that ran; for one ended from the queue, when it was taken.
+            started_at=job.started_at,
             usage=JobUsage(
                 prompt_tokens=self.count_tokens(job.prompt), completion_tokens=self.count_tokens(done.caption)
             ),
@@ -215,7 +250,9 @@ class JobRunner:
             metrics.JOB_BATCH_WAIT.observe(batch.batch_wait_s)
         return JobStatus.SUCCEEDED
 
-    async def _fail(self, job: Job, exc: CaptionizerError) -> JobStatus | None:
+    async def _fail(
+        self, job: Job, exc: CaptionizerError, *, from_status: JobStatus = JobStatus.RUNNING
+    ) -> JobStatus | None:
         upstream_status = exc.extra.get("upstream_status")
         error = JobErrorInfo(
             code=exc.code,
@@ -232,14 +269,15 @@ class JobRunner:
         # A cached input error (worker.caching) fails the job as the first one did, and says so.
         cached = {"cache": "hit", "cached_from": exc.extra.get("cached_from")} if exc.extra.get("cache") else {}
         ended = await self._end(
-            job, JobStatus.FAILED, [JobStatus.RUNNING], error=error, finished_at=finished_at, timings=timings, **cached
-        )
+            job, JobStatus.FAILED, from_status, error=error, started_at=job.started_at,
+            finished_at=finished_at, timings=timings, **cached,
+        )  # fmt: skip
         return JobStatus.FAILED if ended is not None else None
 
-    async def _end(self, job: Job, status: JobStatus, sources: list[JobStatus], **fields: Any) -> Job | None:
+    async def _end(self, job: Job, status: JobStatus, source: JobStatus, **fields: Any) -> Job | None:
         """Write a final status; None when the job had moved on (e.g. canceled meanwhile)."""
         fields["stage"] = None
-        return await self.completion.end(job, status, sources, **fields)
+        return await self.completion.end(job, status, [source], **fields)
 
     def _record(self, job: Job) -> None:
         code = job.error.code if job.error else ""

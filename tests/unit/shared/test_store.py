@@ -101,7 +101,7 @@ def test_illegal_transition_is_refused_before_redis() -> None:
     async def scenario() -> None:
         store = JobStore(fakeredis.aioredis.FakeRedis(), Keys("t"), ttl_s=60)
         with pytest.raises(ValueError):
-            await store.transition("x", JobStatus.SUCCEEDED, from_status=[JobStatus.QUEUED])
+            await store.transition("x", JobStatus.RUNNING, from_status=[JobStatus.SUCCEEDED])
 
     asyncio.run(scenario())
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import fakeredis.aioredis
@@ -241,6 +242,8 @@ class Harness:
     fresh_s: dict[str, float] = field(default_factory=dict)
     #: Image name → other bytes served in its place from now on (the image changed at its URL).
     replaced: dict[str, bytes] = field(default_factory=dict)
+    #: Every status change announced, as (job id, status), in order.
+    events: list[tuple[str, JobStatus]] = field(default_factory=list)
 
     async def add(self, url: str = "http://img.test/red.png", **fields: Any) -> Job:
         job = Job(id=f"job_{len(self.images)}_{utc_now().timestamp()}", image_url=url).model_copy(update=fields)
@@ -283,7 +286,7 @@ def run(scenario: Callable[[Harness], Awaitable[None]], **settings: Any) -> Harn
         cache = CaptionCache(new_store(redis), settings_obj, model=model_identity(model))
 
         async def on_event(job: Job, status: JobStatus) -> None:
-            return None
+            holder[0].events.append((job.id, status))
 
         runner = JobRunner(
             settings_obj, store, batcher, fetch=fetch, prepare=prepare, model_name="fake", on_event=on_event,
@@ -446,6 +449,45 @@ def test_a_repeat_of_a_fresh_url_is_a_hit_without_a_download() -> None:
     run(scenario)
 
 
+def test_a_fresh_urls_repeat_ends_from_the_queue_without_running() -> None:
+    async def scenario(h: Harness) -> None:
+        h.fresh_s["red"] = 600
+        first = await h.add()
+        await h.runner.run(first.id)
+        second = await h.add()
+        assert await h.runner.run(second.id) is JobStatus.SUCCEEDED
+        done = await h.job(second.id)
+        # One status change and one event: no running, no delivery counted.
+        assert [status for job_id, status in h.events if job_id == second.id] == [JobStatus.SUCCEEDED]
+        assert [status for job_id, status in h.events if job_id == first.id] == [JobStatus.RUNNING, JobStatus.SUCCEEDED]
+        assert done.attempts == 0 and done.stage is None
+        assert done.started_at is not None and done.finished_at is not None
+        assert done.created_at <= done.started_at <= done.finished_at
+        assert done.timings.queue_wait_s is not None and done.timings.fetch_s is not None
+        counts = await h.redis.hgetall(KEYS.job_counts())
+        assert [counts[name] for name in (b"entered:running", b"entered:succeeded", b"current:queued")] == [
+            b"1", b"2", b"0"
+        ]  # fmt: skip
+
+    run(scenario)
+
+
+def test_a_fresh_urls_repeat_past_its_deadline_expires_and_one_found_running_runs_again() -> None:
+    async def scenario(h: Harness) -> None:
+        h.fresh_s["red"] = 600
+        await h.runner.run((await h.add()).id)
+        late = await h.add(deadline_at=utc_now() - timedelta(seconds=1))
+        assert await h.runner.run(late.id) is JobStatus.EXPIRED
+        # A delivery found running (its worker died) runs as it is, alone: downloaded again, not ended from the queue.
+        redelivered = await h.add()
+        assert await h.store.transition(redelivered.id, JobStatus.RUNNING, started_at=utc_now())
+        assert await h.runner.run(redelivered.id) is JobStatus.SUCCEEDED
+        done = await h.job(redelivered.id)
+        assert done.attempts == 2 and done.cache == "hit" and len(h.fetched) == 2
+
+    run(scenario)
+
+
 def test_a_url_its_server_promises_nothing_for_is_downloaded_every_time() -> None:
     async def scenario(h: Harness) -> None:
         for _ in range(3):
@@ -514,6 +556,7 @@ def test_a_fresh_url_that_served_garbage_fails_again_without_a_download() -> Non
         done = await h.job(second.id)
         assert done.error is not None and done.error.code == "image_corrupt" and done.cache == "hit"
         assert len(h.fetched) == 1
+        assert done.attempts == 0 and [s for j, s in h.events if j == second.id] == [JobStatus.FAILED]
         # The link lives no longer than the cached error it names, not the 600 s its server allowed.
         links = [name async for name in h.redis.scan_iter(KEYS.cache_entry("u:*"))]
         assert len(links) == 1 and 0 < await h.redis.pttl(links[0]) <= 30_000
