@@ -47,6 +47,9 @@ from bench.image_server import drawn_pngs
 from scripts.processes import free_port
 from scripts.stack import LocalStack
 from shared.keys import Keys
+from shared.settings import Settings
+from worker.intake.images import decode_image
+from worker.runtime import load_captioner
 
 _POLL_S = 0.2
 
@@ -59,7 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat-share", type=float, default=0.8, help="share of the items that repeat")
     parser.add_argument("--singles", type=int, default=200, help="single jobs after the batch (all hits when on)")
     parser.add_argument("--batch-size", type=int, default=32, help="the worker's max_batch_size")
-    parser.add_argument("--image-size", type=int, default=128, help="side of the square PNGs, in pixels")
+    parser.add_argument(
+        "--image-size", type=int, default=512, help="side of the square PNGs, in pixels (512: the issue's 3-10 ms)"
+    )
     parser.add_argument(
         "--cache-control", default="public, max-age=86400", help="the image server's Cache-Control; '' for none"
     )
@@ -200,6 +205,26 @@ def redis_bytes_per_entry(redis: Redis, keys: Keys) -> dict[str, float]:
     return figures
 
 
+def decode_and_preprocess_ms(model: str, pngs: list[bytes]) -> float | None:
+    """CPU ms per image to hash, decode and preprocess ``pngs`` as the worker does, in this process, after the phases.
+
+    What a cache hit saves besides the model and the download: issue #26 puts it at 3-10 ms on a CPU, which
+    512 px PNGs reach and 128 px ones do not. None for a model without a processor (``null``, ``sleep:``).
+    """
+    settings = Settings(model=model)
+    captioner = load_captioner(settings)
+    preprocess = getattr(captioner, "preprocess", None)
+    if preprocess is None:
+        return None
+    sample = pngs[:100]
+    preprocess([decode_image(sample[0], settings, model_input_px=captioner.input_size_px)])  # warm
+    began = time.process_time()
+    for data in sample:
+        hashlib.sha256(data).digest()
+        preprocess([decode_image(data, settings, model_input_px=captioner.input_size_px)])
+    return round(1000 * (time.process_time() - began) / len(sample), 2)
+
+
 def measure(args: argparse.Namespace, log_dir: Path, base: str, images_pid: int, *, cache: bool) -> dict[str, Any]:
     """Both phases on a stack of their own, with the cache on or off."""
     numbers = workload(args)
@@ -249,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "distinct_repeated_images": args.distinct,
             "distinct_images_by_bytes": len({hashlib.sha256(png).digest() for png in pngs}),
             "image": f"{args.image_size}x{args.image_size} PNG by URL",
+            "hash_decode_preprocess_cpu_ms_per_image": decode_and_preprocess_ms(args.model, pngs),
             "cache_control": args.cache_control,
         },
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_at_end": os.getloadavg()},
