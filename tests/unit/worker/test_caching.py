@@ -434,7 +434,7 @@ def test_the_caption_is_the_models() -> None:
 # --- fresh URLs: repeats without a download ----------------------------------------------
 
 
-def test_a_repeat_of_a_fresh_url_is_a_hit_without_a_download() -> None:
+def test_a_repeat_of_a_fresh_url_is_a_hit_without_a_download_ending_from_the_queue() -> None:
     async def scenario(h: Harness) -> None:
         h.fresh_s["red"] = 600
         first = await h.add()
@@ -445,18 +445,6 @@ def test_a_repeat_of_a_fresh_url_is_a_hit_without_a_download() -> None:
         assert (done.cache, done.cached_from, done.caption) == ("hit", first.id, (await h.job(first.id)).caption)
         assert h.fetched == ["http://img.test/red.png"] and h.model.batches == [1]
         assert await h.redis.hget(KEYS.cache_stats(), "fresh_url_hits") == b"1"
-
-    run(scenario)
-
-
-def test_a_fresh_urls_repeat_ends_from_the_queue_without_running() -> None:
-    async def scenario(h: Harness) -> None:
-        h.fresh_s["red"] = 600
-        first = await h.add()
-        await h.runner.run(first.id)
-        second = await h.add()
-        assert await h.runner.run(second.id) is JobStatus.SUCCEEDED
-        done = await h.job(second.id)
         # One status change and one event: no running, no delivery counted.
         assert [status for job_id, status in h.events if job_id == second.id] == [JobStatus.SUCCEEDED]
         assert [status for job_id, status in h.events if job_id == first.id] == [JobStatus.RUNNING, JobStatus.SUCCEEDED]
