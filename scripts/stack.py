@@ -26,6 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REDIS_INSTALL_HINT = (
     "redis-server is not installed: `sudo apt-get install redis-server` (Debian/Ubuntu) or `brew install redis`."
 )
+#: Seconds uvicorn keeps an idle connection open (its default is 5).
+API_KEEP_ALIVE_S = 30
+
 #: Scheduling niceness of the caption worker on a machine it shares with the API (nice(1)).
 WORKER_NICENESS = 10
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -242,6 +245,11 @@ class LocalStack:
             "api.main:create_app_from_env",
             "--fd",
             str(listener.fileno()),
+            # Longer than clients keep an idle connection (httpx: 5 s, uvicorn's default too), so the client
+            # drops it first. With equal timeouts a request sent as the server closes the connection is lost
+            # ("Server disconnected without sending a response"), a flake seen in the integration tests.
+            "--timeout-keep-alive",
+            str(API_KEEP_ALIVE_S),
         ]
         if not self.access_log:
             argv.append("--no-access-log")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import select
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
@@ -97,3 +101,26 @@ def test_the_worker_serves_its_metrics(api: httpx.Client, image_server: HostileS
     assert "captionizer_batch_size_count" in metrics
     assert 'captionizer_jobs_finished_total{code="",status="succeeded"}' in metrics
     assert "captionizer_worker_model_loaded 1.0" in metrics
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive(stack: LocalStack) -> None:
+    """The API keeps an idle connection open longer than httpx keeps its own (5 s): the client drops it first.
+
+    With equal timeouts (uvicorn's default is httpx's 5 s), a request sent on a connection idle for about
+    5 s can meet the server's close and is lost ("Server disconnected without sending a response").
+    """
+    host, port = urlsplit(stack.api_url).hostname, urlsplit(stack.api_url).port
+    assert host is not None and port is not None
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request("GET", "/healthz")
+        first = connection.getresponse()
+        assert first.status == 200 and first.read()
+        assert connection.sock is not None
+        # Waits for the server's close (the socket turns readable with EOF), up to a second past httpx's expiry.
+        readable, _, _ = select.select([connection.sock], [], [], 6.0)
+        assert readable == [], "the API closed an idle connection before its clients would drop it"
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
