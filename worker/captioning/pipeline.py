@@ -149,7 +149,7 @@ class JobRunner:
             logger.info("job skipped", extra={"job_id": job_id, "status": job.status if job else "missing"})
             return None
         now = utc_now()
-        if job.status is JobStatus.QUEUED and job.deadline_at is not None and now > job.deadline_at:
+        if _expired(job, now):
             return await self._end(job, JobStatus.EXPIRED, JobStatus.QUEUED, finished_at=now)
         fields: dict[str, Any] = {"started_at": now, "stage": "fetching"}
         if not await self.store.transition(job_id, JobStatus.RUNNING, **fields):
@@ -165,7 +165,7 @@ class JobRunner:
         """The cache's answer to a queued job's fresh URL, found without a download; None to run the job."""
         if self.cache is None or job is None or job.status is not JobStatus.QUEUED:
             return None  # a redelivered job found running runs as it is, alone (worker.recovery.redelivery)
-        if job.deadline_at is not None and utc_now() > job.deadline_at:
+        if _expired(job, utc_now()):
             return None  # _start expires it
         began = time.perf_counter()
         claim = await self.cache.fresh_hit(job)
@@ -296,6 +296,11 @@ class JobRunner:
                 "duration_s": job.timings.total_s,
             },
         )
+
+
+def _expired(job: Job, now: datetime) -> bool:
+    """A queued job whose deadline passed before a worker started it: it expires instead of running."""
+    return job.status is JobStatus.QUEUED and job.deadline_at is not None and now > job.deadline_at
 
 
 def _count_words(text: str | None) -> int:
