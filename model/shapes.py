@@ -19,6 +19,7 @@ import io
 import math
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -79,6 +80,30 @@ class ShapeSpec:
         return caption_for(self.shape, self.colour, self.size, self.background)
 
 
+class Box(NamedTuple):
+    """Where a drawn shape's bounding box lies, as fractions of the image's width and height.
+
+    Fractions survive any resize of the whole image, squeezed or not: the box is the same in the
+    embedded model's square. Training uses it to tell the vision tower where the shape is
+    (``model.shape_supervision``).
+    """
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """One drawn image with what it shows: its caption, its shape's name and where the shape lies."""
+
+    image: Image.Image
+    caption: str
+    shape: str
+    box: Box
+
+
 def caption_for(shape: str, colour: str, size: str = "large", background: str = "white") -> str:
     """Return the caption of a drawing, e.g. ``"a large red circle on a white background"``."""
     _check_names(shape, colour, size, background)
@@ -115,6 +140,25 @@ def draw_shape(
         span: the shape's span, as a fraction of the shorter side, instead of one drawn from ``SIZES[size]``.
         centred: put the shape's box in the middle of the image rather than anywhere.
     """
+    image, _ = _draw_shape_and_box(
+        shape, colour, size, background, image_size=image_size, rng=rng, varied=varied, span=span, centred=centred
+    )
+    return image
+
+
+def _draw_shape_and_box(
+    shape: str,
+    colour: str,
+    size: str,
+    background: str,
+    *,
+    image_size: int | tuple[int, int],
+    rng: random.Random | None,
+    varied: bool,
+    span: float | None,
+    centred: bool,
+) -> tuple[Image.Image, Box]:
+    """``draw_shape``, and the shape's ``Box``."""
     _check_names(shape, colour, size, background)
     rng = rng if rng is not None else random.Random(0)
     width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -133,7 +177,8 @@ def draw_shape(
     else:
         fill, back, antialias = _jitter(COLOURS[colour], rng), BACKGROUNDS[background], True
     mask = _shape_mask(shape, box, (width, height), antialias)
-    return Image.composite(Image.new("RGB", (width, height), fill), Image.new("RGB", (width, height), back), mask)
+    image = Image.composite(Image.new("RGB", (width, height), fill), Image.new("RGB", (width, height), back), mask)
+    return image, Box(box[0] / width, box[1] / height, box[2] / width, box[3] / height)
 
 
 def random_fill(colour: str, rng: random.Random) -> tuple[int, int, int]:
@@ -175,11 +220,24 @@ def draw_sample(
     rng: random.Random, *, image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE, varied: bool = False
 ) -> tuple[Image.Image, str]:
     """Draw a random captioned image from ``rng``: returns ``(image, caption)``."""
+    drawing = _draw_sample(rng, image_size=image_size, varied=varied)
+    return drawing.image, drawing.caption
+
+
+def _draw_sample(rng: random.Random, *, image_size: int | tuple[int, int], varied: bool) -> Drawing:
     spec = random_spec(rng)
-    image = draw_shape(
-        spec.shape, spec.colour, spec.size, spec.background, image_size=image_size, rng=rng, varied=varied
+    image, box = _draw_shape_and_box(
+        spec.shape,
+        spec.colour,
+        spec.size,
+        spec.background,
+        image_size=image_size,
+        rng=rng,
+        varied=varied,
+        span=None,
+        centred=False,
     )
-    return image, spec.caption
+    return Drawing(image, spec.caption, spec.shape, box)
 
 
 def draw_varied(
@@ -197,9 +255,23 @@ def draw_varied(
     Everything else (shape, colour, background, fill, finish, the image's shorter side) varies as in
     ``draw_varied_batch``; ``jpeg`` as in ``roughen``, ``max_side`` as in ``draw_varied_batch``.
     """
+    drawing = _draw_varied(rng, size, aspect=aspect, span=span, centred=centred, jpeg=jpeg, max_side=max_side)
+    return drawing.image, drawing.caption
+
+
+def _draw_varied(
+    rng: random.Random,
+    size: str,
+    *,
+    aspect: float,
+    span: float,
+    centred: bool = False,
+    jpeg: bool | None = None,
+    max_side: int | None = None,
+) -> Drawing:
     width, height = _image_size_of(rng, aspect, MAX_IMAGE_SIDE if max_side is None else max_side)
     spec = random_spec(rng)
-    image = draw_shape(
+    image, box = _draw_shape_and_box(
         spec.shape,
         spec.colour,
         size,
@@ -210,7 +282,8 @@ def draw_varied(
         span=span,
         centred=centred,
     )
-    return roughen(image, rng, jpeg=jpeg), caption_for(spec.shape, spec.colour, size, spec.background)
+    caption = caption_for(spec.shape, spec.colour, size, spec.background)
+    return Drawing(roughen(image, rng, jpeg=jpeg), caption, spec.shape, box)
 
 
 def draw_varied_batch(
@@ -226,20 +299,27 @@ def draw_varied_batch(
             the way the world's images fall, exactly square images and centred shapes are rare, and a
             model trained so takes a small square's shape of span 0.30-0.40 for a large one.
     """
-    images, captions = [], []
+    drawings = draw_training_set(rng, count, max_side=max_side, evenly=evenly)
+    return [drawing.image for drawing in drawings], [drawing.caption for drawing in drawings]
+
+
+def draw_training_set(
+    rng: random.Random, count: int, *, max_side: int | None = None, evenly: bool = False
+) -> list[Drawing]:
+    """``draw_varied_batch``'s drawings, each with its shape's name and ``Box``."""
+    drawings = []
     for _ in range(count):
         if evenly:
-            image, caption = _draw_evenly(rng, max_side)
+            drawing = _draw_evenly(rng, max_side)
         else:
             width, height = random_image_size(rng)
             if max_side is not None and max(width, height) > max_side:
                 scale = max_side / max(width, height)
                 width, height = max(8, round(width * scale)), max(8, round(height * scale))
-            image, caption = draw_sample(rng, image_size=(width, height), varied=True)
-            image = roughen(image, rng)
-        images.append(image)
-        captions.append(caption)
-    return images, captions
+            drawing = _draw_sample(rng, image_size=(width, height), varied=True)
+            drawing = Drawing(roughen(drawing.image, rng), drawing.caption, drawing.shape, drawing.box)
+        drawings.append(drawing)
+    return drawings
 
 
 def random_aspect(rng: random.Random) -> float:
@@ -249,10 +329,10 @@ def random_aspect(rng: random.Random) -> float:
     return ratio if rng.random() < 0.5 else 1 / ratio
 
 
-def _draw_evenly(rng: random.Random, max_side: int | None) -> tuple[Image.Image, str]:
+def _draw_evenly(rng: random.Random, max_side: int | None) -> Drawing:
     size = rng.choice(list(SIZES))
     aspect, span = random_aspect(rng), rng.uniform(*SIZES[size])
-    return draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
+    return _draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
 
 
 def _image_size_of(rng: random.Random, aspect: float, max_side: int) -> tuple[int, int]:

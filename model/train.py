@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,14 +36,15 @@ from transformers import (
 
 from model import shapes
 from model.captioner import EMBEDDED_MODEL_DIR, Captioner
-from model.embedded_architecture import build_model, build_processor
+from model.embedded_architecture import MODEL_IMAGE_SIZE, PATCH_SIZE, build_model, build_processor
 from model.evaluate import EVAL_SEED, evaluate
+from model.shape_supervision import SUB_CELLS, SUPERVISION_WEIGHT, ShapeHeads, mirror, shape_masks
 
 logger = logging.getLogger(__name__)
 
 #: Seed of the training set; evaluation defaults to others so its images are unseen.
 TRAIN_SEED = 1234
-DEFAULT_STEPS = 2_200
+DEFAULT_STEPS = 2_000
 #: Drawings in the training set (drawn once, then sampled with replacement and mirrored).
 DEFAULT_DRAWINGS = 56_000
 PEAK_LEARNING_RATE = 2e-3
@@ -55,21 +57,41 @@ TRAINING_MAX_SIDE = 256
 _CHUNK = 500  # drawings per seed: the unit of work the drawing processes share
 
 
-def draw_pixels(processor: GitProcessor, seed: int, count: int, evenly: bool = False) -> tuple[np.ndarray, list[str]]:
-    """``count`` drawings from ``seed``, resized as the processor resizes them, as uint8 ``(N, 3, S, S)``.
+class DrawnChunk(NamedTuple):
+    """Drawings as training keeps them: uint8 pixels ``(N, 3, S, S)``, captions, ``(N, 4)`` boxes, uint8 masks."""
+
+    pixels: np.ndarray
+    captions: list[str]
+    boxes: np.ndarray
+    masks: np.ndarray
+
+
+class TrainingSet(NamedTuple):
+    """The whole drawn set: pixels, caption tokens, and the shape supervision's boxes and masks."""
+
+    pixels: torch.Tensor
+    input_ids: torch.Tensor
+    boxes: torch.Tensor
+    masks: torch.Tensor
+
+
+def draw_pixels(processor: GitProcessor, seed: int, count: int, evenly: bool = False) -> DrawnChunk:
+    """``count`` drawings from ``seed``, resized as the processor resizes them, with their shapes' boxes and masks.
 
     ``evenly``: each corner of the world gets its share (``shapes.draw_varied_batch``).
     """
-    images, captions = shapes.draw_varied_batch(random.Random(seed), count, max_side=TRAINING_MAX_SIDE, evenly=evenly)
+    drawings = shapes.draw_training_set(random.Random(seed), count, max_side=TRAINING_MAX_SIDE, evenly=evenly)
+    images = [drawing.image for drawing in drawings]
     # Resized only: normalising later, in float, turns 7 KB of bytes per drawing into 28 KB. NumPy, not
     # torch, in the drawing processes: torch's thread pool does not survive a fork.
     resized = processor.image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")
-    return np.clip(np.rint(resized.pixel_values), 0, 255).astype(np.uint8), captions
+    boxes = np.asarray([drawing.box for drawing in drawings], dtype=np.float32).reshape(-1, 4)
+    masks = shape_masks([drawing.shape for drawing in drawings], boxes, MODEL_IMAGE_SIZE // PATCH_SIZE * SUB_CELLS)
+    pixels = np.clip(np.rint(resized.pixel_values), 0, 255).astype(np.uint8)
+    return DrawnChunk(pixels, [drawing.caption for drawing in drawings], boxes, masks)
 
 
-def build_dataset(
-    processor: GitProcessor, count: int, seed: int, processes: int, evenly: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def build_dataset(processor: GitProcessor, count: int, seed: int, processes: int, evenly: bool = False) -> TrainingSet:
     """Draw the training set in fixed chunks, each from its own seed, so any number of processes draws the same set."""
     chunks = [
         (seed * 1_000_003 + index, min(_CHUNK, count - start)) for index, start in enumerate(range(0, count, _CHUNK))
@@ -80,11 +102,15 @@ def build_dataset(
     else:
         with multiprocessing.get_context("fork").Pool(processes) as pool:
             drawn = pool.starmap(draw, chunks)
-    pixels = torch.from_numpy(np.concatenate([chunk_pixels for chunk_pixels, _ in drawn]))
-    captions = [caption for _, chunk_captions in drawn for caption in chunk_captions]
+    captions = [caption for chunk in drawn for caption in chunk.captions]
     # Every caption has the same number of words, so no row needs padding.
     input_ids = processor.tokenizer(captions, padding=True, return_tensors="pt").input_ids
-    return pixels, input_ids
+    return TrainingSet(
+        pixels=torch.from_numpy(np.concatenate([chunk.pixels for chunk in drawn])),
+        input_ids=input_ids,
+        boxes=torch.from_numpy(np.concatenate([chunk.boxes for chunk in drawn])),
+        masks=torch.from_numpy(np.concatenate([chunk.masks for chunk in drawn])),
+    )
 
 
 def normalise(processor: GitProcessor, pixels: torch.Tensor) -> torch.Tensor:
@@ -125,12 +151,12 @@ def train(
     torch.manual_seed(seed)
     processor = build_processor()
     started = time.perf_counter()
-    pixels, input_ids = build_dataset(processor, drawings, seed, processes, evenly)
-    logger.info("drew %d training images in %.1f s", len(pixels), time.perf_counter() - started)
+    drawn = build_dataset(processor, drawings, seed, processes, evenly)
+    logger.info("drew %d training images in %.1f s", len(drawn.pixels), time.perf_counter() - started)
     model = build_model(processor.tokenizer)
     if init_from is not None:
         model.load_state_dict(GitForCausalLM.from_pretrained(init_from).state_dict())
-    run = _Run(processor, pixels, input_ids, steps, batch_size, seed, bf16, peak_lr, focus)
+    run = _Run(processor, drawn, steps, batch_size, seed, bf16, peak_lr, focus)
     if processes == 1:
         fit(model, run)
     else:
@@ -147,8 +173,7 @@ class _Run:
     """What every training process needs: the drawn set and the schedule."""
 
     processor: GitProcessor
-    pixels: torch.Tensor
-    input_ids: torch.Tensor
+    drawn: TrainingSet
     steps: int
     batch_size: int
     seed: int
@@ -158,36 +183,65 @@ class _Run:
 
 
 def fit(model: GitForCausalLM, run: _Run, rank: int = 0, world: int = 1) -> None:
-    """Optimise ``model`` in place; process ``rank`` of ``world`` takes every ``world``-th row of each batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.peak_lr, weight_decay=0.01)
+    """Optimise ``model`` in place; process ``rank`` of ``world`` takes every ``world``-th row of each batch.
+
+    The loss is the captions' plus the training-only ``ShapeHeads``' (``model.shape_supervision``), whose
+    weights are optimised beside the model's and dropped at the end.
+    """
+    heads = ShapeHeads(model, torch.Generator().manual_seed(run.seed))
+    model.train()
+    try:
+        _optimise(model, heads, run, rank, world)
+    finally:
+        heads.detach()
+
+
+def _optimise(model: GitForCausalLM, heads: ShapeHeads, run: _Run, rank: int, world: int) -> None:
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=run.peak_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=run.peak_lr, total_steps=run.steps, pct_start=0.1)
     order = torch.Generator().manual_seed(run.seed)  # the same batches in every process
-    sampler = RowSampler(len(run.pixels), run.focus)
-    model.train()
+    sampler = RowSampler(len(run.drawn.pixels), run.focus)
     for step in range(run.steps):
         rows = sampler.draw(run.batch_size, order)
         # A mirrored drawing has the same caption: every shape is upright and left-right symmetric.
         mirrored = (torch.rand(run.batch_size, generator=order) < 0.5)[rank::world]
-        batch = normalise(run.processor, run.pixels[rows[rank::world]])
-        batch[mirrored] = batch[mirrored].flip(-1)
-        # bfloat16 matmuls (AMX / AVX-512 BF16 where the CPU has them) make a step about a fifth cheaper;
-        # the loss, the weights and Adam's state stay float32.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
-            caption_losses = _caption_losses(model, batch, run.input_ids[rows[rank::world]])
-        loss = caption_losses.mean()
+        caption_losses, supervision_loss = _losses(model, heads, run, rows[rank::world], mirrored)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        (caption_losses.mean() + SUPERVISION_WEIGHT * supervision_loss).backward()  # type: ignore[no-untyped-call]
         every_loss = torch.zeros(run.batch_size)
         every_loss[rank::world] = caption_losses.detach().float()
         if world > 1:
-            _average_gradients(model, world)
+            _average_gradients(parameters, world)
             distributed.all_reduce(every_loss)  # each process's rows, so every sampler learns the same
         sampler.learn(rows, every_loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
         if rank == 0 and (step % 100 == 0 or step == run.steps - 1):
-            logger.info("step %d/%d loss %.4f (%.0f CPU-s)", step, run.steps, loss.item(), time.process_time())
+            caption_loss, cpu_s = caption_losses.mean().item(), time.process_time()
+            logger.info(
+                "step %d/%d caption loss %.4f shape loss %.4f (%.0f CPU-s)",
+                step,
+                run.steps,
+                caption_loss,
+                supervision_loss.item(),
+                cpu_s,
+            )
+
+
+def _losses(
+    model: GitForCausalLM, heads: ShapeHeads, run: _Run, rows: torch.Tensor, mirrored: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's rows: each caption's loss, and the shape heads' loss on the same forward pass."""
+    batch = normalise(run.processor, run.drawn.pixels[rows])
+    batch[mirrored] = batch[mirrored].flip(-1)
+    boxes, masks = mirror(run.drawn.boxes[rows], run.drawn.masks[rows], mirrored)
+    # bfloat16 matmuls (AMX / AVX-512 BF16 where the CPU has them) make a step about a fifth cheaper;
+    # the loss, the weights and Adam's state stay float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
+        caption_losses = _caption_losses(model, batch, run.drawn.input_ids[rows])
+        return caption_losses, heads.loss(boxes, masks)
 
 
 def _caption_losses(model: GitForCausalLM, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -236,8 +290,8 @@ def _fit_share(rank: int, world: int, folder: str, model: GitForCausalLM, run: _
         distributed.destroy_process_group()
 
 
-def _average_gradients(model: GitForCausalLM, world: int) -> None:
-    grads = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+def _average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
     flat = torch.cat([grad.flatten() for grad in grads])
     distributed.all_reduce(flat)
     flat /= world

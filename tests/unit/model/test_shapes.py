@@ -176,3 +176,19 @@ def test_random_aspect_picks_each_range_in_either_orientation() -> None:
     assert 110 <= sum(ratio == 1.0 for ratio in ratios) <= 190
     assert 310 <= sum(ratio >= 2.0 for ratio in ratios) <= 410 and max(ratios) <= shapes.MAX_ASPECT
     assert sum(aspect > 1.0 for aspect in aspects) >= 100 and sum(aspect < 1.0 for aspect in aspects) >= 100
+
+
+@pytest.mark.parametrize("evenly", [True, False])
+def test_a_training_drawing_knows_its_shape_and_where_its_box_lies(evenly: bool) -> None:
+    drawings = shapes.draw_training_set(random.Random(7), 40, max_side=256, evenly=evenly)
+    images, captions = shapes.draw_varied_batch(random.Random(7), 40, max_side=256, evenly=evenly)
+    assert [drawing.caption for drawing in drawings] == captions
+    assert [drawing.image.tobytes() for drawing in drawings] == [image.tobytes() for image in images]
+    for drawing in drawings:
+        assert drawing.shape == drawing.caption.split()[3]
+        width, height = drawing.image.size
+        box = drawing.box
+        assert 0 <= box.left < box.right <= 1 and 0 <= box.top < box.bottom <= 1
+        span = max((box.right - box.left) * width, (box.bottom - box.top) * height) / min(width, height)
+        low, high = shapes.SIZES[drawing.caption.split()[1]]
+        assert low - 1e-6 <= span <= high + 1e-6
