@@ -80,7 +80,7 @@ Drawer = Callable[[Order], tuple[Image.Image, str]]
 
 def draw_by_trainer(order: Order) -> tuple[Image.Image, str]:
     """The trainer's drawer at full size, with all its variety (fills, backgrounds, edges, blur and noise)."""
-    return shapes.draw_varied(
+    drawing = shapes.draw_varied(
         random.Random(order.seed),
         order.size,
         aspect=order.aspect,
@@ -88,6 +88,7 @@ def draw_by_trainer(order: Order) -> tuple[Image.Image, str]:
         centred=order.centred,
         jpeg=order.jpeg,
     )
+    return drawing.image, drawing.caption
 
 
 def draw_independently(order: Order) -> tuple[Image.Image, str]:

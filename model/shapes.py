@@ -249,26 +249,12 @@ def draw_varied(
     centred: bool = False,
     jpeg: bool | None = None,
     max_side: int | None = None,
-) -> tuple[Image.Image, str]:
+) -> Drawing:
     """One captioned drawing of a ``size`` shape of ``span`` in an image of ``aspect`` (width / height).
 
     Everything else (shape, colour, background, fill, finish, the image's shorter side) varies as in
     ``draw_varied_batch``; ``jpeg`` as in ``roughen``, ``max_side`` as in ``draw_varied_batch``.
     """
-    drawing = _draw_varied(rng, size, aspect=aspect, span=span, centred=centred, jpeg=jpeg, max_side=max_side)
-    return drawing.image, drawing.caption
-
-
-def _draw_varied(
-    rng: random.Random,
-    size: str,
-    *,
-    aspect: float,
-    span: float,
-    centred: bool = False,
-    jpeg: bool | None = None,
-    max_side: int | None = None,
-) -> Drawing:
     width, height = _image_size_of(rng, aspect, MAX_IMAGE_SIDE if max_side is None else max_side)
     spec = random_spec(rng)
     image, box = _draw_shape_and_box(
@@ -332,7 +318,7 @@ def random_aspect(rng: random.Random) -> float:
 def _draw_evenly(rng: random.Random, max_side: int | None) -> Drawing:
     size = rng.choice(list(SIZES))
     aspect, span = random_aspect(rng), rng.uniform(*SIZES[size])
-    return _draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
+    return draw_varied(rng, size, aspect=aspect, span=span, centred=rng.random() < CENTRED_SHARE, max_side=max_side)
 
 
 def _image_size_of(rng: random.Random, aspect: float, max_side: int) -> tuple[int, int]:
