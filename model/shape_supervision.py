@@ -78,11 +78,6 @@ class ShapeHeads(torch.nn.Module):
         self._features: torch.Tensor | None = None
         self._hook = model.git.image_encoder.register_forward_hook(self._keep_features)
 
-    @property
-    def mask_side(self) -> int:
-        """Side of the masks ``loss`` expects: ``SUB_CELLS`` cells a side for every patch."""
-        return self.grid * SUB_CELLS
-
     def loss(self, boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Both heads' binary cross-entropy on the last forward pass's images: ``(B, 4)`` boxes, uint8 masks."""
         if self._features is None:

@@ -219,15 +219,8 @@ def _optimise(model: GitForCausalLM, heads: ShapeHeads, run: _Run, rank: int, wo
         optimizer.step()
         schedule.step()
         if rank == 0 and (step % 100 == 0 or step == run.steps - 1):
-            caption_loss, cpu_s = caption_losses.mean().item(), time.process_time()
-            logger.info(
-                "step %d/%d caption loss %.4f shape loss %.4f (%.0f CPU-s)",
-                step,
-                run.steps,
-                caption_loss,
-                supervision_loss.item(),
-                cpu_s,
-            )
+            losses = f"caption loss {caption_losses.mean().item():.4f} shape loss {supervision_loss.item():.4f}"
+            logger.info("step %d/%d %s (%.0f CPU-s)", step, run.steps, losses, time.process_time())
 
 
 def _losses(
